@@ -1,0 +1,259 @@
+"""RabbitMQ through aio-pika: topology, confirmed mandatory publishing, and consumers that
+retry a failing handler with back-off before dead-lettering its message."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Awaitable, Callable
+
+import aio_pika
+from aio_pika.abc import (
+    AbstractChannel, AbstractExchange, AbstractIncomingMessage, AbstractQueue,
+    AbstractRobustConnection,
+)
+from pydantic import ValidationError
+
+from shared.events import Envelope
+from shared.logging import get_logger
+from shared.topology import QUEUE_LIMITS, SUBSCRIPTIONS, Names
+
+log = get_logger(__name__)
+
+Handler = Callable[[Envelope], Awaitable[None]]
+
+ATTEMPT_HEADER = "x-ferry-attempt"
+
+
+class Bus:
+    """One connection, one confirming publisher channel, and the declared topology."""
+
+    def __init__(self, url: str, names: Names, retry_delays: tuple[float, ...]):
+        self.url = url
+        self.names = names
+        self.retry_delays = retry_delays
+        self.connection: AbstractRobustConnection | None = None
+        self._channel: AbstractChannel | None = None
+        self.exchange: AbstractExchange | None = None
+
+    async def connect(self) -> None:
+        self.connection = await aio_pika.connect_robust(self.url, client_properties={
+            "connection_name": f"ferryman:{self.names.prefix}"})
+        self._channel = await self.connection.channel(
+            publisher_confirms=True, on_return_raises=True
+        )
+        self.exchange = await self._channel.declare_exchange(
+            self.names.exchange, aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        for service in SUBSCRIPTIONS:
+            await self.declare_service(service)
+
+    async def declare_service(self, service: str) -> AbstractQueue:
+        """The service's quorum queue and bindings, its retry holding queues and its DLQ."""
+        assert self._channel and self.exchange
+        queue_name = self.names.queue(service)
+        queue = await self._channel.declare_queue(
+            queue_name, durable=True,
+            arguments={"x-queue-type": "quorum", **QUEUE_LIMITS.get(service, {})},
+        )
+        for key in SUBSCRIPTIONS[service]:
+            await queue.bind(self.exchange, routing_key=key)
+        for attempt, delay in enumerate(self.retry_delays, start=1):
+            # One holding queue per attempt, each with one TTL, so a short delay never waits
+            # behind a long one; expired messages go back to the service's queue.
+            await self._channel.declare_queue(
+                self.names.retry(service, attempt), durable=True,
+                arguments={
+                    "x-message-ttl": int(delay * 1000),
+                    "x-dead-letter-exchange": "",
+                    "x-dead-letter-routing-key": queue_name,
+                },
+            )
+        await self._channel.declare_queue(
+            self.names.dead_letters(service), durable=True, arguments={"x-queue-type": "quorum"}
+        )
+        return queue
+
+    async def publish(self, event: Envelope) -> None:
+        """Publish and wait for the broker's confirm; an unroutable event raises PublishError."""
+        assert self.exchange
+        await self.exchange.publish(_message(event.model_dump_json().encode(), event),
+                                    routing_key=event.type, mandatory=True)
+
+    async def send_to_queue(self, queue: str, body: bytes, headers: dict, source: AbstractIncomingMessage | None = None) -> None:
+        """Put a message straight onto one queue (retry, dead-letter and replay go this way)."""
+        assert self._channel
+        message = aio_pika.Message(
+            body=body, headers=headers, content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=source.message_id if source else None,
+            type=source.type if source else None,
+        )
+        await self._channel.default_exchange.publish(message, routing_key=queue, mandatory=True)
+
+    async def close(self) -> None:
+        if self.connection and not self.connection.is_closed:
+            await self.connection.close()
+
+
+def _message(body: bytes, event: Envelope) -> aio_pika.Message:
+    return aio_pika.Message(
+        body=body,
+        content_type="application/json",
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=str(event.id),
+        correlation_id=str(event.correlation_id),
+        type=event.type,
+        timestamp=event.occurred_at,
+        headers={ATTEMPT_HEADER: 0},
+    )
+
+
+@dataclass
+class Consumer:
+    """Feeds one service's queue to its handler; acks only after the handler returned."""
+
+    bus: Bus
+    service: str
+    handle: Handler
+    prefetch: int = 16
+
+    def __post_init__(self) -> None:
+        self._channel: AbstractChannel | None = None
+        self._queue: AbstractQueue | None = None
+        self._tag: str | None = None
+        self._in_flight: set[asyncio.Task] = set()
+
+    async def start(self) -> None:
+        assert self.bus.connection
+        self._channel = await self.bus.connection.channel()
+        await self._channel.set_qos(prefetch_count=self.prefetch)
+        self._queue = await self._channel.get_queue(self.bus.names.queue(self.service))
+        self._tag = await self._queue.consume(self._on_message)
+
+    async def stop(self, timeout: float = 30.0) -> None:
+        """Stop taking work, let in-flight handlers finish (or time out), close the channel."""
+        if self._queue and self._tag:
+            await self._queue.cancel(self._tag)
+            self._tag = None
+        if self._in_flight:
+            await asyncio.wait(list(self._in_flight), timeout=timeout)
+        if self._channel and not self._channel.is_closed:
+            await self._channel.close()
+
+    def abandon(self) -> None:
+        """Cancel in-flight handlers without acking: the broker will redeliver them."""
+        for task in list(self._in_flight):
+            task.cancel()
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        task = asyncio.current_task()
+        if task:
+            self._in_flight.add(task)
+        try:
+            await self._process(message)
+        finally:
+            if task:
+                self._in_flight.discard(task)
+
+    async def _process(self, message: AbstractIncomingMessage) -> None:
+        try:
+            event = Envelope.model_validate_json(message.body)
+            event.typed()
+        except (ValidationError, KeyError, ValueError) as exc:
+            # A message that can never be understood goes straight to the dead letters.
+            await self._dead_letter(message, f"malformed event: {exc}")
+            return
+        try:
+            await self.handle(event)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every handler failure is retried or parked
+            await self._retry_or_dead_letter(message, event, exc)
+            return
+        await message.ack()
+
+    async def _retry_or_dead_letter(self, message: AbstractIncomingMessage, event: Envelope,
+                                    exc: Exception) -> None:
+        attempt = int((message.headers or {}).get(ATTEMPT_HEADER, 0)) + 1
+        error = f"{type(exc).__name__}: {exc}"
+        if attempt <= len(self.bus.retry_delays):
+            log.warning("handler failed, will retry", attempt=attempt, error=error)
+            await self.bus.send_to_queue(
+                self.bus.names.retry(self.service, attempt), message.body,
+                {ATTEMPT_HEADER: attempt, "x-ferry-last-error": error[:1000]}, message,
+            )
+            await message.ack()
+        else:
+            log.error("handler failed for good, dead-lettered", attempts=attempt, error=error)
+            await self._dead_letter(message, error, attempts=attempt)
+
+    async def _dead_letter(self, message: AbstractIncomingMessage, error: str,
+                           attempts: int = 0) -> None:
+        headers = {
+            "x-ferry-error": error[:2000],
+            "x-ferry-attempts": attempts,
+            "x-ferry-routing-key": message.routing_key or "",
+            "x-ferry-failed-at": datetime.now(timezone.utc).isoformat(),
+        }
+        await self.bus.send_to_queue(self.bus.names.dead_letters(self.service), message.body,
+                                     headers, message)
+        await message.ack()
+
+
+async def dead_letters(bus: Bus, service: str, limit: int = 100) -> list[dict]:
+    """Read the dead letters of a service without removing them."""
+    assert bus.connection
+    channel = await bus.connection.channel()
+    try:
+        queue = await channel.get_queue(bus.names.dead_letters(service))
+        found = []
+        for _ in range(limit):
+            message = await queue.get(no_ack=False, fail=False)
+            if message is None:
+                break
+            found.append(_describe(message))
+        # Closing the channel returns the unacked messages to the queue.
+        return found
+    finally:
+        await channel.close()
+
+
+async def replay_dead_letters(bus: Bus, service: str, event_id: str | None = None) -> int:
+    """Move dead letters (all, or the one with `event_id`) back to the service's queue."""
+    assert bus.connection
+    channel = await bus.connection.channel()
+    moved = 0
+    try:
+        queue = await channel.get_queue(bus.names.dead_letters(service))
+        while True:
+            message = await queue.get(no_ack=False, fail=False)
+            if message is None:
+                break
+            if event_id and message.message_id != event_id:
+                continue
+            await bus.send_to_queue(bus.names.queue(service), message.body, {ATTEMPT_HEADER: 0},
+                                    message)
+            await message.ack()
+            moved += 1
+    finally:
+        await channel.close()
+    return moved
+
+
+def _describe(message: AbstractIncomingMessage) -> dict:
+    headers = message.headers or {}
+    try:
+        body = json.loads(message.body)
+    except ValueError:
+        body = message.body.decode(errors="replace")
+    return {
+        "message_id": message.message_id,
+        "type": message.type,
+        "error": headers.get("x-ferry-error"),
+        "attempts": headers.get("x-ferry-attempts"),
+        "failed_at": headers.get("x-ferry-failed-at"),
+        "body": body,
+    }

@@ -1,0 +1,71 @@
+"""The provider interface: what creator, provisioner and cutover ask of an infrastructure."""
+
+from __future__ import annotations
+
+import uuid
+from enum import StrEnum
+from typing import Protocol
+
+from pydantic import BaseModel, ConfigDict
+
+
+class BootSource(StrEnum):
+    NETWORK = "network"
+    DISK = "disk"
+
+
+MIGRATION_NETWORK = "migration"
+
+
+def group_network(group: str) -> str:
+    """The final network of a group: its VMs reach each other and the gateway, nothing else."""
+    return f"group:{group}"
+
+
+class VmSpec(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    vm_id: uuid.UUID
+    group: str
+    name: str
+    role: str
+    cpus: int
+    memory_mb: int
+    disks_gb: list[int]
+
+
+class ProviderVm(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    ref: str
+    mac: str | None = None
+
+
+class ProviderError(Exception):
+    pass
+
+
+class Provider(Protocol):
+    name: str
+
+    async def create_vm(self, spec: VmSpec, *, idempotency_key: str) -> ProviderVm:
+        """Create a blank VM attached to the migration network; the same key returns the same VM."""
+
+    async def attach(self, ref: str, network: str) -> None:
+        """Move the VM's interface to `network` (MIGRATION_NETWORK or group_network(...))."""
+
+    async def boot(self, ref: str, source: BootSource, *, kernel_args: dict[str, str] | None = None,
+                   ) -> None:
+        """Power the VM on from the network (with these kernel arguments) or from its disk."""
+
+    async def power_off(self, ref: str) -> None:
+        """Power the VM off; a VM already off is fine."""
+
+    async def delete(self, ref: str) -> None:
+        """Delete the VM and its disks; a VM already gone is fine."""
+
+    async def addresses(self, ref: str) -> list[str]:
+        """The VM's current addresses, as the infrastructure sees them."""
+
+    async def close(self) -> None:
+        """Release what the provider holds (processes it supervises, connections)."""

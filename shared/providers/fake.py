@@ -1,0 +1,86 @@
+"""An in-memory provider: a test double for unit and integration tests only, never a default."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable
+
+from shared.providers.base import BootSource, ProviderError, ProviderVm, VmSpec
+
+
+@dataclass
+class FakeVm:
+    spec: VmSpec
+    ref: str
+    mac: str
+    network: str = "migration"
+    powered: bool = False
+    boots: list[tuple[BootSource, dict[str, str]]] = field(default_factory=list)
+
+
+OnBoot = Callable[[FakeVm, BootSource, dict[str, str]], Awaitable[None] | None]
+
+
+class FakeProvider:
+    name = "fake"
+
+    def __init__(self, on_boot: OnBoot | None = None):
+        self.vms: dict[str, FakeVm] = {}
+        self._by_key: dict[str, str] = {}
+        self.create_calls = 0
+        self.created = 0
+        self.on_boot = on_boot
+        # When set, create_vm makes the VM and then waits for the gate before answering, so a
+        # test can kill the caller after the infrastructure acted but before it was recorded.
+        self.gate: asyncio.Event | None = None
+        self._serial = itertools.count(1)
+        self._lock = asyncio.Lock()
+
+    async def create_vm(self, spec: VmSpec, *, idempotency_key: str) -> ProviderVm:
+        self.create_calls += 1
+        async with self._lock:
+            ref = self._by_key.get(idempotency_key)
+            if ref is None:
+                n = next(self._serial)
+                ref = f"fake-{n}"
+                self.vms[ref] = FakeVm(spec=spec, ref=ref, mac=f"52:54:00:00:{n // 256:02x}:{n % 256:02x}")
+                self._by_key[idempotency_key] = ref
+                self.created += 1
+            vm = self.vms[ref]
+        if self.gate is not None:
+            await self.gate.wait()
+        return ProviderVm(ref=vm.ref, mac=vm.mac)
+
+    def _vm(self, ref: str) -> FakeVm:
+        if ref not in self.vms:
+            raise ProviderError(f"no VM {ref}")
+        return self.vms[ref]
+
+    async def attach(self, ref: str, network: str) -> None:
+        self._vm(ref).network = network
+
+    async def boot(self, ref: str, source: BootSource, *, kernel_args: dict[str, str] | None = None) -> None:
+        vm = self._vm(ref)
+        vm.powered = True
+        vm.boots.append((source, dict(kernel_args or {})))
+        if self.on_boot:
+            result = self.on_boot(vm, source, dict(kernel_args or {}))
+            if asyncio.iscoroutine(result):
+                await result
+
+    async def power_off(self, ref: str) -> None:
+        self._vm(ref).powered = False
+
+    async def delete(self, ref: str) -> None:
+        self.vms.pop(ref, None)
+
+    async def addresses(self, ref: str) -> list[str]:
+        return []
+
+    async def close(self) -> None:
+        pass
+
+    def by_vm_id(self, vm_id) -> FakeVm:
+        return next(v for v in self.vms.values() if v.spec.vm_id == vm_id)

@@ -1,0 +1,89 @@
+"""A simulated VM: says to the gateway what a rebuilt VM says, without rebuilding anything.
+
+It stands in for real VMs until the lab's QEMU provider, and the demo says so. Booted from
+the network it plays the migration image running its script; booted from disk it plays
+local.start (first-boot check-in, database load, a replica's hold and replication)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+from shared.vmclient import VmClient
+
+# The steps the configuration script reports, in its order.
+SCRIPT_STEPS = (
+    "partition", "lvm", "filesystems", "mount", "unpack-archives", "database-dumps",
+    "kernel", "initrd", "bootloader", "fstab", "network", "config-management", "first-boot",
+)
+
+
+async def run_migration_image(vm: VmClient, pause: float = 0.0) -> None:
+    script = await vm.script()
+    await _check_syntax(script)
+    await vm.message(f"simulated VM: fetched a {len(script)}-byte script; bash -n passed; "
+                     "nothing is partitioned or unpacked")
+    for step in SCRIPT_STEPS:
+        await vm.state("configuring", step)
+        if pause:
+            await asyncio.sleep(pause)
+    await vm.state("configured", "done")
+
+
+async def _check_syntax(script: str) -> None:
+    with tempfile.NamedTemporaryFile("w", suffix=".sh", delete=False) as handle:
+        handle.write(script)
+    try:
+        proc = await asyncio.create_subprocess_exec("bash", "-n", handle.name,
+                                                    stderr=subprocess.PIPE)
+        _, err = await proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"the rendered script does not parse: {err.decode()[:500]}")
+    finally:
+        os.unlink(handle.name)
+
+
+async def run_first_boot(vm: VmClient, role: str, pause: float = 0.0) -> None:
+    await vm.state("provisioned", "first-boot")
+    if role == "app":
+        return
+    await vm.state("loading", "load-dumps")
+    await vm.message("simulated VM: no dump is really loaded")
+    if pause:
+        await asyncio.sleep(pause)
+    if role == "db-master":
+        await vm.state("ready", "loaded", detail={"log_file": "sim-bin.000001", "log_pos": 4})
+        return
+    while not (await vm.master(wait=25))["complete"]:
+        pass
+    await vm.replication()
+    await vm.state("replicating", "replication-started")
+    await vm.state("ready", "replicating")
+
+
+async def _main(inventory: Path, source: str) -> None:
+    record = json.loads(inventory.read_text())
+    args = record["kernel_args"]
+    pause = float(os.environ.get("FERRY_SIM_PAUSE", "0.2"))
+    async with VmClient(args["ferry.gateway"], args["ferry.vm"], args["ferry.token"]) as vm:
+        try:
+            if source == "network":
+                await run_migration_image(vm, pause)
+            else:
+                await run_first_boot(vm, record["spec"]["role"], pause)
+        except Exception as exc:
+            await vm.state("failed", "simulation", message=str(exc)[:1000])
+            raise
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--inventory", type=Path, required=True)
+    parser.add_argument("--source", choices=["network", "disk"], required=True)
+    opts = parser.parse_args()
+    asyncio.run(_main(opts.inventory, opts.source))

@@ -1,0 +1,47 @@
+"""Settings from the environment (FERRY_*), with defaults for this machine's local services."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _state_dir() -> Path:
+    return Path.home() / ".local" / "state" / "ferryman"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FERRY_", frozen=True)
+
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
+    # Schema holding Ferryman's tables; tests give each run its own so runs never meet.
+    database_schema: str = "ferry"
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    # Prefix of every exchange and queue name: "ferry" gives ferry.events, ferry.creator ...
+    # Tests use their own prefix, which isolates them like a vhost would.
+    bus_prefix: str = "ferry"
+    prefetch: int = 16
+    # Retry delays (seconds) for a failed handler; after the last one it is dead-lettered.
+    retry_delays: tuple[float, ...] = (1.0, 5.0, 30.0)
+
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = 8470
+    # The URL VMs use to reach the gateway (the migration network's view of it).
+    gateway_url: str = "http://127.0.0.1:8470"
+    operator_token: str | None = None
+
+    state_dir: Path = Field(default_factory=_state_dir)
+    archive_dir: Path | None = None
+    provider: str = "sim"
+    log_format: str = "auto"  # auto | json | console
+    log_level: str = "info"
+
+    @property
+    def archive_root(self) -> Path:
+        return self.archive_dir or self.state_dir / "archives"
+
+    @property
+    def operator_token_file(self) -> Path:
+        return self.state_dir / "operator-token"

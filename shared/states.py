@@ -1,0 +1,104 @@
+"""The VM state machine: every transition is checked here and nowhere else."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class VmState(StrEnum):
+    PLANNED = "planned"
+    ARCHIVING = "archiving"
+    ARCHIVED = "archived"
+    CREATING = "creating"
+    CREATED = "created"
+    CONFIGURING = "configuring"
+    CONFIGURED = "configured"
+    PROVISIONING = "provisioning"
+    PROVISIONED = "provisioned"
+    LOADING = "loading"
+    REPLICATING = "replicating"
+    READY = "ready"
+    CUTTING_OVER = "cutting_over"
+    LIVE = "live"
+    FAILED = "failed"
+    HALTED = "halted"
+    ROLLED_BACK = "rolled_back"
+
+
+class GroupStatus(StrEnum):
+    ACTIVE = "active"
+    HALTED = "halted"
+    READY = "ready"
+    CUTTING_OVER = "cutting_over"
+    LIVE = "live"
+
+
+S = VmState
+
+# The forward journey. FAILED and HALTED are reachable from every non-terminal state and are
+# handled separately below.
+_FORWARD: dict[VmState, frozenset[VmState]] = {
+    S.PLANNED: frozenset({S.ARCHIVING}),
+    S.ARCHIVING: frozenset({S.ARCHIVED}),
+    S.ARCHIVED: frozenset({S.CREATING}),
+    S.CREATING: frozenset({S.CREATED}),
+    S.CREATED: frozenset({S.CONFIGURING}),
+    S.CONFIGURING: frozenset({S.CONFIGURED}),
+    S.CONFIGURED: frozenset({S.PROVISIONING}),
+    S.PROVISIONING: frozenset({S.PROVISIONED}),
+    S.PROVISIONED: frozenset({S.LOADING, S.READY}),
+    S.LOADING: frozenset({S.REPLICATING, S.READY}),
+    S.REPLICATING: frozenset({S.READY}),
+    S.READY: frozenset({S.CUTTING_OVER}),
+    S.CUTTING_OVER: frozenset({S.LIVE, S.ROLLED_BACK}),
+    S.ROLLED_BACK: frozenset({S.CUTTING_OVER}),
+}
+
+TERMINAL = frozenset({S.LIVE})
+
+# States where a VM waits for a service to move it on (a provisioned database VM goes on by
+# itself, so PROVISIONED is not one). A halted group holds its VMs here:
+# a VM arriving at one of these while its group is halted is parked as HALTED instead.
+RESTING = frozenset({S.PLANNED, S.ARCHIVED, S.CREATED, S.CONFIGURED})
+
+# Where an operator's retry sends a failed VM: the resting state before the phase that failed,
+# so that phase runs again.
+RETRY_FROM: dict[VmState, VmState] = {
+    S.PLANNED: S.PLANNED,
+    S.ARCHIVING: S.PLANNED,
+    S.ARCHIVED: S.ARCHIVED,
+    S.CREATING: S.ARCHIVED,
+    S.CREATED: S.CREATED,
+    S.CONFIGURING: S.CREATED,
+    S.CONFIGURED: S.CONFIGURED,
+    S.PROVISIONING: S.CONFIGURED,
+    S.PROVISIONED: S.CONFIGURED,
+    S.LOADING: S.CONFIGURED,
+    S.REPLICATING: S.CONFIGURED,
+}
+
+# States a VM may report itself through the gateway (the script and local.start).
+VM_REPORTABLE = frozenset(
+    {S.CONFIGURING, S.CONFIGURED, S.PROVISIONED, S.LOADING, S.REPLICATING, S.READY, S.FAILED}
+)
+
+
+class IllegalTransition(Exception):
+    def __init__(self, current: VmState, target: VmState):
+        super().__init__(f"illegal transition {current} -> {target}")
+        self.current = current
+        self.target = target
+
+
+def check(current: VmState, target: VmState) -> None:
+    """Raise IllegalTransition unless `current -> target` is a step of the journey."""
+    if target == S.FAILED:
+        if current in TERMINAL or current == S.FAILED:
+            raise IllegalTransition(current, target)
+        return
+    if target == S.HALTED:
+        if current not in RESTING:
+            raise IllegalTransition(current, target)
+        return
+    if target not in _FORWARD.get(current, frozenset()):
+        raise IllegalTransition(current, target)

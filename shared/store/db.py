@@ -1,0 +1,98 @@
+"""The asyncpg pool and the numbered SQL migrations, applied at start-up under an advisory lock."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from importlib import resources
+
+import asyncpg
+
+from shared.logging import get_logger
+from shared.settings import Settings
+
+log = get_logger(__name__)
+
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def _check_schema(schema: str) -> str:
+    # The schema name goes into SQL as an identifier, so only plain names are accepted.
+    if not _SCHEMA_NAME.match(schema):
+        raise ValueError(f"FERRY_DATABASE_SCHEMA {schema!r}: use lowercase letters, digits, _")
+    return schema
+
+
+def _lock_key(schema: str) -> int:
+    digest = hashlib.sha256(f"ferryman-migrations:{schema}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def _migrations() -> list[tuple[int, str, str]]:
+    folder = resources.files("shared.store") / "migrations"
+    found = []
+    for entry in folder.iterdir():
+        match = re.match(r"^(\d+)_(.+)\.sql$", entry.name)
+        if match:
+            found.append((int(match.group(1)), entry.name, entry.read_text()))
+    return sorted(found)
+
+
+async def migrate(conn: asyncpg.Connection, schema: str) -> list[str]:
+    """Apply the migrations not yet applied to `schema`; returns the names applied now."""
+    schema = _check_schema(schema)
+    applied_now = []
+    await conn.execute("SELECT pg_advisory_lock($1)", _lock_key(schema))
+    try:
+        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+        await conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {schema}.schema_migrations ("
+            " version int PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {r["version"] for r in await conn.fetch(f"SELECT version FROM {schema}.schema_migrations")}
+        for version, name, sql in _migrations():
+            if version in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(f"SET LOCAL search_path TO {schema}")
+                await conn.execute(sql)
+                await conn.execute(
+                    f"INSERT INTO {schema}.schema_migrations (version, name) VALUES ($1, $2)",
+                    version, name,
+                )
+            applied_now.append(name)
+            log.info("migration applied", migration=name, schema=schema)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", _lock_key(schema))
+    return applied_now
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=_json_dumps, decoder=_json_loads, schema="pg_catalog")
+
+
+def _json_dumps(value) -> str:
+    return json.dumps(value, default=str)
+
+
+def _json_loads(text: str):
+    return json.loads(text)
+
+
+async def open_pool(settings: Settings, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+    """Open the pool on the configured schema, migrating it first."""
+    schema = _check_schema(settings.database_schema)
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        await migrate(conn, schema)
+    finally:
+        await conn.close()
+    return await asyncpg.create_pool(
+        settings.database_url,
+        min_size=min_size,
+        max_size=max_size,
+        server_settings={"search_path": schema},
+        init=_init_connection,
+    )

@@ -1,0 +1,73 @@
+"""The VM's side of the gateway, as the rendered script and local.start speak it with curl.
+
+Used by the simulated VMs and by tests that play a VM."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+
+
+class GatewayRefused(Exception):
+    def __init__(self, status: int, body: str):
+        super().__init__(f"gateway answered {status}: {body}")
+        self.status = status
+        self.body = body
+
+
+class VmClient:
+    def __init__(self, gateway_url: str, vm_id: str, token: str,
+                 session: aiohttp.ClientSession | None = None):
+        self.base = gateway_url.rstrip("/")
+        self.vm_id = vm_id
+        self.token = token
+        self._session = session
+        self._own_session = session is None
+
+    async def __aenter__(self) -> VmClient:
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        if self._own_session and self._session:
+            await self._session.close()
+
+    @property
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    async def _call(self, method: str, path: str, **kwargs) -> aiohttp.ClientResponse:
+        assert self._session, "use VmClient as an async context manager"
+        response = await self._session.request(method, f"{self.base}{path}",
+                                               headers=self._headers, **kwargs)
+        if response.status >= 400:
+            body = await response.text()
+            raise GatewayRefused(response.status, body)
+        return response
+
+    async def state(self, state: str, step: str | None = None, *, message: str | None = None,
+                    detail: dict[str, Any] | None = None) -> dict:
+        body = {"state": state, "step": step}
+        if message is not None:
+            body["message"] = message
+        if detail is not None:
+            body["detail"] = detail
+        response = await self._call("POST", f"/v1/vms/{self.vm_id}/state", json=body)
+        return await response.json()
+
+    async def message(self, text: str, level: str = "info") -> None:
+        await self._call("POST", f"/v1/vms/{self.vm_id}/messages", json={"level": level, "text": text})
+
+    async def script(self) -> str:
+        return await (await self._call("GET", f"/v1/vms/{self.vm_id}/script")).text()
+
+    async def master(self, wait: float = 0) -> dict:
+        return await (await self._call("GET", f"/v1/vms/{self.vm_id}/master", params={"wait": str(wait)})).json()
+
+    async def replication(self) -> dict:
+        return await (await self._call("GET", f"/v1/vms/{self.vm_id}/replication")).json()
+
+    async def download(self, path: str) -> bytes:
+        return await (await self._call("GET", path)).read()

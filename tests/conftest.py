@@ -1,0 +1,87 @@
+"""Shared fixtures. Integration tests use the real RabbitMQ and PostgreSQL on this machine,
+each test isolated by its own database schema and its own exchange/queue name prefix."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+import uuid
+from pathlib import Path
+from typing import Awaitable, Callable
+
+import aio_pika
+import aiohttp
+import asyncpg
+import pytest
+
+from shared.settings import Settings
+from shared.topology import SUBSCRIPTIONS, Names
+
+OPERATOR_TOKEN = "test-operator-token"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def eventually(check: Callable[[], Awaitable[object]], timeout: float = 20.0,
+                     interval: float = 0.05, what: str = "condition") -> object:
+    """Poll `check` until it returns something truthy, or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last saw {last!r}")
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    tag = uuid.uuid4().hex[:10]
+    port = free_port()
+    return Settings(
+        database_schema=f"t_{tag}",
+        bus_prefix=f"t{tag}",
+        retry_delays=(0.2, 0.4),
+        gateway_port=port,
+        gateway_url=f"http://127.0.0.1:{port}",
+        operator_token=OPERATOR_TOKEN,
+        state_dir=tmp_path / "state",
+        log_format="json",
+        log_level="warning",
+    )
+
+
+@pytest.fixture
+async def clean_broker_and_db(settings: Settings):
+    """Remove the test's schema and queues afterwards."""
+    yield
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        await conn.execute(f"DROP SCHEMA IF EXISTS {settings.database_schema} CASCADE")
+    finally:
+        await conn.close()
+    names = Names(settings.bus_prefix)
+    connection = await aio_pika.connect(settings.amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        for service in SUBSCRIPTIONS:
+            queues = [names.queue(service), names.dead_letters(service)]
+            queues += [names.retry(service, n) for n in range(1, len(settings.retry_delays) + 1)]
+            for queue in queues:
+                await channel.queue_delete(queue)
+        await channel.exchange_delete(names.exchange)
+
+
+@pytest.fixture
+async def operator(settings: Settings):
+    async with aiohttp.ClientSession(
+        base_url=settings.gateway_url,
+        headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"},
+    ) as session:
+        yield session

@@ -1,0 +1,105 @@
+"""The bus against the real RabbitMQ: retries, dead letters, replay, graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+
+from shared.bus import Bus, Consumer, dead_letters, replay_dead_letters
+from shared.events import Envelope, GroupSubmitted
+from shared.topology import Names
+from tests.conftest import eventually
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_broker_and_db")]
+
+
+@pytest.fixture
+async def bus(settings):
+    bus = Bus(settings.amqp_url, Names(settings.bus_prefix), settings.retry_delays)
+    await bus.connect()
+    yield bus
+    await bus.close()
+
+
+def submitted() -> Envelope:
+    return Envelope.new(GroupSubmitted(group_name="shop", vm_count=1), group_id=uuid.uuid4())
+
+
+async def test_a_failing_handler_is_retried_then_dead_lettered_and_can_be_replayed(bus):
+    """A handler that keeps failing gets 1 + len(retry_delays) attempts, then its message is in
+    the service's DLQ with the error; a replay hands it to the (now healthy) handler."""
+    attempts: list[uuid.UUID] = []
+    healthy = asyncio.Event()
+
+    async def handler(event: Envelope) -> None:
+        attempts.append(event.id)
+        if not healthy.is_set():
+            raise RuntimeError("archive store is full")
+
+    consumer = Consumer(bus, "archiver", handler)
+    await consumer.start()
+    event = submitted()
+    await bus.publish(event)
+
+    async def parked():
+        return await dead_letters(bus, "archiver")
+    letters = await eventually(parked, what="a dead letter")
+    assert len(attempts) == 1 + len(bus.retry_delays)
+    assert letters[0]["message_id"] == str(event.id)
+    assert letters[0]["error"] == "RuntimeError: archive store is full"
+    assert letters[0]["type"] == "group.submitted"
+
+    healthy.set()
+    assert await replay_dead_letters(bus, "archiver") == 1
+    await eventually(lambda: asyncio.sleep(0, len(attempts) == 2 + len(bus.retry_delays)),
+                     what="the replayed delivery")
+    assert await dead_letters(bus, "archiver") == []
+    await consumer.stop()
+
+
+async def test_a_poison_message_goes_straight_to_the_dead_letters(bus):
+    """A message that is not an event is dead-lettered at once, never handed to the handler."""
+    handled = []
+
+    async def handler(event):
+        handled.append(event)
+
+    consumer = Consumer(bus, "creator", handler)
+    await consumer.start()
+    await bus.send_to_queue(bus.names.queue("creator"), b'{"not": "an event"}', {})
+
+    async def parked():
+        return await dead_letters(bus, "creator")
+    letters = await eventually(parked, what="the poison message in the DLQ")
+    assert letters[0]["error"].startswith("malformed event")
+    assert handled == []
+    await consumer.stop()
+
+
+async def test_graceful_stop_lets_the_handler_in_flight_finish_and_ack(bus, settings):
+    """stop() stops taking messages but waits for the one being handled, which is acked."""
+    started, release = asyncio.Event(), asyncio.Event()
+    finished = []
+
+    async def handler(event):
+        started.set()
+        await release.wait()
+        finished.append(event.id)
+
+    consumer = Consumer(bus, "configurator", handler)
+    await consumer.start()
+    event = Envelope.new(GroupSubmitted(group_name="x", vm_count=1), group_id=uuid.uuid4())
+    await bus.send_to_queue(bus.names.queue("configurator"), event.model_dump_json().encode(), {})
+    await asyncio.wait_for(started.wait(), 10)
+    stopping = asyncio.create_task(consumer.stop(timeout=10))
+    await asyncio.sleep(0)
+    assert not stopping.done()
+    release.set()
+    await stopping
+    assert finished == [event.id]
+    channel = await bus.connection.channel()
+    queue = await channel.declare_queue(bus.names.queue("configurator"), passive=True)
+    assert queue.declaration_result.message_count == 0
+    await channel.close()

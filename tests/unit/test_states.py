@@ -1,0 +1,51 @@
+"""The VM state machine."""
+
+import pytest
+
+from shared.states import RESTING, RETRY_FROM, IllegalTransition, VmState, check
+
+S = VmState
+
+JOURNEY = [S.PLANNED, S.ARCHIVING, S.ARCHIVED, S.CREATING, S.CREATED, S.CONFIGURING,
+           S.CONFIGURED, S.PROVISIONING, S.PROVISIONED, S.LOADING, S.REPLICATING, S.READY,
+           S.CUTTING_OVER, S.LIVE]
+
+
+def test_the_whole_journey_is_legal_step_by_step():
+    """Each state of a replica's journey may follow the one before it."""
+    for current, target in zip(JOURNEY, JOURNEY[1:]):
+        check(current, target)
+
+
+@pytest.mark.parametrize("current,target", [
+    (S.PLANNED, S.CREATED), (S.ARCHIVED, S.CONFIGURED), (S.CONFIGURED, S.READY),
+    (S.READY, S.PLANNED), (S.LIVE, S.FAILED), (S.FAILED, S.FAILED), (S.CONFIGURING, S.HALTED),
+])
+def test_skips_and_backward_moves_are_refused(current, target):
+    """Skipping a phase, going back, failing a live VM or holding a busy one is refused."""
+    with pytest.raises(IllegalTransition):
+        check(current, target)
+
+
+def test_any_unfinished_state_may_fail():
+    """A VM may fail from anywhere before it is live."""
+    for state in JOURNEY[:-1]:
+        check(state, S.FAILED)
+
+
+def test_only_resting_states_may_be_held():
+    """A halt parks VMs that wait for a service, never one in the middle of a phase."""
+    for state in S:
+        if state in RESTING:
+            check(state, S.HALTED)
+        elif state != S.HALTED:
+            with pytest.raises(IllegalTransition):
+                check(state, S.HALTED)
+
+
+def test_retry_goes_back_to_a_resting_state_before_the_failed_phase():
+    """Retrying sends a failed VM to the resting state that starts the phase it failed in."""
+    assert RETRY_FROM[S.CONFIGURING] == S.CREATED
+    assert RETRY_FROM[S.ARCHIVING] == S.PLANNED
+    assert RETRY_FROM[S.LOADING] == S.CONFIGURED
+    assert set(RETRY_FROM.values()) <= RESTING
