@@ -1,0 +1,180 @@
+"""ferry: the operator's command line."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.live import Live
+
+from cli.client import Gateway, GatewayError
+from cli.status import group_table, groups_table
+from shared.plan import PlanError, load_plan_file
+from shared.settings import Settings
+
+console = Console()
+TERMINAL_STATUSES = {"ready", "live"}
+
+
+def _gateway() -> Gateway:
+    return Gateway.from_settings(Settings())
+
+
+def _fail(message: str, code: int = 1) -> None:
+    console.print(f"[bold red]error:[/bold red] {message}", highlight=False)
+    sys.exit(code)
+
+
+def _call(method: str, path: str, body=None, content_type: str = "application/json") -> dict:
+    try:
+        return _gateway().call(method, path, body, content_type)
+    except GatewayError as exc:
+        lines = [str(exc)] + [
+            f"  {p['location']}: {p['message']}" for p in exc.body.get("problems", [])
+        ]
+        _fail("\n".join(lines))
+
+
+@click.group()
+def main() -> None:
+    """Move whole groups of Linux VMs to new infrastructure."""
+
+
+@main.command()
+@click.argument("plan", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def validate(plan: Path) -> None:
+    """Check a plan without submitting it."""
+    try:
+        parsed = load_plan_file(plan)
+    except PlanError as exc:
+        _fail(f"{plan} is not valid:\n{exc}")
+    console.print(f"{plan}: group {parsed.group!r} with {len(parsed.vms)} VMs is valid")
+
+
+@main.command()
+@click.argument("plan", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def submit(plan: Path) -> None:
+    """Validate a plan and submit it; its group starts its journey."""
+    try:
+        parsed = load_plan_file(plan)
+    except PlanError as exc:
+        _fail(f"{plan} is not valid:\n{exc}")
+    # Sent as JSON with source paths resolved against the plan's folder.
+    answer = _call("POST", "/v1/groups", parsed.model_dump(mode="json"))
+    console.print(f"submitted group {answer['name']} ({answer['id']})")
+
+
+@main.command()
+@click.argument("group", required=False)
+@click.option("--watch", is_flag=True, help="Refresh until stopped (Ctrl-C).")
+@click.option("--until-ready", is_flag=True, help="With --watch: stop when the group is ready "
+              "(exit 1 if it halts).")
+@click.option("--interval", default=1.0, show_default=True, help="Seconds between refreshes.")
+@click.option("--timeout", default=0.0, help="With --until-ready: give up after this many seconds.")
+def status(group: str | None, watch: bool, until_ready: bool, interval: float, timeout: float) -> None:
+    """The groups, or one group's VMs with their states, steps and messages."""
+    def render():
+        if group:
+            detail = _call("GET", f"/v1/groups/{group}")
+            return group_table(detail), detail["status"]
+        return groups_table(_call("GET", "/v1/groups")["groups"]), None
+
+    if not watch:
+        console.print(render()[0])
+        return
+    started = time.monotonic()
+    with Live(render()[0], console=console, refresh_per_second=4) as live:
+        while True:
+            table, state = render()
+            live.update(table)
+            if until_ready and state in TERMINAL_STATUSES:
+                return
+            if until_ready and state == "halted":
+                sys.exit(1)
+            if timeout and time.monotonic() - started > timeout:
+                _fail(f"group {group} not ready after {timeout:.0f}s")
+            time.sleep(interval)
+
+
+@main.command()
+@click.argument("vm", metavar="GROUP/VM")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new messages.")
+def logs(vm: str, follow: bool) -> None:
+    """A VM's log messages."""
+    vm_id = _vm_id(vm)
+    after = 0
+    while True:
+        for message in _call("GET", f"/v1/vms/{vm_id}/messages?after={after}")["messages"]:
+            console.print(f"{message['at'][:19]} {message['level']:<7} {message['text']}",
+                          highlight=False, markup=False)
+            after = message["id"]
+        if not follow:
+            return
+        time.sleep(1)
+
+
+@main.command()
+@click.argument("group")
+def resume(group: str) -> None:
+    """Lift a halted group's halt."""
+    _call("POST", f"/v1/groups/{group}/resume")
+    console.print(f"group {group} resumed")
+
+
+@main.command()
+@click.argument("vm", metavar="GROUP/VM")
+def retry(vm: str) -> None:
+    """Send a failed VM back to redo the phase that failed."""
+    answer = _call("POST", f"/v1/vms/{_vm_id(vm)}/retry")
+    console.print(f"{vm} will redo from {answer.get('held_state') or answer['state']}")
+
+
+@main.command()
+@click.argument("group")
+@click.option("--prepare", is_flag=True, help="Only the steps ahead of the window.")
+def cutover(group: str, prepare: bool) -> None:
+    """Request the cutover of a ready group."""
+    answer = _call("POST", f"/v1/groups/{group}/cutover", {"prepare": prepare})
+    console.print(f"cutover of {group} requested (run {answer['run_id']})")
+
+
+@main.command("dlq")
+@click.argument("service")
+@click.option("--replay", is_flag=True, help="Put them back on the service's queue.")
+def dead_letters(service: str, replay: bool) -> None:
+    """A service's dead letters (events its handler failed on for good)."""
+    if replay:
+        moved = _call("POST", f"/v1/dead-letters/{service}/replay")["replayed"]
+        console.print(f"{moved} replayed")
+        return
+    for letter in _call("GET", f"/v1/dead-letters/{service}")["messages"]:
+        console.print(f"{letter['failed_at']} {letter['type']} {letter['message_id']}\n"
+                      f"    {letter['error']}", highlight=False, markup=False)
+
+
+@main.command("run-all")
+def run_all() -> None:
+    """Run every service and the gateway in this one process (for development)."""
+    from services.runtime import SERVICES
+    from services.runtime import main as run
+
+    run(list(SERVICES), gateway=True)
+
+
+from cli.demo import demo  # noqa: E402 - registered last, it imports the services
+
+main.add_command(demo)
+
+
+def _vm_id(ref: str) -> str:
+    group, _, name = ref.partition("/")
+    if not name:
+        return ref  # an id
+    detail = _call("GET", f"/v1/groups/{group}")
+    for vm in detail["vms"]:
+        if vm["name"] == name:
+            return vm["id"]
+    _fail(f"group {group} has no VM {name!r}")

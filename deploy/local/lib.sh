@@ -1,0 +1,63 @@
+# Shared by the local scripts: the virtualenv and the services this machine runs.
+# shellcheck shell=bash
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+VENV="${FERRY_VENV:-$REPO/.venv}"
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+ensure_venv() {
+    local stamp="$VENV/.ferry-installed"
+    if [[ ! -x "$VENV/bin/python" ]]; then
+        say "creating the virtualenv in $VENV"
+        python3 -m venv "$VENV"
+    fi
+    # Reinstall only when the dependency list changed.
+    if [[ ! -f "$stamp" || "$REPO/pyproject.toml" -nt "$stamp" ]]; then
+        say "installing Ferryman and its pinned dependencies"
+        "$VENV/bin/pip" install --quiet --upgrade pip
+        "$VENV/bin/pip" install --quiet -e "$REPO[test]"
+        touch "$stamp"
+    fi
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_port() {
+    local port=$1 what=$2 tries=120
+    until port_open "$port"; do
+        tries=$((tries - 1))
+        if ((tries == 0)); then
+            say "$what did not open port $port"; return 1
+        fi
+        sleep 0.5
+    done
+}
+
+ensure_postgres() {
+    port_open 5432 && return 0
+    say "starting PostgreSQL"
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql)" main start
+    wait_port 5432 PostgreSQL
+}
+
+ensure_rabbitmq() {
+    port_open 5672 && return 0
+    say "starting RabbitMQ"
+    rabbitmq-server -detached
+    rabbitmqctl await_startup >/dev/null
+    wait_port 5672 RabbitMQ
+}
+
+ensure_mariadb() {
+    port_open 3306 && return 0
+    say "starting MariaDB"
+    start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd
+    wait_port 3306 MariaDB
+}
+
+ensure_services() {
+    ensure_postgres
+    ensure_rabbitmq
+    ensure_mariadb
+}

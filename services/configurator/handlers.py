@@ -1,0 +1,76 @@
+"""Configurator: renders each created VM's configuration script, issues its token and boots it
+from the migration network, where the migration image fetches the script and runs it."""
+
+from __future__ import annotations
+
+import uuid
+
+from shared.events import Envelope
+from shared.providers.base import BootSource, ProviderError
+from shared.service import Context, Router
+from shared.states import GroupStatus, VmState
+from shared.store import groups, tokens, vms
+from services.configurator.render import ArchiveRef, render_script
+
+router = Router("configurator")
+
+# The step a VM is in from the moment it is booted until its script first reports.
+PXE_BOOT = "pxe-boot"
+
+
+@router.on("vm.created")
+async def configure_created(event: Envelope, ctx: Context) -> None:
+    assert event.vm_id
+    await _boot_for_configuration(ctx, event.vm_id)
+
+
+@router.on("group.resumed")
+async def configure_resumed(event: Envelope, ctx: Context) -> None:
+    async with ctx.store.pool.acquire() as conn:
+        members = await vms.of_group(conn, event.group_id)
+    for vm in members:
+        if vm.state == VmState.CREATED:
+            await _boot_for_configuration(ctx, vm.id)
+
+
+async def _boot_for_configuration(ctx: Context, vm_id: uuid.UUID) -> None:
+    async with ctx.step() as tx:
+        vm = await vms.get(tx.conn, vm_id, lock=True)
+        # CONFIGURING at PXE_BOOT means a boot was decided but maybe never done (a crash):
+        # boot again with a fresh token.
+        again = vm is not None and vm.state == VmState.CONFIGURING and vm.step == PXE_BOOT
+        if vm is None or not (vm.state == VmState.CREATED or again):
+            return
+        if vm.group_status != GroupStatus.ACTIVE or vm.provider_ref is None:
+            return
+        group = await groups.get(tx.conn, vm.group_id)
+        plan = group.parsed_plan()
+        script = render_script(plan, plan.vm(vm.name), await _archive_refs(tx.conn, vm.id))
+        await tx.conn.execute(
+            "INSERT INTO vm_scripts (vm_id, script) VALUES ($1, $2) ON CONFLICT (vm_id)"
+            " DO UPDATE SET script = $2, rendered_at = now()",
+            vm.id, script,
+        )
+        token = await tokens.issue(tx.conn, vm.id)
+        if vm.state == VmState.CREATED:
+            await vms.transition(tx, vm.id, VmState.CONFIGURING, step=PXE_BOOT)
+    kernel_args = {
+        "ferry.gateway": ctx.settings.gateway_url, "ferry.vm": str(vm.id), "ferry.token": token,
+    }
+    try:
+        await ctx.provider.boot(vm.provider_ref, BootSource.NETWORK, kernel_args=kernel_args)
+    except ProviderError as exc:
+        async with ctx.step() as tx:
+            await vms.transition(tx, vm.id, VmState.FAILED, step=PXE_BOOT, message=str(exc))
+
+
+async def _archive_refs(conn, vm_id: uuid.UUID) -> list[ArchiveRef]:
+    rows = await conn.fetch(
+        "SELECT id, kind, source, sha256, size, engine FROM archives WHERE vm_id = $1 ORDER BY id",
+        vm_id,
+    )
+    return [
+        ArchiveRef(id=r["id"], kind=r["kind"], source=r["source"], sha256=r["sha256"],
+                   size=r["size"], engine=r["engine"])
+        for r in rows
+    ]

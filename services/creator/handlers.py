@@ -1,0 +1,72 @@
+"""Creator: once the whole group is archived, one blank VM per plan entry, through the provider.
+
+Provider calls carry the VM's id as idempotency key, so a redelivered event or a restart
+mid-creation never makes a second VM."""
+
+from __future__ import annotations
+
+from shared import events as ev
+from shared.events import Envelope
+from shared.plan import Plan
+from shared.providers.base import ProviderError, VmSpec
+from shared.service import Context, Router
+from shared.states import GroupStatus, VmState
+from shared.store import groups, vms
+
+router = Router("creator")
+
+
+@router.on("archive.ready")
+async def note_archive(event: Envelope, ctx: Context) -> None:
+    async with ctx.transaction() as tx:
+        await groups.get(tx.conn, event.group_id, lock=True)  # one archive.ready at a time
+        if await groups.mark_archived_once(tx, event.group_id):
+            await tx.publish(ev.GroupArchived(), group_id=event.group_id)
+
+
+@router.on("group.resumed")
+async def resume_creation(event: Envelope, ctx: Context) -> None:
+    async with ctx.step() as tx:
+        group = await groups.get(tx.conn, event.group_id, lock=True)
+        if group and group.archived_at is None and await groups.mark_archived_once(tx, group.id):
+            await tx.publish(ev.GroupArchived(), group_id=group.id)
+            return
+    await create_group_vms(event, ctx)
+
+
+@router.on("group.archived")
+async def create_group_vms(event: Envelope, ctx: Context) -> None:
+    async with ctx.store.pool.acquire() as conn:
+        group = await groups.get(conn, event.group_id)
+        members = await vms.of_group(conn, event.group_id)
+    if group is None or group.archived_at is None or group.status != GroupStatus.ACTIVE:
+        return
+    plan = group.parsed_plan()
+    for vm in members:
+        if vm.state in (VmState.ARCHIVED, VmState.CREATING):
+            await _create(ctx, plan, vm.id)
+
+
+async def _create(ctx: Context, plan: Plan, vm_id) -> None:
+    async with ctx.step() as tx:
+        vm = await vms.get(tx.conn, vm_id, lock=True)
+        if vm and vm.state == VmState.ARCHIVED:
+            vm = await vms.transition(tx, vm_id, VmState.CREATING, step="create")
+    if vm is None or vm.state != VmState.CREATING:
+        return
+    planned = plan.vm(vm.name)
+    spec = VmSpec(
+        vm_id=vm.id, group=plan.group, name=vm.name, role=vm.role, cpus=planned.cpus,
+        memory_mb=planned.memory_mb, disks_gb=[d.size_gb for d in planned.disks],
+    )
+    try:
+        made = await ctx.provider.create_vm(spec, idempotency_key=f"vm:{vm.id}")
+    except ProviderError as exc:
+        async with ctx.step() as tx:
+            await vms.transition(tx, vm.id, VmState.FAILED, step="create", message=str(exc))
+        return
+    async with ctx.step() as tx:
+        await vms.set_provider_ref(tx.conn, vm.id, made.ref)
+        await vms.transition(tx, vm.id, VmState.CREATED, step="create")
+        await tx.publish(ev.VmCreated(provider=ctx.provider.name, provider_ref=made.ref),
+                         group_id=vm.group_id, vm_id=vm.id)

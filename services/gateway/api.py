@@ -1,0 +1,46 @@
+"""A tiny route table that aiohttp serves and the OpenAPI document is generated from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable, Literal
+
+from aiohttp import web
+from pydantic import BaseModel
+
+Auth = Literal["vm", "operator", "vm-boot", "none"]
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    summary: str
+    auth: Auth
+    body: type[BaseModel] | None = None
+    response: type[BaseModel] | None = None
+    tag: str = "operator"
+    responses: dict[int, str] = field(default_factory=dict)
+
+
+class Api:
+    def __init__(self) -> None:
+        self.routes: list[Route] = []
+
+    def route(self, method: str, path: str, summary: str, *, auth: Auth, tag: str,
+              body: type[BaseModel] | None = None, response: type[BaseModel] | None = None,
+              responses: dict[int, str] | None = None):
+        def register(fn):
+            self.routes.append(Route(method, path, fn, summary, auth, body, response, tag,
+                                     responses or {}))
+            return fn
+
+        return register
+
+    def add_to(self, app: web.Application) -> None:
+        for r in self.routes:
+            app.router.add_route(r.method, r.path, r.handler)
+
+
+api = Api()

@@ -1,0 +1,13 @@
+"""Typed application state keys."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from shared.bus import Bus
+from shared.service import Deps
+
+DEPS = web.AppKey("deps", Deps)
+BUS = web.AppKey("bus", Bus)
+OPERATOR_TOKEN = web.AppKey("operator_token", str)
+LIVE = web.AppKey("live", object)

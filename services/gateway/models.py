@@ -1,0 +1,156 @@
+"""What the gateway accepts and answers, as pydantic models (they feed the OpenAPI document)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.states import VM_REPORTABLE
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+ReportableState = Literal[tuple(sorted(s.value for s in VM_REPORTABLE))]  # type: ignore[valid-type]
+
+
+class StateReport(StrictModel):
+    state: ReportableState
+    step: str | None = Field(default=None, max_length=200)
+    message: str | None = Field(default=None, max_length=4000)
+    detail: dict[str, Any] | None = None
+
+
+class MessageReport(StrictModel):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    text: str = Field(max_length=8000)
+
+
+class Accepted(BaseModel):
+    ok: bool = True
+
+
+class VmView(BaseModel):
+    id: uuid.UUID
+    name: str
+    role: str
+    state: str
+    held_state: str | None
+    failed_from: str | None
+    step: str | None
+    message: str | None
+    state_changed_at: datetime
+    seconds_in_state: float
+
+
+class MessageView(BaseModel):
+    id: int
+    vm_id: uuid.UUID
+    level: str
+    text: str
+    at: datetime
+
+
+class GroupSummary(BaseModel):
+    id: uuid.UUID
+    name: str
+    status: str
+    halted_reason: str | None
+    created_at: datetime
+    vm_count: int
+    states: dict[str, int]
+
+
+class GroupDetail(GroupSummary):
+    vms: list[VmView]
+    messages: list[MessageView]
+
+
+class GroupList(BaseModel):
+    groups: list[GroupSummary]
+
+
+class Submitted(BaseModel):
+    id: uuid.UUID
+    name: str
+
+
+class Problem(BaseModel):
+    location: str
+    message: str
+    line: int | None = None
+    column: int | None = None
+
+
+class ErrorBody(BaseModel):
+    error: str
+    problems: list[Problem] = []
+
+
+class MasterStatus(BaseModel):
+    complete: bool
+    master: str
+    host: str | None = None
+    port: int | None = None
+    log_file: str | None = None
+    log_pos: int | None = None
+
+
+class ReplicationCredentials(BaseModel):
+    user: str
+    password: str
+
+
+class CutoverRequest(StrictModel):
+    prepare: bool = False
+
+
+class CutoverAccepted(BaseModel):
+    run_id: uuid.UUID
+
+
+class NeedsProvisioning(BaseModel):
+    vms: list[VmView]
+
+
+class MessageList(BaseModel):
+    messages: list[MessageView]
+
+
+class DeadLetter(BaseModel):
+    message_id: str | None
+    type: str | None
+    error: str | None
+    attempts: int | None
+    failed_at: str | None
+    body: Any
+
+
+class DeadLetters(BaseModel):
+    service: str
+    messages: list[DeadLetter]
+
+
+class Replayed(BaseModel):
+    replayed: int
+
+
+class Phase(BaseModel):
+    state: str
+    step: str | None
+    entered_at: datetime
+    seconds: float | None  # None while the VM is still in it
+
+
+class VmTimeline(BaseModel):
+    vm: str
+    phases: list[Phase]
+
+
+class Timeline(BaseModel):
+    group: str
+    vms: list[VmTimeline]

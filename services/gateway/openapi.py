@@ -1,0 +1,65 @@
+"""The OpenAPI document, generated from the route table and the pydantic models."""
+
+from __future__ import annotations
+
+import re
+
+from pydantic.json_schema import models_json_schema
+
+from services.gateway.api import Api
+
+SECURITY = {
+    "vm": [{"vmToken": []}],
+    "operator": [{"operatorToken": []}],
+    "vm-boot": [{"vmToken": []}, {"bootToken": []}],
+    "none": [],
+}
+
+
+def openapi_document(api: Api, version: str = "0.1.0") -> dict:
+    models = {r.body for r in api.routes if r.body} | {r.response for r in api.routes if r.response}
+    ordered = sorted(models, key=lambda model: model.__name__)
+    refs, defs = models_json_schema([(model, "validation") for model in ordered],
+                                    ref_template="#/components/schemas/{model}")
+    paths: dict[str, dict] = {}
+    for route in api.routes:
+        operation = {
+            "summary": route.summary,
+            "tags": [route.tag],
+            "operationId": route.handler.__name__,
+            "security": SECURITY[route.auth],
+            "parameters": [
+                {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                for name in re.findall(r"{(\w+)}", route.path)
+            ],
+            "responses": _responses(route, refs),
+        }
+        if route.body:
+            operation["requestBody"] = {"required": True, "content": {"application/json": {
+                "schema": refs[(route.body, "validation")]}}}
+        paths.setdefault(route.path, {})[route.method.lower()] = operation
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Ferryman gateway", "version": version},
+        "paths": paths,
+        "components": {
+            "schemas": defs.get("$defs", {}),
+            "securitySchemes": {
+                "vmToken": {"type": "http", "scheme": "bearer",
+                            "description": "the VM's own token, issued when it is booted"},
+                "bootToken": {"type": "apiKey", "in": "query", "name": "token"},
+                "operatorToken": {"type": "http", "scheme": "bearer"},
+            },
+        },
+    }
+
+
+def _responses(route, refs) -> dict:
+    ok = {"description": "OK"}
+    if route.response:
+        ok["content"] = {"application/json": {"schema": refs[(route.response, "validation")]}}
+    answers = {"200": ok, "401": {"description": "no or invalid token"},
+               "403": {"description": "the token is not for this"}}
+    for status, text in route.responses.items():
+        answers[str(status)] = {"description": text}
+    return answers

@@ -1,0 +1,235 @@
+"""The operator's side: submit and inspect groups, resume, retry, cutover, dead letters."""
+
+from __future__ import annotations
+
+import uuid
+
+from aiohttp import web
+
+from services.gateway import models as m
+from services.gateway.api import api
+from services.gateway.auth import path_uuid, require_operator
+from services.gateway.errors import json_response, parse_body, problem
+from services.gateway.keys import BUS, DEPS
+from services.gateway.vm_routes import vm_view
+from shared import events as ev
+from shared.bus import dead_letters, replay_dead_letters
+from shared.plan import PlanError, load_plan
+from shared.states import GroupStatus, IllegalTransition
+from shared.store import groups, vms
+from shared.topology import SUBSCRIPTIONS
+
+MAX_PLAN_BYTES = 1_000_000
+
+
+@api.route("POST", "/v1/groups", "Submit a plan (YAML or JSON); the group starts its journey",
+           auth="operator", tag="operator", response=m.Submitted,
+           responses={422: "the plan is not valid; nothing was written", 409: "already migrating"})
+async def submit(request: web.Request) -> web.Response:
+    require_operator(request)
+    raw = await request.read()
+    try:
+        plan = load_plan(raw.decode("utf-8", errors="replace"), source="plan")
+    except PlanError as exc:
+        problems = [
+            {"location": p.location, "message": p.message, "line": p.line, "column": p.column}
+            for p in exc.problems
+        ]
+        raise problem(web.HTTPUnprocessableEntity, "the plan is not valid", problems) from None
+    store = request.app[DEPS].store
+    try:
+        async with store.transaction() as tx:
+            group_id = await groups.submit(tx, plan)
+    except groups.GroupExists as exc:
+        raise problem(web.HTTPConflict, str(exc)) from None
+    return json_response(m.Submitted(id=group_id, name=plan.group), 201)
+
+
+@api.route("GET", "/v1/groups", "All groups with their VMs counted by state", auth="operator",
+           tag="operator", response=m.GroupList)
+async def list_groups(request: web.Request) -> web.Response:
+    require_operator(request)
+    async with request.app[DEPS].store.pool.acquire() as conn:
+        rows = await conn.fetch("SELECT * FROM groups ORDER BY created_at DESC LIMIT 500")
+        summaries = [await _summary(conn, r) for r in rows]
+    return json_response(m.GroupList(groups=summaries))
+
+
+@api.route("GET", "/v1/groups/{group}", "One group (by id or name): its VMs, states and latest "
+           "log messages", auth="operator", tag="operator", response=m.GroupDetail)
+async def show_group(request: web.Request) -> web.Response:
+    require_operator(request)
+    async with request.app[DEPS].store.pool.acquire() as conn:
+        group = await _find_group(conn, request)
+        row = await conn.fetchrow("SELECT * FROM groups WHERE id = $1", group.id)
+        summary = await _summary(conn, row)
+        vm_rows = await conn.fetch("SELECT * FROM vms WHERE group_id = $1 ORDER BY position", group.id)
+        messages = await conn.fetch(
+            "SELECT m.* FROM vm_messages m JOIN vms v ON v.id = m.vm_id WHERE v.group_id = $1"
+            " ORDER BY m.id DESC LIMIT 50", group.id,
+        )
+    detail = m.GroupDetail(
+        **summary.model_dump(), vms=[vm_view(r) for r in vm_rows],
+        messages=[_message(r) for r in reversed(messages)],
+    )
+    return json_response(detail)
+
+
+@api.route("GET", "/v1/vms/{vm_id}/messages", "A VM's log messages (?after=id for new ones)",
+           auth="operator", tag="operator", response=m.MessageList)
+async def vm_messages(request: web.Request) -> web.Response:
+    require_operator(request)
+    vm_id = path_uuid(request, "vm_id")
+    try:
+        after = int(request.query.get("after", "0"))
+    except ValueError:
+        raise problem(web.HTTPBadRequest, "after must be a message id") from None
+    rows = await request.app[DEPS].store.fetch(
+        "SELECT * FROM vm_messages WHERE vm_id = $1 AND id > $2 ORDER BY id LIMIT 1000",
+        vm_id, after,
+    )
+    return json_response(m.MessageList(messages=[_message(r) for r in rows]))
+
+
+@api.route("POST", "/v1/groups/{group}/resume", "Lift a halt; held VMs carry on",
+           auth="operator", tag="operator", response=m.Accepted,
+           responses={409: "not halted, or a VM is still failed"})
+async def resume(request: web.Request) -> web.Response:
+    require_operator(request)
+    store = request.app[DEPS].store
+    async with store.transaction() as tx:
+        group = await _find_group(tx.conn, request)
+        try:
+            await groups.resume(tx, group.id)
+        except groups.ResumeRefused as exc:
+            raise problem(web.HTTPConflict, str(exc)) from None
+    return json_response(m.Accepted())
+
+
+@api.route("POST", "/v1/vms/{vm_id}/retry", "Send a failed VM back to redo the phase that failed",
+           auth="operator", tag="operator", response=m.VmView,
+           responses={409: "the VM has not failed"})
+async def retry(request: web.Request) -> web.Response:
+    require_operator(request)
+    vm_id = path_uuid(request, "vm_id")
+    store = request.app[DEPS].store
+    try:
+        async with store.transaction() as tx:
+            await vms.retry(tx, vm_id)
+    except LookupError:
+        raise problem(web.HTTPNotFound, f"no VM {vm_id}") from None
+    except IllegalTransition as exc:
+        raise problem(web.HTTPConflict, f"only a failed VM can be retried; it is {exc.current}") from None
+    row = await store.fetchrow("SELECT * FROM vms WHERE id = $1", vm_id)
+    return json_response(vm_view(row))
+
+
+@api.route("POST", "/v1/groups/{group}/cutover", "Request the cutover of a ready group",
+           auth="operator", tag="operator", body=m.CutoverRequest, response=m.CutoverAccepted,
+           responses={409: "the group is not ready"})
+async def cutover(request: web.Request) -> web.Response:
+    require_operator(request)
+    body = await parse_body(request, m.CutoverRequest)
+    run_id = uuid.uuid4()
+    async with request.app[DEPS].store.transaction() as tx:
+        group = await _find_group(tx.conn, request, lock=True)
+        if group.status != GroupStatus.READY:
+            raise problem(web.HTTPConflict, f"group {group.name} is {group.status}, not ready")
+        await tx.conn.execute(
+            "INSERT INTO cutover_runs (id, group_id, prepare, status) VALUES ($1, $2, $3, 'requested')",
+            run_id, group.id, body.prepare,
+        )
+        await tx.publish(ev.CutoverRequested(run_id=str(run_id), prepare=body.prepare),
+                         group_id=group.id)
+    return json_response(m.CutoverAccepted(run_id=run_id), 202)
+
+
+@api.route("GET", "/v1/needs-provisioning", "Configured VMs waiting to be provisioned (for an "
+           "external provider)", auth="operator", tag="provider", response=m.NeedsProvisioning)
+async def needs_provisioning(request: web.Request) -> web.Response:
+    require_operator(request)
+    rows = await request.app[DEPS].store.fetch(
+        "SELECT v.* FROM vms v JOIN groups g ON g.id = v.group_id"
+        " WHERE v.state = 'configured' AND g.status = 'active' ORDER BY v.state_changed_at"
+    )
+    return json_response(m.NeedsProvisioning(vms=[vm_view(r) for r in rows]))
+
+
+@api.route("GET", "/v1/dead-letters/{service}", "A service's dead letters with their errors",
+           auth="operator", tag="operator", response=m.DeadLetters)
+async def list_dead_letters(request: web.Request) -> web.Response:
+    require_operator(request)
+    service = _service(request)
+    found = await dead_letters(request.app[BUS], service)
+    return json_response(m.DeadLetters(service=service, messages=found))
+
+
+@api.route("POST", "/v1/dead-letters/{service}/replay", "Put a service's dead letters (all, or "
+           "?id=message id) back on its queue", auth="operator", tag="operator", response=m.Replayed)
+async def replay(request: web.Request) -> web.Response:
+    require_operator(request)
+    service = _service(request)
+    moved = await replay_dead_letters(request.app[BUS], service, request.query.get("id"))
+    return json_response(m.Replayed(replayed=moved))
+
+
+def _service(request: web.Request) -> str:
+    service = request.match_info["service"]
+    if service not in SUBSCRIPTIONS:
+        raise problem(web.HTTPNotFound, f"no service {service!r}; one of {', '.join(SUBSCRIPTIONS)}")
+    return service
+
+
+async def _find_group(conn, request: web.Request, lock: bool = False) -> groups.Group:
+    ref = request.match_info["group"]
+    group = await groups.find(conn, ref)
+    if group is None:
+        raise problem(web.HTTPNotFound, f"no group {ref!r}")
+    if lock:
+        group = await groups.get(conn, group.id, lock=True)
+    return group
+
+
+async def _summary(conn, row) -> m.GroupSummary:
+    counts = await conn.fetch(
+        "SELECT state, count(*) AS n FROM vms WHERE group_id = $1 GROUP BY state", row["id"]
+    )
+    states = {r["state"]: r["n"] for r in counts}
+    return m.GroupSummary(
+        id=row["id"], name=row["name"], status=row["status"],
+        halted_reason=row["halted_reason"], created_at=row["created_at"],
+        vm_count=sum(states.values()), states=states,
+    )
+
+
+def _message(row) -> m.MessageView:
+    return m.MessageView(id=row["id"], vm_id=row["vm_id"], level=row["level"], text=row["text"],
+                         at=row["at"])
+
+
+@api.route("GET", "/v1/groups/{group}/timeline", "Each VM's phases with the time spent in each",
+           auth="operator", tag="operator", response=m.Timeline)
+async def timeline(request: web.Request) -> web.Response:
+    require_operator(request)
+    async with request.app[DEPS].store.pool.acquire() as conn:
+        group = await _find_group(conn, request)
+        rows = await conn.fetch(
+            "SELECT v.name, t.to_state, t.step, t.at FROM vm_transitions t"
+            " JOIN vms v ON v.id = t.vm_id WHERE v.group_id = $1 ORDER BY v.position, t.id",
+            group.id,
+        )
+    by_vm: dict[str, list] = {}
+    for row in rows:
+        by_vm.setdefault(row["name"], []).append(row)
+    return json_response(m.Timeline(group=group.name, vms=[
+        m.VmTimeline(vm=name, phases=_phases(entries)) for name, entries in by_vm.items()
+    ]))
+
+
+def _phases(entries) -> list[m.Phase]:
+    phases = []
+    for current, following in zip(entries, entries[1:] + [None]):
+        seconds = (following["at"] - current["at"]).total_seconds() if following else None
+        phases.append(m.Phase(state=current["to_state"], step=current["step"],
+                              entered_at=current["at"], seconds=seconds))
+    return phases

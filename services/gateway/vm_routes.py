@@ -1,0 +1,183 @@
+"""What a VM calls while it is rebuilt: its boot script, its configuration script, state and
+message updates, the master's status (a replica's hold), its archives and support data."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from pathlib import Path
+
+from aiohttp import web
+
+from services.gateway import models as m
+from services.gateway.api import api
+from services.gateway.auth import require_vm, vm_from_token, path_uuid
+from services.gateway.errors import json_response, parse_body, problem
+from services.gateway.keys import DEPS
+from shared.states import IllegalTransition, VmState
+from shared.store import groups, vms
+
+REPLICATION_USER = "ferry_repl"
+HOLD_POLL_S = 0.5
+
+
+@api.route("GET", "/v1/boot/{vm_id}", "iPXE script that boots the VM into the migration image",
+           auth="vm-boot", tag="vm")
+async def boot_script(request: web.Request) -> web.Response:
+    # iPXE cannot send headers, so the boot URL carries the token as a query parameter.
+    owner = await vm_from_token(request, request.query.get("token"))
+    if owner != path_uuid(request, "vm_id"):
+        raise problem(web.HTTPForbidden, "this token belongs to another VM")
+    settings = request.app[DEPS].settings
+    gw = settings.gateway_url.rstrip("/")
+    token = request.query["token"]
+    args = f"ferry.gateway={gw} ferry.vm={owner} ferry.token={token} console=ttyS0"
+    text = (
+        "#!ipxe\n"
+        f"kernel {gw}/v1/support/migration-vmlinuz?token={token} {args}\n"
+        f"initrd {gw}/v1/support/migration-initrd.img?token={token}\n"
+        "boot\n"
+    )
+    return web.Response(text=text, content_type="text/plain")
+
+
+@api.route("GET", "/v1/vms/{vm_id}/script", "The VM's rendered configuration script",
+           auth="vm", tag="vm", responses={503: "not rendered yet; retry"})
+async def script(request: web.Request) -> web.Response:
+    vm_id = await require_vm(request)
+    text = await request.app[DEPS].store.fetchval(
+        "SELECT script FROM vm_scripts WHERE vm_id = $1", vm_id
+    )
+    if text is None:
+        raise problem(web.HTTPServiceUnavailable, "the script is not rendered yet")
+    return web.Response(text=text, content_type="text/x-shellscript")
+
+
+@api.route("POST", "/v1/vms/{vm_id}/state", "state_update: the VM reports its state and step",
+           auth="vm", tag="vm", body=m.StateReport, response=m.VmView,
+           responses={409: "the VM cannot go to that state from where it is"})
+async def report_state(request: web.Request) -> web.Response:
+    vm_id = await require_vm(request)
+    report = await parse_body(request, m.StateReport)
+    target = VmState(report.state)
+    store = request.app[DEPS].store
+    try:
+        async with store.transaction() as tx:
+            if target == VmState.REPLICATING:
+                await _refuse_before_master(tx.conn, vm_id)
+            await vms.transition(tx, vm_id, target, step=report.step, message=report.message,
+                                 detail=report.detail)
+            if report.message:
+                level = "error" if target == VmState.FAILED else "info"
+                await vms.add_message(tx.conn, vm_id, level, report.message)
+    except IllegalTransition as exc:
+        raise problem(web.HTTPConflict, f"refused: {exc}") from None
+    return json_response(await _view(store, vm_id))
+
+
+async def _refuse_before_master(conn, vm_id: uuid.UUID) -> None:
+    status = await _master_status(conn, vm_id)
+    if not status.complete:
+        raise problem(web.HTTPConflict, f"refused: master {status.master} is not complete yet")
+
+
+@api.route("POST", "/v1/vms/{vm_id}/messages", "message_update: a log line from the VM",
+           auth="vm", tag="vm", body=m.MessageReport, response=m.Accepted)
+async def report_message(request: web.Request) -> web.Response:
+    vm_id = await require_vm(request)
+    report = await parse_body(request, m.MessageReport)
+    async with request.app[DEPS].store.pool.acquire() as conn:
+        await vms.add_message(conn, vm_id, report.level, report.text)
+    return json_response(m.Accepted(), 201)
+
+
+@api.route("GET", "/v1/vms/{vm_id}/master",
+           "hold_until_complete: the master's status for a replica, long-polled with ?wait=s",
+           auth="vm", tag="vm", response=m.MasterStatus)
+async def master_status(request: web.Request) -> web.Response:
+    vm_id = await require_vm(request)
+    try:
+        wait = min(max(float(request.query.get("wait", "0")), 0.0), 60.0)
+    except ValueError:
+        raise problem(web.HTTPBadRequest, "wait must be a number of seconds") from None
+    deadline = time.monotonic() + wait
+    pool = request.app[DEPS].store.pool
+    while True:
+        async with pool.acquire() as conn:
+            status = await _master_status(conn, vm_id)
+        if status.complete or time.monotonic() >= deadline:
+            return json_response(status)
+        await asyncio.sleep(HOLD_POLL_S)
+
+
+async def _master_status(conn, vm_id: uuid.UUID) -> m.MasterStatus:
+    vm = await vms.get(conn, vm_id)
+    group = await groups.get(conn, vm.group_id)
+    planned = group.parsed_plan().vm(vm.name)
+    if not planned.replica_of:
+        raise problem(web.HTTPNotFound, f"{vm.name} is not a replica; it has no master")
+    master = group.parsed_plan().vm(planned.replica_of)
+    done = (await conn.fetchval("SELECT master_complete FROM groups WHERE id = $1", group.id) or {})
+    position = done.get(master.name)
+    return m.MasterStatus(
+        complete=position is not None, master=master.name,
+        host=str(master.network.address.ip), port=3306,
+        log_file=(position or {}).get("log_file"), log_pos=(position or {}).get("log_pos"),
+    )
+
+
+@api.route("GET", "/v1/vms/{vm_id}/replication", "Replication credentials (database VMs only)",
+           auth="vm", tag="vm", response=m.ReplicationCredentials)
+async def replication_credentials(request: web.Request) -> web.Response:
+    vm_id = await require_vm(request)
+    row = await request.app[DEPS].store.fetchrow(
+        "SELECT v.role, g.replication_password FROM vms v JOIN groups g ON g.id = v.group_id"
+        " WHERE v.id = $1", vm_id,
+    )
+    if row["role"] not in ("db-master", "db-replica"):
+        raise problem(web.HTTPForbidden, "only database VMs get replication credentials")
+    return json_response(m.ReplicationCredentials(user=REPLICATION_USER,
+                                                  password=row["replication_password"]))
+
+
+@api.route("GET", "/v1/archives/{vm_id}/{archive_id}", "Download one of the VM's archives",
+           auth="vm", tag="vm")
+async def archive(request: web.Request) -> web.StreamResponse:
+    vm_id = await require_vm(request)
+    row = await request.app[DEPS].store.fetchrow(
+        "SELECT file FROM archives WHERE id = $1 AND vm_id = $2",
+        request.match_info["archive_id"], vm_id,
+    )
+    if row is None or not Path(row["file"]).is_file():
+        raise problem(web.HTTPNotFound, "no such archive for this VM")
+    return web.FileResponse(row["file"])
+
+
+@api.route("GET", "/v1/support/{name}", "Support data: migration kernel and initrd, kernel "
+           "and modules for the new VMs, base image", auth="vm-boot", tag="vm")
+async def support(request: web.Request) -> web.StreamResponse:
+    token = request.query.get("token") or request.headers.get("Authorization", "")[7:]
+    await vm_from_token(request, token or None)
+    name = request.match_info["name"]
+    folder = request.app[DEPS].settings.state_dir / "support"
+    path = (folder / name).resolve()
+    if path.parent != folder.resolve() or not path.is_file():
+        raise problem(web.HTTPNotFound, f"no support file {name!r}")
+    return web.FileResponse(path)
+
+
+async def _view(store, vm_id: uuid.UUID) -> m.VmView:
+    row = await store.fetchrow("SELECT * FROM vms WHERE id = $1", vm_id)
+    return vm_view(row)
+
+
+def vm_view(row) -> m.VmView:
+    from datetime import datetime, timezone
+
+    age = (datetime.now(timezone.utc) - row["state_changed_at"]).total_seconds()
+    return m.VmView(
+        id=row["id"], name=row["name"], role=row["role"], state=row["state"],
+        held_state=row["held_state"], failed_from=row["failed_from"], step=row["step"],
+        message=row["message"], state_changed_at=row["state_changed_at"], seconds_in_state=age,
+    )

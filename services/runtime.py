@@ -1,0 +1,133 @@
+"""The composition root: one process hosting some services (and maybe the gateway) over one
+database pool, one broker connection and one outbox relay.
+
+Lifecycle, as nameko orders it: start opens connections and then takes work; stop stops
+taking work, lets in-flight handlers finish (or time out), then closes the broker and the pool;
+kill drops everything at once and never raises (what a crash looks like to the others).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import signal
+from functools import partial
+
+import asyncpg
+from aiohttp import web
+
+from shared.bus import Bus, Consumer
+from shared.logging import configure_logging, get_logger
+from shared.providers import make_provider
+from shared.providers.base import Provider
+from shared.relay import OutboxRelay
+from shared.service import Deps, Router
+from shared.settings import Settings
+from shared.store.db import open_pool
+from shared.store.tx import Store
+from shared.topology import Names
+
+log = get_logger(__name__)
+
+SERVICES = ("archiver", "creator", "configurator", "provisioner", "coordinator", "cutover")
+
+
+def router_of(service: str) -> Router:
+    return importlib.import_module(f"services.{service}.handlers").router
+
+
+class Host:
+    def __init__(self, settings: Settings, services: tuple[str, ...] | list[str], *,
+                 provider: Provider | None = None, gateway: bool = False):
+        self.settings = settings
+        self.services = list(services)
+        self.provider = provider
+        self.with_gateway = gateway
+        self.pool: asyncpg.Pool | None = None
+        self.bus: Bus | None = None
+        self.relay: OutboxRelay | None = None
+        self.consumers: list[Consumer] = []
+        self.gateway_app: web.Application | None = None
+        self._site_runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    async def start(self) -> None:
+        s = self.settings
+        self.pool = await open_pool(s, max_size=4 + 2 * len(self.services))
+        self.bus = Bus(s.amqp_url, Names(s.bus_prefix), s.retry_delays)
+        await self.bus.connect()
+        self.relay = OutboxRelay(self.pool, self.bus, s.database_schema)
+        await self.relay.start()
+        if self.provider is None and any(x in self.services for x in ("creator", "configurator", "provisioner", "cutover")):
+            self.provider = make_provider(s)
+        deps = Deps(store=Store(self.pool), settings=s, provider=self.provider)
+        if self.with_gateway:
+            await self._start_gateway(deps)
+        for service in self.services:
+            router = router_of(service)
+            consumer = Consumer(self.bus, service, partial(router.dispatch, deps=deps), s.prefetch)
+            await consumer.start()
+            self.consumers.append(consumer)
+        log.info("host started", services=self.services, gateway=self.with_gateway, port=self.port)
+
+    async def _start_gateway(self, deps: Deps) -> None:
+        from services.gateway.app import build_app, start_live_feed
+
+        self.gateway_app = build_app(deps, self.bus)
+        self._site_runner = web.AppRunner(self.gateway_app, access_log=None)
+        await self._site_runner.setup()
+        site = web.TCPSite(self._site_runner, self.settings.gateway_host, self.settings.gateway_port)
+        await site.start()
+        self.port = self._site_runner.addresses[0][1]
+        self.consumers.append(await start_live_feed(self.gateway_app, self.bus, self.settings.prefetch))
+
+    async def stop(self, timeout: float = 30.0) -> None:
+        for consumer in self.consumers:
+            await consumer.stop(timeout)
+        self.consumers.clear()
+        if self._site_runner:
+            await self._site_runner.cleanup()
+        if self.relay:
+            await self.relay.stop()
+        if self.bus:
+            await self.bus.close()
+        if self.pool:
+            await self.pool.close()
+        log.info("host stopped", services=self.services)
+
+    async def kill(self) -> None:
+        """Drop everything now: unacked messages go back to their queues, open transactions
+        roll back. Never raises."""
+        for consumer in self.consumers:
+            consumer.abandon()
+        try:
+            if self.relay and self.relay._task:
+                self.relay._task.cancel()
+            if self.bus and self.bus.connection:
+                await self.bus.connection.close()
+            if self._site_runner:
+                await self._site_runner.cleanup()
+            if self.pool:
+                self.pool.terminate()
+        except Exception as exc:  # noqa: BLE001 - a kill must not fail
+            log.warning("kill: ignoring", error=str(exc))
+
+
+async def serve(settings: Settings, services: list[str], *, gateway: bool) -> None:
+    """Run until SIGINT or SIGTERM, then stop gracefully."""
+    host = Host(settings, services, gateway=gateway)
+    await host.start()
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopping.set)
+    await stopping.wait()
+    await host.stop()
+    if host.provider:
+        await host.provider.close()
+
+
+def main(services: list[str], *, gateway: bool = False) -> None:
+    settings = Settings()
+    configure_logging(settings)
+    asyncio.run(serve(settings, services, gateway=gateway))
