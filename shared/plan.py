@@ -1,0 +1,346 @@
+"""The plan: what an operator writes (YAML) to describe one group of VMs to migrate.
+
+Validation here is the only gate: a plan that loads is one every service can act on, so
+cross-field rules (names, disk space, replicas, addresses) live here, not in the services.
+The plan is stored as JSON and re-validated by each service, so it must round-trip through
+`model_dump(mode="json")` unchanged.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import posixpath
+import re
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field,
+                      ValidationError, ValidationInfo, field_validator, model_validator)
+
+from shared.plan_errors import (Findings, PlanError, Problem, explain, read_document,
+                                worded_pattern)
+
+__all__ = [
+    "ArchiveSpec", "CutoverSettings", "DatabaseSpec", "Disk", "Filesystem", "HttpCheck",
+    "Network", "Plan", "PlanError", "Problem", "Role", "Source", "VM", "load_plan",
+    "load_plan_file",
+]
+
+LABEL = worded_pattern(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$",
+                       "lowercase letters, digits and '-' (a hostname label: at most 63 "
+                       "characters, not starting or ending with '-')")
+DATABASE_NAME = worded_pattern(r"^[A-Za-z0-9_]+$", "letters, digits and '_'")
+ENV_NAME = worded_pattern(r"^[A-Za-z_][A-Za-z0-9_]*$",
+                          "the name of an environment variable (letters, digits and '_', "
+                          "not starting with a digit)")
+_HOST_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+_NOT_LV_CHAR = re.compile(r"[^A-Za-z0-9+_.-]")
+
+
+def _not_bool(value: object) -> object:
+    # YAML reads yes/no/on/off as booleans, and pydantic would take them as 1 and 0.
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not true/false")
+    return value
+
+
+def _absolute_path(value: str) -> str:
+    if not value.startswith("/"):
+        raise ValueError("must be an absolute path, starting with '/'")
+    # One spelling per directory, so duplicates are caught and names derived from it are stable.
+    if "//" in value or posixpath.normpath(value) != value:
+        raise ValueError("must be a plain absolute path (no trailing '/', '//', '.' or '..')")
+    return value
+
+
+def _mount_point(value: str) -> str:
+    if value == "swap":
+        return value
+    if not value.startswith("/"):
+        raise ValueError("must be an absolute path like /data, or the word swap")
+    return _absolute_path(value)
+
+
+def _hostname(value: str) -> str:
+    labels = value.split(".")
+    if len(value) > 253 or not all(_HOST_LABEL.match(label) for label in labels):
+        raise ValueError("must be a hostname like app1.shop.example (letters, digits and '-' "
+                         "between dots, each part at most 63 characters)")
+    return value
+
+
+def _with_prefix(value: object) -> object:
+    # Without a prefix ipaddress assumes /32 and the gateway would be unreachable.
+    if isinstance(value, str) and "/" not in value:
+        raise ValueError("needs its prefix length, e.g. 10.20.0.11/24")
+    return value
+
+
+WholeNumber = Annotated[int, BeforeValidator(_not_bool)]
+Size = Annotated[float, BeforeValidator(_not_bool), Field(gt=0, allow_inf_nan=False)]
+Port = Annotated[WholeNumber, Field(ge=1, le=65535)]
+AbsolutePath = Annotated[str, AfterValidator(_absolute_path)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Role(str, Enum):
+    APP = "app"
+    DB_MASTER = "db-master"
+    DB_REPLICA = "db-replica"
+
+
+class Disk(_Model):
+    # No device name: disks are attached in plan order as /dev/vda, /dev/vdb ...
+    size_gb: Annotated[WholeNumber, Field(gt=0)]
+
+
+class Filesystem(_Model):
+    mount: Annotated[str, AfterValidator(_mount_point)]
+    size_gb: Size
+    type: Literal["xfs", "ext3", "ext4", "swap"] | None = Field(None, validate_default=True)
+
+    @field_validator("type")
+    @classmethod
+    def _type_for_mount(cls, value: str | None, info: ValidationInfo) -> str | None:
+        mount = info.data.get("mount")
+        if mount is None:
+            return value  # the mount itself is wrong and reported
+        if value is None:
+            return "swap" if mount == "swap" else "ext3" if mount == "/boot" else "xfs"
+        if (value == "swap") != (mount == "swap"):
+            raise ValueError("swap, and only swap, has type swap")
+        return value
+
+    @property
+    def lv_name(self) -> str:
+        """The LVM logical volume name: "/" is root, "/var/lib/mysql" is var_lib_mysql."""
+        if self.mount == "/":
+            return "root"
+        return _NOT_LV_CHAR.sub("_", self.mount.lstrip("/"))
+
+
+class ArchiveSpec(_Model):
+    path: AbsolutePath  # on the legacy host
+    excludes: list[str] = []
+
+
+class DatabaseSpec(_Model):
+    engine: Literal["mariadb", "postgresql"]
+    name: str = Field(pattern=DATABASE_NAME)
+    host: str = Field("127.0.0.1", min_length=1)
+    port: Port | None = None
+    user: str | None = None
+    # The NAME of an environment variable holding the password: secrets never live in a plan.
+    password_env: str | None = Field(None, pattern=ENV_NAME)
+
+    @property
+    def effective_port(self) -> int:
+        return self.port or (3306 if self.engine == "mariadb" else 5432)
+
+
+class Source(_Model):
+    """Where the archiver reads the legacy VM."""
+
+    kind: Literal["local", "ssh"] = "local"
+    # local: a directory standing for the host's "/" (relative to the plan file's folder)
+    root: str | None = Field(None, min_length=1)
+    host: str | None = Field(None, min_length=1)
+    port: Port = 22
+    user: str = Field("root", min_length=1)
+    key_file: str | None = None
+
+    @field_validator("root")
+    @classmethod
+    def _resolve_root(cls, root: str | None, info: ValidationInfo) -> str | None:
+        base_dir = (info.context or {}).get("base_dir")
+        if root is None or base_dir is None or os.path.isabs(root):
+            return root
+        return os.path.normpath(os.path.join(os.path.abspath(base_dir), root))
+
+    @model_validator(mode="after")
+    def _kind_needs(self) -> Source:
+        found = Findings()
+        if self.kind == "local" and self.root is None:
+            found.add(("root",), "is required when kind is local")
+        if self.kind == "ssh" and self.host is None:
+            found.add(("host",), "is required when kind is ssh")
+        found.raise_any()
+        return self
+
+
+class Network(_Model):
+    address: Annotated[ipaddress.IPv4Interface, BeforeValidator(_with_prefix)]
+    gateway: ipaddress.IPv4Address | None = None
+    dns: list[ipaddress.IPv4Address] = []
+    hostname: Annotated[str, AfterValidator(_hostname)]
+    public_ip: ipaddress.IPv4Address | None = None  # the legacy side's; cutover forwards it
+
+    @model_validator(mode="after")
+    def _gateway_reachable(self) -> Network:
+        found = Findings()
+        if self.gateway is not None and self.gateway not in self.address.network:
+            found.add(("gateway",), f"{self.gateway} is not in {self.address.network}")
+        found.raise_any()
+        return self
+
+
+class VM(_Model):
+    name: str = Field(pattern=LABEL)
+    role: Role = Role.APP
+    cpus: Annotated[WholeNumber, Field(ge=1, le=64)]
+    memory_mb: Annotated[WholeNumber, Field(ge=256, le=1048576)]
+    disks: list[Disk] = Field(min_length=1)
+    filesystems: list[Filesystem] = Field(min_length=1)
+    archives: list[ArchiveSpec] = []
+    databases: list[DatabaseSpec] = []
+    database_data_dir: AbsolutePath = "/db"
+    replica_of: str | None = None
+    network: Network
+    source: Source | None = None
+
+    @property
+    def boot(self) -> Filesystem:
+        """The /boot partition, as planned or the default one."""
+        planned = [fs for fs in self.filesystems if fs.mount == "/boot"]
+        return planned[0] if planned else Filesystem(mount="/boot", size_gb=0.5, type="ext3")
+
+    @property
+    def logical_volumes(self) -> list[Filesystem]:
+        """Everything but /boot, parents before children (so mounting in order works), swap last."""
+        volumes = [fs for fs in self.filesystems if fs.mount != "/boot"]
+        return sorted(volumes, key=_mount_order)
+
+    @property
+    def root_archive(self) -> ArchiveSpec | None:
+        return next((a for a in self.archives if a.path == "/"), None)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> VM:
+        found = Findings()
+        self._check_filesystems(found)
+        self._check_space(found)
+        _check_unique(found, [a.path for a in self.archives], "archives", "path",
+                      "duplicate archive path")
+        if self.role == Role.DB_REPLICA and not self.replica_of:
+            found.add(("replica_of",), "is required for a db-replica (name its db-master)")
+        if self.role != Role.DB_REPLICA and self.replica_of is not None:
+            found.add(("replica_of",), f"only a db-replica follows a master, this VM is "
+                                       f"{self.role.value}")
+        found.raise_any()
+        return self
+
+    def _check_filesystems(self, found: Findings) -> None:
+        mounts = [fs.mount for fs in self.filesystems]
+        if "/" not in mounts:
+            found.add(("filesystems",), "needs a '/' filesystem")
+        _check_unique(found, mounts, "filesystems", "mount", "duplicate mount point")
+        # Distinct mounts can still collide as LV names (/var/lib and /var_lib).
+        owners: dict[str, int] = {}
+        for i, fs in enumerate(self.filesystems):
+            if fs.mount == "/boot":
+                continue  # a partition, not an LV
+            first = owners.setdefault(fs.lv_name, i)
+            if self.filesystems[first].mount != fs.mount:
+                found.add(("filesystems", i, "mount"),
+                          f"its LV name '{fs.lv_name}' is also that of "
+                          f"{self.filesystems[first].mount} (filesystems[{first}])")
+
+    def _check_space(self, found: Findings) -> None:
+        need = self.boot.size_gb + sum(fs.size_gb for fs in self.logical_volumes)
+        have = sum(disk.size_gb for disk in self.disks)
+        if need > have + 1e-9:
+            found.add(("filesystems",), f"need {_gb(need)} GB but the disks hold {_gb(have)} GB")
+
+
+class HttpCheck(_Model):
+    path: str = Field("/", pattern=worded_pattern(r"^/", "a URL path starting with '/'"))
+    host: str | None = None
+    expect_status: Annotated[WholeNumber, Field(ge=100, le=599)] = 200
+    contains: str | None = None
+
+
+class CutoverSettings(_Model):
+    mode: Literal["dump-and-restore", "replication"] = "dump-and-restore"
+    dns_ttl_s: Annotated[WholeNumber, Field(ge=1)] = 60
+    shared_paths: list[AbsolutePath] = []
+    excludes: list[str] = []
+    checks: list[HttpCheck] = []
+
+
+class Plan(_Model):
+    group: str = Field(pattern=LABEL)
+    description: str = ""
+    vms: list[VM] = Field(min_length=1)
+    cutover: CutoverSettings = CutoverSettings()
+
+    def vm(self, name: str) -> VM:
+        for vm in self.vms:
+            if vm.name == name:
+                return vm
+        raise KeyError(name)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Plan:
+        found = Findings()
+        _check_unique(found, [vm.name for vm in self.vms], "vms", "name", "duplicate VM name")
+        networks = [vm.network for vm in self.vms]
+        _check_unique(found, [n.address.ip for n in networks], "vms", "network.address",
+                      "duplicate address")
+        _check_unique(found, [n.hostname.lower() for n in networks], "vms", "network.hostname",
+                      "duplicate hostname")
+        _check_unique(found, [n.public_ip for n in networks], "vms", "network.public_ip",
+                      "duplicate public IP")
+        masters = {vm.name for vm in self.vms if vm.role == Role.DB_MASTER}
+        for i, vm in enumerate(self.vms):
+            if vm.role == Role.DB_REPLICA and vm.replica_of and vm.replica_of not in masters:
+                found.add(("vms", i, "replica_of"),
+                          f"no db-master named '{vm.replica_of}' in this group")
+        found.raise_any()
+        return self
+
+
+def _check_unique(found: Findings, values: list, where: str, field: str, what: str) -> None:
+    """Report every repeat of a value at the later entry, naming the first one."""
+    first: dict = {}
+    for i, value in enumerate(values):
+        if value is None:
+            continue
+        if value in first:
+            found.add((where, i, *field.split(".")),
+                      f"{what} '{value}' (also {where}[{first[value]}])")
+        first.setdefault(value, i)
+
+
+def _mount_order(fs: Filesystem) -> tuple[bool, int]:
+    return fs.mount == "swap", 0 if fs.mount == "/" else fs.mount.count("/")
+
+
+def _gb(amount: float) -> str:
+    return f"{round(amount, 3):g}"
+
+
+def load_plan(text: str, source: str = "<plan>", base_dir: Path | None = None) -> Plan:
+    """Validate a plan written as YAML (or JSON); every problem is reported in one PlanError.
+
+    A relative local source root is resolved against `base_dir` (the plan file's folder).
+    """
+    data, document = read_document(text, source)
+    try:
+        return Plan.model_validate(data, context={"base_dir": base_dir})
+    except ValidationError as exc:
+        raise PlanError(explain(exc, Plan, document), source) from None
+
+
+def load_plan_file(path: Path) -> Plan:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise PlanError(f"is not UTF-8 text ({exc.reason} at byte {exc.start})",
+                        str(path)) from None
+    return load_plan(text, source=str(path), base_dir=path.resolve().parent)
