@@ -48,9 +48,13 @@ async def archive_vm(event: Envelope, ctx: Context) -> None:
         results = await _take_archives(planned, _vm_dir(ctx, group.id, vm.name), vm.id)
     except (ArchiveError, DumpError) as exc:
         async with ctx.transaction() as tx:
-            await vms.transition(tx, vm.id, VmState.FAILED, step="archive", message=str(exc))
+            if (await vms.get(tx.conn, vm.id, lock=True)).state == VmState.ARCHIVING:
+                await vms.transition(tx, vm.id, VmState.FAILED, step="archive", message=str(exc))
         return
     async with ctx.transaction() as tx:
+        vm = await vms.get(tx.conn, vm.id, lock=True)
+        if vm.state != VmState.ARCHIVING:
+            return  # a duplicate delivery got here first
         items = [await _record(tx, vm.id, result) for result in results]
         await vms.transition(tx, vm.id, VmState.ARCHIVED, step="archive")
         await tx.publish(ev.ArchiveReady(archives=items), group_id=group.id, vm_id=vm.id)
