@@ -85,3 +85,11 @@ async def operator(settings: Settings):
         headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"},
     ) as session:
         yield session
+
+
+@pytest.fixture(autouse=True, scope="session")
+def quiet_logs():
+    """Tests log JSON at warning and above (pytest shows it for failing tests)."""
+    from shared.logging import configure_logging
+
+    configure_logging(Settings(log_format="json", log_level="warning"))

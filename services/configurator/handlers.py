@@ -34,14 +34,12 @@ async def configure_resumed(event: Envelope, ctx: Context) -> None:
 
 
 async def _boot_for_configuration(ctx: Context, vm_id: uuid.UUID) -> None:
+    # The boot happens under the VM's row lock, in the transaction that stores its token: a
+    # concurrent duplicate waits and finds the VM configuring; if the commit never happens the
+    # VM stays created and is booted again, with a new token, on redelivery.
     async with ctx.step() as tx:
         vm = await vms.get(tx.conn, vm_id, lock=True)
-        # CONFIGURING at PXE_BOOT means a boot was decided but maybe never done (a crash):
-        # boot again with a fresh token.
-        again = vm is not None and vm.state == VmState.CONFIGURING and vm.step == PXE_BOOT
-        if vm is None or not (vm.state == VmState.CREATED or again):
-            return
-        if vm.group_status != GroupStatus.ACTIVE or vm.provider_ref is None:
+        if vm is None or vm.state != VmState.CREATED or vm.group_status != GroupStatus.ACTIVE:
             return
         group = await groups.get(tx.conn, vm.group_id)
         plan = group.parsed_plan()
@@ -52,16 +50,15 @@ async def _boot_for_configuration(ctx: Context, vm_id: uuid.UUID) -> None:
             vm.id, script,
         )
         token = await tokens.issue(tx.conn, vm.id)
-        if vm.state == VmState.CREATED:
-            await vms.transition(tx, vm.id, VmState.CONFIGURING, step=PXE_BOOT)
-    kernel_args = {
-        "ferry.gateway": ctx.settings.gateway_url, "ferry.vm": str(vm.id), "ferry.token": token,
-    }
-    try:
-        await ctx.provider.boot(vm.provider_ref, BootSource.NETWORK, kernel_args=kernel_args)
-    except ProviderError as exc:
-        async with ctx.step() as tx:
+        kernel_args = {
+            "ferry.gateway": ctx.settings.gateway_url, "ferry.vm": str(vm.id), "ferry.token": token,
+        }
+        try:
+            await ctx.provider.boot(vm.provider_ref, BootSource.NETWORK, kernel_args=kernel_args)
+        except ProviderError as exc:
             await vms.transition(tx, vm.id, VmState.FAILED, step=PXE_BOOT, message=str(exc))
+            return
+        await vms.transition(tx, vm.id, VmState.CONFIGURING, step=PXE_BOOT)
 
 
 async def _archive_refs(conn, vm_id: uuid.UUID) -> list[ArchiveRef]:

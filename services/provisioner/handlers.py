@@ -29,32 +29,28 @@ async def provision_resumed(event: Envelope, ctx: Context) -> None:
     async with ctx.store.pool.acquire() as conn:
         members = await vms.of_group(conn, event.group_id)
     for vm in members:
-        if vm.state in (VmState.CONFIGURED, VmState.PROVISIONING):
+        if vm.state == VmState.CONFIGURED:
             await _provision(ctx, vm.id)
         elif vm.state == VmState.PROVISIONED and vm.role == "app":
             await _app_ready(ctx, vm.id)
 
 
 async def _provision(ctx: Context, vm_id: uuid.UUID) -> None:
+    # Provider calls run under the VM's row lock, in the transaction that records them: a
+    # concurrent duplicate waits and finds the VM provisioning; a crash rolls back to
+    # configured and the calls (each safe to repeat) are made again on redelivery.
     async with ctx.step() as tx:
         vm = await vms.get(tx.conn, vm_id, lock=True)
-        if vm is None or vm.group_status != GroupStatus.ACTIVE:
+        if vm is None or vm.state != VmState.CONFIGURED or vm.group_status != GroupStatus.ACTIVE:
             return
-        if vm.state == VmState.CONFIGURED:
-            vm = await vms.transition(tx, vm.id, VmState.PROVISIONING, step=MOVING)
-        if vm.state != VmState.PROVISIONING or vm.step != MOVING:
-            return  # already booted from disk, or elsewhere in its journey
         group = await groups.get(tx.conn, vm.group_id)
-    try:
-        # Each call is safe to repeat, so a redelivery after a crash just does them again.
-        await ctx.provider.power_off(vm.provider_ref)
-        await ctx.provider.attach(vm.provider_ref, group_network(group.name))
-        await ctx.provider.boot(vm.provider_ref, BootSource.DISK)
-    except ProviderError as exc:
-        async with ctx.step() as tx:
+        try:
+            await ctx.provider.power_off(vm.provider_ref)
+            await ctx.provider.attach(vm.provider_ref, group_network(group.name))
+            await ctx.provider.boot(vm.provider_ref, BootSource.DISK)
+        except ProviderError as exc:
             await vms.transition(tx, vm.id, VmState.FAILED, step=MOVING, message=str(exc))
-        return
-    async with ctx.step() as tx:
+            return
         await vms.transition(tx, vm.id, VmState.PROVISIONING, step="first-boot")
 
 

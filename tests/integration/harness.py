@@ -100,6 +100,11 @@ class Ferry:
                 return False
             return sum(1 for s, _ in vm.boots if s == source) >= count
         await eventually(booted, what=f"VM {vm_id} booted from {source}")
+        # The provider is called inside the transaction that records the boot; a real VM
+        # takes far longer to boot than that commit, so the test waits for it too.
+        booted_state = "configuring" if source == BootSource.NETWORK else "provisioning"
+        await self.wait_state(vm_id, booted_state, "configured", "provisioned", "halted",
+                              "failed", "loading", "ready")
 
 
 async def start_ferry(settings: Settings, operator: aiohttp.ClientSession,
