@@ -36,6 +36,9 @@ async def submit(request: web.Request) -> web.Response:
             for p in exc.problems
         ]
         raise problem(web.HTTPUnprocessableEntity, "the plan is not valid", problems) from None
+    relative = _relative_roots(plan)
+    if relative:
+        raise problem(web.HTTPUnprocessableEntity, "the plan is not valid", relative)
     store = request.app[DEPS].store
     try:
         async with store.transaction() as tx:
@@ -43,6 +46,17 @@ async def submit(request: web.Request) -> web.Response:
     except groups.GroupExists as exc:
         raise problem(web.HTTPConflict, str(exc)) from None
     return json_response(m.Submitted(id=group_id, name=plan.group), 201)
+
+
+def _relative_roots(plan) -> list[dict]:
+    """The gateway has no folder to resolve a relative source root against (`ferry submit`
+    resolves them against the plan file's folder before sending)."""
+    return [
+        {"location": f"vms[{i}].source.root",
+         "message": "must be an absolute path when the plan is posted to the gateway"}
+        for i, vm in enumerate(plan.vms)
+        if vm.source and vm.source.kind == "local" and not vm.source.root.startswith("/")
+    ]
 
 
 @api.route("GET", "/v1/groups", "All groups with their VMs counted by state", auth="operator",

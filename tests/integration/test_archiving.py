@@ -1,0 +1,110 @@
+"""Archiving inside the journey: real archives and dumps, served only to their own VM."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+from shared.providers.base import BootSource
+from tests.integration.harness import start_ferry
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_broker_and_db")]
+
+LEGACY = Path(__file__).resolve().parents[2] / "examples" / "legacy"
+
+PLAN = """
+group: archived
+vms:
+  - name: app1
+    cpus: 1
+    memory_mb: 512
+    disks: [{{size_gb: 10}}]
+    filesystems: [{{mount: /, size_gb: 8}}]
+    archives: [{{path: /}}, {{path: /data, excludes: ["sessions/*"]}}]
+    source: {{kind: local, root: {app_root}}}
+    network: {{address: 10.20.0.11/24, hostname: app1.example}}
+  - name: db1
+    role: db-master
+    cpus: 1
+    memory_mb: 512
+    disks: [{{size_gb: 10}}]
+    filesystems: [{{mount: /, size_gb: 8}}]
+    databases: [{{engine: mariadb, name: {database}}}]
+    source: {{kind: local, root: {db_root}}}
+    network: {{address: 10.20.0.12/24, hostname: db1.example}}
+"""
+
+
+def mysql(sql: str) -> None:
+    subprocess.run(["mysql", "-uroot", "-h127.0.0.1", "-e", sql], check=True)
+
+
+@pytest.fixture
+def legacy_database():
+    name = f"ferry_t_{uuid.uuid4().hex[:8]}"
+    mysql(f"CREATE DATABASE {name}; CREATE TABLE {name}.products (id int primary key, name text);"
+          f" INSERT INTO {name}.products VALUES (1, 'kettle'), (2, 'teapot');")
+    yield name
+    mysql(f"DROP DATABASE IF EXISTS {name}")
+
+
+async def test_archives_are_taken_recorded_and_served_only_to_their_vm(settings, operator,
+                                                                        legacy_database):
+    """The archiver really archives the source tree and dumps the database; the VM downloads
+    its own archives with matching sha256 and cannot download another VM's."""
+    ferry = await start_ferry(settings, operator)
+    try:
+        plan = PLAN.format(app_root=LEGACY / "app1", db_root=LEGACY / "db1",
+                           database=legacy_database)
+        group_id = await ferry.submit(plan)
+        ids = await ferry.vm_ids(group_id)
+        for vm_id in ids.values():
+            await ferry.wait_booted(vm_id, BootSource.NETWORK)
+        rows = await ferry.pool.fetch(
+            "SELECT a.*, v.name FROM archives a JOIN vms v ON v.id = a.vm_id ORDER BY v.name, a.source")
+        assert [(r["name"], r["kind"], r["source"]) for r in rows] == [
+            ("app1", "path", "/"), ("app1", "path", "/data"), ("db1", "database", legacy_database)]
+        async with ferry.vm(ids["app1"]) as app:
+            for row in rows[:2]:
+                body = await app.download(f"/v1/archives/{ids['app1']}/{row['id']}")
+                assert hashlib.sha256(body).hexdigest() == row["sha256"] and len(body) == row["size"]
+            script = await app.script()
+            for row in rows[:2]:
+                assert row["id"] in script  # the script downloads what was archived
+        data = subprocess.run(f"zstd -dc {rows[1]['file']} | tar -t", shell=True, check=True,
+                              capture_output=True, text=True).stdout.split()
+        assert "./shared/images/" in data or any(n.startswith("./shared/") for n in data)
+        assert not any(n.startswith("./sessions/") and n != "./sessions/" for n in data)
+        dump = subprocess.run(["zstd", "-dc", rows[2]["file"]], check=True, capture_output=True,
+                              text=True).stdout
+        assert "teapot" in dump
+        async with operator.get(f"{settings.gateway_url}/v1/archives/{ids['db1']}/{rows[0]['id']}",
+                                headers={"Authorization": f"Bearer {ferry.token(ids['db1'])}"}) as r:
+            assert r.status == 404  # db1's token, app1's archive
+        manifest = Path(rows[0]["file"]).parent / "MANIFEST.sha256"
+        assert subprocess.run(["sha256sum", "-c", "--quiet", manifest.name],
+                              cwd=manifest.parent).returncode == 0
+    finally:
+        await ferry.host.stop()
+
+
+async def test_an_unreadable_source_fails_the_vm_and_halts_the_group(settings, operator):
+    """A source path that is not there fails that VM at the archive step, with the path in the
+    message, and the group halts before any VM is created."""
+    ferry = await start_ferry(settings, operator)
+    try:
+        plan = PLAN.format(app_root="/nonexistent/legacy", db_root=LEGACY / "db1",
+                           database="ferry_no_such_db")
+        group_id = await ferry.submit(plan)
+        ids = await ferry.vm_ids(group_id)
+        await ferry.wait_group(group_id, "halted")
+        failed = await ferry.pool.fetchrow("SELECT * FROM vms WHERE id = $1", ids["app1"])
+        assert failed["state"] == "failed" and failed["step"] == "archive"
+        assert "/nonexistent/legacy" in failed["message"] or "/" in failed["message"]
+        assert ferry.provider.created == 0
+    finally:
+        await ferry.host.stop()
