@@ -38,6 +38,13 @@ def _call(method: str, path: str, body=None, content_type: str = "application/js
         _fail("\n".join(lines))
 
 
+def _load(plan: Path):
+    try:
+        return load_plan_file(plan)
+    except PlanError as exc:
+        _fail(f"{plan} is not valid:\n{exc}")
+
+
 @click.group()
 def main() -> None:
     """Move whole groups of Linux VMs to new infrastructure."""
@@ -47,10 +54,7 @@ def main() -> None:
 @click.argument("plan", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def validate(plan: Path) -> None:
     """Check a plan without submitting it."""
-    try:
-        parsed = load_plan_file(plan)
-    except PlanError as exc:
-        _fail(f"{plan} is not valid:\n{exc}")
+    parsed = _load(plan)
     console.print(f"{plan}: group {parsed.group!r} with {len(parsed.vms)} VMs is valid")
 
 
@@ -58,10 +62,7 @@ def validate(plan: Path) -> None:
 @click.argument("plan", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def submit(plan: Path) -> None:
     """Validate a plan and submit it; its group starts its journey."""
-    try:
-        parsed = load_plan_file(plan)
-    except PlanError as exc:
-        _fail(f"{plan} is not valid:\n{exc}")
+    parsed = _load(plan)
     # Sent as JSON with source paths resolved against the plan's folder.
     answer = _call("POST", "/v1/groups", parsed.model_dump(mode="json"))
     console.print(f"submitted group {answer['name']} ({answer['id']})")

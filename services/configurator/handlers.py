@@ -19,18 +19,14 @@ PXE_BOOT = "pxe-boot"
 
 
 @router.on("vm.created")
-async def configure_created(event: Envelope, ctx: Context) -> None:
-    assert event.vm_id
-    await _boot_for_configuration(ctx, event.vm_id)
-
-
 @router.on("group.resumed")
-async def configure_resumed(event: Envelope, ctx: Context) -> None:
+async def configure(event: Envelope, ctx: Context) -> None:
+    """A created VM (or, on resume, every created VM of the group) is booted to configure."""
     async with ctx.store.pool.acquire() as conn:
-        members = await vms.of_group(conn, event.group_id)
-    for vm in members:
-        if vm.state == VmState.CREATED:
-            await _boot_for_configuration(ctx, vm.id)
+        waiting = [event.vm_id] if event.vm_id else await vms.ids_in(conn, event.group_id,
+                                                                     VmState.CREATED)
+    for vm_id in waiting:
+        await _boot_for_configuration(ctx, vm_id)
 
 
 async def _boot_for_configuration(ctx: Context, vm_id: uuid.UUID) -> None:

@@ -26,13 +26,14 @@ async def provision_configured(event: Envelope, ctx: Context) -> None:
 
 @router.on("group.resumed")
 async def provision_resumed(event: Envelope, ctx: Context) -> None:
+    """Pick up what the halt held: configured VMs, and app VMs that checked in meanwhile."""
     async with ctx.store.pool.acquire() as conn:
-        members = await vms.of_group(conn, event.group_id)
-    for vm in members:
-        if vm.state == VmState.CONFIGURED:
-            await _provision(ctx, vm.id)
-        elif vm.state == VmState.PROVISIONED and vm.role == "app":
-            await _app_ready(ctx, vm.id)
+        configured = await vms.ids_in(conn, event.group_id, VmState.CONFIGURED)
+        checked_in = await vms.ids_in(conn, event.group_id, VmState.PROVISIONED, role="app")
+    for vm_id in configured:
+        await _provision(ctx, vm_id)
+    for vm_id in checked_in:
+        await _app_ready(ctx, vm_id)
 
 
 async def _provision(ctx: Context, vm_id: uuid.UUID) -> None:

@@ -60,6 +60,17 @@ async def of_group(conn: asyncpg.Connection, group_id: uuid.UUID) -> list[Vm]:
     return [Vm.from_row(r) for r in rows]
 
 
+async def ids_in(conn: asyncpg.Connection, group_id: uuid.UUID, *states: VmState,
+                 role: str | None = None) -> list[uuid.UUID]:
+    """The group's VMs in one of `states` (and of `role`), in plan order."""
+    rows = await conn.fetch(
+        "SELECT id FROM vms WHERE group_id = $1 AND state = ANY($2::text[])"
+        " AND ($3::text IS NULL OR role = $3) ORDER BY position",
+        group_id, [str(s) for s in states], role,
+    )
+    return [r["id"] for r in rows]
+
+
 async def _record(
     tx: Tx, vm: Vm, new: VmState, *, held: VmState | None, step: str | None,
     message: str | None, failed_from: VmState | None,
