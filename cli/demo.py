@@ -37,8 +37,9 @@ DEMO_ENV = {
 @click.option("--timeout", default=300.0, show_default=True)
 def demo(plan: Path, timeout: float) -> None:
     """Migrate the example group end to end and show it progressing to ready."""
-    state_dir = REPO / ".ferry" / "demo"
-    env = {**os.environ, **DEMO_ENV, "FERRY_STATE_DIR": str(state_dir)}
+    # The demo's own schema, queue prefix and state folder, unless the environment says.
+    env = {"FERRY_STATE_DIR": str(REPO / ".ferry" / "demo"), **DEMO_ENV, **os.environ}
+    state_dir = Path(env["FERRY_STATE_DIR"])
     os.environ.update(env)
     from shared.settings import Settings
 

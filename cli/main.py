@@ -179,3 +179,7 @@ def _vm_id(ref: str) -> str:
         if vm["name"] == name:
             return vm["id"]
     _fail(f"group {group} has no VM {name!r}")
+
+
+if __name__ == "__main__":
+    main()

@@ -146,11 +146,10 @@ async def mark_ready_if_complete(tx: Tx, group_id: uuid.UUID) -> bool:
 
 
 async def mark_archived_once(tx: Tx, group_id: uuid.UUID) -> bool:
-    """True exactly once: when every VM of the group is archived and nobody said so before."""
+    """True exactly once: when every VM of the group is archived (held there or not) and
+    nobody said so before."""
     members = await vm_store.of_group(tx.conn, group_id)
-    if any(vm.state not in (VmState.ARCHIVED,) and not (
-        vm.state == VmState.HALTED and vm.held_state == VmState.ARCHIVED
-    ) for vm in members):
+    if not all(VmState.ARCHIVED in (vm.state, vm.held_state) for vm in members):
         return False
     return bool(
         await tx.conn.fetchval(
