@@ -146,6 +146,9 @@ def _watch(gateway: Gateway, group_id: str, timeout: float) -> str:
             time.sleep(0.5)
             detail = gateway.call("GET", f"/v1/groups/{group_id}")
             live.update(group_table(detail))
+    console.print()
+    if detail.get("halted_reason"):
+        console.print(f"[bold red]HALTED:[/bold red] {detail['halted_reason']}")
     return detail["status"]
 
 

@@ -14,9 +14,12 @@ ensure_venv() {
     fi
     # Reinstall only when the dependency list changed.
     if [[ ! -f "$stamp" || "$REPO/pyproject.toml" -nt "$stamp" ]]; then
-        say "installing Ferryman and its pinned dependencies"
-        "$VENV/bin/pip" install --quiet --upgrade pip
-        "$VENV/bin/pip" install --quiet -e "$REPO[test]"
+        say "installing Ferryman and its pinned dependencies (log: $VENV/install.log)"
+        if ! { "$VENV/bin/pip" install --upgrade pip &&
+               "$VENV/bin/pip" install -e "$REPO[test]"; } >"$VENV/install.log" 2>&1; then
+            tail -n 30 "$VENV/install.log" >&2
+            say "installing the dependencies failed"; return 1
+        fi
         touch "$stamp"
     fi
 }
