@@ -16,7 +16,7 @@ ensure_venv() {
     if [[ ! -f "$stamp" || "$REPO/pyproject.toml" -nt "$stamp" ]]; then
         say "installing Ferryman and its pinned dependencies (log: $VENV/install.log)"
         if ! { "$VENV/bin/pip" install --upgrade pip &&
-               "$VENV/bin/pip" install -e "$REPO[test]"; } >"$VENV/install.log" 2>&1; then
+               "$VENV/bin/pip" install -e "${REPO}[test]"; } >"$VENV/install.log" 2>&1; then
             tail -n 30 "$VENV/install.log" >&2
             say "installing the dependencies failed"; return 1
         fi
