@@ -10,7 +10,7 @@ from shared.providers.base import BootSource, ProviderError
 from shared.service import Context, Router
 from shared.states import GroupStatus, VmState
 from shared.store import groups, tokens, vms
-from services.configurator.render import ArchiveRef, render_script
+from services.configurator.render import ArchiveRef, RenderError, render_script
 
 router = Router("configurator")
 
@@ -39,7 +39,11 @@ async def _boot_for_configuration(ctx: Context, vm_id: uuid.UUID) -> None:
             return
         group = await groups.get(tx.conn, vm.group_id)
         plan = group.parsed_plan()
-        script = render_script(plan, plan.vm(vm.name), await _archive_refs(tx.conn, vm.id))
+        try:
+            script = render_script(plan, plan.vm(vm.name), await _archive_refs(tx.conn, vm.id))
+        except RenderError as exc:
+            await vms.transition(tx, vm.id, VmState.FAILED, step="render", message=str(exc))
+            return
         await tx.conn.execute(
             "INSERT INTO vm_scripts (vm_id, script) VALUES ($1, $2) ON CONFLICT (vm_id)"
             " DO UPDATE SET script = $2, rendered_at = now()",

