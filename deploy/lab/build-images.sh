@@ -1,0 +1,409 @@
+#!/usr/bin/env bash
+# Build the Ferryman lab images (see docs/lab-notes.md):
+#
+#   migration-vmlinuz, migration-initrd.img   the PXE "migration image" (kernel + initramfs whose
+#                                             /init fetches and runs the per-VM configure script)
+#   base-image.tar.zst                        a small Debian 12 userland (no kernel, no /boot)
+#   kernel.tar.zst                            /boot (vmlinuz, config, LVM-aware initrd) and
+#                                             usr/lib/modules/<ver> of the base image's kernel
+#
+# Usage: sudo deploy/lab/build-images.sh         prints the output folder on its last line
+# Env:   FERRY_LAB_CACHE   cache root (default ~/.cache/ferryman/lab)
+#        FERRY_LAB_MIRROR  Debian mirror for debootstrap (default: the first one apt uses here)
+#        FERRY_LAB_PRUNE=1 remove the build chroots after a successful build (they are kept, keyed
+#                          by their own recipe, so that changing only the initramfs is quick)
+#        FERRY_LAB_NO_APT=1  do not apt-get install the host build dependencies
+#        FERRY_LAB_KEEP_OLD=1  keep the image folders of earlier inputs (default: removed)
+#
+# Idempotent: the outputs live in $CACHE/images-<hash>, where <hash> covers this script, the files
+# copied into the initramfs and the suite. A folder with a .complete stamp is reused as it is.
+# The two chroots live in $CACHE/roots/{base,tools}-<hash of their own recipe>.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+CACHE="${FERRY_LAB_CACHE:-$HOME/.cache/ferryman/lab}"
+SUITE=bookworm
+
+# Host build dependencies. Everything that goes INTO the images comes from the debootstrap'd
+# chroots below, not from the host, so the images do not depend on what the host runs.
+HOST_PKGS=(debootstrap zstd cpio kmod qemu-system-x86 qemu-utils ipxe-qemu python3 iproute2)
+
+# The base image: what a migrated VM without a root archive runs.
+BASE_PKGS=(systemd-sysv udev dbus linux-image-amd64 initramfs-tools lvm2 xfsprogs e2fsprogs
+    openssh-server rsync curl ca-certificates iptables mariadb-server nginx ifupdown
+    isc-dhcp-client iproute2 iputils-ping procps less zstd tar gzip util-linux kmod)
+
+# The migration image's tools. Only the binaries listed in INITRD_BINS (and their libraries) end
+# up in the initramfs; the chroot is just a clean, host-independent place to take them from.
+TOOLS_PKGS=(busybox-static bash curl ca-certificates fdisk parted util-linux lvm2 dmsetup
+    xfsprogs e2fsprogs tar zstd coreutils grub-pc-bin grub2-common kmod iproute2 gzip)
+INITRD_BINS=(
+    /usr/bin/bash /usr/bin/curl /usr/bin/tar /usr/bin/zstd /usr/bin/sha256sum /usr/bin/gzip
+    /usr/sbin/sfdisk /usr/sbin/fdisk /usr/sbin/parted /usr/sbin/partprobe /usr/sbin/wipefs
+    /usr/sbin/blkid /usr/bin/lsblk /usr/bin/findmnt /usr/sbin/blockdev /usr/bin/mount
+    /usr/bin/umount /usr/sbin/lvm /usr/sbin/dmsetup
+    /usr/sbin/mkfs.xfs /usr/sbin/xfs_repair /usr/sbin/xfs_admin /usr/sbin/xfs_growfs
+    /usr/sbin/mke2fs /usr/sbin/e2fsck /usr/sbin/tune2fs /usr/sbin/resize2fs
+    /usr/sbin/grub-install /usr/bin/grub-mkimage /usr/sbin/grub-probe
+    /usr/lib/grub/i386-pc/grub-bios-setup
+    /usr/bin/grub-editenv /usr/bin/kmod /usr/sbin/chroot
+)
+# Names that are symlinks to one of the binaries above.
+INITRD_LINKS=(
+    "usr/sbin/mkfs.ext3 mke2fs" "usr/sbin/mkfs.ext4 mke2fs" "usr/sbin/mkfs.ext2 mke2fs"
+    "usr/sbin/fsck.ext3 e2fsck" "usr/sbin/fsck.ext4 e2fsck"
+    "usr/sbin/modprobe ../bin/kmod" "usr/sbin/insmod ../bin/kmod" "usr/sbin/rmmod ../bin/kmod"
+    "usr/sbin/lsmod ../bin/kmod" "usr/sbin/depmod ../bin/kmod" "usr/sbin/modinfo ../bin/kmod"
+)
+LVM_CMDS=(pvcreate pvremove pvs pvscan pvdisplay vgcreate vgremove vgchange vgs vgscan vgdisplay
+    vgextend lvcreate lvremove lvchange lvs lvscan lvdisplay lvextend lvresize)
+# Kernel modules for the migration image (dependencies are added by modprobe --show-depends).
+INITRD_MODULES=(virtio_pci virtio_net virtio_blk virtio_scsi sd_mod af_packet dm_mod xfs ext4
+    crc32c_generic crc32c_intel libcrc32c)
+
+say() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'build-images: %s\n' "$*" >&2; exit 1; }
+
+[[ $(id -u) -eq 0 ]] || die "run as root (debootstrap and chroot need it)"
+
+# --- cache key ------------------------------------------------------------------------------------
+KEY_INPUTS=("$HERE/build-images.sh" "$HERE/migration-init.sh" "$HERE/udhcpc.script")
+KEY="$( { for f in "${KEY_INPUTS[@]}"; do sha256sum <"$f"; done; echo "$SUITE"; } \
+    | sha256sum | cut -c1-16)"
+OUT="$CACHE/images-$KEY"
+if [[ -f "$OUT/.complete" ]]; then
+    say "images are up to date in $OUT"
+    ln -sfn "images-$KEY" "$CACHE/latest"
+    echo "$OUT"
+    exit 0
+fi
+
+# --- host dependencies ----------------------------------------------------------------------------
+if [[ "${FERRY_LAB_NO_APT:-0}" != 1 ]]; then
+    missing=()
+    for p in "${HOST_PKGS[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' \
+            || missing+=("$p")
+    done
+    if ((${#missing[@]})); then
+        say "installing host packages: ${missing[*]}"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" \
+            || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y \
+                --no-install-recommends "${missing[@]}"; }
+    fi
+fi
+
+# The mirror: the one apt already uses on this machine, unless told otherwise.
+detect_mirror() {
+    local uri
+    uri="$(grep -hE '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null \
+        | awk '{print $2}' | grep -v -- '-security' | head -n1 || true)"
+    if [[ -z "$uri" ]]; then
+        uri="$(grep -hE '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null \
+            | grep -v -- '-security' | awk '{print $2}' | head -n1 || true)"
+    fi
+    [[ -n "$uri" ]] || die "no Debian mirror found in apt's sources; set FERRY_LAB_MIRROR"
+    echo "$uri"
+}
+MIRROR="${FERRY_LAB_MIRROR:-$(detect_mirror)}"
+
+WORK="$CACHE/build-$KEY"   # logs and the initramfs staging folder
+DEBS="$CACHE/debs"        # debootstrap's and apt's download cache, shared by all builds
+ROOTS="$CACHE/roots"
+mkdir -p "$WORK" "$DEBS" "$OUT" "$ROOTS"
+
+# --- chroot helpers -------------------------------------------------------------------------------
+# /dev in a chroot is a private tmpfs with a few nodes, never a bind mount of the host's /dev, so
+# that removing a chroot can never remove a host device node.
+chroot_mount() {
+    local r=$1
+    mountpoint -q "$r/proc" || mount -t proc proc "$r/proc"
+    mountpoint -q "$r/sys" || mount -t sysfs sysfs "$r/sys"
+    if ! mountpoint -q "$r/dev"; then
+        mount -t tmpfs -o mode=755,size=16m devtmpfs-lab "$r/dev"
+        mknod -m 666 "$r/dev/null" c 1 3; mknod -m 666 "$r/dev/zero" c 1 5
+        mknod -m 666 "$r/dev/full" c 1 7; mknod -m 666 "$r/dev/random" c 1 8
+        mknod -m 666 "$r/dev/urandom" c 1 9; mknod -m 666 "$r/dev/tty" c 5 0
+        mkdir -p "$r/dev/pts" "$r/dev/shm"
+        ln -s /proc/self/fd "$r/dev/fd"
+    fi
+}
+chroot_umount() {
+    local r=$1 m
+    for m in dev sys proc; do
+        if mountpoint -q "$r/$m"; then umount -l "$r/$m"; fi
+    done
+}
+safe_rm() {   # rm -rf a chroot only when nothing is mounted below it
+    local r=$1
+    [[ -e "$r" ]] || return 0
+    chroot_umount "$r"
+    if awk -v r="$(realpath "$r")/" 'index($2"/", r) == 1 {found=1} END {exit !found}' /proc/mounts
+    then die "refusing to remove $r: something is still mounted below it"; fi
+    rm -rf --one-file-system "$r"
+}
+CHROOTS=()
+cleanup() { local r; for r in "${CHROOTS[@]}"; do chroot_umount "$r"; done; }
+trap cleanup EXIT
+
+debootstrap_into() {   # debootstrap_into DIR PKG,PKG
+    local dir=$1 include=$2 log
+    log="$WORK/$(basename "$1").debootstrap.log"
+    say "debootstrap $SUITE into $dir (log: $log)"
+    safe_rm "$dir"
+    if ! debootstrap --variant=minbase --cache-dir="$DEBS" --include="$include" \
+        "$SUITE" "$dir" "$MIRROR" >"$log" 2>&1; then
+        tail -n 30 "$log" >&2
+        [[ -f "$dir/debootstrap/debootstrap.log" ]] && tail -n 30 "$dir/debootstrap/debootstrap.log" >&2
+        die "debootstrap failed"
+    fi
+}
+
+apt_in() {   # apt_in DIR PKG...
+    local r=$1; shift
+    chroot_mount "$r"
+    printf '#!/bin/sh\nexit 101\n' >"$r/usr/sbin/policy-rc.d"; chmod +x "$r/usr/sbin/policy-rc.d"
+    # Reuse the shared download cache.
+    mkdir -p "$r/var/cache/apt/archives"
+    find "$DEBS" -maxdepth 1 -name '*.deb' -exec cp -n {} "$r/var/cache/apt/archives/" \;
+    chroot "$r" env DEBIAN_FRONTEND=noninteractive LC_ALL=C apt-get update -q
+    chroot "$r" env DEBIAN_FRONTEND=noninteractive LC_ALL=C \
+        apt-get install -y -q --no-install-recommends \
+        -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "$@"
+    cp -n "$r"/var/cache/apt/archives/*.deb "$DEBS/" 2>/dev/null || true
+    rm -f "$r/usr/sbin/policy-rc.d"
+}
+
+T0=$SECONDS
+declare -A TIMES
+
+# --- base chroot ----------------------------------------------------------------------------------
+build_base_chroot() {   # build_base_chroot DIR
+    local BASE=$1
+    debootstrap_into "$BASE" "systemd-sysv,udev,kmod,apt"
+    say "installing the base packages (log: $WORK/base-apt.log)"
+    apt_in "$BASE" "${BASE_PKGS[@]}" >"$WORK/base-apt.log" 2>&1 \
+        || { tail -n 40 "$WORK/base-apt.log" >&2; die "apt-get in the base chroot failed"; }
+    # What an LVM + xfs root on virtio needs in the initrd (rebuilt below).
+    mkdir -p "$BASE/etc/initramfs-tools/conf.d"
+    printf 'MODULES=most\nCOMPRESS=zstd\n' >"$BASE/etc/initramfs-tools/conf.d/ferry-lab.conf"
+    printf '%s\n' dm_mod xfs ext4 virtio_pci virtio_blk virtio_scsi virtio_net \
+        >>"$BASE/etc/initramfs-tools/modules"
+
+    # System settings a migrated VM expects and the configure script does not write.
+    echo ferry-base >"$BASE/etc/hostname"
+    printf 'auto lo\niface lo inet loopback\n\nsource /etc/network/interfaces.d/*\n' \
+        >"$BASE/etc/network/interfaces"
+    : >"$BASE/etc/fstab"
+    rm -f "$BASE/etc/resolv.conf"   # debootstrap copied the host's; the configure script writes one
+    printf '127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' >"$BASE/etc/hosts"
+    : >"$BASE/etc/machine-id"   # a new id on first boot
+    rm -f "$BASE"/etc/ssh/ssh_host_*
+    # Debian's ssh.service does not make missing host keys; make them on first boot.
+    cat >"$BASE/etc/systemd/system/ferry-ssh-hostkeys.service" <<'UNIT'
+[Unit]
+Description=Generate missing SSH host keys
+Before=ssh.service
+ConditionPathExists=!/etc/ssh/ssh_host_ed25519_key
+
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/ssh-keygen -A
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+    mkdir -p "$BASE/etc/systemd/system/multi-user.target.wants"
+    ln -sf ../ferry-ssh-hostkeys.service \
+        "$BASE/etc/systemd/system/multi-user.target.wants/ferry-ssh-hostkeys.service"
+
+    # The initrd the base kernel boots with: MODULES=most, lvm2's hook, zstd.
+    chroot_mount "$BASE"
+    chroot "$BASE" update-initramfs -u -k all >>"$WORK/base-apt.log" 2>&1
+    chroot "$BASE" sh -c 'lsinitramfs /boot/initrd.img-*' >"$WORK/base-initrd.list"
+    grep -qE '(^|/)s?bin/lvm$' "$WORK/base-initrd.list" \
+        || die "the base initrd has no lvm binary (see $WORK/base-initrd.list)"
+    grep -q '/dm-mod.ko' "$WORK/base-initrd.list" || die "the base initrd has no dm-mod"
+    grep -q '/xfs.ko' "$WORK/base-initrd.list" || die "the base initrd has no xfs"
+    chroot "$BASE" apt-get clean
+    rm -rf "$BASE"/var/lib/apt/lists/*
+    chroot_umount "$BASE"
+}
+# A chroot is reused while its recipe (the packages, the suite, the functions that build it) is
+# unchanged.
+recipe_key() { { declare -f "$1" debootstrap_into apt_in; shift; printf '%s\n' "$SUITE" "$@"; } \
+    | sha256sum | cut -c1-16; }
+ensure_chroot() {   # ensure_chroot NAME BUILD_FUNCTION PKGS... ; sets CHROOT_DIR
+    local name=$1 fn=$2; shift 2
+    local key dir t
+    key="$(recipe_key "$fn" "$@")"
+    dir="$ROOTS/$name-$key"
+    CHROOTS+=("$dir")
+    if [[ -f "$dir.stamp" ]]; then
+        TIMES[${name}_chroot]="$(cat "$dir.stamp") (cached)"
+    else
+        t=$SECONDS
+        "$fn" "$dir"
+        TIMES[${name}_chroot]=$((SECONDS - t))
+        echo "${TIMES[${name}_chroot]}" >"$dir.stamp"
+    fi
+    # drop chroots of older recipes
+    local old
+    for old in "$ROOTS/$name"-*; do
+        [[ "$old" == "$dir" || "$old" == "$dir.stamp" ]] && continue
+        case "$old" in *.stamp) rm -f "$old" ;; *) safe_rm "$old" ;; esac
+    done
+    CHROOT_DIR=$dir
+}
+ensure_chroot base build_base_chroot "${BASE_PKGS[@]}"
+BASE=$CHROOT_DIR
+
+KVER="$(find "$BASE/usr/lib/modules" -mindepth 1 -maxdepth 1 -printf '%f\n' | head -n1)"
+[[ -n "$KVER" && -f "$BASE/boot/vmlinuz-$KVER" ]] || die "no kernel found in the base chroot"
+say "base kernel: $KVER"
+
+# --- base image and kernel tarballs ---------------------------------------------------------------
+t=$SECONDS
+say "packing kernel.tar.zst"
+tar -C "$BASE" --numeric-owner -cf - boot usr/lib/modules \
+    | zstd -q -T0 -10 -o "$OUT/kernel.tar.zst.tmp" -f
+mv "$OUT/kernel.tar.zst.tmp" "$OUT/kernel.tar.zst"
+say "packing base-image.tar.zst"
+# No kernel in the base image: the configure script installs kernel.tar.zst separately, as it
+# will do on top of a VM's own root archive.
+# --xattrs keeps file capabilities (ping). No --acls: GNU tar stores ACL entries by user/group
+# NAME, which the migration image cannot resolve (only systemd-tmpfiles' ACL on /var/log/journal
+# is lost, and it is set again at boot).
+tar -C "$BASE" --numeric-owner --xattrs --xattrs-include='*' -cf - \
+    --exclude=./proc/* --exclude=./sys/* --exclude=./dev/* --exclude=./run/* --exclude=./tmp/* \
+    --exclude=./boot/* --exclude=./usr/lib/modules/* --exclude=./var/cache/apt/archives/*.deb \
+    --exclude=./debootstrap . \
+    | zstd -q -T0 -10 -o "$OUT/base-image.tar.zst.tmp" -f
+mv "$OUT/base-image.tar.zst.tmp" "$OUT/base-image.tar.zst"
+TIMES[pack]=$((SECONDS - t))
+
+# --- tools chroot ---------------------------------------------------------------------------------
+build_tools_chroot() { debootstrap_into "$1" "$(IFS=,; echo "${TOOLS_PKGS[*]}")"; }
+ensure_chroot tools build_tools_chroot "${TOOLS_PKGS[@]}"
+TOOLS=$CHROOT_DIR
+
+# --- migration initramfs --------------------------------------------------------------------------
+t=$SECONDS
+say "assembling the migration initramfs"
+STAGE="$WORK/initrd-stage"
+rm -rf "$STAGE"
+mkdir -p "$STAGE"/{usr/bin,usr/sbin,usr/lib,usr/lib64,etc,proc,sys,dev,run,tmp,newroot,root,var}
+ln -s usr/bin "$STAGE/bin"; ln -s usr/sbin "$STAGE/sbin"
+ln -s usr/lib "$STAGE/lib"; ln -s usr/lib64 "$STAGE/lib64"
+chmod 1777 "$STAGE/tmp"
+
+copy_from_tools() {   # copy one path (file or symlink, as it is) from the tools chroot
+    local p=$1
+    [[ -e "$STAGE$p" || -L "$STAGE$p" ]] && return 0
+    mkdir -p "$STAGE$(dirname "$p")"
+    cp -a "$TOOLS$p" "$STAGE$p"
+}
+copy_with_libs() {   # copy a binary and every library ldd (run in the chroot) names
+    local bin=$1 real lib
+    real="$(chroot "$TOOLS" readlink -f "$bin")"
+    [[ -e "$TOOLS$real" ]] || die "$bin is not in the tools chroot"
+    copy_from_tools "$real"
+    [[ "$real" == "$bin" ]] || { mkdir -p "$STAGE$(dirname "$bin")"; ln -sf "$real" "$STAGE$bin"; }
+    while read -r lib; do
+        [[ -n "$lib" ]] || continue
+        # keep the path the loader asks for (a symlink) and the file it points to
+        copy_from_tools "$lib"
+        copy_from_tools "$(chroot "$TOOLS" readlink -f "$lib")"
+    done < <(chroot "$TOOLS" ldd "$real" 2>/dev/null \
+        | awk '/=> \//{print $3} /^\t\/[^ ]+ \(/{print $1}')
+}
+for b in "${INITRD_BINS[@]}"; do copy_with_libs "$b"; done
+for l in "${INITRD_LINKS[@]}"; do
+    read -r name target <<<"$l"; ln -sf "$target" "$STAGE/$name"
+done
+for c in "${LVM_CMDS[@]}"; do ln -sf lvm "$STAGE/usr/sbin/$c"; done
+# busybox for the shell, udhcpc, ip, poweroff and the rest; real tools above win over applets.
+cp "$TOOLS/usr/bin/busybox" "$STAGE/usr/bin/busybox"
+while read -r applet; do
+    [[ -e "$STAGE/$applet" || -L "$STAGE/$applet" ]] && continue
+    mkdir -p "$STAGE/$(dirname "$applet")"
+    ln -s /usr/bin/busybox "$STAGE/$applet"
+done < <(chroot "$TOOLS" /usr/bin/busybox --list-full)
+# GRUB's i386-pc modules and data, TLS roots, config files the tools read
+mkdir -p "$STAGE/usr/lib/grub" "$STAGE/usr/share"
+cp -a "$TOOLS/usr/lib/grub/i386-pc" "$STAGE/usr/lib/grub/"
+cp -a "$TOOLS/usr/share/grub" "$STAGE/usr/share/"
+cp -a "$TOOLS/etc/ssl" "$STAGE/etc/"
+cp -a "$TOOLS/usr/share/ca-certificates" "$STAGE/usr/share/" 2>/dev/null || true
+cp -a "$TOOLS/etc/mke2fs.conf" "$STAGE/etc/"
+mkdir -p "$STAGE/etc/lvm"
+# No udev in the migration image: LVM makes its own /dev nodes.
+cat >"$STAGE/etc/lvm/lvm.conf" <<'LVM'
+activation {
+    udev_sync = 0
+    udev_rules = 0
+}
+devices {
+    obtain_device_list_from_udev = 0
+}
+LVM
+printf 'root:x:0:0:root:/root:/bin/bash\n' >"$STAGE/etc/passwd"
+printf 'root:x:0:\n' >"$STAGE/etc/group"
+printf 'hosts: files dns\n' >"$STAGE/etc/nsswitch.conf"
+mkdir -p "$STAGE/etc/udhcpc"
+install -m 0755 "$HERE/udhcpc.script" "$STAGE/etc/udhcpc/default.script"
+install -m 0755 "$HERE/migration-init.sh" "$STAGE/init"
+
+# kernel modules (from the base kernel, so migration and base kernels are the same build)
+MODDIR="usr/lib/modules/$KVER"
+mkdir -p "$STAGE/$MODDIR"
+chroot_mount "$BASE"
+while read -r kind path _; do
+    [[ "$kind" == insmod ]] || continue
+    mkdir -p "$STAGE$(dirname "$path")"
+    cp -n "$BASE$path" "$STAGE$path"
+done < <(for m in "${INITRD_MODULES[@]}"; do
+    chroot "$BASE" modprobe -S "$KVER" --show-depends "$m" 2>/dev/null || true; done)
+chroot_umount "$BASE"
+cp "$BASE/$MODDIR"/modules.{order,builtin,builtin.modinfo} "$STAGE/$MODDIR/" 2>/dev/null || true
+depmod -b "$STAGE" "$KVER"
+printf '%s\n' "${INITRD_MODULES[@]}" >"$STAGE/etc/ferry-modules"
+
+cp "$BASE/boot/vmlinuz-$KVER" "$OUT/migration-vmlinuz"
+(cd "$STAGE" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0) \
+    | gzip -6 >"$OUT/migration-initrd.img.tmp"
+mv "$OUT/migration-initrd.img.tmp" "$OUT/migration-initrd.img"
+TIMES[initrd]=$((SECONDS - t))
+
+# --- manifest -------------------------------------------------------------------------------------
+{
+    echo "key=$KEY"
+    echo "suite=$SUITE"
+    echo "kernel=$KVER"
+    echo "built_at=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    for k in "${!TIMES[@]}"; do echo "seconds_$k=${TIMES[$k]}"; done
+    echo "seconds_total=$((SECONDS - T0))"
+    echo "initrd_files=$(find "$STAGE" | wc -l)"
+    echo "initrd_unpacked_bytes=$(du -sb "$STAGE" | cut -f1)"
+    for f in migration-vmlinuz migration-initrd.img base-image.tar.zst kernel.tar.zst; do
+        echo "bytes_$f=$(stat -c %s "$OUT/$f")"
+        echo "sha256_$f=$(sha256sum "$OUT/$f" | cut -d' ' -f1)"
+    done
+    echo "base_unpacked_bytes=$(zstd -dc "$OUT/base-image.tar.zst" | wc -c)"
+} >"$OUT/manifest.txt"
+say "manifest:"; sed 's/^/    /' "$OUT/manifest.txt" >&2
+
+rm -rf "$STAGE"
+if [[ "${FERRY_LAB_PRUNE:-0}" == 1 ]]; then
+    safe_rm "$BASE"; safe_rm "$TOOLS"; rm -f "$BASE.stamp" "$TOOLS.stamp"
+fi
+touch "$OUT/.complete"
+ln -sfn "images-$KEY" "$CACHE/latest"
+# Older image sets and build logs go, unless asked to keep them.
+if [[ "${FERRY_LAB_KEEP_OLD:-0}" != 1 ]]; then
+    for old in "$CACHE"/images-* "$CACHE"/build-*; do
+        [[ "$old" == "$OUT" || "$old" == "$WORK" ]] || rm -rf --one-file-system "$old"
+    done
+fi
+say "done in $((SECONDS - T0)) s"
+echo "$OUT"
