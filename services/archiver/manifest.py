@@ -16,7 +16,9 @@ _LINE = re.compile(r"^(?P<sha>[0-9a-f]{64}) [ *](?P<name>.+)$")
 
 def write_manifest(results: list[ArchiveResult], dest_dir: Path) -> Path:
     """Write (atomically) the manifest of `results`, whose files must lie in `dest_dir`."""
-    lines = sorted(f"{r.sha256}  {_relative_name(r.file, dest_dir)}\n" for r in results)
+    # Sorted by file name, so the manifest reads the same whatever the hashes are.
+    named = sorted((_relative_name(r.file, dest_dir), r.sha256) for r in results)
+    lines = [f"{sha256}  {name}\n" for name, sha256 in named]
     path = dest_dir / MANIFEST
     partial = dest_dir / (MANIFEST + ".partial")
     with partial.open("w", encoding="utf-8") as handle:
