@@ -8,7 +8,7 @@ import uuid
 from shared.events import Envelope
 from shared.providers.base import BootSource, ProviderError
 from shared.service import Context, Router
-from shared.states import GroupStatus, VmState
+from shared.states import VmState
 from shared.store import groups, tokens, vms
 from services.configurator.render import ArchiveRef, RenderError, render_script
 
@@ -34,8 +34,8 @@ async def _boot_for_configuration(ctx: Context, vm_id: uuid.UUID) -> None:
     # concurrent duplicate waits and finds the VM configuring; if the commit never happens the
     # VM stays created and is booted again, with a new token, on redelivery.
     async with ctx.step() as tx:
-        vm = await vms.get(tx.conn, vm_id, lock=True)
-        if vm is None or vm.state != VmState.CREATED or vm.group_status != GroupStatus.ACTIVE:
+        vm = await vms.lock_if(tx.conn, vm_id, VmState.CREATED)
+        if vm is None:
             return
         group = await groups.get(tx.conn, vm.group_id)
         plan = group.parsed_plan()

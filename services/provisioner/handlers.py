@@ -41,8 +41,8 @@ async def _provision(ctx: Context, vm_id: uuid.UUID) -> None:
     # concurrent duplicate waits and finds the VM provisioning; a crash rolls back to
     # configured and the calls (each safe to repeat) are made again on redelivery.
     async with ctx.step() as tx:
-        vm = await vms.get(tx.conn, vm_id, lock=True)
-        if vm is None or vm.state != VmState.CONFIGURED or vm.group_status != GroupStatus.ACTIVE:
+        vm = await vms.lock_if(tx.conn, vm_id, VmState.CONFIGURED)
+        if vm is None:
             return
         group = await groups.get(tx.conn, vm.group_id)
         try:

@@ -55,6 +55,15 @@ async def get(conn: asyncpg.Connection, vm_id: uuid.UUID, *, lock: bool = False)
     return Vm.from_row(row) if row else None
 
 
+async def lock_if(conn: asyncpg.Connection, vm_id: uuid.UUID, state: VmState) -> Vm | None:
+    """The VM, row-locked for this transaction, if it is in `state` and its group is active
+    (a service moves a VM on only then); else None."""
+    vm = await get(conn, vm_id, lock=True)
+    if vm is None or vm.state != state or vm.group_status != GroupStatus.ACTIVE:
+        return None
+    return vm
+
+
 async def of_group(conn: asyncpg.Connection, group_id: uuid.UUID) -> list[Vm]:
     rows = await conn.fetch(f"{_SELECT} WHERE v.group_id = $1 ORDER BY v.position", group_id)
     return [Vm.from_row(r) for r in rows]
