@@ -9,7 +9,7 @@ from shared.events import Envelope
 from shared.providers.base import BootSource, ProviderError
 from shared.service import Context, Router
 from shared.states import VmState
-from shared.store import groups, tokens, vms
+from shared.store import archives, groups, tokens, vms
 from services.configurator.render import ArchiveRef, RenderError, render_script
 
 router = Router("configurator")
@@ -62,12 +62,8 @@ async def _boot_for_configuration(ctx: Context, vm_id: uuid.UUID) -> None:
 
 
 async def _archive_refs(conn, vm_id: uuid.UUID) -> list[ArchiveRef]:
-    rows = await conn.fetch(
-        "SELECT id, kind, source, sha256, size, engine FROM archives WHERE vm_id = $1 ORDER BY id",
-        vm_id,
-    )
     return [
         ArchiveRef(id=r["id"], kind=r["kind"], source=r["source"], sha256=r["sha256"],
                    size=r["size"], engine=r["engine"])
-        for r in rows
+        for r in await archives.for_vm(conn, vm_id)
     ]

@@ -16,7 +16,7 @@ from services.gateway.auth import require_vm, vm_from_token, path_uuid
 from services.gateway.errors import json_response, parse_body, problem
 from services.gateway.keys import DEPS
 from shared.states import IllegalTransition, VmState
-from shared.store import groups, vms
+from shared.store import archives, groups, vms
 
 REPLICATION_USER = "ferry_repl"
 HOLD_POLL_S = 0.5
@@ -145,10 +145,8 @@ async def replication_credentials(request: web.Request) -> web.Response:
            auth="vm", tag="vm")
 async def archive(request: web.Request) -> web.StreamResponse:
     vm_id = await require_vm(request)
-    row = await request.app[DEPS].store.fetchrow(
-        "SELECT file FROM archives WHERE id = $1 AND vm_id = $2",
-        request.match_info["archive_id"], vm_id,
-    )
+    async with request.app[DEPS].store.pool.acquire() as conn:
+        row = await archives.one_for_vm(conn, vm_id, request.match_info["archive_id"])
     if row is None or not Path(row["file"]).is_file():
         raise problem(web.HTTPNotFound, "no such archive for this VM")
     return web.FileResponse(row["file"])

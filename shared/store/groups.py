@@ -73,9 +73,12 @@ async def submit(tx: Tx, plan: Plan) -> uuid.UUID:
         )
     except asyncpg.UniqueViolationError as exc:
         raise GroupExists(f"group {plan.group!r} is already being migrated") from exc
+    ids = {vm.name: uuid.uuid4() for vm in plan.vms}
     await tx.conn.executemany(
-        "INSERT INTO vms (id, group_id, name, role, position) VALUES ($1, $2, $3, $4, $5)",
-        [(uuid.uuid4(), group_id, vm.name, vm.role.value, i) for i, vm in enumerate(plan.vms)],
+        "INSERT INTO vms (id, group_id, name, role, position, master_id)"
+        " VALUES ($1, $2, $3, $4, $5, $6)",
+        [(ids[vm.name], group_id, vm.name, vm.role.value, i,
+          ids[vm.replica_of] if vm.replica_of else None) for i, vm in enumerate(plan.vms)],
     )
     await tx.publish(ev.GroupSubmitted(group_name=plan.group, vm_count=len(plan.vms)),
                      group_id=group_id)

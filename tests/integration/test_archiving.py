@@ -36,6 +36,14 @@ vms:
     databases: [{{engine: mariadb, name: {database}}}]
     source: {{kind: local, root: {db_root}}}
     network: {{address: 10.20.0.12/24, hostname: db1.example}}
+  - name: db2
+    role: db-replica
+    replica_of: db1
+    cpus: 1
+    memory_mb: 512
+    disks: [{{size_gb: 10}}]
+    filesystems: [{{mount: /, size_gb: 8}}]
+    network: {{address: 10.20.0.13/24, hostname: db2.example}}
 """
 
 
@@ -85,6 +93,15 @@ async def test_archives_are_taken_recorded_and_served_only_to_their_vm(settings,
         async with operator.get(f"{settings.gateway_url}/v1/archives/{ids['db1']}/{rows[0]['id']}",
                                 headers={"Authorization": f"Bearer {ferry.token(ids['db1'])}"}) as r:
             assert r.status == 404  # db1's token, app1's archive
+        dump_id = rows[2]["id"]
+        async with ferry.vm(ids["db2"]) as replica:
+            # The replica loads its master's dump, since the master loads without binlog.
+            assert dump_id in await replica.script()
+            body = await replica.download(f"/v1/archives/{ids['db2']}/{dump_id}")
+            assert hashlib.sha256(body).hexdigest() == rows[2]["sha256"]
+        async with operator.get(f"{settings.gateway_url}/v1/archives/{ids['app1']}/{dump_id}",
+                                headers={"Authorization": f"Bearer {ferry.token(ids['app1'])}"}) as r:
+            assert r.status == 404  # an app server gets no database dump
         manifest = Path(rows[0]["file"]).parent / "MANIFEST.sha256"
         assert subprocess.run(["sha256sum", "-c", "--quiet", manifest.name],
                               cwd=manifest.parent).returncode == 0

@@ -29,7 +29,7 @@ CREATE TABLE vms (
     step             text,
     message          text,
     provider_ref     text,
-    boot_token_id    uuid,            -- the token the VM was last booted with
+    master_id        uuid,            -- a replica's database master (it loads the master's dumps)
     state_changed_at timestamptz NOT NULL DEFAULT now(),
     created_at       timestamptz NOT NULL DEFAULT now(),
     UNIQUE (group_id, name)
