@@ -253,8 +253,13 @@ class VM(_Model):
     def _check_space(self, found: Findings) -> None:
         need = self.boot.size_gb + sum(fs.size_gb for fs in self.logical_volumes)
         have = sum(disk.size_gb for disk in self.disks)
-        if need > have + 1e-9:
-            found.add(("filesystems",), f"need {_gb(need)} GB but the disks hold {_gb(have)} GB")
+        # Partition alignment, LVM metadata and extent rounding take a little of each disk, so
+        # a plan that fills its disks to the byte would fail at lvcreate on the new VM.
+        usable = have - LVM_RESERVE_GB * len(self.disks)
+        if need > usable + 1e-9:
+            found.add(("filesystems",), f"need {_gb(need)} GB but the disks hold {_gb(have)} GB"
+                      f" ({_gb(usable)} GB usable after {_gb(LVM_RESERVE_GB)} GB per disk for"
+                      " partitioning and LVM)")
 
 
 class HttpCheck(_Model):
@@ -318,6 +323,9 @@ def _check_unique(found: Findings, values: list, where: str, field: str, what: s
 
 def _mount_order(fs: Filesystem) -> tuple[bool, int]:
     return fs.mount == "swap", 0 if fs.mount == "/" else fs.mount.count("/")
+
+
+LVM_RESERVE_GB = 0.05
 
 
 def _gb(amount: float) -> str:

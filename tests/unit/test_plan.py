@@ -203,7 +203,7 @@ RULES = {
     "not enough disk": (
         lambda d: d["vms"][0].update(disks=[{"size_gb": 20}], filesystems=[
             {"mount": "/", "size_gb": 15}, {"mount": "/data", "size_gb": 15}]),
-        "vms[0].filesystems: need 30.5 GB but the disks hold 20 GB"),
+        "vms[0].filesystems: need 30.5 GB but the disks hold 20 GB (19.95 GB usable after 0.05 GB per disk for partitioning and LVM)"),
     "relative archive path": (
         lambda d: d["vms"][0]["archives"][1].update(path="data"),
         "vms[0].archives[1].path: must be an absolute path, starting with '/'"),
