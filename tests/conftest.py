@@ -4,6 +4,7 @@ each test isolated by its own database schema and its own exchange/queue name pr
 from __future__ import annotations
 
 import asyncio
+import inspect
 import socket
 import time
 import uuid
@@ -27,13 +28,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-async def eventually(check: Callable[[], Awaitable[object]], timeout: float = 20.0,
+async def eventually(check: Callable[[], Awaitable[object] | object], timeout: float = 20.0,
                      interval: float = 0.05, what: str = "condition") -> object:
-    """Poll `check` until it returns something truthy, or fail after `timeout` seconds."""
+    """Poll `check` (plain or async) until it returns something truthy, or fail after
+    `timeout` seconds."""
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
-        last = await check()
+        last = check()
+        if inspect.isawaitable(last):
+            last = await last
         if last:
             return last
         await asyncio.sleep(interval)

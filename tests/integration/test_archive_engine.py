@@ -230,15 +230,12 @@ async def test_a_cancelled_archive_stops_its_programs_and_removes_the_partial(tm
 
     # A producer that writes forever: the pipeline is certainly mid-stream when cancelled.
     task = asyncio.create_task(compress_to_file(["yes"], dest))
-    await eventually(lambda: _true_if(partial_growing()), what="the partial file to grow")
+    await eventually(partial_growing, what="the partial file to grow")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     assert list(tmp_path.iterdir()) == []
 
-
-async def _true_if(value: bool) -> bool:
-    return value
 
 
 # --- database dumps ---------------------------------------------------------------------------

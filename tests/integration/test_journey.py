@@ -172,7 +172,7 @@ async def test_service_killed_mid_handler_finishes_after_restart(settings, opera
     provider.gate = asyncio.Event()
     ferry = await start_ferry(settings, operator, provider=provider)
     group_id = await ferry.submit(THREE_VMS.format(group="killed"))
-    await eventually(lambda: asyncio.sleep(0, provider.created >= 1), what="a VM being created")
+    await eventually(lambda: provider.created >= 1, what="a VM being created")
     await ferry.host.kill()
     assert provider.created >= 1
 
