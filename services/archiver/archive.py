@@ -150,6 +150,31 @@ def _own_output_excludes(source: TreeSource, path: str, dest: Path) -> list[str]
     return [str(inside)] if str(inside) != "." else [dest.name, dest.name + ".partial-*"]
 
 
+def remove_abandoned_partials(folder: Path) -> list[Path]:
+    """Remove partial files whose writer on this host is gone (an archiver killed mid-write).
+    Partials of live writers are left alone."""
+    removed = []
+    for partial in folder.glob("*.partial-*-*"):
+        try:
+            pid = int(partial.name.rsplit(".partial-", 1)[1].split("-", 1)[0])
+        except (IndexError, ValueError):
+            continue
+        if not _alive(pid):
+            partial.unlink(missing_ok=True)
+            removed.append(partial)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 # --- the pipeline: producer | zstd > file -----------------------------------------------------
 
 class PipelineError(Exception):

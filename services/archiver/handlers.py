@@ -14,7 +14,9 @@ from shared.plan import VM
 from shared.service import Context, Router
 from shared.states import GroupStatus, VmState
 from shared.store import groups, vms
-from services.archiver.archive import ArchiveError, ArchiveResult, LocalTree, archive_path
+from services.archiver.archive import (
+    ArchiveError, ArchiveResult, LocalTree, archive_path, remove_abandoned_partials,
+)
 from services.archiver.dumps import DatabaseSource, DumpError, dump_database
 from services.archiver.manifest import write_manifest
 
@@ -63,6 +65,7 @@ async def archive_vm(event: Envelope, ctx: Context) -> None:
 def _vm_dir(ctx: Context, group_id: uuid.UUID, vm_name: str) -> Path:
     folder = ctx.settings.archive_root / str(group_id) / vm_name
     folder.mkdir(parents=True, exist_ok=True)
+    remove_abandoned_partials(folder)
     return folder
 
 
