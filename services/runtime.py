@@ -30,6 +30,7 @@ from shared.topology import Names
 log = get_logger(__name__)
 
 SERVICES = ("archiver", "creator", "configurator", "provisioner", "coordinator", "cutover")
+USES_PROVIDER = {"creator", "configurator", "provisioner", "cutover"}
 
 
 def router_of(service: str) -> Router:
@@ -58,7 +59,7 @@ class Host:
         await self.bus.connect()
         self.relay = OutboxRelay(self.pool, self.bus, s.database_schema)
         await self.relay.start()
-        if self.provider is None and any(x in self.services for x in ("creator", "configurator", "provisioner", "cutover")):
+        if self.provider is None and set(self.services) & USES_PROVIDER:
             self.provider = make_provider(s)
         deps = Deps(store=Store(self.pool), settings=s, provider=self.provider)
         if self.with_gateway:
@@ -71,7 +72,8 @@ class Host:
         log.info("host started", services=self.services, gateway=self.with_gateway, port=self.port)
 
     async def _start_gateway(self, deps: Deps) -> None:
-        from services.gateway.app import build_app, start_live_feed
+        from services.gateway.app import build_app
+        from services.gateway.live import start_live_feed
 
         self.gateway_app = build_app(deps, self.bus)
         self._site_runner = web.AppRunner(self.gateway_app, access_log=None)
@@ -101,8 +103,8 @@ class Host:
         for consumer in self.consumers:
             consumer.abandon()
         try:
-            if self.relay and self.relay._task:
-                self.relay._task.cancel()
+            if self.relay:
+                self.relay.abandon()
             if self.bus and self.bus.connection:
                 await self.bus.connection.close()
             if self._site_runner:

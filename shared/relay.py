@@ -43,6 +43,11 @@ class OutboxRelay:
             await self.pool.release(self._listener_conn)
             self._listener_conn = None
 
+    def abandon(self) -> None:
+        """Stop at once (a kill): what was not published stays in the outbox for the next relay."""
+        if self._task:
+            self._task.cancel()
+
     async def _run(self) -> None:
         while True:
             try:
@@ -88,5 +93,3 @@ class OutboxRelay:
                 )
             return len(rows)
 
-    async def lag(self) -> int:
-        return await self.pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")

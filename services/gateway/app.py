@@ -9,7 +9,7 @@ from aiohttp import web
 from services.gateway import live, operator_routes, vm_routes  # noqa: F401 - they register routes
 from services.gateway.api import api
 from services.gateway.keys import BUS, DEPS, LIVE, OPERATOR_TOKEN
-from services.gateway.live import Broadcaster, start_live_feed  # noqa: F401 - re-exported
+from services.gateway.live import Broadcaster
 from services.gateway.openapi import openapi_document
 from shared.bus import Bus
 from shared.logging import get_logger

@@ -12,7 +12,7 @@ from services.gateway.keys import DEPS, OPERATOR_TOKEN
 from shared.store import tokens
 
 
-def _bearer(request: web.Request) -> str | None:
+def bearer(request: web.Request) -> str | None:
     header = request.headers.get("Authorization", "")
     scheme, _, value = header.partition(" ")
     if scheme.lower() == "bearer" and value.strip():
@@ -33,7 +33,7 @@ async def vm_from_token(request: web.Request, token: str | None) -> uuid.UUID:
 
 async def require_vm(request: web.Request) -> uuid.UUID:
     """The path's VM, if the request carries that VM's own token (403 for another VM's)."""
-    owner = await vm_from_token(request, _bearer(request))
+    owner = await vm_from_token(request, bearer(request))
     wanted = path_uuid(request, "vm_id")
     if owner != wanted:
         raise problem(web.HTTPForbidden, "this token belongs to another VM")
@@ -41,7 +41,7 @@ async def require_vm(request: web.Request) -> uuid.UUID:
 
 
 def require_operator(request: web.Request) -> None:
-    token = _bearer(request)
+    token = bearer(request)
     if not token:
         raise problem(web.HTTPUnauthorized, "an operator bearer token is required")
     if not hmac.compare_digest(token.encode(), request.app[OPERATOR_TOKEN].encode()):

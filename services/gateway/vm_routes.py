@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 
 from aiohttp import web
 
 from services.gateway import models as m
 from services.gateway.api import api
-from services.gateway.auth import require_vm, vm_from_token, path_uuid
+from services.gateway.auth import bearer, path_uuid, require_vm, vm_from_token
 from services.gateway.errors import json_response, parse_body, problem
 from services.gateway.keys import DEPS
 from shared.states import IllegalTransition, VmState
@@ -155,8 +156,7 @@ async def archive(request: web.Request) -> web.StreamResponse:
 @api.route("GET", "/v1/support/{name}", "Support data: migration kernel and initrd, kernel "
            "and modules for the new VMs, base image", auth="vm-boot", tag="vm")
 async def support(request: web.Request) -> web.StreamResponse:
-    token = request.query.get("token") or request.headers.get("Authorization", "")[7:]
-    await vm_from_token(request, token or None)
+    await vm_from_token(request, request.query.get("token") or bearer(request))
     name = request.match_info["name"]
     folder = request.app[DEPS].settings.state_dir / "support"
     path = (folder / name).resolve()
@@ -171,8 +171,6 @@ async def _view(store, vm_id: uuid.UUID) -> m.VmView:
 
 
 def vm_view(row) -> m.VmView:
-    from datetime import datetime, timezone
-
     age = (datetime.now(timezone.utc) - row["state_changed_at"]).total_seconds()
     return m.VmView(
         id=row["id"], name=row["name"], role=row["role"], state=row["state"],

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
-
 from shared.providers.base import BootSource, ProviderError, ProviderVm, VmSpec
 
 
@@ -20,18 +18,14 @@ class FakeVm:
     boots: list[tuple[BootSource, dict[str, str]]] = field(default_factory=list)
 
 
-OnBoot = Callable[[FakeVm, BootSource, dict[str, str]], Awaitable[None] | None]
-
-
 class FakeProvider:
     name = "fake"
 
-    def __init__(self, on_boot: OnBoot | None = None):
+    def __init__(self) -> None:
         self.vms: dict[str, FakeVm] = {}
         self._by_key: dict[str, str] = {}
         self.create_calls = 0
         self.created = 0
-        self.on_boot = on_boot
         # When set, create_vm makes the VM and then waits for the gate before answering, so a
         # test can kill the caller after the infrastructure acted but before it was recorded.
         self.gate: asyncio.Event | None = None
@@ -65,10 +59,6 @@ class FakeProvider:
         vm = self._vm(ref)
         vm.powered = True
         vm.boots.append((source, dict(kernel_args or {})))
-        if self.on_boot:
-            result = self.on_boot(vm, source, dict(kernel_args or {}))
-            if asyncio.iscoroutine(result):
-                await result
 
     async def power_off(self, ref: str) -> None:
         self._vm(ref).powered = False

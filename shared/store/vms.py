@@ -131,15 +131,15 @@ async def transition(
     )
     if detail is not None:
         await tx.conn.execute("UPDATE vms SET detail = $2 WHERE id = $1", vm.id, detail)
-    await _announce(tx, vm, new, step=step, message=message)
+    await _announce(tx, vm, new, step=step, message=message, failed_from=failed_from)
     return await get(tx.conn, vm_id)
 
 
-async def _announce(tx: Tx, vm: Vm, new: VmState, *, step: str | None, message: str | None) -> None:
+async def _announce(tx: Tx, vm: Vm, new: VmState, *, step: str | None, message: str | None,
+                    failed_from: VmState | None) -> None:
     """The events that tell the next service a VM reached a state it acts on."""
     where = dict(group_id=vm.group_id, vm_id=vm.id)
     if new == VmState.FAILED:
-        failed_from = vm.held_state if vm.state == VmState.HALTED else vm.state
         await tx.publish(ev.VmFailed(failed_from=failed_from, step=step, message=message), **where)
     elif new == VmState.CONFIGURED:
         await tx.publish(ev.VmConfigured(), **where)

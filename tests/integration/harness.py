@@ -83,7 +83,7 @@ class Ferry:
             return await self.group_status(group_id) == status
         await eventually(reached, timeout, what=f"group {group_id} {status}")
 
-    def token(self, vm_id: uuid.UUID, source: BootSource = BootSource.NETWORK) -> str:
+    def token(self, vm_id: uuid.UUID) -> str:
         """The token the VM was last booted with, as the provider handed it to the VM."""
         vm = self.provider.by_vm_id(vm_id)
         args = [a for s, a in vm.boots if a.get("ferry.token")]
