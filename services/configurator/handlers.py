@@ -4,6 +4,7 @@ from the migration network, where the migration image fetches the script and run
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 from shared.events import Envelope
 from shared.providers.base import BootSource, ProviderError
@@ -40,7 +41,8 @@ async def _boot_for_configuration(ctx: Context, vm_id: uuid.UUID) -> None:
         group = await groups.get(tx.conn, vm.group_id)
         plan = group.parsed_plan()
         try:
-            script = render_script(plan, plan.vm(vm.name), await _archive_refs(tx.conn, vm.id))
+            script = render_script(plan, plan.vm(vm.name), await _archive_refs(tx.conn, vm.id),
+                                   support=support_hashes(ctx.settings.images_dir))
         except RenderError as exc:
             await vms.transition(tx, vm.id, VmState.FAILED, step="render", message=str(exc))
             return
@@ -59,6 +61,21 @@ async def _boot_for_configuration(ctx: Context, vm_id: uuid.UUID) -> None:
             await vms.transition(tx, vm.id, VmState.FAILED, step=PXE_BOOT, message=str(exc))
             return
         await vms.transition(tx, vm.id, VmState.CONFIGURING, step=PXE_BOOT)
+
+
+def support_hashes(images: Path) -> dict[str, str]:
+    """The sha256 of each support file, from the manifest the image build writes
+    (`sha256_<file>=<hex>` lines); empty when there is none (the sim provider)."""
+    try:
+        lines = (images / "manifest.txt").read_text().splitlines()
+    except OSError:
+        return {}
+    hashes = {}
+    for line in lines:
+        key, _, value = line.partition("=")
+        if key.startswith("sha256_"):
+            hashes[key.removeprefix("sha256_")] = value.strip()
+    return hashes
 
 
 async def _archive_refs(conn, vm_id: uuid.UUID) -> list[ArchiveRef]:

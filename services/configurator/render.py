@@ -69,17 +69,22 @@ class ArchiveRef:
 # --- the configuration script --------------------------------------------------------------------
 
 def render_script(plan: Plan, vm: VM, archives: list[ArchiveRef],
-                  disk_devices: list[str] | None = None) -> str:
+                  disk_devices: list[str] | None = None,
+                  support: dict[str, str] | None = None) -> str:
     """The configuration script the migration image runs for `vm`."""
-    return _render(SCRIPT_TEMPLATE, build_context(plan, vm, archives, disk_devices))
+    return _render(SCRIPT_TEMPLATE, build_context(plan, vm, archives, disk_devices, support))
 
 
 def build_context(plan: Plan, vm: VM, archives: list[ArchiveRef],
-                  disk_devices: list[str] | None = None) -> dict:
+                  disk_devices: list[str] | None = None,
+                  support: dict[str, str] | None = None) -> dict:
     """The configuration script's template values, every one already shell-quoted.
 
     `disk_devices` are the VM's disks in plan order; by default /dev/vda, /dev/vdb ...
+    `support` maps support files (base-image.tar.zst, kernel.tar.zst) to their sha256, which
+    the script then checks; without it they are taken unchecked.
     """
+    support = support or {}
     devices = _disk_devices(vm, disk_devices)
     paths = [a for a in archives if a.kind == "path"]
     dumps = [a for a in archives if a.kind == "database"]
@@ -102,6 +107,8 @@ def build_context(plan: Plan, vm: VM, archives: list[ArchiveRef],
         "volumes": [_volume(fs) for fs in volumes],
         "mounts": _mounts(volumes, boot, partition(devices[0], 1)),
         "has_root_archive": any(a.source == "/" for a in paths),
+        "base_image_sha256": q(_sha256_or_empty(support.get(BASE_IMAGE))),
+        "kernel_sha256": q(_sha256_or_empty(support.get(KERNEL_BUNDLE))),
         "archives": [_archive(a, vm) for a in sorted(paths, key=_unpack_order)],
         "dumps": [_dump(a, vm) for a in dumps],
         "fstab_root": q(fstab_line(_lv_device(_root(volumes)), "/", fs_type(_root(volumes)),
@@ -114,6 +121,18 @@ def build_context(plan: Plan, vm: VM, archives: list[ArchiveRef],
         "migrating_marker": q(f"group={plan.group}\nvm={vm.name}"),
         "local_start": q(render_local_start(plan, vm, archives)),
     }
+
+
+BASE_IMAGE = "base-image.tar.zst"
+KERNEL_BUNDLE = "kernel.tar.zst"
+
+
+def _sha256_or_empty(value: str | None) -> str:
+    if value is None:
+        return ""
+    if not re.fullmatch(r"[0-9a-f]{64}", value):
+        raise RenderError(f"support data: {value!r} is not a sha256")
+    return value
 
 
 def q(value: object) -> str:

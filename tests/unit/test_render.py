@@ -92,11 +92,21 @@ if name == "curl":
         with open(target, "wb") as handle:
             handle.write(out)
         out = b""
+if name == "tar" and "--occurrence=1" in args:
+    etc = os.path.join(arg_after("-C"), "etc")
+    os.makedirs(etc, exist_ok=True)
+    for member in ("passwd", "group"):
+        with open(os.path.join(etc, member), "w") as handle:
+            handle.write("legacy " + member + "\n")
 if name == "tar" and "-v" in args:
     root = arg_after("-C")
-    for member in ["boot/vmlinuz-{kernel}", "usr/lib/modules/{kernel}/modules.dep"]:
+    members = ["boot/vmlinuz-{kernel}", "usr/lib/modules/{kernel}/modules.dep"]
+    if os.environ.get("FERRY_STUB_BUNDLED_INITRD"):
+        members.append("boot/initrd.img-{kernel}")
+    for member in members:
         os.makedirs(os.path.dirname(os.path.join(root, member)), exist_ok=True)
-        open(os.path.join(root, member), "w").close()
+        with open(os.path.join(root, member), "w") as handle:
+            handle.write("from the kernel bundle")
         out += member.encode() + b"\n"
 if name == "chroot" and "update-initramfs" in args:
     boot = os.path.join(args[0], "boot")
@@ -175,7 +185,7 @@ def run_under_stubs(script: str, tmp_path: Path, *, env: dict | None = None,
                     fail: str = "") -> Run:
     """Run `script` with bash, every system command replaced by a recorder stub."""
     stubs = tmp_path / "bin"
-    stubs.mkdir(exist_ok=True)
+    stubs.mkdir(parents=True, exist_ok=True)
     source = STUB.format(python=sys.executable, replication=REPLICATION, log_file=MASTER_LOG[0],
                          log_pos=MASTER_LOG[1], kernel=KERNEL, boot_uuid=BOOT_UUID)
     for name in STUBBED:
@@ -193,6 +203,7 @@ def run_under_stubs(script: str, tmp_path: Path, *, env: dict | None = None,
     cwd.mkdir(exist_ok=True)
     (tmp_path / "home").mkdir(exist_ok=True)
     (tmp_path / "tmp").mkdir(exist_ok=True)
+    (tmp_path / "image-etc").mkdir(exist_ok=True)
     path = tmp_path / "script.sh"
     path.write_text(script)
     full_env = {
@@ -200,6 +211,7 @@ def run_under_stubs(script: str, tmp_path: Path, *, env: dict | None = None,
         "FERRY_STUB_LOG": str(log), "FERRY_STUB_FAIL": fail,
         "FERRY_GATEWAY": GATEWAY, "FERRY_VM_ID": "5b0c7d1e-vm", "FERRY_TOKEN": "token-1",
         "FERRY_NEWROOT": str(tmp_path / "newroot"),
+        "FERRY_IMAGE_ETC": str(tmp_path / "image-etc"),
         **(env or {}),
     }
     done = subprocess.run([BASH, str(path)], cwd=cwd, env=full_env, capture_output=True,
@@ -417,6 +429,49 @@ def test_a_vm_without_root_archive_gets_the_base_image(shop: Plan, tmp_path: Pat
     downloads = [c["url"] for c in run.of("curl") if "body" not in c]
     assert downloads[:2] == [f"{GATEWAY}/v1/support/base-image.tar.zst",
                              f"{GATEWAY}/v1/archives/5b0c7d1e-vm/a1"]
+
+
+def test_support_data_is_checked_against_the_manifest_sha256(shop: Plan, tmp_path: Path):
+    """With the image manifest's sha256 rendered in, a base image whose bytes differ fails
+    the script at unpack-archives; the right sha256 passes."""
+    vm = shop.vm("app1")
+    archives = [a for a in archive_refs(vm) if a.source != "/"]
+    good = hashlib.sha256(b"support data").hexdigest()
+    support = {"base-image.tar.zst": good, "kernel.tar.zst": good}
+    assert run_under_stubs(render_script(shop, vm, archives, support=support),
+                           tmp_path / "good").returncode == 0
+    support["base-image.tar.zst"] = "0" * 64
+    run = run_under_stubs(render_script(shop, vm, archives, support=support), tmp_path / "bad")
+    assert run.returncode != 0
+    assert run.posted("state")[-1]["step"] == "unpack-archives"
+    assert f"sha256 is {good}" in run.texts()
+
+
+def test_the_initrd_that_came_with_the_kernel_is_used(shop: Plan, tmp_path: Path):
+    """A kernel bundle with its own initrd is not given another one (update-initramfs in the
+    new root takes minutes under emulation); without one, the new root builds it."""
+    vm = shop.vm("app1")
+    bundled = run_under_stubs(render_script(shop, vm, archive_refs(vm)), tmp_path / "bundled",
+                              env={"FERRY_STUB_BUNDLED_INITRD": "1"})
+    assert bundled.returncode == 0, bundled.stderr
+    assert not [c for c in bundled.of("chroot") if "update-initramfs" in c["args"]]
+    assert "using the initrd that came with kernel" in bundled.texts()
+    built = run_under_stubs(render_script(shop, vm, archive_refs(vm)), tmp_path / "built")
+    assert [c for c in built.of("chroot") if "update-initramfs" in c["args"]]
+
+
+def test_a_root_archive_brings_its_users_before_it_is_unpacked(shop: Plan, tmp_path: Path):
+    """The legacy root's passwd and group, read from the head of its archive, replace the
+    migration image's before the archive is unpacked (so ACLs stored by name resolve)."""
+    vm = shop.vm("app1")
+    run = run_under_stubs(render_script(shop, vm, archive_refs(vm)), tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "image-etc" / "passwd").read_text() == "legacy passwd\n"
+    assert (tmp_path / "image-etc" / "group").read_text() == "legacy group\n"
+    tars = [c["args"] for c in run.of("tar")]
+    head = next(i for i, a in enumerate(tars) if "--occurrence=1" in a)
+    whole = next(i for i, a in enumerate(tars) if "--acls" in a)
+    assert head < whole
 
 
 def test_an_existing_rc_local_keeps_its_lines(shop: Plan, tmp_path: Path):
