@@ -30,8 +30,9 @@ async def boot_script(request: web.Request) -> web.Response:
     owner = await vm_from_token(request, request.query.get("token"))
     if owner != path_uuid(request, "vm_id"):
         raise problem(web.HTTPForbidden, "this token belongs to another VM")
-    settings = request.app[DEPS].settings
-    gw = settings.gateway_url.rstrip("/")
+    # The gateway as this VM reached it: behind slirp's guestfwd or a namespace relay the VM
+    # knows an address that only exists on its own network, and that is what it must call.
+    gw = f"{request.scheme}://{request.host}"
     token = request.query["token"]
     args = f"ferry.gateway={gw} ferry.vm={owner} ferry.token={token} console=ttyS0"
     text = (
@@ -158,9 +159,9 @@ async def archive(request: web.Request) -> web.StreamResponse:
 async def support(request: web.Request) -> web.StreamResponse:
     await vm_from_token(request, request.query.get("token") or bearer(request))
     name = request.match_info["name"]
-    folder = request.app[DEPS].settings.state_dir / "support"
+    folder = request.app[DEPS].settings.images_dir.resolve()
     path = (folder / name).resolve()
-    if path.parent != folder.resolve() or not path.is_file():
+    if path.parent != folder or not path.is_file() or name.startswith("."):
         raise problem(web.HTTPNotFound, f"no support file {name!r}")
     return web.FileResponse(path)
 
