@@ -217,6 +217,24 @@ async def test_a_vm_token_only_opens_its_own_vm(ferry: Ferry):
     assert await ferry.pool.fetchval("SELECT count(*) FROM vm_messages") == 0
 
 
+async def test_the_boot_script_points_where_the_vm_reached_the_gateway(ferry: Ferry):
+    """The iPXE script's kernel, initrd and ferry.gateway use the address the VM called (a
+    VM behind slirp or a namespace relay knows the gateway by an address of its own network)."""
+    group_id = await ferry.submit(THREE_VMS.format(group="boot"))
+    app1 = (await ferry.vm_ids(group_id))["app1"]
+    await ferry.wait_booted(app1, BootSource.NETWORK)
+    token = ferry.token(app1)
+    async with ferry.operator.get(f"/v1/boot/{app1}", params={"token": token},
+                                  headers={"Host": "10.0.2.100", "Authorization": ""}) as response:
+        assert response.status == 200
+        script = await response.text()
+    lines = script.splitlines()
+    assert lines[0] == "#!ipxe"
+    assert lines[1].startswith(f"kernel http://10.0.2.100/v1/support/migration-vmlinuz?token={token} ")
+    assert f" ferry.gateway=http://10.0.2.100 ferry.vm={app1} ferry.token={token} " in lines[1]
+    assert lines[2] == f"initrd http://10.0.2.100/v1/support/migration-initrd.img?token={token}"
+
+
 async def test_malformed_plans_are_refused_with_field_errors_and_write_nothing(ferry: Ferry):
     """A bad plan is answered 422 with the field at fault, and nothing is stored or published."""
     bad = THREE_VMS.format(group="bad").replace("disks: [{size_gb: 10}]\n    filesystems: [{mount: /, size_gb: 8}]\n    network: {address: 10.20.0.13",
