@@ -38,6 +38,8 @@ class ArchiveItem(BaseModel):
     source: str
     sha256: str
     size: int
+    # Complete archives with something to look at (tar: files changed while read).
+    warnings: list[str] = []
 
 
 class ArchiveReady(Payload):

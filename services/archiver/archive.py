@@ -36,6 +36,28 @@ class ArchiveResult:
     source_path: str  # the archived path, or the database name for a dump
     kind: Literal["path", "database"] = "path"
     engine: str | None = None  # the database engine, for dumps
+    # Complete, but worth an operator's look: files that changed while tar read them.
+    warnings: tuple[str, ...] = ()
+
+
+# --- what every root archive gets -------------------------------------------------------------
+
+# A live host's "/" holds pseudo filesystems (and scratch space) whose contents mean nothing on
+# another machine, and reading /proc/kcore or /dev/zero never ends: their contents are left
+# out, the directories themselves kept (the new root needs them as mount points). This is the
+# only place the rule lives; docs/plan.md ("Archive") documents it.
+ROOT_EXCLUDES = ("proc/*", "sys/*", "dev/*", "run/*", "tmp/*")
+
+# Named before "." so they lead a root archive's stream: the configure script unpacks them
+# first, so ACLs that tar stores with user and group *names* resolve on the new VM
+# (docs/lab-notes.md, pitfall 2). Each is archived again where "." reaches it, which is
+# harmless: the later copy overwrites the first with the same bytes. Only those present.
+ROOT_FIRST = ("etc/passwd", "etc/group", "etc/shadow", "etc/gshadow")
+
+# GNU tar's exit status 1 ("some files differ"): when creating, a file changed while it was
+# read. On a live host that is normal (a log line written meanwhile); the archive is whole, so
+# it is a warning to record, not a failure. Exit 2 (fatal) still fails.
+TAR_FILES_CHANGED = 1
 
 
 # --- where a tar stream comes from ------------------------------------------------------------
@@ -43,11 +65,16 @@ class ArchiveResult:
 class TreeSource(Protocol):
     """Something that can produce a tar stream of one of its directories on stdout.
 
-    An `SshTree(host, port, user, key_file)` fits here by returning
-    `["ssh", ..., "--", shlex.join(tar_create_argv(path, excludes, ...))]`: the tar runs remotely
-    and its stream arrives on ssh's stdout."""
+    `first` names members (relative to `path`) to put at the head of the stream, each only if
+    it exists there. `services.archiver.ssh.SshTree` fits here by returning
+    `["ssh", ..., shlex.join(tar_create_argv(...))]`: the tar runs on the legacy host and its
+    stream arrives on ssh's stdout.
 
-    def tar_command(self, path: str, excludes: Sequence[str]) -> list[str]: ...
+    A source may also have `explain(error: PipelineError) -> str`, to word its own failures
+    (SshTree tells an unreachable host from a refused key)."""
+
+    def tar_command(self, path: str, excludes: Sequence[str],
+                    first: Sequence[str] = ()) -> list[str]: ...
 
 
 @dataclass(frozen=True)
@@ -56,10 +83,13 @@ class LocalTree:
 
     root: Path
 
-    def tar_command(self, path: str, excludes: Sequence[str]) -> list[str]:
+    def tar_command(self, path: str, excludes: Sequence[str],
+                    first: Sequence[str] = ()) -> list[str]:
         directory = self.directory(path)
         acls, xattrs = local_tar_features()
-        return tar_create_argv(str(directory), excludes, acls=acls, xattrs=xattrs)
+        present = [name for name in first if os.path.lexists(directory / name)]
+        return tar_create_argv(str(directory), excludes, acls=acls, xattrs=xattrs,
+                               first=present)
 
     def directory(self, path: str) -> Path:
         relative = relative_path(path)
@@ -95,9 +125,9 @@ def anchored_exclude(pattern: str) -> str:
 
 
 def tar_create_argv(directory: str, excludes: Sequence[str], *, acls: bool,
-                    xattrs: bool) -> list[str]:
+                    xattrs: bool, first: Sequence[str] = ()) -> list[str]:
     """GNU tar writing an archive of `directory` to stdout, member names relative to it, so it
-    unpacks with `tar -x -C /newroot/<path>`."""
+    unpacks with `tar -x -C /newroot/<path>`; the `first` members (which must exist) lead."""
     argv = ["tar", "--create", "--file=-", f"--directory={directory}", "--numeric-owner",
             "--sparse", "--one-file-system",
             # Same tree, same bytes: sorted members and no atime/ctime in the pax headers, so
@@ -111,7 +141,9 @@ def tar_create_argv(directory: str, excludes: Sequence[str], *, acls: bool,
     # --anchored applies to the --exclude options after it.
     argv.append("--anchored")
     argv += [f"--exclude={anchored_exclude(p)}" for p in excludes]
-    argv.append(".")
+    # "./etc/passwd", spelled as "." spells it, so excludes match both copies alike. After
+    # "--": no name is ever read as an option.
+    argv += ["--", *(f"./{relative_path(name)}" for name in first), "."]
     return argv
 
 
@@ -128,14 +160,22 @@ def local_tar_features() -> tuple[bool, bool]:
 async def archive_path(source: TreeSource, path: str, excludes: list[str],
                        dest: Path) -> ArchiveResult:
     """Archive `path` of `source` (minus `excludes`, relative to `path`) into `dest` as
-    .tar.zst; `dest` is replaced atomically and only once the archive is complete."""
-    all_excludes = [*excludes, *_own_output_excludes(source, path, dest)]
-    argv = source.tar_command(path, all_excludes)
+    .tar.zst; `dest` is replaced atomically and only once the archive is complete.
+
+    A root archive ("/") also leaves out ROOT_EXCLUDES and starts with ROOT_FIRST."""
+    is_root = relative_path(path) == ""
+    all_excludes = [*(ROOT_EXCLUDES if is_root else ()), *excludes,
+                    *_own_output_excludes(source, path, dest)]
+    argv = source.tar_command(path, all_excludes, ROOT_FIRST if is_root else ())
     try:
-        sha256, size = await compress_to_file(argv, dest)
+        done = await compress(argv, dest, tolerated={
+            TAR_FILES_CHANGED: "tar: files changed while it read them, archived as read"})
     except PipelineError as exc:
-        raise ArchiveError(f"archive of {path} from {source} failed: {exc}") from None
-    return ArchiveResult(file=dest, sha256=sha256, size=size, source_path=path)
+        explain = getattr(source, "explain", None)
+        reason = explain(exc) if explain else str(exc)
+        raise ArchiveError(f"archive of {path} from {source} failed: {reason}") from None
+    return ArchiveResult(file=dest, sha256=done.sha256, size=done.size, source_path=path,
+                         warnings=done.warnings)
 
 
 def _own_output_excludes(source: TreeSource, path: str, dest: Path) -> list[str]:
@@ -179,14 +219,37 @@ def _alive(pid: int) -> bool:
 
 class PipelineError(Exception):
     """The producer or zstd failed, or the file could not be written; the message has the
-    failing programs' exit status and stderr tail."""
+    failing programs' exit status and stderr tail, `failures` the same as
+    (program, exit status, stderr tail) for whoever words them better (an SSH source)."""
+
+    def __init__(self, message: str, failures: Sequence[tuple[str, int | None, str]] = ()):
+        super().__init__(message)
+        self.failures = list(failures)
+
+
+@dataclass(frozen=True)
+class Compressed:
+    sha256: str
+    size: int
+    warnings: tuple[str, ...] = ()
 
 
 async def compress_to_file(argv: Sequence[str], dest: Path, *,
                            env: Mapping[str, str] | None = None) -> tuple[str, int]:
-    """Run `argv | zstd` into `dest` atomically; returns (sha256, size) of the written file.
+    """Run `argv | zstd` into `dest` atomically; returns (sha256, size) of the written file."""
+    done = await compress(argv, dest, env=env)
+    return done.sha256, done.size
 
-    `env` is the producer's whole environment (secrets go there, never into argv)."""
+
+async def compress(argv: Sequence[str], dest: Path, *, env: Mapping[str, str] | None = None,
+                   stdin: bytes | None = None,
+                   tolerated: Mapping[int, str] | None = None) -> Compressed:
+    """Run `argv | zstd` into `dest` atomically.
+
+    `env` is the producer's whole environment; `stdin` is written to the producer's stdin
+    (secrets go in one of those, never into argv, which every user can read in `ps`).
+    `tolerated` maps producer exit statuses that still mean a complete stream to what they
+    mean; they become warnings (with the producer's stderr tail) instead of a failure."""
     # Unique per writer: two deliveries of one request may archive the same path at once, and
     # the last rename wins with a whole file either way.
     partial = dest.with_name(f"{dest.name}.partial-{os.getpid()}-{secrets.token_hex(4)}")
@@ -197,23 +260,46 @@ async def compress_to_file(argv: Sequence[str], dest: Path, *,
         read_end, write_end = os.pipe()
         try:
             compressor = await _spawn(ZSTD, stdin=read_end, stdout=subprocess.PIPE)
-            producer = await _spawn(argv, stdin=subprocess.DEVNULL, stdout=write_end, env=env)
+            producer = await _spawn(
+                argv, stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
+                stdout=write_end, env=env)
         finally:
             os.close(read_end)
             os.close(write_end)
-        (sha256, size), producer_tail, zstd_tail = await asyncio.gather(
+        (sha256, size), producer_tail, zstd_tail, _ = await asyncio.gather(
             _write_stream(compressor.stdout, partial),
             _stderr_tail(producer.stderr), _stderr_tail(compressor.stderr),
+            _feed(producer, stdin),
         )
         await asyncio.gather(producer.wait(), compressor.wait())
-        _check_exits([(argv[0], producer.returncode, producer_tail),
+        warnings = []
+        meaning = (tolerated or {}).get(producer.returncode)
+        if meaning is not None:
+            # Not named after argv[0]: over SSH that is ssh, passing tar's status through.
+            warnings.append(f"{meaning} (exit status {producer.returncode})"
+                            + (f": {producer_tail}" if producer_tail else ""))
+        _check_exits([(argv[0], 0 if meaning else producer.returncode, producer_tail),
                       (ZSTD[0], compressor.returncode, zstd_tail)])
         await asyncio.to_thread(_publish, partial, dest)
-        return sha256, size
+        return Compressed(sha256=sha256, size=size, warnings=tuple(warnings))
     except BaseException:
         await _stop(producer, compressor)
         partial.unlink(missing_ok=True)
         raise
+
+
+async def _feed(process: asyncio.subprocess.Process, data: bytes | None) -> None:
+    """Write `data` to the producer's stdin and close it (EOF). A producer that exits without
+    reading it (ssh failing to connect) is not an error here: its exit status tells why."""
+    if data is None:
+        return
+    try:
+        process.stdin.write(data)
+        await process.stdin.drain()
+        process.stdin.close()
+        await process.stdin.wait_closed()
+    except (BrokenPipeError, ConnectionResetError):
+        pass
 
 
 async def _spawn(argv: Sequence[str], *, stdin, stdout, env=None) -> asyncio.subprocess.Process:
@@ -295,10 +381,11 @@ async def _stderr_tail(stream: asyncio.StreamReader) -> str:
 
 
 def _check_exits(exits: list[tuple[str, int | None, str]]) -> None:
-    failures = [f"{program} {_describe_exit(code)}" + (f": {tail}" if tail else "")
-                for program, code, tail in exits if code != 0]
-    if failures:
-        raise PipelineError("; ".join(failures))
+    failed = [(program, code, tail) for program, code, tail in exits if code != 0]
+    if failed:
+        raise PipelineError("; ".join(
+            f"{program} {_describe_exit(code)}" + (f": {tail}" if tail else "")
+            for program, code, tail in failed), failed)
 
 
 def _describe_exit(code: int | None) -> str:

@@ -10,17 +10,26 @@ from pathlib import Path
 
 from shared import events as ev
 from shared.events import Envelope
-from shared.plan import VM
+from shared.logging import get_logger
+from shared.plan import VM, DatabaseSpec
 from shared.service import Context, Router
+from shared.settings import Settings
 from shared.states import GroupStatus, VmState
 from shared.store import groups, vms
 from services.archiver.archive import (
-    ArchiveError, ArchiveResult, LocalTree, archive_path, remove_abandoned_partials,
+    ArchiveError, ArchiveResult, LocalTree, TreeSource, archive_path, remove_abandoned_partials,
 )
 from services.archiver.dumps import DatabaseSource, DumpError, dump_database
 from services.archiver.manifest import write_manifest
+from services.archiver.ssh import SshTree, dump_database_over_ssh
 
 router = Router("archiver")
+log = get_logger(__name__)
+
+# A database "on the host itself" (the plan's default host and no port): over SSH it is dumped
+# through the server's local socket, as the host's own admin would (root often may log in that
+# way only, without a password).
+_LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 @router.on("group.submitted")
@@ -47,7 +56,8 @@ async def archive_vm(event: Envelope, ctx: Context) -> None:
         return  # archived already, held by a halt, or failed: nothing to do here
     planned = group.parsed_plan().vm(vm.name)
     try:
-        results = await _take_archives(planned, _vm_dir(ctx, group.id, vm.name), vm.id)
+        results = await _take_archives(planned, _vm_dir(ctx, group.id, vm.name), vm.id,
+                                       ctx.settings)
     except (ArchiveError, DumpError) as exc:
         async with ctx.transaction() as tx:
             if (await vms.get(tx.conn, vm.id, lock=True)).state == VmState.ARCHIVING:
@@ -58,6 +68,11 @@ async def archive_vm(event: Envelope, ctx: Context) -> None:
         if vm.state != VmState.ARCHIVING:
             return  # a duplicate delivery got here first
         items = [await _record(tx, vm.id, result) for result in results]
+        for result in results:
+            for warning in result.warnings:
+                # Where the operator looks (the VM's messages), not only in the service log.
+                await vms.add_message(tx.conn, vm.id, "warning",
+                                      f"archive of {result.source_path}: {warning}")
         await vms.transition(tx, vm.id, VmState.ARCHIVED, step="archive")
         await tx.publish(ev.ArchiveReady(archives=items), group_id=group.id, vm_id=vm.id)
 
@@ -74,25 +89,53 @@ def archive_id(vm_id: uuid.UUID, kind: str, source: str) -> str:
     return "a" + hashlib.sha256(f"{vm_id}:{kind}:{source}".encode()).hexdigest()[:20]
 
 
-async def _take_archives(planned: VM, folder: Path, vm_id: uuid.UUID) -> list[ArchiveResult]:
-    results: list[ArchiveResult] = []
+async def _take_archives(planned: VM, folder: Path, vm_id: uuid.UUID,
+                         settings: Settings) -> list[ArchiveResult]:
+    """Every planned archive and dump of one VM; an error names the VM (and, from the source,
+    the host and the cause)."""
     if planned.source is None:
-        return results  # a new VM: nothing to carry over
-    if planned.source.kind != "local":
-        raise ArchiveError(f"{planned.name}: source kind {planned.source.kind!r} is not supported yet")
-    tree = LocalTree(Path(planned.source.root or "/"))
+        return []  # a new VM: nothing to carry over
+    try:
+        return await _archive_source(planned, folder, vm_id, settings)
+    except (ArchiveError, DumpError) as exc:
+        raise type(exc)(f"{planned.name}: {exc}") from None
+
+
+async def _archive_source(planned: VM, folder: Path, vm_id: uuid.UUID,
+                          settings: Settings) -> list[ArchiveResult]:
+    source = planned.source
+    over_ssh = source.kind == "ssh"
+    tree: TreeSource
+    if over_ssh:
+        # One connection first: an unreachable host or a refused key fails here, worded.
+        tree = await SshTree.for_source(source, settings).probe()
+    else:
+        tree = LocalTree(Path(source.root or "/"))
+    results: list[ArchiveResult] = []
     for spec in planned.archives:
         dest = folder / f"{archive_id(vm_id, 'path', spec.path)}.tar.zst"
         results.append(await archive_path(tree, spec.path, list(spec.excludes), dest))
     for db in planned.databases:
         dest = folder / f"{archive_id(vm_id, 'database', db.name)}.sql.zst"
-        source = DatabaseSource(
-            engine=db.engine, name=db.name, host=db.host, port=db.effective_port, user=db.user,
-            password=os.environ.get(db.password_env) if db.password_env else None,
-        )
-        results.append(await dump_database(source, dest))
+        database = _database_source(db, over_ssh)
+        if over_ssh:
+            results.append(await dump_database_over_ssh(tree, database, dest))
+        else:
+            results.append(await dump_database(database, dest))
+    for result in results:
+        for warning in result.warnings:
+            log.warning("archive warning", vm=planned.name, source=result.source_path,
+                        warning=warning)
     write_manifest(results, folder)
     return results
+
+
+def _database_source(db: DatabaseSpec, over_ssh: bool) -> DatabaseSource:
+    return DatabaseSource(
+        engine=db.engine, name=db.name, host=db.host, port=db.effective_port, user=db.user,
+        password=os.environ.get(db.password_env) if db.password_env else None,
+        socket=over_ssh and db.port is None and db.host in _LOCAL_HOSTS,
+    )
 
 
 async def _record(tx, vm_id: uuid.UUID, result: ArchiveResult) -> ev.ArchiveItem:
@@ -106,4 +149,4 @@ async def _record(tx, vm_id: uuid.UUID, result: ArchiveResult) -> ev.ArchiveItem
         result.sha256, result.size,
     )
     return ev.ArchiveItem(id=item_id, kind=result.kind, source=source, sha256=result.sha256,
-                          size=result.size)
+                          size=result.size, warnings=list(result.warnings))

@@ -221,6 +221,52 @@ async def test_an_archive_inside_the_archived_tree_leaves_itself_out(host: Path)
     assert not any(n.startswith("./var/lib/ferry/archives") for n in names)
 
 
+def member_order(archive: Path) -> list[str]:
+    listing = subprocess.run(f"zstd -dc '{archive}' | tar -t", shell=True, check=True,
+                             capture_output=True, text=True).stdout
+    return listing.splitlines()
+
+
+async def test_a_root_archive_starts_with_the_accounts_and_skips_pseudo_filesystems(
+        host: Path, tmp_path: Path):
+    """A local "/" archive leads with etc/passwd, etc/group and etc/shadow (those present;
+    no gshadow here), keeps proc, sys, dev, run and tmp as empty directories, and unpacks to
+    the same tree otherwise."""
+    (host / "etc").mkdir()
+    for name in ("passwd", "group", "shadow"):
+        (host / "etc" / name).write_text(f"root:x:0:0 ({name})\n")
+    for pseudo in ("proc/1", "sys/kernel", "dev/pts", "run/lock", "tmp/.X11-unix"):
+        (host / pseudo).mkdir(parents=True)
+        (host / pseudo / "junk").write_text("live state\n")
+    result = await archive_path(LocalTree(host), "/", [], tmp_path / "root.tar.zst")
+    names = member_order(result.file)
+    assert names[:4] == ["./etc/passwd", "./etc/group", "./etc/shadow", "./"]
+    for pseudo in ("proc", "sys", "dev", "run", "tmp"):
+        assert f"./{pseudo}/" in names
+        assert not any(n.startswith(f"./{pseudo}/") and n != f"./{pseudo}/" for n in names)
+    unpack(result.file, tmp_path / "new")  # the repeated account files unpack cleanly
+    assert (tmp_path / "new" / "etc" / "passwd").read_text() == "root:x:0:0 (passwd)\n"
+    assert "./srv/app/bin/run" in names and result.warnings == ()
+
+
+async def test_a_file_growing_while_tar_reads_it_is_a_warning_not_a_failure(tmp_path: Path):
+    """Real GNU tar on a file appended to while it is read exits 1 ("file changed as we read
+    it"): the archive is kept and the result carries tar's words as a warning."""
+    live = tmp_path / "live"
+    live.mkdir()
+    (live / "big.log").write_bytes(os.urandom(32 << 20))  # read for long enough to see it grow
+    writer = subprocess.Popen(["sh", "-c", f"while :; do echo line >> '{live}/big.log'; done"])
+    try:
+        result = await archive_path(LocalTree(live), "/", [], tmp_path / "live.tar.zst")
+    finally:
+        writer.kill()
+        writer.wait()
+    assert len(result.warnings) == 1, result.warnings
+    assert "file changed as we read it" in result.warnings[0]
+    assert "./big.log" in members(result.file)
+    assert result.sha256 == file_sha256(result.file)
+
+
 async def test_a_cancelled_archive_stops_its_programs_and_removes_the_partial(tmp_path: Path):
     """Cancelling the pipeline mid-stream (a service shutting down) removes the partial file."""
     dest = tmp_path / "never.zst"

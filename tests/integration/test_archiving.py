@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import subprocess
 import uuid
 from pathlib import Path
@@ -125,3 +127,47 @@ async def test_an_unreadable_source_fails_the_vm_and_halts_the_group(settings, o
         assert ferry.provider.created == 0
     finally:
         await ferry.host.stop()
+
+
+async def test_files_changing_while_archived_are_recorded_as_warnings(settings, operator,
+                                                                      tmp_path):
+    """A file appended to while the archiver reads it (GNU tar exit 1) does not fail the VM:
+    it is archived, and tar's warning reaches the VM's messages and the archive.ready event."""
+    root = tmp_path / "live-host"
+    (root / "var" / "log").mkdir(parents=True)
+    log = root / "var" / "log" / "app.log"
+    log.write_bytes(os.urandom(32 << 20))  # long enough to read that it grows meanwhile
+    writer = subprocess.Popen(["sh", "-c", f"while :; do echo line >> '{log}'; done"])
+    ferry = await start_ferry(settings, operator)
+    try:
+        plan = f"""
+group: live
+vms:
+  - name: app1
+    cpus: 1
+    memory_mb: 512
+    disks: [{{size_gb: 10}}]
+    filesystems: [{{mount: /, size_gb: 8}}]
+    archives: [{{path: /var/log}}]
+    source: {{kind: local, root: {root}}}
+    network: {{address: 10.20.0.11/24, hostname: app1.example}}
+"""
+        group_id = await ferry.submit(plan)
+        ids = await ferry.vm_ids(group_id)
+        await ferry.wait_booted(ids["app1"], BootSource.NETWORK)  # archived, and on its way
+        writer.kill()
+        messages = await ferry.pool.fetch(
+            "SELECT level, text FROM vm_messages WHERE vm_id = $1", ids["app1"])
+        body = await ferry.pool.fetchval(
+            "SELECT body FROM outbox WHERE routing_key = 'archive.ready' AND group_id = $1",
+            group_id)
+    finally:
+        writer.kill()
+        writer.wait()
+        await ferry.host.stop()
+    warnings = [m["text"] for m in messages if m["level"] == "warning"]
+    assert len(warnings) == 1 and warnings[0].startswith("archive of /var/log: tar: files changed")
+    assert "file changed as we read it" in warnings[0]
+    body = json.loads(body) if isinstance(body, str) else body  # jsonb, with or without a codec
+    [item] = body["payload"]["archives"]
+    assert item["source"] == "/var/log" and "file changed as we read it" in item["warnings"][0]

@@ -10,7 +10,10 @@ import yaml
 
 from shared.plan import Filesystem, Plan, PlanError, Role, load_plan, load_plan_file
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "shop.yaml"
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "examples" / "shop.yaml"
+# The same group with local folders for sources (the simulated demo and the sim tests).
+LOCAL_EXAMPLE = REPO / "tests" / "fixtures" / "shop-local.yaml"
 
 
 def example() -> dict:
@@ -40,9 +43,24 @@ def test_example_loads():
 
 def test_source_root_is_resolved_against_the_plan_folder():
     """A relative local source root becomes an absolute path under the plan file's folder."""
+    plan = load_plan_file(LOCAL_EXAMPLE)
+    assert plan.vm("app1").source.root == str(REPO / "examples" / "legacy" / "app1")
+    assert (load_plan(LOCAL_EXAMPLE.read_text()).vm("app1").source.root
+            == "../../examples/legacy/app1")
+
+
+def test_the_example_reads_the_lab_legacy_hosts_over_ssh():
+    """The shipped example's sources are the lab's legacy hosts (examples/legacy/site.yaml),
+    over SSH as root; the local variant is the same group but for its sources."""
+    site = yaml.safe_load((REPO / "examples" / "legacy" / "site.yaml").read_text())
     plan = load_plan_file(EXAMPLE)
-    assert plan.vm("app1").source.root == str(EXAMPLE.parent / "legacy" / "app1")
-    assert load_plan(EXAMPLE.read_text()).vm("app1").source.root == "legacy/app1"
+    assert {vm.name: (vm.source.kind, vm.source.host, vm.source.user) for vm in plan.vms} == {
+        name: ("ssh", host["address"], "root") for name, host in site["hosts"].items()}
+    local = load_plan_file(LOCAL_EXAMPLE)
+    assert {vm.source.kind for vm in local.vms} == {"local"}
+    assert ([vm.model_dump(exclude={"source"}) for vm in local.vms]
+            == [vm.model_dump(exclude={"source"}) for vm in plan.vms])
+    assert local.cutover == plan.cutover
 
 
 def test_round_trip_through_json():
@@ -241,10 +259,10 @@ RULES = {
         lambda d: d["cutover"]["shared_paths"].append("data/x"),
         "cutover.shared_paths[1]: must be an absolute path, starting with '/'"),
     "local source without root": (
-        lambda d: d["vms"][0]["source"].pop("root"),
+        lambda d: d["vms"][0]["source"].update(kind="local"),
         "vms[0].source.root: is required when kind is local"),
     "ssh source without host": (
-        lambda d: d["vms"][0]["source"].update(kind="ssh"),
+        lambda d: d["vms"][0]["source"].pop("host"),
         "vms[0].source.host: is required when kind is ssh"),
 }
 

@@ -1,0 +1,93 @@
+"""The site table (examples/legacy/site.yaml) and the names derived from it."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = REPO / "examples" / "legacy"
+SITE_FILE = EXAMPLES / "site.yaml"
+
+# Namespaces and links: fixed names, so one legacy site per machine, found by any `down`.
+SITE_NAMESPACE = "ferry-legacy"        # the bridge between the hosts
+HOST_NAMESPACE_PREFIX = "ferry-legacy-"  # + host name: one per host
+UPLINK = "ferry-legacy"                # the root namespace's veth (its peer is "uplink")
+BRIDGE = "br0"
+DAEMONS = ("sshd", "mariadb", "nginx")
+# Interface names have at most 15 characters; the site's side of a host's veth is "lg-<host>".
+_HOST_NAME = re.compile(r"^[a-z][a-z0-9]{0,11}$")
+
+
+class SiteConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Seed:
+    database: str
+    sql: Path
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    name: str
+    address: ipaddress.IPv4Address
+    daemons: tuple[str, ...]
+    assets: str | None = None  # where generated shared assets go (app1: /data)
+    seed: Seed | None = None
+
+    @property
+    def namespace(self) -> str:
+        return HOST_NAMESPACE_PREFIX + self.name
+
+    @property
+    def site_link(self) -> str:
+        return f"lg-{self.name}"
+
+    @property
+    def overlay(self) -> Path:
+        return EXAMPLES / self.name
+
+
+@dataclass(frozen=True)
+class SiteSpec:
+    network: ipaddress.IPv4Network
+    uplink: ipaddress.IPv4Address
+    hosts: dict[str, HostSpec]
+
+
+def load_site(path: Path = SITE_FILE) -> SiteSpec:
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    try:
+        network = ipaddress.IPv4Network(data["network"])
+        uplink = ipaddress.IPv4Address(data["uplink"])
+        hosts = {name: _host(name, spec, path.parent) for name, spec in data["hosts"].items()}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SiteConfigError(f"{path}: {exc}") from None
+    addresses = [h.address for h in hosts.values()] + [uplink]
+    if len(set(addresses)) != len(addresses):
+        raise SiteConfigError(f"{path}: two hosts (or a host and the uplink) share an address")
+    outside = [str(a) for a in addresses if a not in network]
+    if outside:
+        raise SiteConfigError(f"{path}: {', '.join(outside)} not in {network}")
+    return SiteSpec(network=network, uplink=uplink, hosts=hosts)
+
+
+def _host(name: str, spec: dict, folder: Path) -> HostSpec:
+    if not _HOST_NAME.match(name):
+        raise ValueError(f"host name {name!r}: lowercase letters and digits, at most 12")
+    daemons = tuple(spec.get("daemons", ["sshd"]))
+    unknown = set(daemons) - set(DAEMONS)
+    if unknown:
+        raise ValueError(f"host {name}: unknown daemons {sorted(unknown)}")
+    seed = spec.get("seed")
+    return HostSpec(
+        name=name, address=ipaddress.IPv4Address(spec["address"]), daemons=daemons,
+        assets=spec.get("assets"),
+        seed=Seed(database=seed["database"], sql=folder / seed["sql"]) if seed else None,
+    )
