@@ -1,8 +1,16 @@
 """`ferry demo`: the example group's whole journey on this machine, with every service as its
-own process. Until the lab's QEMU provider exists the VMs are simulated, and it says so."""
+own process.
+
+With the `qemu` provider (the default) it is the real thing: the example legacy hosts run in
+network namespaces and are archived over SSH, the VMs are QEMU VMs rebuilt by their scripts and
+booted from their own disks, and at the end the demo looks at the VMs themselves. With `sim`
+the VMs are processes that only speak the gateway's protocol (fast, for a machine without the
+lab), and it says so.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -18,45 +26,61 @@ from rich.table import Table
 from cli.client import Gateway, GatewayError
 from cli.status import group_table
 from services.runtime import SERVICES
-from shared.plan import load_plan_file
+from shared.plan import Plan, load_plan_file
 
 REPO = Path(__file__).resolve().parents[1]
 console = Console()
 
+# The sim demo reads the example hosts' trees as local folders (its VMs are not real anyway).
+PLANS = {"qemu": REPO / "examples" / "shop.yaml",
+         "sim": REPO / "tests" / "fixtures" / "shop-local.yaml"}
 DEMO_ENV = {
     "FERRY_DATABASE_SCHEMA": "ferry_demo",
     "FERRY_BUS_PREFIX": "ferry-demo",
-    "FERRY_PROVIDER": "sim",
     "FERRY_LOG_FORMAT": "json",
 }
 
 
 @click.command("demo")
+@click.option("--provider", type=click.Choice(["qemu", "sim"]), default="qemu",
+              show_default=True, help="qemu: real VMs (needs root); sim: simulated VMs")
 @click.option("--plan", type=click.Path(exists=True, path_type=Path),
-              default=REPO / "examples" / "shop.yaml", show_default=True)
-@click.option("--timeout", default=300.0, show_default=True)
-def demo(plan: Path, timeout: float) -> None:
+              help="default: examples/shop.yaml (qemu) or tests/fixtures/shop-local.yaml (sim)")
+@click.option("--timeout", type=float, help="seconds to reach ready [default: 3600 qemu, 300 sim]")
+@click.option("--keep", is_flag=True, help="leave the VMs and legacy hosts running "
+              "(then `ferry lab down` stops them)")
+def demo(provider: str, plan: Path | None, timeout: float | None, keep: bool) -> None:
     """Migrate the example group end to end and show it progressing to ready."""
     # The demo's own schema, queue prefix and state folder, unless the environment says.
-    env = {"FERRY_STATE_DIR": str(REPO / ".ferry" / "demo"), **DEMO_ENV, **os.environ}
+    env = {"FERRY_STATE_DIR": str(REPO / ".ferry" / "demo"), **DEMO_ENV,
+           "FERRY_PROVIDER": provider, **os.environ}
     state_dir = Path(env["FERRY_STATE_DIR"])
     os.environ.update(env)
     from shared.settings import Settings
 
     settings = Settings()
-    console.rule("[bold]Ferryman demo")
-    console.print("[yellow]The VMs here are SIMULATED (provider 'sim'): each is a process that "
-                  "speaks to the gateway exactly as a rebuilt VM would, but nothing is "
-                  "partitioned, unpacked or booted. Archives and database dumps are real.[/yellow]")
+    plan = plan or PLANS[provider]
+    timeout = timeout or (3600.0 if provider == "qemu" else 300.0)
+    console.rule(f"[bold]Ferryman demo ({provider})")
+    if provider == "sim":
+        console.print("[yellow]The VMs here are SIMULATED (provider 'sim'): each is a process "
+                      "that speaks to the gateway exactly as a rebuilt VM would, but nothing is "
+                      "partitioned, unpacked or booted. Archives and database dumps are real."
+                      "[/yellow]")
+    else:
+        console.print("Real VMs under QEMU; the legacy hosts run in network namespaces and are "
+                      "archived over SSH. Under TCG (no usable KVM) this takes a while.")
+    if provider == "qemu":
+        _lab_down(settings, keep=False)  # whatever an earlier run left, before its folder goes
     _reset(settings, state_dir)
-    _seed_legacy_database()
+    parsed = load_plan_file(plan)
+    site = _legacy_up(settings) if provider == "qemu" else _seed_legacy_database()
     logs = state_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     processes = _start_services(env, logs)
     try:
         gateway = Gateway.from_settings(settings)
         _wait_gateway(gateway)
-        parsed = load_plan_file(plan)
         answer = gateway.call("POST", "/v1/groups", parsed.model_dump(mode="json"))
         console.print(f"submitted {plan.name}: group {answer['name']} ({answer['id']})")
         status = _watch(gateway, answer["id"], timeout)
@@ -66,8 +90,49 @@ def demo(plan: Path, timeout: float) -> None:
             sys.exit(1)
         console.print(f"[bold green]group {answer['name']} is ready[/bold green] "
                       f"(service logs: {logs})")
+        if site is not None and not _check_vms(settings, parsed, site):
+            sys.exit(1)
     finally:
         _stop_services(processes)
+        if provider == "qemu":
+            _lab_down(settings, keep)
+
+
+def _legacy_up(settings):
+    from lab import legacy
+
+    console.print("starting the example legacy hosts (network namespaces, sshd, MariaDB, nginx)")
+    return asyncio.run(legacy.up(settings))
+
+
+def _lab_down(settings, keep: bool) -> None:
+    if keep:
+        console.print("VMs and legacy hosts left running; `ferry lab down` stops them")
+        return
+    from lab.control import down
+
+    asyncio.run(down(settings))
+    console.print("VMs, group networks and legacy hosts stopped")
+
+
+def _check_vms(settings, plan: Plan, site) -> bool:
+    """What the VMs themselves hold, printed; False if any check failed."""
+    from lab.checks import check_group
+    from shared.providers.qemu import group_namespace
+
+    async def legacy_run(host: str, argv: list[str]) -> str:
+        return await site.run(host, *argv)
+
+    checks = asyncio.run(check_group(plan, group_namespace(plan.group), settings.ssh_identity,
+                                     legacy_run))
+    table = Table(title="Checked on the VMs themselves (over SSH in the group's network)")
+    for column in ("VM", "check", "", "found"):
+        table.add_column(column)
+    for check in checks:
+        mark = "[green]ok[/green]" if check.ok else "[bold red]FAILED[/bold red]"
+        table.add_row(check.vm, check.what, mark, check.detail)
+    console.print(table)
+    return all(check.ok for check in checks)
 
 
 def _reset(settings, state_dir: Path) -> None:
@@ -93,11 +158,12 @@ def _reset(settings, state_dir: Path) -> None:
                 await channel.queue_delete(names.dead_letters(service))
 
     asyncio.run(reset())
-    subprocess.run(["rm", "-rf", str(state_dir)], check=True)
+    # --one-file-system: never follow a mount the lab may have left below it.
+    subprocess.run(["rm", "-rf", "--one-file-system", str(state_dir)], check=True)
 
 
 def _seed_legacy_database() -> None:
-    """The example legacy master's database, in this machine's MariaDB."""
+    """The sim demo's legacy master database: this machine's MariaDB."""
     seed = REPO / "examples" / "legacy" / "shop.sql"
     subprocess.run(["mysql", "-uroot", "-h127.0.0.1", "-e",
                     "DROP DATABASE IF EXISTS shop; CREATE DATABASE shop"], check=True)
@@ -155,8 +221,8 @@ def _watch(gateway: Gateway, group_id: str, timeout: float) -> str:
 def _print_timeline(gateway: Gateway, group_id: str) -> None:
     timeline = gateway.call("GET", f"/v1/groups/{group_id}/timeline")
     table = Table(title="Timeline (seconds per phase)")
-    states = ["archiving", "creating", "configuring", "provisioning", "provisioned",
-              "loading", "replicating"]
+    states = ["archiving", "archived", "creating", "configuring", "configured", "provisioning",
+              "provisioned", "loading", "replicating"]
     table.add_column("VM")
     for state in states:
         table.add_column(state)

@@ -181,5 +181,21 @@ def _vm_id(ref: str) -> str:
     _fail(f"group {group} has no VM {name!r}")
 
 
+@main.group()
+def lab() -> None:
+    """The lab on this machine: real VMs under QEMU and the example legacy hosts."""
+
+
+@lab.command("down")
+def lab_down() -> None:
+    """Stop every lab VM, group network and legacy host (what `ferry demo --keep` leaves)."""
+    import asyncio
+
+    from lab.control import down
+
+    asyncio.run(down(Settings()))
+    console.print("the lab is down: no VM, group network or legacy host left running")
+
+
 if __name__ == "__main__":
     main()

@@ -12,6 +12,10 @@ def _state_dir() -> Path:
     return Path.home() / ".local" / "state" / "ferryman"
 
 
+def _lab_cache() -> Path:
+    return Path.home() / ".cache" / "ferryman" / "lab"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FERRY_", frozen=True)
 
@@ -34,13 +38,39 @@ class Settings(BaseSettings):
 
     state_dir: Path = Field(default_factory=_state_dir)
     archive_dir: Path | None = None
-    provider: str = "sim"
+    provider: str = "qemu"  # real VMs on this machine; "sim" for simulated ones
+    # The qemu provider: "auto" probes KVM briefly and falls back to TCG; "kvm" or "tcg" decide.
+    qemu_accel: str = "auto"
+    # Where deploy/lab/build-images.sh caches its chroots and images (images-<hash>/, latest).
+    lab_cache: Path = Field(default_factory=_lab_cache)
+    # The image folder to use; default: the newest build in lab_cache.
+    lab_images: Path | None = None
+    # The archiver's SSH identity for `kind: ssh` sources without a key_file of their own.
+    ssh_key_file: Path | None = None
     log_format: str = "auto"  # auto | json | console
     log_level: str = "info"
 
     @property
     def archive_root(self) -> Path:
         return self.archive_dir or self.state_dir / "archives"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.lab_images or self.lab_cache / "latest"
+
+    @property
+    def ssh_identity(self) -> Path:
+        return self.ssh_key_file or self.state_dir / "ssh" / "id_ed25519"
+
+    @property
+    def ssh_known_hosts(self) -> Path:
+        """The archiver's own known_hosts (legacy hosts' keys, accepted on first contact)."""
+        return self.state_dir / "ssh" / "known_hosts"
+
+    @property
+    def lab_dir(self) -> Path:
+        """Run folders of the lab's VMs, networks and legacy hosts."""
+        return self.state_dir / "lab"
 
     @property
     def operator_token_file(self) -> Path:

@@ -1,9 +1,15 @@
 #!/bin/bash
-# Run Ferryman's tests against this machine's real PostgreSQL, RabbitMQ and MariaDB.
+# Run Ferryman's tests against this machine's real PostgreSQL, RabbitMQ and MariaDB, and the
+# lab's tests with real VMs under QEMU (the lab images are built first, or reused from the cache).
 set -o errexit -o nounset -o pipefail
 # shellcheck source=deploy/local/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 ensure_venv
 ensure_services
+if [[ $(id -u) -eq 0 ]]; then
+    ensure_lab
+else
+    say "not root: the lab tests (real VMs) will be skipped"
+fi
 cd "$REPO"
 exec "$VENV/bin/pytest" -q -p no:cacheprovider "$@"

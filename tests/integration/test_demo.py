@@ -15,8 +15,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_the_demo_takes_the_example_group_to_ready(settings):
-    """`ferry demo` starts each service as its own process, submits examples/shop.yaml, and the
-    group reaches ready with its timeline printed; every process stops cleanly."""
+    """`ferry demo --provider sim` starts each service as its own process, submits
+    tests/fixtures/shop-local.yaml, and the group reaches ready with its timeline printed; every
+    process stops cleanly."""
     env = {
         **os.environ,
         "FERRY_DATABASE_SCHEMA": settings.database_schema,
@@ -28,7 +29,8 @@ def test_the_demo_takes_the_example_group_to_ready(settings):
         "COLUMNS": "160",
     }
     result = subprocess.run(
-        [sys.executable, "-m", "cli.main", "demo", "--timeout", "120"], cwd=REPO, env=env,
+        [sys.executable, "-m", "cli.main", "demo", "--provider", "sim", "--timeout", "120",
+         "--plan", str(REPO / "tests" / "fixtures" / "shop-local.yaml")], cwd=REPO, env=env,
         capture_output=True, text=True, timeout=240,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
