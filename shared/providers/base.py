@@ -32,6 +32,10 @@ class VmSpec(BaseModel):
     cpus: int
     memory_mb: int
     disks_gb: list[int]
+    # The VM's final address on its group's network ("10.20.0.11/24") and its gateway there;
+    # providers that build that network (qemu) need them, others may ignore them.
+    address: str | None = None
+    gateway: str | None = None
 
 
 class ProviderVm(BaseModel):
