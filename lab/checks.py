@@ -1,0 +1,224 @@
+"""What the lab checks on the rebuilt VMs themselves, over SSH inside their group's network.
+
+The VMs are reached as an operator would reach them: `ssh root@<planned address>`, from inside
+the group's network namespace (the only place that network exists), with the identity the
+archiver used on the legacy hosts: its public key travelled in the legacy root archives.
+Every check compares what the VM has with what the plan asked for or what the legacy host has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import shlex
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Awaitable, Callable
+
+from shared.plan import VM, Plan, Role
+
+# Runs argv on a legacy host (the lab's legacy site) and returns its stdout.
+LegacyRun = Callable[[str, list[str]], Awaitable[str]]
+
+SSH_TIMEOUT_S = 120
+REPLICATION_WAIT_S = 120
+LV_SIZE_SLACK_MIB = 8  # LVM rounds each LV up to whole 4 MiB extents
+
+
+@dataclass(frozen=True)
+class Check:
+    vm: str
+    what: str
+    ok: bool
+    detail: str
+
+
+class CheckFailed(Exception):
+    pass
+
+
+class VmShell:
+    """Commands on one rebuilt VM, through `ip netns exec <group namespace> ssh`."""
+
+    def __init__(self, namespace: str, address: str, identity: Path):
+        self.namespace = namespace
+        self.address = address
+        self.identity = identity
+
+    def argv(self, command: str) -> list[str]:
+        # The VMs are new and their host keys were made on first boot: there is nothing to
+        # pin them to, and the namespace is reachable from this machine only.
+        return ["ip", "netns", "exec", self.namespace, "ssh", "-i", str(self.identity),
+                "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+                "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+                "-o", "ConnectTimeout=10", f"root@{self.address}", command]
+
+    async def run(self, command: str, timeout: float = SSH_TIMEOUT_S) -> str:
+        process = await asyncio.create_subprocess_exec(
+            *self.argv(command), stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        try:
+            out, err = await asyncio.wait_for(process.communicate(), timeout)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+            raise CheckFailed(f"{self.address}: `{command}` took over {timeout:.0f}s") from None
+        if process.returncode != 0:
+            raise CheckFailed(f"{self.address}: `{command}` exited {process.returncode}: "
+                              f"{err.decode(errors='replace').strip()[-400:]}")
+        return out.decode(errors="replace")
+
+
+# --- the checks --------------------------------------------------------------------------------
+
+async def lvm_layout(shell: VmShell, vm: VM) -> str:
+    """One LV per planned filesystem in VG `local`, each at least its planned size."""
+    out = await shell.run("lvs --noheadings --nosuffix --units m --separator , "
+                          "-o lv_name,lv_size local")
+    found = {name.strip(): float(size) for name, size in
+             (line.split(",") for line in out.split() if line.strip())}
+    wanted = {fs.lv_name: fs.size_gb * 1024 for fs in vm.logical_volumes}
+    if set(found) != set(wanted):
+        raise CheckFailed(f"LVs {sorted(found)}, planned {sorted(wanted)}")
+    for name, mib in wanted.items():
+        if not mib <= found[name] + 0.5 <= mib + LV_SIZE_SLACK_MIB + 1:
+            raise CheckFailed(f"LV {name} is {found[name]:.0f} MiB, planned {mib:.0f} MiB")
+    return ", ".join(f"{n} {found[n]:.0f}M" for n in sorted(found))
+
+
+async def filesystems(shell: VmShell, vm: VM) -> str:
+    """Every planned filesystem mounted where planned, with its type, on its LV (or /boot on
+    the first partition), and swap in use."""
+    out = await shell.run("findmnt -rn -o TARGET,SOURCE,FSTYPE; echo ---; "
+                          "swapon --noheadings --show=NAME; echo ---; "
+                          "readlink -f /dev/local/swap 2>/dev/null || true")
+    mounts_text, swaps, swap_dev = (part.split() for part in out.split("---\n"))
+    mounts = {}
+    for target, source, fstype in zip(mounts_text[::3], mounts_text[1::3], mounts_text[2::3]):
+        mounts[target] = (source, fstype)
+    seen = []
+    for fs in [vm.boot, *vm.logical_volumes]:
+        if fs.type == "swap":
+            if not swap_dev or swap_dev[0] not in swaps:
+                raise CheckFailed(f"swap LV not in use (swaps: {swaps})")
+            seen.append("swap")
+            continue
+        source, fstype = mounts.get(fs.mount, (None, None))
+        # An LV has two names: the kernel's root= gives /dev/local/root, fstab the mapper name.
+        expected = ({"/dev/vda1"} if fs.mount == "/boot" else
+                    {f"/dev/local/{fs.lv_name}", f"/dev/mapper/local-{fs.lv_name}"})
+        if fstype != fs.type or source not in expected:
+            raise CheckFailed(f"{fs.mount}: {source} {fstype}, planned "
+                              f"{' or '.join(sorted(expected))} {fs.type}")
+        seen.append(f"{fs.mount} {fstype}")
+    return ", ".join(seen)
+
+
+async def migrating_marker(shell: VmShell, vm: VM) -> str:
+    out = await shell.run("cat /etc/ferryman/migrating")
+    return out.strip().splitlines()[-1]
+
+
+SHA_LISTING = "cd {path} && find . -type f -print0 | sort -z | xargs -0 -r sha256sum"
+
+
+def _listing(text: str) -> dict[str, str]:
+    files = {}
+    for line in text.splitlines():
+        digest, _, name = line.partition("  ")
+        files[name.removeprefix("./")] = digest
+    return files
+
+
+def _excluded(name: str, patterns: list[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(name, p.rstrip("/") + "/*")
+               for p in patterns)
+
+
+async def data_tree(shell: VmShell, vm: VM, legacy_run: LegacyRun) -> str:
+    """Each archived path other than / holds, file for file, what the legacy host holds there
+    (minus the plan's excludes): same names, same sha256."""
+    checked = []
+    for archive in vm.archives:
+        if archive.path == "/":
+            continue
+        command = SHA_LISTING.format(path=shlex.quote(archive.path))
+        new = _listing(await shell.run(command))
+        old = {name: digest for name, digest in
+               _listing(await legacy_run(vm.name, ["sh", "-c", command])).items()
+               if not _excluded(name, list(archive.excludes))}
+        if new != old:
+            missing = sorted(set(old) - set(new))[:5]
+            extra = sorted(set(new) - set(old))[:5]
+            changed = sorted(n for n in set(old) & set(new) if old[n] != new[n])[:5]
+            raise CheckFailed(f"{archive.path} differs: missing {missing}, extra {extra}, "
+                              f"changed {changed}")
+        checked.append(f"{archive.path}: {len(new)} files identical")
+    return "; ".join(checked) or "no archived paths besides /"
+
+
+def _sql(query: str) -> str:
+    return f"mariadb -N -B -e {shlex.quote(query)}"
+
+
+async def database_rows(shell: VmShell, vm: VM, legacy_run: LegacyRun, master: str) -> str:
+    """The VM holds the legacy master's rows of every table of the database."""
+    tables = (await legacy_run(master, ["mariadb", "-N", "-B", "-e", "SHOW TABLES", "shop"])).split()
+    counts = []
+    for table in tables:
+        query = f"SELECT COUNT(*) FROM shop.{table}"
+        old = (await legacy_run(master, ["mariadb", "-N", "-B", "-e", query])).strip()
+        new = (await shell.run(_sql(query))).strip()
+        if old != new:
+            raise CheckFailed(f"shop.{table}: {new} rows, the legacy master has {old}")
+        counts.append(f"{table} {new}")
+    return "shop: " + ", ".join(counts)
+
+
+async def replication(master: VmShell, replica: VmShell) -> str:
+    """A row written on the new master afterwards shows up on the replica."""
+    tag = f"ferry-check-{uuid.uuid4().hex[:8]}"
+    await master.run(_sql("INSERT INTO shop.orders (product_id, quantity, customer, placed_at)"
+                          f" VALUES (1, 1, '{tag}', NOW())"))
+    started = time.monotonic()
+    query = _sql(f"SELECT COUNT(*) FROM shop.orders WHERE customer = '{tag}'")
+    while time.monotonic() - started < REPLICATION_WAIT_S:
+        if (await replica.run(query)).strip() == "1":
+            return f"row {tag} written on the master arrived in {time.monotonic() - started:.1f}s"
+        await asyncio.sleep(0.5)
+    status = await replica.run("mariadb -e 'SHOW SLAVE STATUS\\G' | grep -E 'Running|Error'")
+    raise CheckFailed(f"row {tag} not on the replica after {REPLICATION_WAIT_S}s: {status}")
+
+
+# --- all of them -------------------------------------------------------------------------------
+
+async def check_group(plan: Plan, namespace: str, identity: Path,
+                      legacy_run: LegacyRun) -> list[Check]:
+    """Run every check on every VM of the group; a failing check is reported, not raised."""
+    shells = {vm.name: VmShell(namespace, str(vm.network.address.ip), identity)
+              for vm in plan.vms}
+    results: list[Check] = []
+
+    async def record(vm: str, what: str, check: Awaitable[str]) -> None:
+        try:
+            results.append(Check(vm, what, True, await check))
+        except CheckFailed as exc:
+            results.append(Check(vm, what, False, str(exc)))
+
+    for vm in plan.vms:
+        shell = shells[vm.name]
+        await record(vm.name, "LVM layout", lvm_layout(shell, vm))
+        await record(vm.name, "filesystems", filesystems(shell, vm))
+        await record(vm.name, "migrating marker", migrating_marker(shell, vm))
+        await record(vm.name, "data tree", data_tree(shell, vm, legacy_run))
+        master = vm.name if vm.role == Role.DB_MASTER else vm.replica_of
+        if master:
+            await record(vm.name, "database rows", database_rows(shell, vm, legacy_run, master))
+    # Last: it writes a row on the master, which the row counts above must not see.
+    for vm in plan.vms:
+        if vm.role == Role.DB_REPLICA and vm.replica_of:
+            await record(vm.name, "replication",
+                         replication(shells[vm.replica_of], shells[vm.name]))
+    return results
