@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Awaitable, Callable
 
 from shared.plan import VM, Plan, Role
+from shared.providers.base import ProviderError
+from shared.providers.qemu_proc import run
 
 # Runs argv on a legacy host (the lab's legacy site) and returns its stdout.
 LegacyRun = Callable[[str, list[str]], Awaitable[str]]
@@ -56,19 +58,13 @@ class VmShell:
                 "-o", "ConnectTimeout=10", f"root@{self.address}", command]
 
     async def run(self, command: str, timeout: float = SSH_TIMEOUT_S) -> str:
-        process = await asyncio.create_subprocess_exec(
-            *self.argv(command), stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         try:
-            out, err = await asyncio.wait_for(process.communicate(), timeout)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
-            raise CheckFailed(f"{self.address}: `{command}` took over {timeout:.0f}s") from None
-        if process.returncode != 0:
-            raise CheckFailed(f"{self.address}: `{command}` exited {process.returncode}: "
-                              f"{err.decode(errors='replace').strip()[-400:]}")
-        return out.decode(errors="replace")
+            code, out, err = await run(*self.argv(command), check=False, timeout=timeout)
+        except ProviderError as exc:  # ssh missing, or the command outran its timeout
+            raise CheckFailed(f"{self.address}: {exc}") from None
+        if code != 0:
+            raise CheckFailed(f"{self.address}: `{command}` exited {code}: {err.strip()[-400:]}")
+        return out
 
 
 # --- the checks --------------------------------------------------------------------------------
