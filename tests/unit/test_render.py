@@ -344,7 +344,10 @@ def test_hostile_values_are_never_executed_and_arrive_intact(tmp_path: Path):
                           env={"FERRY_TOKEN": token})
 
     assert run.returncode == 0, run.stderr
-    assert not pwned_files(tmp_path, Path.cwd())
+    assert not pwned_files(tmp_path)
+    # Where pytest runs, in case a command escaped the script's own folder. Not recursive:
+    # a lab left up by the demo keeps chroots with /proc mounted below the repository.
+    assert not [p for p in Path.cwd().iterdir() if p.name in PWNED]
     assert run.states()[-1] == ("configured", "done")
 
     mounted = [call["args"][-1] for call in run.of("mount")]
