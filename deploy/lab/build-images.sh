@@ -26,7 +26,8 @@ SUITE=bookworm
 
 # Host build dependencies. Everything that goes INTO the images comes from the debootstrap'd
 # chroots below, not from the host, so the images do not depend on what the host runs.
-HOST_PKGS=(debootstrap zstd cpio kmod qemu-system-x86 qemu-utils ipxe-qemu python3 iproute2)
+HOST_PKGS=(debootstrap zstd cpio kmod qemu-system-x86 qemu-utils ipxe-qemu python3 iproute2
+    openssh-client)
 
 # The base image: what a migrated VM without a root archive runs.
 BASE_PKGS=(systemd-sysv udev dbus linux-image-amd64 initramfs-tools lvm2 xfsprogs e2fsprogs
@@ -66,19 +67,8 @@ die() { printf 'build-images: %s\n' "$*" >&2; exit 1; }
 
 [[ $(id -u) -eq 0 ]] || die "run as root (debootstrap and chroot need it)"
 
-# --- cache key ------------------------------------------------------------------------------------
-KEY_INPUTS=("$HERE/build-images.sh" "$HERE/migration-init.sh" "$HERE/udhcpc.script")
-KEY="$( { for f in "${KEY_INPUTS[@]}"; do sha256sum <"$f"; done; echo "$SUITE"; } \
-    | sha256sum | cut -c1-16)"
-OUT="$CACHE/images-$KEY"
-if [[ -f "$OUT/.complete" ]]; then
-    say "images are up to date in $OUT"
-    ln -sfn "images-$KEY" "$CACHE/latest"
-    echo "$OUT"
-    exit 0
-fi
-
 # --- host dependencies ----------------------------------------------------------------------------
+# Checked on every run, not only when building: running the lab needs them too (QEMU, ssh).
 if [[ "${FERRY_LAB_NO_APT:-0}" != 1 ]]; then
     missing=()
     for p in "${HOST_PKGS[@]}"; do
@@ -91,6 +81,18 @@ if [[ "${FERRY_LAB_NO_APT:-0}" != 1 ]]; then
             || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y \
                 --no-install-recommends "${missing[@]}"; }
     fi
+fi
+
+# --- cache key ------------------------------------------------------------------------------------
+KEY_INPUTS=("$HERE/build-images.sh" "$HERE/migration-init.sh" "$HERE/udhcpc.script")
+KEY="$( { for f in "${KEY_INPUTS[@]}"; do sha256sum <"$f"; done; echo "$SUITE"; } \
+    | sha256sum | cut -c1-16)"
+OUT="$CACHE/images-$KEY"
+if [[ -f "$OUT/.complete" ]]; then
+    say "images are up to date in $OUT"
+    ln -sfn "images-$KEY" "$CACHE/latest"
+    echo "$OUT"
+    exit 0
 fi
 
 # The mirror: the one apt already uses on this machine, unless told otherwise.

@@ -66,28 +66,15 @@ ensure_services() {
 }
 
 # The lab (real VMs under QEMU, legacy hosts in network namespaces) needs root, the host's QEMU
-# and the images built by deploy/lab/build-images.sh (cached; seconds when nothing changed).
-LAB_HOST_PKGS=(qemu-system-x86 qemu-utils ipxe-qemu debootstrap zstd cpio kmod iproute2
-    openssh-client)
-
+# and the images: build-images.sh installs the host packages it lacks and builds the images
+# (cached; about a second when nothing changed).
 ensure_lab() {
     if [[ $(id -u) -ne 0 ]]; then
         say "the lab needs root (network namespaces, taps, chroots)"; return 1
     fi
-    local p missing=()
-    for p in "${LAB_HOST_PKGS[@]}"; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' \
-            || missing+=("$p")
-    done
-    if ((${#missing[@]})); then
-        say "installing the lab's host packages: ${missing[*]}"
-        { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y \
-            --no-install-recommends "${missing[@]}"; } >/tmp/ferry-lab-apt.log 2>&1 \
-            || { tail -n 30 /tmp/ferry-lab-apt.log >&2; say "apt-get failed"; return 1; }
-    fi
-    say "building the lab images if their inputs changed (log: /tmp/ferry-lab-build.log)"
+    say "lab: host packages and images (log: /tmp/ferry-lab-build.log)"
     if ! "$REPO/deploy/lab/build-images.sh" >/tmp/ferry-lab-build.log 2>&1; then
         tail -n 30 /tmp/ferry-lab-build.log >&2
-        say "building the lab images failed"; return 1
+        say "preparing the lab failed"; return 1
     fi
 }
