@@ -123,8 +123,9 @@ def _check_vms(settings, plan: Plan, site) -> bool:
     async def legacy_run(host: str, argv: list[str]) -> str:
         return await site.run(host, *argv)
 
+    outside = [f"{site.address(host)}:22" for host in site.hosts]
     checks = asyncio.run(check_group(plan, group_namespace(plan.group), settings.ssh_identity,
-                                     legacy_run))
+                                     legacy_run, outside))
     table = Table(title="Checked on the VMs themselves (over SSH in the group's network)")
     for column in ("VM", "check", "", "found"):
         table.add_column(column)

@@ -188,11 +188,33 @@ async def replication(master: VmShell, replica: VmShell) -> str:
     raise CheckFailed(f"row {tag} not on the replica after {REPLICATION_WAIT_S}s: {status}")
 
 
+GATEWAY_PROBE = "curl -s -o /dev/null -w '%{http_code}' --max-time 10 http://10.0.2.100/openapi.json"
+
+
+async def isolation(shell: VmShell, outside: list[str]) -> str:
+    """Until cutover the VM reaches the migration service and nothing outside its group: each
+    `host:port` of `outside` (the legacy hosts' sshd, say) must be unreachable from it."""
+    status = (await shell.run(GATEWAY_PROBE)).strip()
+    if status != "200":
+        raise CheckFailed(f"the migration service answered {status!r}, not 200")
+    reached = []
+    for target in outside:
+        host, _, port = target.rpartition(":")
+        probe = (f"timeout 3 bash -c 'exec 3<>/dev/tcp/{host}/{port}' 2>/dev/null "
+                 "&& echo open || echo closed")
+        if (await shell.run(probe)).strip() != "closed":
+            reached.append(target)
+    if reached:
+        raise CheckFailed(f"reached {', '.join(reached)} before cutover")
+    return f"gateway reachable; {', '.join(outside)} unreachable"
+
+
 # --- all of them -------------------------------------------------------------------------------
 
-async def check_group(plan: Plan, namespace: str, identity: Path,
-                      legacy_run: LegacyRun) -> list[Check]:
-    """Run every check on every VM of the group; a failing check is reported, not raised."""
+async def check_group(plan: Plan, namespace: str, identity: Path, legacy_run: LegacyRun,
+                      outside: list[str] = ()) -> list[Check]:
+    """Run every check on every VM of the group; a failing check is reported, not raised.
+    `outside`: `host:port`s beyond the group that no VM may reach before cutover."""
     shells = {vm.name: VmShell(namespace, str(vm.network.address.ip), identity)
               for vm in plan.vms}
     results: list[Check] = []
@@ -208,6 +230,8 @@ async def check_group(plan: Plan, namespace: str, identity: Path,
         await record(vm.name, "LVM layout", lvm_layout(shell, vm))
         await record(vm.name, "filesystems", filesystems(shell, vm))
         await record(vm.name, "migrating marker", migrating_marker(shell, vm))
+        if outside:
+            await record(vm.name, "isolation", isolation(shell, list(outside)))
         await record(vm.name, "data tree", data_tree(shell, vm, legacy_run))
         master = vm.name if vm.role == Role.DB_MASTER else vm.replica_of
         if master:

@@ -57,8 +57,8 @@ def phase_seconds(timeline: dict) -> dict[str, dict[str, float]]:
 async def test_example_group_is_rebuilt_on_real_vms(site, lab_settings, operator, capsys):
     """The group reaches ready on real VMs, and on the VMs: the planned LVM layout and
     filesystem types, /data identical to the legacy host's (checksums, excludes honoured), the
-    master's rows on both databases, a row written on the new master replicated, and the
-    migrating marker still there."""
+    master's rows on both databases, a row written on the new master replicated, the
+    migrating marker still there, and no legacy host reachable from the VMs."""
     plan = load_plan_file(PLAN)
     started = time.monotonic()
     async with operator.post("/v1/groups", data=PLAN.read_text()) as response:
@@ -76,8 +76,9 @@ async def test_example_group_is_rebuilt_on_real_vms(site, lab_settings, operator
     async def legacy_run(host: str, argv: list[str]) -> str:
         return await site.run(host, *argv)
 
+    outside = [f"{site.address(host)}:22" for host in site.hosts]
     checks = await check_group(plan, group_namespace(plan.group), lab_settings.ssh_identity,
-                               legacy_run)
+                               legacy_run, outside)
     async with operator.get(f"/v1/groups/{group_id}/timeline") as response:
         spent = phase_seconds(await response.json())
     with capsys.disabled():
@@ -89,4 +90,5 @@ async def test_example_group_is_rebuilt_on_real_vms(site, lab_settings, operator
     failed = [c for c in checks if not c.ok]
     assert not failed, failed
     assert {c.what for c in checks} >= {"LVM layout", "filesystems", "migrating marker",
-                                         "data tree", "database rows", "replication"}
+                                         "isolation", "data tree", "database rows",
+                                         "replication"}
