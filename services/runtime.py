@@ -18,6 +18,7 @@ from aiohttp import web
 
 from shared.bus import Bus, Consumer
 from shared.logging import configure_logging, get_logger
+from shared.metrics import start_metrics_server
 from shared.providers import make_provider
 from shared.providers.base import Provider
 from shared.relay import OutboxRelay
@@ -50,7 +51,9 @@ class Host:
         self.consumers: list[Consumer] = []
         self.gateway_app: web.Application | None = None
         self._site_runner: web.AppRunner | None = None
+        self._metrics_runner: web.AppRunner | None = None
         self.port: int | None = None
+        self.metrics_port: int | None = None  # this process's own /metrics, without a gateway
 
     async def start(self) -> None:
         s = self.settings
@@ -64,12 +67,16 @@ class Host:
         deps = Deps(store=Store(self.pool), settings=s, provider=self.provider)
         if self.with_gateway:
             await self._start_gateway(deps)
+        elif s.metrics_port:
+            self._metrics_runner, self.metrics_port = await start_metrics_server(
+                s.metrics_host, s.metrics_port)
         for service in self.services:
             router = router_of(service)
             consumer = Consumer(self.bus, service, partial(router.dispatch, deps=deps), s.prefetch)
             await consumer.start()
             self.consumers.append(consumer)
-        log.info("host started", services=self.services, gateway=self.with_gateway, port=self.port)
+        log.info("host started", services=self.services, gateway=self.with_gateway, port=self.port,
+                 metrics_port=self.metrics_port)
 
     async def _start_gateway(self, deps: Deps) -> None:
         from services.gateway.app import build_app
@@ -89,6 +96,8 @@ class Host:
         self.consumers.clear()
         if self._site_runner:
             await self._site_runner.cleanup()
+        if self._metrics_runner:
+            await self._metrics_runner.cleanup()
         if self.relay:
             await self.relay.stop()
         if self.bus:
@@ -109,6 +118,8 @@ class Host:
                 await self.bus.connection.close()
             if self._site_runner:
                 await self._site_runner.cleanup()
+            if self._metrics_runner:
+                await self._metrics_runner.cleanup()
             if self.pool:
                 self.pool.terminate()
         except Exception as exc:  # noqa: BLE001 - a kill must not fail

@@ -8,18 +8,20 @@ must be guarded by the VM's state, so that doing them twice changes nothing.
 
 from __future__ import annotations
 
+import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import AsyncIterator, Awaitable, Callable
 
 import structlog
 
+from shared import metrics
 from shared.events import Envelope
 from shared.logging import get_logger
 from shared.providers.base import Provider
 from shared.settings import Settings
 from shared.store.tx import AlreadyProcessed, Store, Tx
-from shared.topology import SUBSCRIPTIONS
+from shared.topology import SUBSCRIPTIONS, handled_types
 
 log = get_logger(__name__)
 
@@ -75,7 +77,7 @@ class Router:
 
     def on(self, event_type: str) -> Callable[[HandlerFn], HandlerFn]:
         def register(fn: HandlerFn) -> HandlerFn:
-            if event_type not in SUBSCRIPTIONS[self.service] and "#" not in SUBSCRIPTIONS[self.service]:
+            if event_type not in handled_types(self.service) and "#" not in SUBSCRIPTIONS[self.service]:
                 raise ValueError(f"{self.service} is not bound to {event_type}")
             self.handlers[event_type] = fn
             return fn
@@ -94,13 +96,25 @@ class Router:
             log.warning("no handler for event; ignored")
             return
         if await deps.store.processed(self.service, event.id):
+            metrics.EVENTS_DUPLICATE.labels(self.service, event.type).inc()
             log.info("duplicate event ignored")
             return
         ctx = Context(self.service, event, deps)
+        started = time.perf_counter()
+        outcome = None  # stays None when cancelled (a stop or a kill), which is not counted
         try:
             await handler(event, ctx)
             if not ctx.claimed:
                 async with ctx.transaction():
                     pass
+            outcome = "handled"
         except AlreadyProcessed:
+            outcome = "duplicate"
             log.info("duplicate event ignored")
+        except Exception:
+            outcome = "failed"
+            raise
+        finally:
+            if outcome:
+                metrics.record_handler(self.service, event.type, time.perf_counter() - started,
+                                       outcome)

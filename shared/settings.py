@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     lab_images: Path | None = None
     # The archiver's SSH identity for `kind: ssh` sources without a key_file of their own.
     ssh_key_file: Path | None = None
+    # A process without the gateway serves its own Prometheus /metrics here (0: none; the
+    # gateway serves /metrics itself, for everything its process hosts).
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0
     log_format: str = "auto"  # auto | json | console
     log_level: str = "info"
 
