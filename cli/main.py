@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.live import Live
 
 from cli.client import Gateway, GatewayError
-from cli.status import group_table, groups_table
+from cli.status import group_table, group_watch, groups_table, groups_watch
 from shared.plan import PlanError, load_plan_file
 from shared.settings import Settings
 
@@ -80,8 +80,8 @@ def status(group: str | None, watch: bool, until_ready: bool, interval: float, t
     def render():
         if group:
             detail = _call("GET", f"/v1/groups/{group}")
-            return group_table(detail), detail["status"]
-        return groups_table(_call("GET", "/v1/groups")["groups"]), None
+            return (group_watch if watch else group_table)(detail), detail["status"]
+        return (groups_watch if watch else groups_table)(_call("GET", "/v1/groups")["groups"]), None
 
     if not watch:
         console.print(render()[0])

@@ -1,8 +1,21 @@
-"""`ferry status`: the groups, or one group's VMs, as a table."""
+"""`ferry status`: the groups, or one group's VMs, as a table; `--watch` shows them live with
+a progress bar per group and per VM."""
 
 from __future__ import annotations
 
+from rich.console import Group, RenderableType
+from rich.progress_bar import ProgressBar
 from rich.table import Table
+from rich.text import Text
+
+from shared.states import VmState
+
+# The journey, in order: a VM's progress is where its state stands on it (a database VM goes
+# through loading and replicating, an app VM skips them).
+JOURNEY: tuple[str, ...] = tuple(s.value for s in (
+    VmState.PLANNED, VmState.ARCHIVING, VmState.ARCHIVED, VmState.CREATING, VmState.CREATED,
+    VmState.CONFIGURING, VmState.CONFIGURED, VmState.PROVISIONING, VmState.PROVISIONED,
+    VmState.LOADING, VmState.REPLICATING, VmState.READY, VmState.CUTTING_OVER, VmState.LIVE))
 
 STATE_STYLE = {
     "failed": "bold red", "halted": "yellow", "ready": "green", "live": "bold green",
@@ -38,3 +51,72 @@ def _styled(state: str, text: str | None = None) -> str:
     style = STATE_STYLE.get(state)
     text = text or state
     return f"[{style}]{text}[/{style}]" if style else text
+
+
+def progress(state: str, held_state: str | None = None, failed_from: str | None = None) -> float:
+    """How far along the journey a VM is, 0 to 1: a failed VM where it failed, a halted one
+    where it is held, a rolled-back one back at ready."""
+    where = {"failed": failed_from, "halted": held_state, "rolled_back": "ready"}.get(state, state)
+    if where not in JOURNEY:
+        return 0.0
+    return JOURNEY.index(where) / (len(JOURNEY) - 1)
+
+
+def group_progress(states: dict[str, int]) -> float:
+    """The mean progress of a group's VMs, from its count of VMs by state."""
+    total = sum(states.values())
+    return sum(progress(state) * n for state, n in states.items()) / total if total else 0.0
+
+
+def _bar(fraction: float, state: str | None = None, width: int = 24) -> RenderableType:
+    style = {"failed": "red", "halted": "yellow"}.get(state or "", "green")
+    bar = ProgressBar(total=100, completed=round(fraction * 100), width=width,
+                      complete_style=style, finished_style="bold green")
+    table = Table.grid(padding=(0, 1))
+    table.add_row(bar, Text(f"{fraction * 100:3.0f}%"))
+    return table
+
+
+def duration(seconds: float) -> str:
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def groups_watch(groups: list[dict]) -> Table:
+    """The groups, each with a progress bar (`ferry status --watch`)."""
+    table = Table(title="Groups")
+    for column in ("group", "status", "progress", "VMs", "states"):
+        table.add_column(column)
+    for g in groups:
+        states = ", ".join(f"{k}={v}" for k, v in sorted(g["states"].items()))
+        table.add_row(g["name"], _styled(g["status"]),
+                      _bar(group_progress(g["states"]), g["status"]), str(g["vm_count"]), states)
+    return table
+
+
+def group_watch(group: dict) -> RenderableType:
+    """One group live (`ferry status GROUP --watch`): its progress, then each VM's progress bar,
+    current step and time in its phase."""
+    fractions = [progress(vm["state"], vm.get("held_state"), vm.get("failed_from"))
+                 for vm in group["vms"]]
+    overall = sum(fractions) / len(fractions) if fractions else 0.0
+    head = Table.grid(padding=(0, 2))
+    head.add_row(Text(group["name"], style="bold"), _styled(group["status"]),
+                 _bar(overall, group["status"], width=40))
+    parts: list[RenderableType] = [head]
+    if group.get("halted_reason"):
+        parts.append(Text(f"HALTED: {group['halted_reason']}", style="yellow"))
+    table = Table()
+    for column in ("VM", "role", "state", "progress", "step", "in phase", "message"):
+        table.add_column(column)
+    for vm, fraction in zip(group["vms"], fractions):
+        state = vm["state"] + (f" (at {vm['held_state']})" if vm.get("held_state") else "")
+        if vm["state"] == "failed" and vm.get("failed_from"):
+            state += f" (in {vm['failed_from']})"
+        table.add_row(vm["name"], vm["role"], _styled(vm["state"], state),
+                      _bar(fraction, vm["state"]), vm.get("step") or "",
+                      duration(vm["seconds_in_state"]), (vm.get("message") or "")[:50])
+    parts.append(table)
+    return Group(*parts)

@@ -35,3 +35,96 @@ def test_status_without_a_gateway_says_where_it_looked(tmp_path, monkeypatch):
     result = CliRunner().invoke(main, ["status"])
     assert result.exit_code == 1
     assert "cannot reach the gateway at http://127.0.0.1:9" in result.output
+
+
+def test_validate_gives_line_and_column_of_a_deeply_nested_field(tmp_path):
+    """A problem three levels down (a VM's database's port) is reported at the line and column
+    where its key is written."""
+    bad = tmp_path / "bad.yaml"
+    text = EXAMPLE.read_text()
+    lines = text.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.strip().startswith("- engine: mariadb"))
+    indent = lines[at].index("engine")
+    lines.insert(at + 1, " " * indent + "port: 70000")
+    bad.write_text("\n".join(lines) + "\n")
+    result = CliRunner().invoke(main, ["validate", str(bad)])
+    assert result.exit_code == 1, result.output
+    vm = next(i for i, line in enumerate(reversed(lines[:at])) if line.startswith("  - name:"))
+    vm_index = sum(1 for line in lines[:at] if line.startswith("  - name:")) - 1
+    assert vm >= 0
+    output = " ".join(result.output.split())  # the console wraps long lines
+    assert (f"bad.yaml:{at + 2}:{indent + 1}: vms[{vm_index}].databases[0].port: "
+            "must be at most 65535") in output
+
+
+GROUP = {
+    "id": "0", "name": "shop", "status": "active", "halted_reason": None,
+    "created_at": "2026-11-25T10:00:00+00:00", "vm_count": 3,
+    "states": {"ready": 1, "configuring": 1, "failed": 1}, "messages": [],
+    "vms": [
+        {"id": "1", "name": "app1", "role": "app", "state": "ready", "held_state": None,
+         "failed_from": None, "step": "first-boot", "message": None,
+         "state_changed_at": "", "seconds_in_state": 5},
+        {"id": "2", "name": "db1", "role": "db-master", "state": "configuring",
+         "held_state": None, "failed_from": None, "step": "unpack-archives",
+         "message": "unpacking /var/lib/mysql", "state_changed_at": "",
+         "seconds_in_state": 3725},
+        {"id": "3", "name": "db2", "role": "db-replica", "state": "failed", "held_state": None,
+         "failed_from": "archiving", "step": "dump", "message": "mysqldump: access denied",
+         "state_changed_at": "", "seconds_in_state": 61},
+    ],
+}
+
+
+def test_progress_is_the_position_on_the_journey():
+    """Planned is 0, live is 1; a failed VM stands where it failed, a halted one where it is
+    held."""
+    from cli.status import JOURNEY, group_progress, progress
+
+    assert progress("planned") == 0 and progress("live") == 1
+    assert 0 < progress("configuring") < progress("configured") < progress("ready") < 1
+    assert progress("failed", failed_from="archiving") == progress("archiving")
+    assert progress("halted", held_state="created") == progress("created")
+    assert group_progress({"planned": 1, "live": 1}) == 0.5
+    assert JOURNEY.index("loading") < JOURNEY.index("replicating") < JOURNEY.index("ready")
+
+
+def test_watch_view_shows_a_bar_step_and_time_in_phase_per_vm():
+    """The live view of one group: its overall progress, and per VM a bar with its percentage,
+    the current step and how long it has been in its phase."""
+    from rich.console import Console
+
+    from cli.status import group_watch, groups_watch
+
+    console = Console(record=True, width=160, color_system=None)
+    console.print(group_watch(GROUP))
+    text = console.export_text()
+    assert "shop" in text and "active" in text
+    assert "unpack-archives" in text and "1:02:05" in text  # 3725 s in configuring
+    assert "failed (in archiving)" in text and "1:01" in text
+    assert "100%" not in text and " 85%" in text  # ready: 11 of 13 steps
+    assert "━" in text  # the bars
+
+    console = Console(record=True, width=160, color_system=None)
+    console.print(groups_watch([GROUP]))
+    text = console.export_text()
+    assert "shop" in text and " 41%" in text  # (11 + 5 + 1) / 3 of 13 steps
+
+
+def test_status_watch_renders_live_until_the_group_is_ready(monkeypatch):
+    """`ferry status GROUP --watch --until-ready` refreshes until the group is ready; plain
+    `ferry status GROUP` still prints the table."""
+    import cli.main as cli_main
+
+    answers = iter([GROUP, GROUP, {**GROUP, "status": "ready"}])
+    monkeypatch.setattr(cli_main, "_call", lambda method, path, *a, **k: next(answers))
+    monkeypatch.setattr(cli_main.time, "sleep", lambda seconds: None)
+    result = CliRunner().invoke(main, ["status", "shop", "--watch", "--until-ready"])
+    assert result.exit_code == 0, result.output
+    assert "db2" in result.output and "%" in result.output and "ready" in result.output
+
+    monkeypatch.setattr(cli_main, "_call", lambda method, path, *a, **k: GROUP)
+    result = CliRunner().invoke(main, ["status", "shop"])
+    assert result.exit_code == 0, result.output
+    assert "role" in result.output and "db1" in result.output
+    assert "%" not in result.output  # no progress bars in the plain table
