@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from shared.events import Envelope
 from shared.logging import get_logger
-from shared.topology import QUEUE_LIMITS, SUBSCRIPTIONS, Names
+from shared.topology import QUEUE_LIMITS, SUBSCRIPTIONS, Names, routing_key
 
 log = get_logger(__name__)
 
@@ -80,7 +80,8 @@ class Bus:
         """Publish and wait for the broker's confirm; an unroutable event raises PublishError."""
         assert self.exchange
         await self.exchange.publish(_message(event.model_dump_json().encode(), event),
-                                    routing_key=event.type, mandatory=True)
+                                    routing_key=routing_key(event.type, event.payload),
+                                    mandatory=True)
 
     async def send_to_queue(self, queue: str, body: bytes, headers: dict, source: AbstractIncomingMessage | None = None) -> None:
         """Put a message straight onto one queue (retry, dead-letter and replay go this way)."""

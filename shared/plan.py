@@ -85,7 +85,8 @@ AbsolutePath = Annotated[str, AfterValidator(_absolute_path)]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # A field's docstring is its description in the plan's JSON Schema (docs/plan.schema.json).
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class Role(str, Enum):
@@ -95,14 +96,24 @@ class Role(str, Enum):
 
 
 class Disk(_Model):
+    """A blank disk of the new VM; disks are attached in plan order as /dev/vda, /dev/vdb ..."""
+
     # No device name: disks are attached in plan order as /dev/vda, /dev/vdb ...
     size_gb: Annotated[WholeNumber, Field(gt=0)]
+    """Size in whole GB (more than 0)."""
 
 
 class Filesystem(_Model):
+    """A filesystem of the new VM: /boot is a partition, every other one an LVM logical volume
+    named after its mount point."""
+
     mount: Annotated[str, AfterValidator(_mount_point)]
+    """Absolute mount point written plainly (/data, not /data/), or the word swap."""
     size_gb: Size
+    """Size in GB (fractions allowed, more than 0)."""
     type: Literal["xfs", "ext3", "ext4", "swap"] | None = Field(None, validate_default=True)
+    """xfs, ext3, ext4 or swap; default: swap for swap, ext3 for /boot, else xfs. Only swap has
+    type swap."""
 
     @field_validator("type")
     @classmethod
@@ -125,18 +136,33 @@ class Filesystem(_Model):
 
 
 class ArchiveSpec(_Model):
+    """A path of the legacy host copied to the new VM (tar + zstd)."""
+
     path: AbsolutePath  # on the legacy host
+    """Absolute path on the legacy host (/ for the whole system, /data ...); unique per VM."""
     excludes: list[str] = []
+    """Patterns relative to the path and anchored there: tmp/* leaves out what is below <path>/tmp,
+    tmp the directory too."""
 
 
 class DatabaseSpec(_Model):
+    """A database dumped on the legacy side and restored on the new VM."""
+
     engine: Literal["mariadb", "postgresql"]
+    """mariadb or postgresql."""
     name: str = Field(pattern=DATABASE_NAME)
+    """The database's name: letters, digits and _."""
     host: str = Field("127.0.0.1", min_length=1)
+    """The database server as seen from the source; 127.0.0.1 or localhost with no port: its local
+    socket."""
     port: Port | None = None
+    """Default 3306 for mariadb, 5432 for postgresql."""
     user: str | None = None
+    """Who dumps the database."""
     # The NAME of an environment variable holding the password: secrets never live in a plan.
     password_env: str | None = Field(None, pattern=ENV_NAME)
+    """The NAME of an environment variable (read by the archiver) holding the password; passwords
+    never go in a plan."""
 
     @property
     def effective_port(self) -> int:
@@ -147,12 +173,19 @@ class Source(_Model):
     """Where the archiver reads the legacy VM."""
 
     kind: Literal["local", "ssh"] = "local"
+    """local (a directory standing for the host's /) or ssh (the legacy host itself)."""
     # local: a directory standing for the host's "/" (relative to the plan file's folder)
     root: str | None = Field(None, min_length=1)
+    """local: a directory standing for the legacy host's /, required; relative to the plan file's
+    folder."""
     host: str | None = Field(None, min_length=1)
+    """ssh: the legacy host's address or name, required."""
     port: Port = 22
+    """ssh: the SSH port."""
     user: str = Field("root", min_length=1)
+    """ssh: who reads the host; reading all of / needs root."""
     key_file: str | None = None
+    """ssh: the private key to log in with (default: the archiver's own, FERRY_SSH_KEY_FILE)."""
 
     @field_validator("root")
     @classmethod
@@ -174,11 +207,19 @@ class Source(_Model):
 
 
 class Network(_Model):
+    """The new VM's network settings on its group's network."""
+
     address: Annotated[ipaddress.IPv4Interface, BeforeValidator(_with_prefix)]
+    """IPv4 address with its prefix length, e.g. 10.20.0.11/24; unique in the group."""
     gateway: ipaddress.IPv4Address | None = None
+    """IPv4 default gateway, inside the address's network."""
     dns: list[ipaddress.IPv4Address] = []
+    """IPv4 addresses of the resolvers."""
     hostname: Annotated[str, AfterValidator(_hostname)]
+    """Hostname or FQDN (letters, digits, - between dots); unique in the group."""
     public_ip: ipaddress.IPv4Address | None = None  # the legacy side's; cutover forwards it
+    """The legacy side's public IPv4 address, which cutover forwards to the new VM; unique in the
+    group."""
 
     @model_validator(mode="after")
     def _gateway_reachable(self) -> Network:
@@ -190,18 +231,34 @@ class Network(_Model):
 
 
 class VM(_Model):
+    """One VM of the group: the blank machine to create and what to copy onto it."""
+
     name: str = Field(pattern=LABEL)
+    """The VM's name: lowercase letters, digits and -, at most 63 characters; unique in the
+    group."""
     role: Role = Role.APP
+    """app, db-master or db-replica."""
     cpus: Annotated[WholeNumber, Field(ge=1, le=64)]
+    """Virtual CPUs, 1 to 64."""
     memory_mb: Annotated[WholeNumber, Field(ge=256, le=1048576)]
+    """Memory in MB, 256 to 1048576."""
     disks: list[Disk] = Field(min_length=1)
+    """The blank disks, at least one, attached in order as /dev/vda, /dev/vdb ..."""
     filesystems: list[Filesystem] = Field(min_length=1)
+    """The filesystems, at least one, with exactly one /; they must fit in the disks."""
     archives: list[ArchiveSpec] = []
+    """What to copy from the legacy host."""
     databases: list[DatabaseSpec] = []
+    """Databases dumped on the legacy side, restored on the new VM."""
     database_data_dir: AbsolutePath = "/db"
+    """Where restored databases live on the new VM."""
     replica_of: str | None = None
+    """For a db-replica (required there, refused elsewhere): the name of a db-master of this
+    group."""
     network: Network
+    """The new VM's network settings."""
     source: Source | None = None
+    """Where to read the legacy VM; none for a brand-new VM."""
 
     @property
     def boot(self) -> Filesystem:
@@ -263,25 +320,45 @@ class VM(_Model):
 
 
 class HttpCheck(_Model):
+    """An HTTP check that must pass before traffic moves."""
+
     path: str = Field("/", pattern=worded_pattern(r"^/", "a URL path starting with '/'"))
+    """URL path, starting with /."""
     host: str | None = None
+    """Host header to send (default: the VM's hostname)."""
     expect_status: Annotated[WholeNumber, Field(ge=100, le=599)] = 200
+    """The HTTP status expected, 100 to 599."""
     contains: str | None = None
+    """Text the answer's body must contain."""
 
 
 class CutoverSettings(_Model):
+    """How the group is cut over once ready."""
+
     mode: Literal["dump-and-restore", "replication"] = "dump-and-restore"
+    """dump-and-restore, or replication (hand-off from the legacy master)."""
     dns_ttl_s: Annotated[WholeNumber, Field(ge=1)] = 60
+    """DNS TTL (seconds, at least 1) lowered ahead of the cutover."""
     shared_paths: list[AbsolutePath] = []
+    """Absolute paths copied again (rsync catch-up) at cutover."""
     excludes: list[str] = []
+    """rsync exclude patterns for the shared paths."""
     checks: list[HttpCheck] = []
+    """HTTP checks that must pass before traffic moves."""
 
 
 class Plan(_Model):
+    """One group of VMs migrating together."""
+
     group: str = Field(pattern=LABEL)
+    """The group's name: lowercase letters, digits and -, at most 63 characters, not starting or
+    ending with -."""
     description: str = ""
+    """Free text about the group."""
     vms: list[VM] = Field(min_length=1)
+    """The group's VMs, at least one."""
     cutover: CutoverSettings = CutoverSettings()
+    """How the group is cut over once ready."""
 
     def vm(self, name: str) -> VM:
         for vm in self.vms:
