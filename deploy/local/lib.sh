@@ -65,6 +65,21 @@ ensure_services() {
     ensure_mariadb
 }
 
+# The web UI's browser test drives Debian's chromium (Playwright never downloads a browser).
+ensure_browser() {
+    command -v chromium >/dev/null 2>&1 && return 0
+    if [[ $(id -u) -ne 0 ]]; then
+        say "chromium is missing and installing it needs root: the web UI test will be skipped"
+        return 0
+    fi
+    say "installing chromium from Debian (log: /tmp/ferry-chromium.log)"
+    if ! { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; } \
+            >/tmp/ferry-chromium.log 2>&1; then
+        tail -n 30 /tmp/ferry-chromium.log >&2
+        say "installing chromium failed: the web UI test will be skipped"
+    fi
+}
+
 # The lab (real VMs under QEMU, legacy hosts in network namespaces) needs root, the host's QEMU
 # and the images: build-images.sh installs the host packages it lacks and builds the images
 # (cached; about a second when nothing changed).

@@ -6,6 +6,7 @@ set -o errexit -o nounset -o pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 ensure_venv
 ensure_services
+ensure_browser
 if [[ $(id -u) -eq 0 ]]; then
     ensure_lab
 else

@@ -7,12 +7,15 @@ import secrets
 from aiohttp import web
 
 from services.gateway import live, operator_routes, vm_routes  # noqa: F401 - they register routes
+from services.gateway import metrics_routes  # noqa: F401 - registers /metrics
+from services.gateway import ui_routes  # noqa: F401 - registers the web UI at /
 from services.gateway.api import api
 from services.gateway.keys import BUS, DEPS, LIVE, OPERATOR_TOKEN
 from services.gateway.live import Broadcaster
 from services.gateway.openapi import openapi_document
 from shared.bus import Bus
 from shared.logging import get_logger
+from shared.metrics import http_metrics
 from shared.service import Deps
 from shared.settings import Settings
 
@@ -54,7 +57,7 @@ async def _openapi(request: web.Request) -> web.Response:
 
 
 def build_app(deps: Deps, bus: Bus | None) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY, middlewares=[json_errors])
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[http_metrics, json_errors])
     app[DEPS] = deps
     if bus is not None:
         app[BUS] = bus

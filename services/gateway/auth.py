@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import uuid
 
@@ -46,6 +47,34 @@ def require_operator(request: web.Request) -> None:
         raise problem(web.HTTPUnauthorized, "an operator bearer token is required")
     if not hmac.compare_digest(token.encode(), request.app[OPERATOR_TOKEN].encode()):
         raise problem(web.HTTPForbidden, "the operator token is not valid")
+
+
+# The web UI's live updates come over EventSource, which cannot send an Authorization header.
+# Rather than accept the operator token in a query string (where it lands in access logs,
+# proxies and the browser's history), the UI posts its token once with the usual bearer header
+# to /v1/ui/session, which sets this cookie: HttpOnly (no script reads it), SameSite=Strict and
+# Path=/v1/events (the browser sends it to the event stream only). Its value is derived from
+# the operator token, not the token itself, and it is accepted by the read-only event stream
+# alone: every other operator endpoint still wants the bearer header, so the cookie cannot be
+# used for cross-site request forgery of an action. A new operator token invalidates it.
+EVENTS_COOKIE = "ferry_events"
+EVENTS_PATH = "/v1/events"
+
+
+def events_cookie_value(operator_token: str) -> str:
+    purpose = b"ferry web UI event stream"
+    return hmac.new(operator_token.encode(), purpose, hashlib.sha256).hexdigest()
+
+
+def require_operator_or_events_cookie(request: web.Request) -> None:
+    """The event stream: the operator's bearer token, or the web UI's event-stream cookie."""
+    cookie = request.cookies.get(EVENTS_COOKIE)
+    if bearer(request) is None and cookie:
+        expected = events_cookie_value(request.app[OPERATOR_TOKEN])
+        if not hmac.compare_digest(cookie.encode(), expected.encode()):
+            raise problem(web.HTTPForbidden, "the event-stream cookie is not valid; sign in again")
+        return
+    require_operator(request)
 
 
 def path_uuid(request: web.Request, name: str) -> uuid.UUID:

@@ -9,12 +9,14 @@ from functools import partial
 from aiohttp import web
 
 from services.gateway.api import api
-from services.gateway.auth import require_operator
+from services.gateway.auth import require_operator_or_events_cookie
 from services.gateway.keys import LIVE
 from shared.bus import Bus, Consumer
 from shared.events import Envelope
 
 QUEUE_PER_CLIENT = 1000
+KEEP_ALIVE_S = 15.0
+WAKE_S = 1.0
 
 
 class Broadcaster:
@@ -39,9 +41,10 @@ async def start_live_feed(app: web.Application, bus: Bus, prefetch: int) -> Cons
 
 
 @api.route("GET", "/v1/events", "Server-sent events: every event as it happens (?group=id to "
-           "follow one group)", auth="operator", tag="operator")
+           "follow one group); the web UI's event-stream cookie is accepted too", auth="operator",
+           tag="operator")
 async def events_stream(request: web.Request) -> web.StreamResponse:
-    require_operator(request)
+    require_operator_or_events_cookie(request)
     group = request.query.get("group")
     broadcaster: Broadcaster = request.app[LIVE]
     queue: asyncio.Queue[Envelope] = asyncio.Queue(QUEUE_PER_CLIENT)
@@ -49,13 +52,20 @@ async def events_stream(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                            "Cache-Control": "no-cache"})
     await response.prepare(request)
+    idle = 0.0
     try:
-        while True:
+        # Wake up every second to notice a screen that went away (aiohttp does not cancel the
+        # handler), so a closed browser tab neither lingers nor holds up the gateway's shutdown.
+        while request.transport is not None and not request.transport.is_closing():
             try:
-                event = await asyncio.wait_for(queue.get(), timeout=15)
+                event = await asyncio.wait_for(queue.get(), timeout=WAKE_S)
             except TimeoutError:
-                await response.write(b": keep-alive\n\n")
+                idle += WAKE_S
+                if idle >= KEEP_ALIVE_S:
+                    idle = 0.0
+                    await response.write(b": keep-alive\n\n")
                 continue
+            idle = 0.0
             if group and str(event.group_id) != group:
                 continue
             data = event.model_dump_json()

@@ -154,3 +154,34 @@ class VmTimeline(BaseModel):
 class Timeline(BaseModel):
     group: str
     vms: list[VmTimeline]
+
+
+class CutoverStepView(BaseModel):
+    position: int
+    name: str
+    status: str
+    started_at: datetime | None
+    finished_at: datetime | None
+    seconds: float | None
+    error: str | None
+
+
+class CutoverRunView(BaseModel):
+    id: uuid.UUID
+    prepare: bool
+    status: str
+    reason: str | None
+    downtime_s: float | None
+    created_at: datetime
+    finished_at: datetime | None
+    steps: list[CutoverStepView]
+
+
+class CutoverRuns(BaseModel):
+    group: str
+    runs: list[CutoverRunView]
+
+
+class UiSession(BaseModel):
+    events: str
+    services: list[str]

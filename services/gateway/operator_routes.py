@@ -247,3 +247,36 @@ def _phases(entries) -> list[m.Phase]:
         phases.append(m.Phase(state=current["to_state"], step=current["step"],
                               entered_at=current["at"], seconds=seconds))
     return phases
+
+
+@api.route("GET", "/v1/groups/{group}/cutover", "The group's cutover runs, newest first, with "
+           "their steps, timings and measured downtime", auth="operator", tag="operator",
+           response=m.CutoverRuns)
+async def cutover_runs(request: web.Request) -> web.Response:
+    require_operator(request)
+    async with request.app[DEPS].store.pool.acquire() as conn:
+        group = await _find_group(conn, request)
+        runs = await conn.fetch(
+            "SELECT * FROM cutover_runs WHERE group_id = $1 ORDER BY created_at DESC LIMIT 100",
+            group.id,
+        )
+        steps = await conn.fetch(
+            "SELECT * FROM cutover_steps WHERE run_id = ANY($1::uuid[]) ORDER BY run_id, position",
+            [r["id"] for r in runs],
+        )
+    by_run: dict[uuid.UUID, list[m.CutoverStepView]] = {}
+    for s in steps:
+        seconds = ((s["finished_at"] - s["started_at"]).total_seconds()
+                   if s["started_at"] and s["finished_at"] else None)
+        by_run.setdefault(s["run_id"], []).append(m.CutoverStepView(
+            position=s["position"], name=s["name"], status=s["status"],
+            started_at=s["started_at"], finished_at=s["finished_at"], seconds=seconds,
+            error=s["error"],
+        ))
+    return json_response(m.CutoverRuns(group=group.name, runs=[
+        m.CutoverRunView(
+            id=r["id"], prepare=r["prepare"], status=r["status"], reason=r["reason"],
+            downtime_s=r["downtime_s"], created_at=r["created_at"],
+            finished_at=r["finished_at"], steps=by_run.get(r["id"], []),
+        ) for r in runs
+    ]))

@@ -1,0 +1,506 @@
+// Ferryman's operator UI: plain DOM, no framework, no build step.
+// Everything the server sends is inserted as text (h() appends strings as text nodes);
+// nothing here ever assigns innerHTML, so a VM message such as "<script>" stays text.
+
+const TOKEN_KEY = "ferry.operatorToken";
+const POLL_MS = 2000; // VM log messages are not bus events: they are fetched (?after=id) this often
+const EVENT_TYPES = [
+  "group.submitted", "archive.requested", "archive.ready", "group.archived", "vm.created",
+  "vm.state_changed", "vm.failed", "vm.configured", "vm.provisioned", "db.master.complete",
+  "group.ready", "group.halted", "group.resumed", "cutover.requested",
+  "cutover.step_completed", "cutover.completed", "cutover.failed",
+];
+
+const $ = (id) => document.getElementById(id);
+
+const ui = {
+  token: sessionStorage.getItem(TOKEN_KEY),
+  services: [],
+  groups: [],
+  selected: decodeURIComponent((location.hash.match(/^#group=(.+)$/) || [])[1] || "") || null,
+  detail: null,
+  timeline: null,
+  cutover: null,
+  logs: new Map(), // vm id -> {last: message id, items: [...]}
+  events: null,
+  shape: null, // what the detail was last drawn from
+  busy: null,
+  again: false,
+};
+
+// ---- DOM helpers -----------------------------------------------------------------------
+
+function h(tag, props = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [key, value] of Object.entries(props || {})) {
+    if (value === null || value === undefined || value === false) continue;
+    if (key === "class") el.className = value;
+    else if (key === "dataset") Object.assign(el.dataset, value);
+    else if (key === "style") Object.assign(el.style, value); // CSSOM: allowed by the CSP
+    else if (key.startsWith("on")) el.addEventListener(key.slice(2), value);
+    else el.setAttribute(key, value === true ? "" : String(value));
+  }
+  for (const child of children.flat(Infinity)) {
+    if (child === null || child === undefined || child === false) continue;
+    el.append(child instanceof Node ? child : String(child)); // strings become text nodes
+  }
+  return el;
+}
+
+function duration(seconds) {
+  if (seconds === null || seconds === undefined || Number.isNaN(seconds)) return "";
+  const s = Math.max(0, Math.floor(seconds));
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m ${String(s % 60).padStart(2, "0")}s`;
+  return `${Math.floor(s / 3600)}h ${String(Math.floor((s % 3600) / 60)).padStart(2, "0")}m`;
+}
+
+function clock(iso) {
+  return iso ? new Date(iso).toLocaleTimeString([], { hour12: false }) : "";
+}
+
+function badge(text, extra = {}) {
+  return h("span", { class: `badge ${text}`, ...extra }, text);
+}
+
+// "time in phase" ticks locally: the server says how long the VM has been in its state, the
+// browser counts on from the moment it heard it (so clock skew does not matter).
+function since(seconds, cls = "since") {
+  const base = Date.now() - seconds * 1000;
+  return h("span", { class: cls, dataset: { base: String(base) } }, duration(seconds));
+}
+
+function tick() {
+  const now = Date.now();
+  for (const el of document.querySelectorAll("[data-base]")) {
+    el.textContent = duration((now - Number(el.dataset.base)) / 1000);
+  }
+}
+
+let errorTimer = null;
+function showError(message) {
+  const bar = $("error");
+  bar.textContent = message;
+  bar.hidden = false;
+  clearTimeout(errorTimer);
+  errorTimer = setTimeout(() => { bar.hidden = true; }, 10000);
+}
+
+// ---- the gateway ---------------------------------------------------------------------------
+
+class Unauthorized extends Error {}
+
+async function api(method, path, body) {
+  const headers = { Authorization: `Bearer ${ui.token}` };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const response = await fetch(path, {
+    method, headers, body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  let payload = {};
+  try { payload = await response.json(); } catch { /* empty body */ }
+  if (response.status === 401 || response.status === 403) {
+    throw new Unauthorized(payload.error || "the operator token was refused");
+  }
+  if (!response.ok) throw new Error(payload.error || `HTTP ${response.status}`);
+  return payload;
+}
+
+// ---- sign-in and the live feed -------------------------------------------------------------
+
+function askToken(message) {
+  const dialog = $("token-dialog");
+  $("token-error").hidden = !message;
+  $("token-error").textContent = message || "";
+  $("token-input").value = "";
+  if (!dialog.open) dialog.showModal();
+}
+
+async function signIn(token) {
+  ui.token = token;
+  try {
+    const session = await api("POST", "/v1/ui/session");
+    ui.services = session.services;
+    sessionStorage.setItem(TOKEN_KEY, token);
+    if ($("token-dialog").open) $("token-dialog").close();
+    openEvents(session.events);
+    await refresh();
+  } catch (err) {
+    if (err instanceof Unauthorized) {
+      ui.token = null;
+      sessionStorage.removeItem(TOKEN_KEY);
+      askToken("That token was refused.");
+    } else if (sessionStorage.getItem(TOKEN_KEY) === token) {
+      // The gateway is away (restarting?): keep the token and try again.
+      setLive(false, "offline");
+      showError(`Cannot reach the gateway: ${err.message}`);
+      setTimeout(() => { if (ui.token === token) signIn(token); }, 5000);
+    } else {
+      ui.token = null;
+      askToken(`Cannot sign in: ${err.message}`);
+    }
+  }
+}
+
+function signOut() {
+  ui.token = null;
+  sessionStorage.removeItem(TOKEN_KEY);
+  if (ui.events) ui.events.close();
+  ui.events = null;
+  setLive(false, "offline");
+  fetch("/v1/ui/session", { method: "DELETE" });
+  askToken();
+}
+
+function setLive(on, text) {
+  const el = $("live");
+  el.className = `live ${on ? "on" : "off"}`;
+  el.textContent = text;
+}
+
+// The event stream authenticates by the HttpOnly cookie that POST /v1/ui/session set (an
+// EventSource cannot send an Authorization header); see services/gateway/auth.py.
+function openEvents(path) {
+  if (ui.events) ui.events.close();
+  const source = new EventSource(path);
+  ui.events = source;
+  source.onopen = () => setLive(true, "live");
+  source.onerror = () => {
+    setLive(false, "reconnecting");
+    if (source.readyState === EventSource.CLOSED && ui.token) {
+      setTimeout(() => { if (ui.events === source && ui.token) signIn(ui.token); }, 3000);
+    }
+  };
+  let count = 0;
+  const heard = (message) => {
+    $("live").dataset.heard = String(++count); // how many events this page heard live
+    let event;
+    try { event = JSON.parse(message.data); } catch { return; }
+    const group = ui.detail;
+    if (!group || event.group_id === group.id || event.type === "group.submitted") soon();
+    else soonGroups();
+  };
+  for (const type of EVENT_TYPES) source.addEventListener(type, heard);
+}
+
+let soonTimer = null;
+function soon() {
+  clearTimeout(soonTimer);
+  soonTimer = setTimeout(refresh, 100);
+}
+let groupsTimer = null;
+function soonGroups() {
+  clearTimeout(groupsTimer);
+  groupsTimer = setTimeout(() => refreshGroups().catch(failed), 200);
+}
+
+function failed(err) {
+  if (err instanceof Unauthorized) signOut();
+  else showError(err.message);
+}
+
+// ---- loading -------------------------------------------------------------------------------
+
+async function refresh() {
+  if (!ui.token) return;
+  if (ui.busy) { ui.again = true; return; }
+  ui.busy = (async () => {
+    try {
+      await refreshGroups();
+      await refreshDetail();
+    } catch (err) {
+      failed(err);
+    }
+  })();
+  await ui.busy;
+  ui.busy = null;
+  if (ui.again) { ui.again = false; await refresh(); }
+}
+
+async function refreshGroups() {
+  const { groups } = await api("GET", "/v1/groups");
+  ui.groups = groups;
+  if (!ui.selected && groups.length) ui.selected = groups[0].name;
+  renderGroups();
+}
+
+async function refreshDetail() {
+  if (!ui.selected) { ui.detail = null; renderDetail(); return; }
+  const ref = encodeURIComponent(ui.selected);
+  const [detail, timeline, cutover] = await Promise.all([
+    api("GET", `/v1/groups/${ref}`),
+    api("GET", `/v1/groups/${ref}/timeline`),
+    api("GET", `/v1/groups/${ref}/cutover`),
+  ]);
+  if (ui.detail && ui.detail.id !== detail.id) ui.logs.clear();
+  await Promise.all(detail.vms.map(async (vm) => {
+    const log = ui.logs.get(vm.id) || { last: 0, items: [] };
+    const { messages } = await api("GET", `/v1/vms/${vm.id}/messages?after=${log.last}`);
+    for (const message of messages) {
+      log.items.push(message);
+      log.last = Math.max(log.last, message.id);
+    }
+    if (log.items.length > 500) log.items.splice(0, log.items.length - 500);
+    ui.logs.set(vm.id, log);
+  }));
+  // Redraw only when something changed (a redraw every poll would lose the operator's text
+  // selection); seconds_in_state always changes and is ticked locally anyway.
+  const shape = JSON.stringify([
+    detail.status, detail.halted_reason, detail.vms.map(({ seconds_in_state, ...vm }) => vm),
+    timeline, cutover, [...ui.logs.values()].map((log) => log.last),
+  ]);
+  ui.detail = detail;
+  ui.timeline = timeline;
+  ui.cutover = cutover;
+  if (shape !== ui.shape || !document.querySelector("#detail #group-name")) {
+    ui.shape = shape;
+    renderDetail();
+  }
+}
+
+// ---- actions (each behind a confirmation) ---------------------------------------------------
+
+function confirmAction(title, text) {
+  const dialog = $("confirm-dialog");
+  $("confirm-title").textContent = title;
+  $("confirm-text").textContent = text;
+  dialog.returnValue = "";
+  return new Promise((resolve) => {
+    dialog.addEventListener("close", () => resolve(dialog.returnValue === "ok"), { once: true });
+    dialog.showModal();
+    $("confirm-cancel").focus();
+  });
+}
+
+async function act(title, text, call) {
+  if (!(await confirmAction(title, text))) return;
+  try {
+    await call();
+    $("error").hidden = true; // an earlier refusal no longer applies
+  } catch (err) {
+    failed(err);
+  }
+  await refresh();
+}
+
+const actions = {
+  resume: (group) => act(`Resume ${group.name}?`,
+    `The halt on ${group.name} is lifted and its held VMs carry on from where they stopped.`,
+    () => api("POST", `/v1/groups/${encodeURIComponent(group.name)}/resume`)),
+  retry: (vm) => act(`Retry ${vm.name}?`,
+    `${vm.name} goes back to redo the phase it failed in (${vm.failed_from || "unknown"}); ` +
+    "it starts once the group is resumed.",
+    () => api("POST", `/v1/vms/${vm.id}/retry`)),
+  cutover: (group, prepare) => act(
+    prepare ? `Prepare the cutover of ${group.name}?` : `Start the cutover of ${group.name}?`,
+    prepare ? "Only the steps ahead of the window run; traffic does not move."
+      : "Traffic moves from the legacy hosts to the new VMs. There is a short downtime.",
+    () => api("POST", `/v1/groups/${encodeURIComponent(group.name)}/cutover`, { prepare })),
+  replay: (service, id) => act(
+    id ? `Replay one dead letter of ${service}?` : `Replay every dead letter of ${service}?`,
+    id ? `Message ${id} goes back on the ${service} queue.`
+      : `All of ${service}'s dead letters go back on its queue.`,
+    async () => {
+      const query = id ? `?id=${encodeURIComponent(id)}` : "";
+      await api("POST", `/v1/dead-letters/${service}/replay${query}`);
+      await loadDeadLetters();
+    }),
+};
+
+// ---- rendering -----------------------------------------------------------------------------
+
+function renderGroups() {
+  const list = $("groups");
+  list.replaceChildren(...ui.groups.map((g) => h("li", {},
+    h("button", {
+      type: "button", dataset: { group: g.name }, "aria-current": g.name === ui.selected ? "true" : "false",
+      onclick: () => select(g.name),
+    }, h("span", { class: "name" }, g.name), badge(g.status)))));
+  $("no-groups").hidden = ui.groups.length > 0;
+}
+
+function select(name) {
+  ui.selected = name;
+  ui.logs.clear();
+  ui.detail = null;
+  history.replaceState(null, "", `#group=${encodeURIComponent(name)}`);
+  $("dead-letters").hidden = true;
+  $("detail").hidden = false;
+  renderGroups();
+  refresh();
+}
+
+function logList(vmId, limit) {
+  const items = (ui.logs.get(vmId) || { items: [] }).items;
+  const shown = limit ? items.slice(-limit) : items;
+  const list = h("ol", { class: "log" }, shown.map((m) => h("li", { class: m.level },
+    h("span", { class: "at" }, clock(m.at)), m.text)));
+  if (!shown.length) list.append(h("li", { class: "muted" }, "no messages yet"));
+  return list;
+}
+
+function haltBanner(group) {
+  const failing = group.vms.filter((vm) => vm.state === "failed");
+  return h("div", { id: "halt", class: "card halt" },
+    h("h3", {}, `Group halted: ${group.halted_reason || "a VM failed"}`),
+    failing.length
+      ? failing.map((vm) => h("div", { class: "failing", dataset: { vm: vm.name } },
+        h("p", {}, h("strong", { class: "failing-vm" }, vm.name), ` failed while ${vm.failed_from || "?"}`,
+          vm.step ? ` at step ${vm.step}` : "", vm.message ? `: ${vm.message}` : ""),
+        h("p", { class: "muted" }, "Last messages:"),
+        logList(vm.id, 8),
+        h("p", {}, h("button", { type: "button", class: "danger", dataset: { action: "retry" },
+          onclick: () => actions.retry(vm) }, `Retry ${vm.name}`))))
+      : h("p", {}, "No VM is failed any more: resume the group to let the held VMs carry on."),
+    h("p", {}, h("button", { type: "button", class: "primary", dataset: { action: "resume" },
+      onclick: () => actions.resume(group) }, `Resume ${group.name}`)));
+}
+
+function vmCard(vm) {
+  const held = vm.held_state ? ` (held at ${vm.held_state})` : "";
+  return h("article", { class: `card vm ${vm.state}`, dataset: { vm: vm.name } },
+    h("div", { class: "vm-head" },
+      h("h3", {}, vm.name), h("span", { class: "muted" }, vm.role),
+      h("span", { class: `badge state ${vm.state}` }, vm.state), held),
+    h("dl", { class: "facts" },
+      h("dt", {}, "step"), h("dd", { class: "step" }, vm.step || "—"),
+      h("dt", {}, "in phase"), h("dd", {}, since(vm.seconds_in_state)),
+      vm.message ? [h("dt", {}, "message"), h("dd", { class: "message" }, vm.message)] : null),
+    vm.state === "failed" ? h("p", {}, h("button", { type: "button", class: "danger",
+      dataset: { action: "retry" }, onclick: () => actions.retry(vm) }, `Retry ${vm.name}`)) : null,
+    logList(vm.id));
+}
+
+function timelineCard() {
+  const t = ui.timeline;
+  if (!t || !t.vms.length) return null;
+  const rows = t.vms.map((vm) => {
+    const phases = vm.phases.map((p) => ({
+      ...p, shown: p.seconds ?? Math.max(0, (Date.now() - new Date(p.entered_at)) / 1000),
+    }));
+    const total = phases.reduce((sum, p) => sum + p.shown, 0) || 1;
+    return h("div", { class: "timeline-vm", dataset: { vm: vm.vm } },
+      h("strong", {}, vm.vm),
+      h("div", { class: "bar" }, phases.map((p) => h("span", {
+        class: `phase-${p.state}`, style: { flex: String(Math.max(p.shown / total, 0.01)) },
+        title: `${p.state}${p.step ? ` (${p.step})` : ""}: ${duration(p.shown)}`,
+      }))),
+      h("table", { class: "phases" },
+        h("tr", {}, h("th", {}, "phase"), h("th", {}, "step"), h("th", {}, "entered"), h("th", {}, "time")),
+        phases.map((p) => h("tr", {},
+          h("td", {}, badge(p.state)), h("td", {}, p.step || ""), h("td", {}, clock(p.entered_at)),
+          h("td", {}, p.seconds === null ? since(p.shown) : duration(p.seconds))))));
+  });
+  return h("details", { class: "card", id: "timeline" },
+    h("summary", {}, h("strong", {}, "Timeline"), " each VM's phases and the time spent in each"),
+    rows);
+}
+
+function cutoverCard(group) {
+  const runs = (ui.cutover || { runs: [] }).runs;
+  const ready = group.status === "ready";
+  return h("div", { class: "card", id: "cutover" },
+    h("div", { class: "group-head" }, h("h3", {}, "Cutover"),
+      h("div", { class: "actions" },
+        h("button", { type: "button", dataset: { action: "prepare-cutover" }, disabled: !ready,
+          title: ready ? null : "only a ready group can cut over",
+          onclick: () => actions.cutover(group, true) }, "Prepare cutover"),
+        h("button", { type: "button", class: "primary", dataset: { action: "start-cutover" },
+          disabled: !ready, title: ready ? null : "only a ready group can cut over",
+          onclick: () => actions.cutover(group, false) }, "Start cutover"))),
+    runs.length ? h("table", { class: "runs" },
+      h("tr", {}, ["run", "kind", "status", "downtime", "requested", "finished", "reason"].map((c) => h("th", {}, c))),
+      runs.map((run) => [
+        h("tr", { class: "run", dataset: { run: run.id } },
+          h("td", { class: "mono" }, run.id.slice(0, 8)), h("td", {}, run.prepare ? "prepare" : "cutover"),
+          h("td", {}, badge(run.status)),
+          h("td", { class: "downtime" }, run.downtime_s === null ? "—" : `${run.downtime_s.toFixed(1)}s`),
+          h("td", {}, clock(run.created_at)), h("td", {}, clock(run.finished_at)), h("td", {}, run.reason || "")),
+        run.steps.length ? h("tr", {}, h("td", {}), h("td", { colspan: 6 }, h("table", { class: "steps" },
+          h("tr", {}, ["#", "step", "status", "started", "time", "error"].map((c) => h("th", {}, c))),
+          run.steps.map((s) => h("tr", {}, h("td", {}, s.position), h("td", {}, s.name),
+            h("td", {}, badge(s.status)), h("td", {}, clock(s.started_at)),
+            h("td", {}, duration(s.seconds)), h("td", { class: "error" }, s.error || "")))))) : null,
+      ])) : h("p", { class: "muted" }, ready ? "No cutover yet." : "The group is not ready yet."));
+}
+
+function renderDetail() {
+  const section = $("detail");
+  const group = ui.detail;
+  if (!group) {
+    section.replaceChildren(h("p", { class: "muted", id: "pick" }, ui.groups.length ? "Loading…" : "Pick a group."));
+    return;
+  }
+  const scroll = new Map([...section.querySelectorAll("[data-vm] .log")].map((el) => [el.closest("[data-vm]").dataset.vm, el.scrollTop]));
+  const timelineOpen = $("timeline") ? $("timeline").open : false;
+  const states = Object.entries(group.states).map(([s, n]) => `${s}: ${n}`).join(", ");
+  section.replaceChildren(...[
+    group.status === "halted" ? haltBanner(group) : null,
+    h("div", { class: "card" }, h("div", { class: "group-head" },
+      h("h2", { id: "group-name" }, group.name),
+      h("span", { id: "group-status", class: `badge ${group.status}` }, group.status),
+      h("span", { class: "muted" }, `${group.vm_count} VMs — ${states}`),
+      h("div", { class: "actions" }, group.status === "halted"
+        ? h("button", { type: "button", dataset: { action: "resume" }, onclick: () => actions.resume(group) }, "Resume group")
+        : null))),
+    h("div", { class: "vms" }, group.vms.map(vmCard)),
+    timelineCard(),
+    cutoverCard(group),
+  ].filter(Boolean));
+  if (timelineOpen) $("timeline").open = true;
+  for (const log of section.querySelectorAll(".vms [data-vm] .log")) {
+    const before = scroll.get(log.closest("[data-vm]").dataset.vm);
+    log.scrollTop = before === undefined || before + log.clientHeight >= log.scrollHeight - 40 ? log.scrollHeight : before;
+  }
+}
+
+async function loadDeadLetters() {
+  const box = $("dead-letter-list");
+  const cards = await Promise.all(ui.services.map(async (service) => {
+    let letters;
+    try {
+      letters = (await api("GET", `/v1/dead-letters/${service}`)).messages;
+    } catch (err) {
+      if (err instanceof Unauthorized) throw err;
+      return h("div", { class: "card" }, h("h3", {}, service), h("p", { class: "error" }, err.message));
+    }
+    return h("div", { class: "card", dataset: { service } },
+      h("div", { class: "group-head" }, h("h3", {}, service),
+        h("span", { class: "badge count" }, `${letters.length}`),
+        h("div", { class: "actions" }, h("button", { type: "button", disabled: !letters.length,
+          dataset: { action: "replay-all" }, onclick: () => actions.replay(service) }, "Replay all"))),
+      letters.length ? h("table", {},
+        h("tr", {}, ["failed at", "type", "message", "attempts", "error", ""].map((c) => h("th", {}, c))),
+        letters.map((l) => h("tr", {},
+          h("td", {}, l.failed_at || ""), h("td", {}, l.type || ""), h("td", { class: "mono" }, l.message_id || ""),
+          h("td", {}, l.attempts ?? ""), h("td", { class: "error mono" }, l.error || ""),
+          h("td", {}, l.message_id ? h("button", { type: "button", onclick: () => actions.replay(service, l.message_id) }, "Replay") : null))))
+        : h("p", { class: "muted" }, "none"));
+  }));
+  box.replaceChildren(...cards);
+}
+
+function showDeadLetters() {
+  $("detail").hidden = true;
+  $("dead-letters").hidden = false;
+  loadDeadLetters().catch(failed);
+}
+
+// ---- start ---------------------------------------------------------------------------------
+
+function start() {
+  $("token-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const token = $("token-input").value.trim();
+    if (token) signIn(token);
+  });
+  $("token-dialog").addEventListener("cancel", (event) => event.preventDefault());
+  $("sign-out").addEventListener("click", signOut);
+  $("show-dead-letters").addEventListener("click", showDeadLetters);
+  $("refresh-dead-letters").addEventListener("click", () => loadDeadLetters().catch(failed));
+  setInterval(tick, 1000);
+  setInterval(() => { if (ui.token && document.visibilityState === "visible") refresh(); }, POLL_MS);
+  if (ui.token) signIn(ui.token);
+  else askToken();
+}
+
+start();

@@ -1,0 +1,289 @@
+"""The operator web UI in a real browser: Debian's chromium driven by Playwright, against a
+running Ferryman (fake provider) whose VMs the test plays over HTTP.
+
+Screenshots of each stage go to test-artifacts/ui/ in the repository."""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from pathlib import Path
+
+import aio_pika
+import aiohttp
+import pytest
+from playwright.async_api import Page, async_playwright, expect
+
+from shared.providers.base import BootSource
+from shared.events import Envelope, GroupHalted
+from shared.topology import Names
+from tests.conftest import OPERATOR_TOKEN
+from tests.integration.harness import THREE_VMS, Ferry, configure_vm, start_ferry
+
+pytestmark = [pytest.mark.integration, pytest.mark.ui,
+              pytest.mark.usefixtures("clean_broker_and_db")]
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "ui"
+WAIT_MS = 15_000  # every UI wait is an expect/wait_for with this timeout, never a sleep
+expect.set_options(timeout=WAIT_MS)
+HOSTILE = '<script>window.pwned = 1</script><img src=x onerror="window.pwned = 2">'
+
+
+@pytest.fixture
+async def ferry(settings, operator):
+    ferry = await start_ferry(settings, operator)
+    yield ferry
+    await ferry.host.stop()
+
+
+@pytest.fixture
+async def page():
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is not installed (/usr/bin/chromium); "
+                    "deploy/local/test.sh installs it when run as root")
+    errors: list[str] = []
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=str(CHROMIUM),
+            # Chromium's sandbox refuses to run as root (the test machines run as root).
+            args=["--no-sandbox"] if os.geteuid() == 0 else [],
+        )
+        context = await browser.new_context(viewport={"width": 1400, "height": 1100})
+        page = await context.new_page()
+        page.set_default_timeout(WAIT_MS)
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        try:
+            yield page
+        finally:
+            await browser.close()
+    assert not errors, f"the page raised: {errors}"
+
+
+async def shot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+async def confirm(page: Page, button, expected_title: str) -> None:
+    """Click an action and accept its confirmation dialog."""
+    await button.click()
+    dialog = page.locator("#confirm-dialog")
+    await expect(dialog).to_be_visible()
+    await expect(page.locator("#confirm-title")).to_have_text(expected_title)
+    await page.locator("#confirm-ok").click()
+    await expect(dialog).to_be_hidden()
+
+
+async def boot_from_disk(ferry: Ferry, vm_id: uuid.UUID, *steps: tuple[str, str], **kw) -> None:
+    await ferry.wait_booted(vm_id, BootSource.DISK)
+    async with ferry.vm(vm_id) as vm:
+        for state, step in steps:
+            await vm.state(state, step, **(kw if state == "ready" else {}))
+
+
+async def test_operator_follows_a_group_live_and_lifts_its_halt(ferry: Ferry, page: Page,
+                                                                settings):
+    """Sign in with the token; VM states, steps and messages arrive live; a failed VM halts
+    the group and the UI puts it and its last messages first; retry and resume (each through
+    its confirmation) let the group move on to ready; a prepared cutover shows as a run."""
+    group_id = await ferry.submit(THREE_VMS.format(group="shop"))
+    ids = await ferry.vm_ids(group_id)
+
+    await page.goto(settings.gateway_url + "/")
+    await expect(page.locator("#token-dialog")).to_be_visible()
+    await page.locator("#token-input").fill("not-the-token")
+    await page.locator("#token-submit").click()
+    await expect(page.locator("#token-error")).to_have_text("That token was refused.")
+    await page.locator("#token-input").fill(OPERATOR_TOKEN)
+    await shot(page, "01-token")
+    await page.locator("#token-submit").click()
+    await expect(page.locator("#token-dialog")).to_be_hidden()
+    await expect(page.locator("#live")).to_have_text("live")
+    assert await page.evaluate("sessionStorage.getItem('ferry.operatorToken')") == OPERATOR_TOKEN
+    await expect(page.locator('#groups [data-group="shop"]')).to_be_visible()
+    await expect(page.locator("#group-name")).to_have_text("shop")
+
+    app = page.locator('.vms [data-vm="app1"]')
+    for name in ids:
+        await ferry.wait_booted(ids[name], BootSource.NETWORK)
+    await expect(app.locator(".state")).to_have_text("configuring")
+
+    async with ferry.vm(ids["app1"]) as vm:
+        await vm.state("configuring", "partition")
+        await expect(app.locator(".step")).to_have_text("partition")
+        await vm.message("partitioned /dev/vda")
+        await vm.message(HOSTILE, level="warning")
+        await expect(app.locator(".log")).to_contain_text("partitioned /dev/vda")
+        await expect(app.locator(".log li").last).to_contain_text(HOSTILE)  # shown as text
+        assert await page.evaluate("window.pwned") is None
+        assert await page.locator("#detail script, #detail img").count() == 0
+        ticking = app.locator(".since")
+        await expect(ticking).not_to_have_text(await ticking.text_content())
+        await shot(page, "02-live")
+        await vm.state("configuring", "lvm")
+        await vm.state("failed", "lvm", message="lvcreate: insufficient free space")
+
+    # The events reached the page over the event stream (the cookie's doing): vm.failed and
+    # group.halted happened after the page connected.
+    await expect(page.locator("#live")).to_have_attribute("data-heard", re.compile(r"^[1-9]\d*$"))
+
+    # Halted: the failing VM, why, and its last messages come first.
+    halt = page.locator("#halt")
+    await expect(halt).to_be_visible()
+    await expect(page.locator("#detail > *").first).to_have_id("halt")
+    await expect(page.locator("#group-status")).to_have_text("halted")
+    await expect(halt.locator(".failing-vm")).to_have_text("app1")
+    await expect(halt).to_contain_text("lvcreate: insufficient free space")
+    await expect(halt.locator(".log")).to_contain_text("partitioned /dev/vda")
+    await expect(app.locator(".state")).to_have_text("failed")
+    for name in ("db1", "db2"):  # the siblings finish configuring and are held
+        await configure_vm(ferry, ids[name])
+        await expect(page.locator(f'.vms [data-vm="{name}"] .state')).to_have_text("halted")
+    await shot(page, "03-halted")
+
+    # Cancel leaves everything as it was.
+    await halt.locator('[data-action="retry"]').click()
+    await expect(page.locator("#confirm-title")).to_have_text("Retry app1?")
+    await shot(page, "04-confirm-retry")
+    await page.locator("#confirm-cancel").click()
+    await expect(page.locator("#confirm-dialog")).to_be_hidden()
+    assert await ferry.state(ids["app1"]) == "failed"
+
+    # Resuming while app1 is still failed is refused, and the UI says why.
+    await confirm(page, halt.locator('[data-action="resume"]'), "Resume shop?")
+    await expect(page.locator("#error")).to_contain_text("app1 still failed")
+
+    await confirm(page, halt.locator('[data-action="retry"]'), "Retry app1?")
+    await expect(app.locator(".state")).to_have_text("halted")
+    await expect(halt).to_contain_text("No VM is failed any more")
+    await confirm(page, halt.locator('[data-action="resume"]'), "Resume shop?")
+    await expect(page.locator("#group-status")).to_have_text("active")
+    await expect(halt).to_have_count(0)
+    await expect(page.locator("#error")).to_be_hidden()
+
+    # The group moves on: app1 redoes its configuration, the databases carry on.
+    await ferry.wait_booted(ids["app1"], BootSource.NETWORK, count=2)
+    await expect(app.locator(".state")).to_have_text("configuring")
+    await shot(page, "05-resumed")
+    await configure_vm(ferry, ids["app1"])
+    await boot_from_disk(ferry, ids["app1"], ("provisioned", "first-boot"))
+    await boot_from_disk(ferry, ids["db1"], ("provisioned", "first-boot"),
+                         ("loading", "load-dumps"), ("ready", "loaded"),
+                         detail={"log_file": "bin.000003", "log_pos": 1234})
+    await boot_from_disk(ferry, ids["db2"], ("provisioned", "first-boot"),
+                         ("loading", "load-dumps"))
+    async with ferry.vm(ids["db2"]) as replica:
+        assert (await replica.master(wait=10))["complete"]  # held until its master is loaded
+        await replica.state("replicating", "replication-started")
+        await replica.state("ready", "replicating")
+    await expect(page.locator("#group-status")).to_have_text("ready")
+    for name in ids:
+        await expect(page.locator(f'.vms [data-vm="{name}"] .state')).to_have_text("ready")
+
+    # Timeline: each VM's phases, the failure included.
+    await page.locator("#timeline summary").click()
+    app_phases = page.locator('#timeline [data-vm="app1"] .phases')
+    await expect(app_phases).to_contain_text("failed")
+    await expect(app_phases).to_contain_text("ready")
+
+    # A prepared cutover shows as a run.
+    await confirm(page, page.locator('[data-action="prepare-cutover"]'),
+                  "Prepare the cutover of shop?")
+    run = page.locator("#cutover .run").first
+    await expect(run).to_contain_text("prepare")
+    await expect(run.locator(".badge")).to_have_text("accepted")
+    # A finished run (as the cutover runbook records it) shows its steps, their timings and
+    # the measured downtime.
+    done = uuid.uuid4()
+    await ferry.pool.execute(
+        "INSERT INTO cutover_runs (id, group_id, prepare, status, downtime_s, finished_at)"
+        " VALUES ($1, $2, false, 'completed', 2.4, now())", done, group_id)
+    await ferry.pool.executemany(
+        "INSERT INTO cutover_steps (run_id, position, name, status, started_at, finished_at)"
+        " VALUES ($1, $2, $3, 'completed', now() - make_interval(secs => $4), now())",
+        [(done, 1, "stop-writes", 1.0), (done, 2, "switch-dns", 65.0)])
+    finished = page.locator(f'#cutover .run[data-run="{done}"]')
+    await expect(finished.locator(".downtime")).to_have_text("2.4s")
+    await expect(page.locator("#cutover .steps")).to_contain_text("switch-dns")
+    await expect(page.locator("#cutover .steps")).to_contain_text("1m 05s")
+    await shot(page, "06-ready-cutover")
+
+
+async def sign_in(page: Page, url: str) -> None:
+    await page.goto(url + "/")
+    await page.locator("#token-input").fill(OPERATOR_TOKEN)
+    await page.locator("#token-submit").click()
+    await expect(page.locator("#live")).to_have_text("live")
+
+
+async def test_dead_letters_are_listed_per_service_and_replayed(ferry: Ferry, page: Page,
+                                                               settings):
+    """A dead letter in the cutover service's DLQ shows with its error (as text) and goes
+    back on the queue after a confirmed replay."""
+    letter = Envelope.new(GroupHalted(vm_id=str(uuid.uuid4()), vm_name="app1", reason="test"),
+                          group_id=uuid.uuid4())
+    connection = await aio_pika.connect(settings.amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        await channel.default_exchange.publish(aio_pika.Message(
+            letter.model_dump_json().encode(), message_id=str(letter.id), type=letter.type,
+            headers={"x-ferry-error": "RuntimeError: <b>boom</b>", "x-ferry-attempts": 3,
+                     "x-ferry-failed-at": "2026-01-01T00:00:00Z"},
+        ), routing_key=Names(settings.bus_prefix).dead_letters("cutover"))
+
+    await sign_in(page, settings.gateway_url)
+    await page.locator("#show-dead-letters").click()
+    card = page.locator('#dead-letter-list [data-service="cutover"]')
+    await expect(card.locator(".count")).to_have_text("1")
+    await expect(card).to_contain_text("RuntimeError: <b>boom</b>")
+    await expect(card).to_contain_text(str(letter.id))
+    archiver = page.locator('#dead-letter-list [data-service="archiver"]')
+    await expect(archiver.locator(".count")).to_have_text("0")
+    await shot(page, "07-dead-letters")
+    await confirm(page, card.get_by_role("button", name="Replay", exact=True),
+                  "Replay one dead letter of cutover?")
+    await expect(card.locator(".count")).to_have_text("0")
+    async with ferry.operator.get("/v1/dead-letters/cutover") as response:
+        assert (await response.json())["messages"] == []
+
+
+async def test_event_stream_takes_the_ui_cookie_but_never_a_token_in_the_url(ferry: Ferry,
+                                                                            operator):
+    """The operator API keeps its bearer auth; /v1/events alone also takes the HttpOnly
+    cookie that POST /v1/ui/session sets, and a token in the query string is not accepted."""
+    url = ferry.settings.gateway_url
+    async with operator.post("/v1/ui/session") as response:
+        assert response.status == 200
+        cookie = response.cookies["ferry_events"]
+        assert cookie["httponly"] and cookie["path"] == "/v1/events"
+        assert cookie["samesite"] == "Strict" and cookie.value != OPERATOR_TOKEN
+        assert "archiver" in (await response.json())["services"]
+
+    async with aiohttp.ClientSession() as anonymous:
+        async with anonymous.get(f"{url}/v1/events?token={OPERATOR_TOKEN}") as response:
+            assert response.status == 401
+        async with anonymous.post(f"{url}/v1/ui/session") as response:
+            assert response.status == 401
+        headers = {"Cookie": f"ferry_events={cookie.value}"}
+        async with anonymous.get(f"{url}/v1/events", headers=headers) as response:
+            assert response.status == 200
+            assert response.headers["Content-Type"].startswith("text/event-stream")
+        async with anonymous.get(f"{url}/v1/groups", headers=headers) as response:
+            assert response.status == 401  # the cookie opens the event stream only
+        async with anonymous.get(f"{url}/v1/events",
+                                 headers={"Cookie": "ferry_events=forged"}) as response:
+            assert response.status == 403
+        async with anonymous.get(f"{url}/") as response:
+            assert response.status == 200
+            assert "script-src 'self'" in response.headers["Content-Security-Policy"]
+            assert '<script type="module" src="/ui/app.js">' in await response.text()
+        async with anonymous.get(f"{url}/ui/__init__.py") as response:
+            assert response.status == 404
+
+    async with operator.get("/openapi.json") as response:
+        paths = (await response.json())["paths"]
+    assert "get" in paths["/v1/groups/{group}/cutover"]
+    async with operator.get("/v1/groups/nope/cutover") as response:
+        assert response.status == 404
