@@ -1,0 +1,166 @@
+"""What every benchmark shares: isolated settings (own schema, own queue prefix), clean-up,
+percentiles, and the three outputs (JSON result, a row in docs/performance.md, a PNG plot).
+
+Every figure is also given as a ratio against a baseline measured in the same process and the
+same run, because this machine is shared (2 cores, other test runs): absolute numbers move,
+ratios move much less."""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+import aio_pika
+import asyncpg
+
+from shared.settings import Settings
+from shared.topology import SUBSCRIPTIONS, Names
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+DOC = ROOT / "docs" / "performance.md"
+PLOTS = ROOT / "docs" / "performance"
+OPERATOR_TOKEN = "bench-operator-token"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def bench_settings(name: str) -> Settings:
+    """Settings of their own: schema `b_<tag>`, bus prefix `b<tag>`, a free gateway port."""
+    tag = uuid.uuid4().hex[:10]
+    port = free_port()
+    return Settings(
+        database_schema=f"b_{tag}",
+        bus_prefix=f"b{tag}",
+        retry_delays=(0.5, 2.0),
+        gateway_port=port,
+        gateway_url=f"http://127.0.0.1:{port}",
+        operator_token=OPERATOR_TOKEN,
+        state_dir=Path(tempfile.mkdtemp(prefix=f"ferry-bench-{name}-")),
+        log_format="json",
+        log_level="error",
+    )
+
+
+async def clean_up(settings: Settings, extra_queues: list[str] = ()) -> None:
+    """Drop the run's schema, queues and exchange (what tests/conftest.py does for a test)."""
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        await conn.execute(f"DROP SCHEMA IF EXISTS {settings.database_schema} CASCADE")
+    finally:
+        await conn.close()
+    names = Names(settings.bus_prefix)
+    connection = await aio_pika.connect(settings.amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        for service in SUBSCRIPTIONS:
+            queues = [names.queue(service), names.dead_letters(service)]
+            queues += [names.retry(service, n) for n in range(1, 6)]
+            for queue in queues:
+                await channel.queue_delete(queue)
+        for queue in extra_queues:
+            await channel.queue_delete(queue)
+        await channel.exchange_delete(names.exchange)
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    k = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def machine() -> dict:
+    try:
+        load = Path("/proc/loadavg").read_text().split()[:3]
+    except OSError:
+        load = []
+    try:
+        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                                capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    import os
+    return {"host": platform.node(), "python": platform.python_version(),
+            "cpus": os.cpu_count(), "loadavg_at_start": load, "commit": commit}
+
+
+def now_stamp() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+def write_result(name: str, result: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}-{now_stamp()}.json"
+    path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    return path
+
+
+def append_row(name: str, header: list[str], row: list[object]) -> None:
+    """Append a row to the table `## <name> runs` of docs/performance.md (made if missing)."""
+    DOC.parent.mkdir(parents=True, exist_ok=True)
+    text = DOC.read_text() if DOC.exists() else "# Performance\n"
+    title = f"## {name} runs"
+    line = "| " + " | ".join(_cell(v) for v in row) + " |"
+    if title not in text:
+        text = text.rstrip("\n") + (
+            f"\n\n{title}\n\n"
+            + "| " + " | ".join(_cell(h) for h in header) + " |\n"
+            + "|" + "|".join("---" for _ in header) + "|\n"
+            + line + "\n"
+        )
+    else:
+        start = text.index(title)
+        rest = text[start:]
+        lines = rest.split("\n")
+        # The table is the block of lines starting with '|' after the title.
+        i = next(n for n, l in enumerate(lines) if l.startswith("|"))
+        while i < len(lines) and lines[i].startswith("|"):
+            i += 1
+        lines.insert(i, line)
+        text = text[:start] + "\n".join(lines)
+    DOC.write_text(text if text.endswith("\n") else text + "\n")
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:,.3g}" if abs(value) < 100 else f"{value:,.0f}"
+    return str(value).replace("|", "\\|")
+
+
+def plot_path(name: str) -> Path:
+    PLOTS.mkdir(parents=True, exist_ok=True)
+    return PLOTS / f"{name}.png"
+
+
+def pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+class Timer:
+    def __enter__(self):
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.elapsed = time.perf_counter() - self.start
