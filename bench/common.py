@@ -18,11 +18,9 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-import aio_pika
-import asyncpg
 
 from shared.settings import Settings
-from shared.topology import SUBSCRIPTIONS, Names
+from shared.reset import remove_everything
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -56,23 +54,7 @@ def bench_settings(name: str) -> Settings:
 
 async def clean_up(settings: Settings, extra_queues: list[str] = ()) -> None:
     """Drop the run's schema, queues and exchange (what tests/conftest.py does for a test)."""
-    conn = await asyncpg.connect(settings.database_url)
-    try:
-        await conn.execute(f"DROP SCHEMA IF EXISTS {settings.database_schema} CASCADE")
-    finally:
-        await conn.close()
-    names = Names(settings.bus_prefix)
-    connection = await aio_pika.connect(settings.amqp_url)
-    async with connection:
-        channel = await connection.channel()
-        for service in SUBSCRIPTIONS:
-            queues = [names.queue(service), names.dead_letters(service)]
-            queues += [names.retry(service, n) for n in range(1, 6)]
-            for queue in queues:
-                await channel.queue_delete(queue)
-        for queue in extra_queues:
-            await channel.queue_delete(queue)
-        await channel.exchange_delete(names.exchange)
+    await remove_everything(settings, tuple(extra_queues))
 
 
 def percentile(values: list[float], q: float) -> float | None:

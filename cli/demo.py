@@ -140,25 +140,9 @@ def _reset(settings, state_dir: Path) -> None:
     """Start from nothing: the demo's own schema, queues and state folder."""
     import asyncio
 
-    import aio_pika
-    import asyncpg
+    from shared.reset import remove_everything
 
-    from shared.topology import SUBSCRIPTIONS, Names
-
-    async def reset():
-        conn = await asyncpg.connect(settings.database_url)
-        await conn.execute(f"DROP SCHEMA IF EXISTS {settings.database_schema} CASCADE")
-        await conn.close()
-        names = Names(settings.bus_prefix)
-        async with await aio_pika.connect(settings.amqp_url) as connection:
-            channel = await connection.channel()
-            for service in SUBSCRIPTIONS:
-                for n in range(1, len(settings.retry_delays) + 1):
-                    await channel.queue_delete(names.retry(service, n))
-                await channel.queue_delete(names.queue(service))
-                await channel.queue_delete(names.dead_letters(service))
-
-    asyncio.run(reset())
+    asyncio.run(remove_everything(settings))
     # --one-file-system: never follow a mount the lab may have left below it.
     subprocess.run(["rm", "-rf", "--one-file-system", str(state_dir)], check=True)
 

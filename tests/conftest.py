@@ -11,13 +11,11 @@ import uuid
 from pathlib import Path
 from typing import Awaitable, Callable
 
-import aio_pika
 import aiohttp
-import asyncpg
 import pytest
 
 from shared.settings import Settings
-from shared.topology import SUBSCRIPTIONS, Names
+from shared.reset import remove_everything
 
 OPERATOR_TOKEN = "test-operator-token"
 
@@ -65,22 +63,7 @@ def settings(tmp_path: Path) -> Settings:
 async def clean_broker_and_db(settings: Settings):
     """Remove the test's schema and queues afterwards."""
     yield
-    conn = await asyncpg.connect(settings.database_url)
-    try:
-        await conn.execute(f"DROP SCHEMA IF EXISTS {settings.database_schema} CASCADE")
-    finally:
-        await conn.close()
-    names = Names(settings.bus_prefix)
-    connection = await aio_pika.connect(settings.amqp_url)
-    async with connection:
-        channel = await connection.channel()
-        for service in SUBSCRIPTIONS:
-            queues = [names.queue(service), names.dead_letters(service)]
-            # The demo test runs services with the default delays: remove as many as any uses.
-            queues += [names.retry(service, n) for n in range(1, 6)]
-            for queue in queues:
-                await channel.queue_delete(queue)
-        await channel.exchange_delete(names.exchange)
+    await remove_everything(settings)
 
 
 @pytest.fixture
