@@ -71,6 +71,16 @@ class VmFailed(Payload):
     message: str | None = None
 
 
+class VmMessageLogged(Payload):
+    """A log line of a VM (message_update, a state report's message, an archive warning),
+    stored; announced so that the live feed streams it."""
+
+    type: ClassVar[str] = "vm.message_logged"
+    message_id: int
+    level: str
+    text: str
+
+
 class VmConfigured(Payload):
     type: ClassVar[str] = "vm.configured"
 
@@ -130,7 +140,7 @@ PAYLOADS: dict[str, type[Payload]] = {
     cls.type: cls
     for cls in (
         GroupSubmitted, ArchiveRequested, ArchiveReady, GroupArchived, VmCreated,
-        VmStateChanged, VmFailed, VmConfigured, VmProvisioned, DbMasterComplete,
+        VmStateChanged, VmFailed, VmMessageLogged, VmConfigured, VmProvisioned, DbMasterComplete,
         GroupReady, GroupHalted, GroupResumed, CutoverRequested, CutoverStepCompleted,
         CutoverCompleted, CutoverFailed,
     )

@@ -60,6 +60,7 @@ PUBLISHERS: dict[str, tuple[str, ...]] = {
     "vm.created": ("creator",),
     "vm.state_changed": _MOVES_VMS,
     "vm.failed": _MOVES_VMS,
+    "vm.message_logged": ("gateway", "archiver"),
     "vm.configured": ("gateway",),
     "vm.provisioned": ("gateway",),
     "db.master.complete": ("provisioner",),

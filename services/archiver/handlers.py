@@ -71,7 +71,7 @@ async def archive_vm(event: Envelope, ctx: Context) -> None:
         for result in results:
             for warning in result.warnings:
                 # Where the operator looks (the VM's messages), not only in the service log.
-                await vms.add_message(tx.conn, vm.id, "warning",
+                await vms.add_message(tx, vm.id, "warning",
                                       f"archive of {result.source_path}: {warning}")
         await vms.transition(tx, vm.id, VmState.ARCHIVED, step="archive")
         await tx.publish(ev.ArchiveReady(archives=items), group_id=group.id, vm_id=vm.id)

@@ -72,7 +72,7 @@ async def report_state(request: web.Request) -> web.Response:
                                  detail=report.detail)
             if report.message:
                 level = "error" if target == VmState.FAILED else "info"
-                await vms.add_message(tx.conn, vm_id, level, report.message)
+                await vms.add_message(tx, vm_id, level, report.message)
     except IllegalTransition as exc:
         raise problem(web.HTTPConflict, f"refused: {exc}") from None
     return json_response(await _view(store, vm_id))
@@ -89,8 +89,8 @@ async def _refuse_before_master(conn, vm_id: uuid.UUID) -> None:
 async def report_message(request: web.Request) -> web.Response:
     vm_id = await require_vm(request)
     report = await parse_body(request, m.MessageReport)
-    async with request.app[DEPS].store.pool.acquire() as conn:
-        await vms.add_message(conn, vm_id, report.level, report.text)
+    async with request.app[DEPS].store.transaction() as tx:
+        await vms.add_message(tx, vm_id, report.level, report.text)
     return json_response(m.Accepted(), 201)
 
 

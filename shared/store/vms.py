@@ -178,11 +178,16 @@ async def retry(tx: Tx, vm_id: uuid.UUID) -> Vm:
     return await get(tx.conn, vm_id)
 
 
-async def add_message(conn: asyncpg.Connection, vm_id: uuid.UUID, level: str, text: str) -> int:
-    return await conn.fetchval(
-        "INSERT INTO vm_messages (vm_id, level, text) VALUES ($1, $2, $3) RETURNING id",
+async def add_message(tx: Tx, vm_id: uuid.UUID, level: str, text: str) -> int:
+    """Store a log line of the VM and announce it (the live feed streams it to operators)."""
+    row = await tx.conn.fetchrow(
+        "INSERT INTO vm_messages (vm_id, level, text) VALUES ($1, $2, $3)"
+        " RETURNING id, (SELECT group_id FROM vms WHERE id = $1) AS group_id",
         vm_id, level, text,
     )
+    await tx.publish(ev.VmMessageLogged(message_id=row["id"], level=level, text=text),
+                     group_id=row["group_id"], vm_id=vm_id)
+    return row["id"]
 
 
 async def set_provider_ref(conn: asyncpg.Connection, vm_id: uuid.UUID, ref: str) -> None:

@@ -235,6 +235,23 @@ async def test_the_boot_script_points_where_the_vm_reached_the_gateway(ferry: Fe
     assert lines[2] == f"initrd http://10.0.2.100/v1/support/migration-initrd.img?token={token}"
 
 
+async def test_a_vm_log_line_is_stored_and_announced_for_the_live_feed(ferry: Ferry):
+    """A message_update is stored and published as vm.message_logged (with the VM and its
+    group), which the gateway's live feed streams to operators."""
+    group_id = await ferry.submit(THREE_VMS.format(group="logs"))
+    app1 = (await ferry.vm_ids(group_id))["app1"]
+    await ferry.wait_booted(app1, BootSource.NETWORK)
+    async with ferry.vm(app1) as vm:
+        await vm.message("unpacking /data", level="info")
+    stored = await ferry.pool.fetchrow("SELECT id, level, text FROM vm_messages WHERE vm_id = $1",
+                                       app1)
+    bodies = await ferry.pool.fetch(
+        "SELECT body FROM outbox WHERE routing_key = 'vm.message_logged'")
+    announced = [b["body"] for b in bodies if b["body"]["vm_id"] == str(app1)]
+    assert [(e["group_id"], e["payload"]) for e in announced] == [
+        (str(group_id), {"message_id": stored["id"], "level": "info", "text": "unpacking /data"})]
+
+
 async def test_malformed_plans_are_refused_with_field_errors_and_write_nothing(ferry: Ferry):
     """A bad plan is answered 422 with the field at fault, and nothing is stored or published."""
     bad = THREE_VMS.format(group="bad").replace("disks: [{size_gb: 10}]\n    filesystems: [{mount: /, size_gb: 8}]\n    network: {address: 10.20.0.13",

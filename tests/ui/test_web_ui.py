@@ -115,7 +115,8 @@ async def test_operator_follows_a_group_live_and_lifts_its_halt(ferry: Ferry, pa
         await expect(app.locator(".step")).to_have_text("partition")
         await vm.message("partitioned /dev/vda")
         await vm.message(HOSTILE, level="warning")
-        await expect(app.locator(".log")).to_contain_text("partitioned /dev/vda")
+        # Streamed (vm.message_logged over the event stream), well before the 15 s catch-up poll.
+        await expect(app.locator(".log")).to_contain_text("partitioned /dev/vda", timeout=5000)
         await expect(app.locator(".log li").last).to_contain_text(HOSTILE)  # shown as text
         assert await page.evaluate("window.pwned") is None
         assert await page.locator("#detail script, #detail img").count() == 0

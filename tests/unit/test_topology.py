@@ -9,6 +9,7 @@ from shared.topology import SUBSCRIPTIONS, handled_types, routing_key
 COMMANDS_AND_FACTS_WITHOUT_A_SERVICE_HANDLER = {
     # Pure notifications: the gateway's live feed shows them to operators.
     "group.ready", "cutover.step_completed", "cutover.completed", "cutover.failed",
+    "vm.message_logged",
 }
 
 

@@ -3,10 +3,13 @@
 // nothing here ever assigns innerHTML, so a VM message such as "<script>" stays text.
 
 const TOKEN_KEY = "ferry.operatorToken";
-const POLL_MS = 2000; // VM log messages are not bus events: they are fetched (?after=id) this often
+// Everything arrives over the event stream (VM log lines as vm.message_logged); this poll only
+// catches up after the stream dropped.
+const POLL_MS = 15000;
 const EVENT_TYPES = [
   "group.submitted", "archive.requested", "archive.ready", "group.archived", "vm.created",
-  "vm.state_changed", "vm.failed", "vm.configured", "vm.provisioned", "db.master.complete",
+  "vm.state_changed", "vm.failed", "vm.message_logged", "vm.configured", "vm.provisioned",
+  "db.master.complete",
   "group.ready", "group.halted", "group.resumed", "cutover.requested",
   "cutover.step_completed", "cutover.completed", "cutover.failed",
 ];
@@ -176,10 +179,29 @@ function openEvents(path) {
     let event;
     try { event = JSON.parse(message.data); } catch { return; }
     const group = ui.detail;
+    if (event.type === "vm.message_logged") logStreamed(event);
     if (!group || event.group_id === group.id || event.type === "group.submitted") soon();
     else soonGroups();
   };
   for (const type of EVENT_TYPES) source.addEventListener(type, heard);
+}
+
+// A streamed log line goes straight into its VM's log. `last` (what the next fetch asks after)
+// is not moved: a line the stream missed would be skipped; the fetch skips what is shown.
+function logStreamed(event) {
+  const log = ui.logs.get(event.vm_id);
+  const { message_id: id, level, text } = event.payload;
+  if (!log || log.ids.has(id)) return;
+  keep(log, { id, vm_id: event.vm_id, level, text, at: event.occurred_at });
+}
+
+function keep(log, message) {
+  log.ids.add(message.id);
+  log.items.push(message);
+  log.items.sort((a, b) => a.id - b.id);
+  if (log.items.length > 500) {
+    for (const gone of log.items.splice(0, log.items.length - 500)) log.ids.delete(gone.id);
+  }
 }
 
 let soonTimer = null;
@@ -233,20 +255,19 @@ async function refreshDetail() {
   ]);
   if (ui.detail && ui.detail.id !== detail.id) ui.logs.clear();
   await Promise.all(detail.vms.map(async (vm) => {
-    const log = ui.logs.get(vm.id) || { last: 0, items: [] };
+    const log = ui.logs.get(vm.id) || { last: 0, items: [], ids: new Set() };
     const { messages } = await api("GET", `/v1/vms/${vm.id}/messages?after=${log.last}`);
     for (const message of messages) {
-      log.items.push(message);
+      if (!log.ids.has(message.id)) keep(log, message);
       log.last = Math.max(log.last, message.id);
     }
-    if (log.items.length > 500) log.items.splice(0, log.items.length - 500);
     ui.logs.set(vm.id, log);
   }));
   // Redraw only when something changed (a redraw every poll would lose the operator's text
   // selection); seconds_in_state always changes and is ticked locally anyway.
   const shape = JSON.stringify([
     detail.status, detail.halted_reason, detail.vms.map(({ seconds_in_state, ...vm }) => vm),
-    timeline, cutover, [...ui.logs.values()].map((log) => log.last),
+    timeline, cutover, [...ui.logs.values()].map((log) => log.items.map((m) => m.id).join()),
   ]);
   ui.detail = detail;
   ui.timeline = timeline;
