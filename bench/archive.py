@@ -20,11 +20,10 @@ import random
 import shlex
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-from bench.common import (append_row, machine, now_stamp, plot_path, pyplot, write_result)
+from bench.common import append_row, finish, now_stamp, plot_path, pyplot
 from services.archiver.archive import ZSTD, LocalTree, archive_path
 
 TREE = Path("/tmp/ferry-bench-tree")
@@ -153,13 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
     started = now_stamp()
     run = measure(args.size_mb, args.repeats)
     print(json.dumps(run, default=str), flush=True)
-    result = {"bench": "archive", "started": started, "machine": machine(), "args": vars(args),
-              "runs": [run]}
-    path = write_result("archive", result)
-    if not args.no_report:
-        report(run, started)
-    print(f"result: {path}", file=sys.stderr)
-    return result
+    return finish("archive", args, started, [run], lambda: report(run, started))
 
 
 if __name__ == "__main__":

@@ -7,11 +7,13 @@ ratios move much less."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import resource
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -93,6 +95,34 @@ def write_result(name: str, result: dict) -> Path:
     path = RESULTS / f"{name}-{now_stamp()}.json"
     path.write_text(json.dumps(result, indent=2, default=str) + "\n")
     return path
+
+
+@contextlib.contextmanager
+def profiled(path: str | None):
+    """pyinstrument what runs inside, its text report written to `path` (no path: nothing)."""
+    if not path:
+        yield
+        return
+    from pyinstrument import Profiler
+
+    profiler = Profiler(async_mode="disabled")
+    profiler.start()
+    try:
+        yield
+    finally:
+        profiler.stop()
+        Path(path).write_text(profiler.output_text(unicode=True, color=False, show_all=False))
+
+
+def finish(name: str, args, started: str, runs: list[dict], report=None, **extra) -> dict:
+    """Every bench's end: the JSON result written, the table row and plot unless --no-report."""
+    result = {"bench": name, "started": started, "machine": machine(), "args": vars(args),
+              "runs": runs, **extra}
+    path = write_result(name, result)
+    if report is not None and not args.no_report:
+        report()
+    print(f"result: {path}", file=sys.stderr)
+    return result
 
 
 def append_row(name: str, header: list[str], row: list[object]) -> None:

@@ -15,15 +15,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 import time
 
 import aiohttp
 from aiohttp import web
 
-from bench.common import (OPERATOR_TOKEN, append_row, bench_settings, clean_up, free_port,
-                          machine, now_stamp, peak_rss_mb, percentile, plot_path, pyplot,
-                          write_result)
+from bench.common import (OPERATOR_TOKEN, append_row, bench_settings, clean_up, finish,
+                          free_port, now_stamp, peak_rss_mb, percentile, plot_path, profiled,
+                          pyplot)
 from bench.pipeline import plan_text
 from services.runtime import Host
 from shared.logging import configure_logging
@@ -144,25 +143,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--profile", metavar="FILE", help="pyinstrument the run, text to FILE")
     args = parser.parse_args(argv)
     started = now_stamp()
-    profiler = None
-    if args.profile:
-        from pyinstrument import Profiler
-        profiler = Profiler(async_mode="disabled")
-        profiler.start()
-    run = asyncio.run(measure(args.clients, args.rounds))
-    if profiler:
-        profiler.stop()
-        from pathlib import Path
-        Path(args.profile).write_text(profiler.output_text(unicode=True, color=False))
+    with profiled(args.profile):
+        run = asyncio.run(measure(args.clients, args.rounds))
     print(json.dumps(run, default=str), flush=True)
-    result = {"bench": "gateway", "started": started, "machine": machine(), "args": vars(args),
-              "runs": [run]}
-    path = write_result("gateway", result)
-    if not args.no_report:
-        report(run, started)
-    print(f"result: {path}", file=sys.stderr)
-    return result
-
+    return finish("gateway", args, started, [run], lambda: report(run, started))
 
 if __name__ == "__main__":
     main()

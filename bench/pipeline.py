@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 import time
 import uuid
 
@@ -30,8 +29,8 @@ import aio_pika
 import aiohttp
 import asyncpg
 
-from bench.common import (OPERATOR_TOKEN, append_row, bench_settings, clean_up, machine,
-                          peak_rss_mb, plot_path, pyplot, write_result)
+from bench.common import (OPERATOR_TOKEN, append_row, bench_settings, clean_up, finish,
+                          now_stamp, peak_rss_mb, plot_path, profiled, pyplot)
 from services.runtime import SERVICES, Host
 from shared.logging import configure_logging
 from shared.providers.base import BootSource
@@ -322,33 +321,17 @@ def main(argv: list[str] | None = None) -> dict:
                         help="no row, no plot (the JSON result is still written)")
     parser.add_argument("--profile", metavar="FILE", help="pyinstrument the run, text to FILE")
     args = parser.parse_args(argv)
-    from bench.common import now_stamp
     started = now_stamp()
     counts = [int(v) for v in args.vms.split(",")]
-    profiler = None
-    if args.profile:
-        from pyinstrument import Profiler
-        profiler = Profiler(async_mode="disabled")
-        profiler.start()
     runs = []
-    for n in counts:
-        run = asyncio.run(measure(n, args.group_size, args.concurrency, args.timeout,
-                                  ceilings=not args.no_ceilings))
-        runs.append(run)
-        brief = {k: v for k, v in run.items() if k != "hops"}
-        print(json.dumps(brief, default=str), flush=True)
-    if profiler:
-        profiler.stop()
-        from pathlib import Path
-        Path(args.profile).write_text(profiler.output_text(unicode=True, color=False, show_all=False))
-    result = {"bench": "pipeline", "started": started, "machine": machine(),
-              "args": vars(args), "runs": runs}
-    path = write_result("pipeline", result)
-    if not args.no_report:
-        report(runs, started)
-    print(f"result: {path}", file=sys.stderr)
-    return result
-
+    with profiled(args.profile):
+        for n in counts:
+            run = asyncio.run(measure(n, args.group_size, args.concurrency, args.timeout,
+                                      ceilings=not args.no_ceilings))
+            runs.append(run)
+            brief = {k: v for k, v in run.items() if k != "hops"}
+            print(json.dumps(brief, default=str), flush=True)
+    return finish("pipeline", args, started, runs, lambda: report(runs, started))
 
 if __name__ == "__main__":
     main()

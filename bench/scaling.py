@@ -15,7 +15,7 @@ import json
 import subprocess
 import sys
 
-from bench.common import ROOT, append_row, machine, now_stamp, plot_path, pyplot, write_result
+from bench.common import ROOT, append_row, finish, now_stamp, plot_path, pyplot
 
 CHILD = ("import asyncio, json, sys; from bench.pipeline import measure; "
          "r = asyncio.run(measure(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), "
@@ -55,10 +55,7 @@ def main(argv: list[str] | None = None) -> dict:
     first = runs[0]["ms_per_vm"]
     for r in runs:
         r["ms_per_vm_vs_first"] = r["ms_per_vm"] / first
-    result = {"bench": "scaling", "started": started, "machine": machine(), "args": vars(args),
-              "baseline": base, "runs": runs}
-    path = write_result("scaling", result)
-    if not args.no_report:
+    def report():
         for r in runs:
             append_row("scaling", ["date (UTC)", "VMs", "groups", "s", "ms/VM", "ms/VM vs first",
                                    "peak RSS MB", "idle RSS MB", "RSS KB/VM", "events/s"],
@@ -78,8 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
         a.set_title("time per VM"), b.set_title(f"memory per VM (idle {base['peak_rss_mb']:.0f} MB)")
         fig.tight_layout()
         fig.savefig(plot_path("scaling"), dpi=110)
-    print(f"result: {path}", file=sys.stderr)
-    return result
+    return finish("scaling", args, started, runs, report, baseline=base)
 
 
 if __name__ == "__main__":

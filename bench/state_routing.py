@@ -16,9 +16,8 @@ import asyncio
 import contextlib
 import importlib
 import json
-import sys
 
-from bench.common import append_row, machine, now_stamp, write_result
+from bench.common import append_row, finish, now_stamp
 from bench.pipeline import measure
 from services.runtime import SERVICES
 from shared.topology import SUBSCRIPTIONS
@@ -71,10 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
     summary = {k: mean("after", k) / mean("before", k)
                for k in ("seconds", "process_cpu_s", "events_per_s", "deliveries", "hop_p50_ms",
                         "hop_p99_ms")}
-    result = {"bench": "state_routing", "started": started, "machine": machine(),
-              "args": vars(args), "runs": runs, "ratio_after_to_before": summary}
-    path = write_result("state_routing", result)
-    if not args.no_report:
+    def report():
         for r in runs:
             append_row("state_routing", ["date (UTC)", "variant", "VMs", "s", "CPU s (this process)",
                                            "events/s", "deliveries", "hop p50 ms", "hop p99 ms"],
@@ -82,8 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
                         round(r["process_cpu_s"], 1),
                         r["events_per_s"], r["deliveries"], r["hop_p50_ms"], r["hop_p99_ms"]])
     print(json.dumps({"ratio_after_to_before": summary}), flush=True)
-    print(f"result: {path}", file=sys.stderr)
-    return result
+    return finish("state_routing", args, started, runs, report, ratio_after_to_before=summary)
 
 
 if __name__ == "__main__":
