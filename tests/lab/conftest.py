@@ -13,11 +13,11 @@ import pytest
 from shared.settings import Settings
 
 
-def lab_missing(settings: Settings) -> str | None:
-    """Why the lab cannot run here, or None."""
+def lab_missing(settings: Settings, qemu: bool = True) -> str | None:
+    """Why the lab (with its VMs, or only its legacy hosts) cannot run here, or None."""
     if os.geteuid() != 0:
         return "the lab needs root (network namespaces, taps, chroots)"
-    if shutil.which("qemu-system-x86_64") is None:
+    if qemu and shutil.which("qemu-system-x86_64") is None:
         return "qemu-system-x86_64 is not installed (deploy/local/lib.sh ensure_lab installs it)"
     if not (Path(settings.images_dir) / ".complete").exists():
         return f"no lab images in {settings.images_dir} (run deploy/lab/build-images.sh)"

@@ -28,6 +28,7 @@ from services.archiver.handlers import _take_archives
 from services.archiver.ssh import SshTree
 from shared.plan import ArchiveSpec, DatabaseSpec, Source, load_plan_file
 from shared.settings import Settings
+from tests.lab.conftest import lab_missing
 
 pytestmark = [pytest.mark.lab, pytest.mark.asyncio(loop_scope="module")]
 
@@ -36,18 +37,10 @@ PLAN = load_plan_file(REPO / "examples" / "shop.yaml")
 PSEUDO = ("proc", "sys", "dev", "run", "tmp")
 
 
-def _missing(settings: Settings) -> str | None:
-    if os.geteuid() != 0:
-        return "the legacy site needs root (network namespaces, chroot, mount)"
-    if not (settings.images_dir / ".complete").exists():
-        return f"no lab images in {settings.images_dir} (run deploy/lab/build-images.sh)"
-    return None
-
-
 @pytest.fixture(scope="module")
 def lab() -> Settings:
     settings = Settings()
-    reason = _missing(settings)
+    reason = lab_missing(settings, qemu=False)
     if reason:
         pytest.skip(reason)
     return settings
