@@ -23,7 +23,8 @@ from shared.plan_errors import (Findings, PlanError, Problem, explain, read_docu
                                 worded_pattern)
 
 __all__ = [
-    "ArchiveSpec", "CutoverSettings", "DatabaseSpec", "Disk", "Filesystem", "HttpCheck",
+    "ArchiveSpec", "CutoverSettings", "DatabaseSpec", "Disk", "DnsSettings", "Filesystem",
+    "HttpCheck",
     "Network", "Plan", "PlanError", "Problem", "Role", "Source", "VM", "load_plan",
     "load_plan_file",
 ]
@@ -326,10 +327,33 @@ class HttpCheck(_Model):
     """URL path, starting with /."""
     host: str | None = None
     """Host header to send (default: the VM's hostname)."""
+    vm: str | None = None
+    """The VM to check (default: every app VM of the group)."""
     expect_status: Annotated[WholeNumber, Field(ge=100, le=599)] = 200
     """The HTTP status expected, 100 to 599."""
     contains: str | None = None
     """Text the answer's body must contain."""
+
+
+class DnsSettings(_Model):
+    """The public DNS zone the cutover changes, by RFC 2136 dynamic updates to its primary
+    server, signed with the TSIG key in the migration service's FERRY_DNS_KEY_FILE."""
+
+    server: str = Field(pattern=worded_pattern(r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?$",
+                                               "host or host:port"))
+    """The zone's primary server, host or host:port (port 53 if not given)."""
+    zone: Annotated[str, AfterValidator(_hostname)]
+    """The zone's name, e.g. shop.example."""
+    records: dict[Annotated[str, AfterValidator(_hostname)], str] = Field(min_length=1)
+    """Each name (in the zone) and the VM whose new address it gets at cutover."""
+
+    @property
+    def host(self) -> str:
+        return self.server.rsplit(":", 1)[0] if ":" in self.server else self.server
+
+    @property
+    def port(self) -> int:
+        return int(self.server.rsplit(":", 1)[1]) if ":" in self.server else 53
 
 
 class CutoverSettings(_Model):
@@ -345,6 +369,11 @@ class CutoverSettings(_Model):
     """rsync exclude patterns for the shared paths."""
     checks: list[HttpCheck] = []
     """HTTP checks that must pass before traffic moves."""
+    services: list[Annotated[str, Field(pattern=worded_pattern(
+        r"^[A-Za-z0-9@_.:-]+$", "a systemd unit name"))]] = []
+    """systemd units started on the app VMs in the window (the application)."""
+    dns: DnsSettings | None = None
+    """The public zone whose names move to the new VMs (none: DNS is left to you)."""
 
 
 class Plan(_Model):
@@ -382,8 +411,25 @@ class Plan(_Model):
             if vm.role == Role.DB_REPLICA and vm.replica_of and vm.replica_of not in masters:
                 found.add(("vms", i, "replica_of"),
                           f"no db-master named '{vm.replica_of}' in this group")
+        self._check_cutover(found)
         found.raise_any()
         return self
+
+
+    def _check_cutover(self, found: Findings) -> None:
+        names = {vm.name for vm in self.vms}
+        for i, check in enumerate(self.cutover.checks):
+            if check.vm is not None and check.vm not in names:
+                found.add(("cutover", "checks", i, "vm"), f"no VM named '{check.vm}' in this group")
+        dns = self.cutover.dns
+        if dns is None:
+            return
+        for name, vm in dns.records.items():
+            where = ("cutover", "dns", "records", name)
+            if vm not in names:
+                found.add(where, f"no VM named '{vm}' in this group")
+            if name != dns.zone and not name.endswith("." + dns.zone):
+                found.add(where, f"'{name}' is not in the zone {dns.zone}")
 
 
 def _check_unique(found: Findings, values: list, where: str, field: str, what: str) -> None:
@@ -426,6 +472,8 @@ def load_plan_file(path: Path) -> Plan:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise PlanError(f"is not UTF-8 text ({exc.reason} at byte {exc.start})",
-                        str(path)) from None
+        before = exc.object[:exc.start]
+        where = (before.count(b"\n") + 1, exc.start - (before.rfind(b"\n") + 1) + 1)
+        raise PlanError([Problem("", f"is not UTF-8 text ({exc.reason} at byte {exc.start})",
+                                 *where)], str(path)) from None
     return load_plan(text, source=str(path), base_dir=path.resolve().parent)

@@ -4,6 +4,7 @@ where in the YAML it is (line:column), instead of pydantic's or PyYAML's own wor
 from __future__ import annotations
 
 import difflib
+import json
 import re
 import types
 import typing
@@ -79,10 +80,20 @@ class Findings:
                                       {"summary": summary, "problems": self.items})
 
 
+_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
 def format_location(loc: Loc) -> str:
+    """vms[2].disks[0].size_gb; a key that is not a plain word is quoted, vms[0]["a.b"], so
+    that a stray key like `0[0` cannot be read as a different place."""
     text = ""
     for step in loc:
-        text += f"[{step}]" if isinstance(step, int) else (f".{step}" if text else str(step))
+        if isinstance(step, int):
+            text += f"[{step}]"
+        elif _PLAIN_KEY.match(str(step)):
+            text += f".{step}" if text else str(step)
+        else:
+            text += f"[{json.dumps(str(step), ensure_ascii=False)}]"
     return text
 
 
@@ -134,6 +145,12 @@ def _survey(document: yaml.Node, source: str) -> None:
                                      *_mark(node.start_mark))], source)
         open_.add(id(node))
         size = 1
+        if isinstance(node, yaml.ScalarNode):
+            node.value = _paired(node.value)
+        if isinstance(node, yaml.ScalarNode) and not _storable(node.value):
+            problems.append(Problem(format_location(loc), "must not contain NUL characters or "
+                                    "unpaired surrogates (they cannot be stored)",
+                                    *_mark(node.start_mark)))
         if isinstance(node, yaml.MappingNode):
             seen: set[str] = set()
             for key, value in node.value:
@@ -143,7 +160,8 @@ def _survey(document: yaml.Node, source: str) -> None:
                                             "duplicate key (only the last one would count)",
                                             *_mark(key.start_mark)))
                 seen.add(name)
-                size += walk(key, loc, open_) + walk(value, (*loc, name or "?"), open_)
+                where = (*loc, "?" if name is None else name)
+                size += walk(key, loc, open_) + walk(value, where, open_)
         elif isinstance(node, yaml.SequenceNode):
             size += sum(walk(item, (*loc, i), open_) for i, item in enumerate(node.value))
         open_.discard(id(node))
@@ -156,6 +174,29 @@ def _survey(document: yaml.Node, source: str) -> None:
     walk(document, (), set())
     if problems:
         raise PlanError(problems, source)
+
+
+def _paired(text: str) -> str:
+    """PyYAML reads the JSON escape of a character beyond U+FFFF ("\\ud83d\\ude00", what
+    json.dumps writes) as two lone surrogates; put such pairs back together into the one
+    character. A lone surrogate stays (and is refused as unstorable)."""
+    if not any("\ud800" <= c <= "\udfff" for c in text):
+        return text
+    try:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16")
+    except UnicodeDecodeError:
+        return text
+
+
+def _storable(text: str) -> bool:
+    """Text PostgreSQL can keep (the plan is stored): no NUL, valid UTF-8."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _yaml_problem(exc: yaml.MarkedYAMLError) -> Problem:
