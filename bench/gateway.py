@@ -20,8 +20,8 @@ import time
 import aiohttp
 from aiohttp import web
 
-from bench.common import (OPERATOR_TOKEN, append_row, bench_settings, clean_up, finish,
-                          free_port, now_stamp, peak_rss_mb, percentile, plot_path, profiled,
+from bench.common import (OPERATOR_TOKEN, SocketWrites, append_row, bench_settings, clean_up,
+                          finish, free_port, now_stamp, peak_rss_mb, percentile, plot_path, profiled,
                           pyplot)
 from bench.pipeline import plan_text
 from services.runtime import Host
@@ -51,11 +51,20 @@ async def load(url: str, vms: list[tuple[str, str]], rounds: int, connections: i
                     latencies.append(time.perf_counter() - t0)
 
         started = time.perf_counter()
-        await asyncio.gather(*(one_vm(v, t) for v, t in vms))
+        cpu0 = time.process_time()
+        with SocketWrites() as writes:
+            await asyncio.gather(*(one_vm(v, t) for v, t in vms))
         elapsed = time.perf_counter() - started
+        cpu = time.process_time() - cpu0
     n = len(latencies)
     return {"requests": n, "errors": len(errors), "error_kinds": sorted(set(errors))[:5],
             "seconds": elapsed, "rps": n / elapsed,
+            # This process's CPU (server and load generator) per request: less disturbed by
+            # other people's load than wall time.
+            "process_cpu_s": cpu, "cpu_ms_per_request": cpu / max(n, 1) * 1000,
+            # Database round trips and broker writes per request (counted, not timed).
+            "pg_writes_per_request": writes.counts.get("pg", 0) / max(n, 1),
+            "amqp_writes_per_request": writes.counts.get("amqp", 0) / max(n, 1),
             "p50_ms": percentile(latencies, 50) * 1000, "p99_ms": percentile(latencies, 99) * 1000,
             "max_ms": max(latencies) * 1000}
 
@@ -109,7 +118,9 @@ async def measure(clients: int, rounds: int, group_size: int = 100, quiet: bool 
         await clean_up(settings)
     return {"clients": clients, "rounds": rounds, "pool_max_size": pool_size,
             "gateway": gateway, "bare": bare, "ratio_rps": gateway["rps"] / bare["rps"],
-            "ratio_p99": gateway["p99_ms"] / bare["p99_ms"], "peak_rss_mb": peak_rss_mb()}
+            "ratio_p99": gateway["p99_ms"] / bare["p99_ms"],
+            "ratio_cpu_per_request": gateway["cpu_ms_per_request"] / bare["cpu_ms_per_request"],
+            "peak_rss_mb": peak_rss_mb()}
 
 
 def report(run: dict, started: str) -> None:

@@ -29,7 +29,7 @@ import aio_pika
 import aiohttp
 import asyncpg
 
-from bench.common import (OPERATOR_TOKEN, append_row, bench_settings, clean_up, finish,
+from bench.common import (OPERATOR_TOKEN, SocketWrites, append_row, bench_settings, clean_up, finish,
                           now_stamp, peak_rss_mb, plot_path, profiled, pyplot)
 from services.runtime import SERVICES, Host
 from shared.logging import configure_logging
@@ -264,7 +264,11 @@ async def measure(vms: int, group_size: int, concurrency: int, timeout: float,
         configure_logging(settings)
     try:
         cpu0 = time.process_time()
-        result = await run_pipeline(settings, vms, group_size, concurrency, timeout)
+        with SocketWrites() as writes:
+            result = await run_pipeline(settings, vms, group_size, concurrency, timeout)
+        # Database round trips and broker writes per VM (counted, not timed).
+        result["pg_writes_per_vm"] = writes.counts.get("pg", 0) / max(vms, 1)
+        result["amqp_writes_per_vm"] = writes.counts.get("amqp", 0) / max(vms, 1)
         # This process's CPU (services, gateway and simulated VMs; not PostgreSQL's or
         # RabbitMQ's): less disturbed by other people's load than wall time.
         result["process_cpu_s"] = time.process_time() - cpu0

@@ -76,12 +76,11 @@ class Bus:
         )
         return queue
 
-    async def publish(self, event: Envelope) -> None:
+    async def publish(self, event: Envelope | Outgoing) -> None:
         """Publish and wait for the broker's confirm; an unroutable event raises PublishError."""
         assert self.exchange
-        await self.exchange.publish(_message(event.model_dump_json().encode(), event),
-                                    routing_key=routing_key(event.type, event.payload),
-                                    mandatory=True)
+        out = event if isinstance(event, Outgoing) else Outgoing.of(event)
+        await self.exchange.publish(_message(out), routing_key=out.routing_key, mandatory=True)
 
     async def send_to_queue(self, queue: str, body: bytes, headers: dict, source: AbstractIncomingMessage | None = None) -> None:
         """Put a message straight onto one queue (retry, dead-letter and replay go this way)."""
@@ -99,15 +98,35 @@ class Bus:
             await self.connection.close()
 
 
-def _message(body: bytes, event: Envelope) -> aio_pika.Message:
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """An event as it goes on the wire: its JSON body and what the message's properties and
+    routing key are made of. The relay builds it from the outbox row as stored (the body is
+    already the wire format), without validating an Envelope only to serialise it again."""
+
+    body: bytes
+    id: str
+    type: str
+    correlation_id: str
+    occurred_at: datetime
+    routing_key: str
+
+    @classmethod
+    def of(cls, event: Envelope) -> Outgoing:
+        return cls(body=event.model_dump_json().encode(), id=str(event.id), type=event.type,
+                   correlation_id=str(event.correlation_id), occurred_at=event.occurred_at,
+                   routing_key=routing_key(event.type, event.payload))
+
+
+def _message(out: Outgoing) -> aio_pika.Message:
     return aio_pika.Message(
-        body=body,
+        body=out.body,
         content_type="application/json",
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        message_id=str(event.id),
-        correlation_id=str(event.correlation_id),
-        type=event.type,
-        timestamp=event.occurred_at,
+        message_id=out.id,
+        correlation_id=out.correlation_id,
+        type=out.type,
+        timestamp=out.occurred_at,
         headers={ATTEMPT_HEADER: 0},
     )
 

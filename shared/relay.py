@@ -7,11 +7,26 @@ import asyncio
 import asyncpg
 from aio_pika.exceptions import PublishError
 
-from shared.bus import Bus
-from shared.events import Envelope
+from shared.bus import Bus, Outgoing
+from shared.topology import routing_key
 from shared.logging import get_logger
 
 log = get_logger(__name__)
+
+
+_BATCH = (
+    "SELECT id, body::text AS body, body->>'id' AS event_id, body->>'type' AS type,"
+    " body->>'correlation_id' AS correlation_id,"
+    " (body->>'occurred_at')::timestamptz AS occurred_at,"
+    " body->'payload'->>'to_state' AS to_state"
+    " FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED"
+)
+
+
+def _outgoing(row) -> Outgoing:
+    return Outgoing(body=row["body"].encode(), id=row["event_id"], type=row["type"],
+                    correlation_id=row["correlation_id"], occurred_at=row["occurred_at"],
+                    routing_key=routing_key(row["type"], {"to_state": row["to_state"]}))
 
 
 class OutboxRelay:
@@ -69,12 +84,10 @@ class OutboxRelay:
     async def flush(self) -> int:
         """Publish one batch of unpublished events; returns how many were handled."""
         async with self.pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(
-                "SELECT id, body FROM outbox WHERE published_at IS NULL ORDER BY id"
-                " LIMIT $1 FOR UPDATE SKIP LOCKED",
-                self.batch,
-            )
-            events = [Envelope.model_validate(row["body"]) for row in rows]
+            rows = await conn.fetch(_BATCH, self.batch)
+            # The stored body is the wire format (Tx.publish wrote the envelope's JSON): it is
+            # published as it is, with the properties read out of it by the database.
+            events = [_outgoing(row) for row in rows]
             # Confirms are awaited together: the frames still leave in outbox order.
             results = await asyncio.gather(*(self.bus.publish(e) for e in events),
                                            return_exceptions=True)
