@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import ssl
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -22,13 +23,17 @@ class GatewayError(Exception):
 class Gateway:
     url: str
     token: str
+    # With TLS: the certificate to trust (the gateway's own, when it is self-signed).
+    cafile: str | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Gateway:
         from services.gateway.app import operator_token
 
-        base = f"http://{settings.gateway_host}:{settings.gateway_port}"
-        return cls(base, operator_token(settings))
+        tls = settings.gateway_tls_cert is not None
+        base = f"{'https' if tls else 'http'}://{settings.gateway_host}:{settings.gateway_port}"
+        return cls(base, operator_token(settings),
+                   str(settings.gateway_tls_cert) if tls else None)
 
     def call(self, method: str, path: str, body: bytes | dict | None = None,
              content_type: str = "application/json") -> dict[str, Any]:
@@ -38,7 +43,8 @@ class Gateway:
             headers={"Authorization": f"Bearer {self.token}", "Content-Type": content_type},
         )
         try:
-            with urllib.request.urlopen(request, timeout=30) as response:
+            context = ssl.create_default_context(cafile=self.cafile) if self.cafile else None
+            with urllib.request.urlopen(request, timeout=30, context=context) as response:
                 return json.loads(response.read() or b"{}")
         except urllib.error.HTTPError as exc:
             raw = exc.read()

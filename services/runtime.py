@@ -32,6 +32,7 @@ log = get_logger(__name__)
 
 SERVICES = ("archiver", "creator", "configurator", "provisioner", "coordinator", "cutover")
 USES_PROVIDER = {"creator", "configurator", "provisioner", "cutover"}
+GATEWAY_POOL = 12  # database connections added for a Host that runs the gateway
 
 
 def router_of(service: str) -> Router:
@@ -57,7 +58,11 @@ class Host:
 
     async def start(self) -> None:
         s = self.settings
-        self.pool = await open_pool(s, max_size=4 + 2 * len(self.services))
+        # The gateway's VM endpoints take the pool once per request (token, transaction and
+        # answer on one connection); with a thousand VMs reporting at once it gets its own
+        # share (docs/performance.md).
+        self.pool = await open_pool(s, max_size=4 + 2 * len(self.services)
+                                    + (GATEWAY_POOL if self.with_gateway else 0))
         self.bus = Bus(s.amqp_url, Names(s.bus_prefix), s.retry_delays)
         await self.bus.connect()
         self.relay = OutboxRelay(self.pool, self.bus, s.database_schema)
@@ -79,13 +84,14 @@ class Host:
                  metrics_port=self.metrics_port)
 
     async def _start_gateway(self, deps: Deps) -> None:
-        from services.gateway.app import build_app
+        from services.gateway.app import build_app, ssl_context
         from services.gateway.live import start_live_feed
 
         self.gateway_app = build_app(deps, self.bus)
         self._site_runner = web.AppRunner(self.gateway_app, access_log=None)
         await self._site_runner.setup()
-        site = web.TCPSite(self._site_runner, self.settings.gateway_host, self.settings.gateway_port)
+        site = web.TCPSite(self._site_runner, self.settings.gateway_host, self.settings.gateway_port,
+                           ssl_context=ssl_context(self.settings))
         await site.start()
         self.port = self._site_runner.addresses[0][1]
         self.consumers.append(await start_live_feed(self.gateway_app, self.bus, self.settings.prefetch))

@@ -35,6 +35,24 @@ class Settings(BaseSettings):
     # The URL VMs use to reach the gateway (the migration network's view of it).
     gateway_url: str = "http://127.0.0.1:8470"
     operator_token: str | None = None
+    # Gateway limits (docs/security.md). A request body larger than this is refused with 413.
+    gateway_max_body_bytes: int = 2 * 1024 * 1024
+    # Longest a request may be handled before a 503 (the event stream excepted); above the
+    # 60 s a replica's long poll on its master may wait.
+    gateway_request_timeout_s: float = 90.0
+    # Longest a replica's long poll on its master's status (?wait=) is held.
+    gateway_long_poll_max_s: float = 60.0
+    # Token failures (401/403) allowed per client address within the window; past that the
+    # address gets 429 with Retry-After until the window frees. Counted in the gateway's memory.
+    gateway_auth_failures: int = 20
+    gateway_auth_window_s: float = 60.0
+    # Serve the gateway over HTTPS with this certificate chain and key (PEM); both or neither.
+    gateway_tls_cert: Path | None = None
+    gateway_tls_key: Path | None = None
+
+    # The TSIG key (BIND key file, as tsig-keygen prints it) that signs the cutover's DNS
+    # updates; default: state_dir/dns/tsig.key (the lab's site DNS makes one there).
+    dns_key_file: Path | None = None
 
     state_dir: Path = Field(default_factory=_state_dir)
     archive_dir: Path | None = None
@@ -75,6 +93,10 @@ class Settings(BaseSettings):
     def lab_dir(self) -> Path:
         """Run folders of the lab's VMs, networks and legacy hosts."""
         return self.state_dir / "lab"
+
+    @property
+    def tsig_key_file(self) -> Path:
+        return self.dns_key_file or self.state_dir / "dns" / "tsig.key"
 
     @property
     def operator_token_file(self) -> Path:

@@ -4,6 +4,7 @@ Used by the simulated VMs and by tests that play a VM."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import aiohttp
@@ -18,12 +19,16 @@ class GatewayRefused(Exception):
 
 class VmClient:
     def __init__(self, gateway_url: str, vm_id: str, token: str,
-                 session: aiohttp.ClientSession | None = None):
+                 session: aiohttp.ClientSession | None = None, *, retries: int = 0):
         self.base = gateway_url.rstrip("/")
         self.vm_id = vm_id
         self.token = token
         self._session = session
         self._own_session = session is None
+        # How many times a failed call is tried again, as the rendered scripts' curl does
+        # (`curl -f --retry N --retry-connrefused --retry-all-errors`: no connection, a
+        # connection closed without an answer, any HTTP error); 0 (the default) fails at once.
+        self.retries = retries
 
     async def __aenter__(self) -> VmClient:
         if self._session is None:
@@ -40,12 +45,22 @@ class VmClient:
 
     async def _call(self, method: str, path: str, **kwargs) -> aiohttp.ClientResponse:
         assert self._session, "use VmClient as an async context manager"
-        response = await self._session.request(method, f"{self.base}{path}",
-                                               headers=self._headers, **kwargs)
-        if response.status >= 400:
-            body = await response.text()
-            raise GatewayRefused(response.status, body)
-        return response
+        for attempt in range(self.retries + 1):
+            last = attempt == self.retries
+            try:
+                response = await self._session.request(method, f"{self.base}{path}",
+                                                       headers=self._headers, **kwargs)
+            except (aiohttp.ClientConnectionError, asyncio.TimeoutError):
+                if last:
+                    raise
+            else:
+                if response.status < 400:
+                    return response
+                body = await response.text()
+                if last:
+                    raise GatewayRefused(response.status, body)
+            await asyncio.sleep(min(2 ** attempt, 600))  # curl's back-off: 1 s, doubling
+        raise AssertionError("unreachable")
 
     async def state(self, state: str, step: str | None = None, *, message: str | None = None,
                     detail: dict[str, Any] | None = None) -> dict:

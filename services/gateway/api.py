@@ -22,6 +22,10 @@ class Route:
     response: type[BaseModel] | None = None
     tag: str = "operator"
     responses: dict[int, str] = field(default_factory=dict)
+    # Query parameters: name -> JSON Schema (with a "description"), for the OpenAPI document.
+    query: dict[str, dict] = field(default_factory=dict)
+    # A body documented by its schema though the handler reads it itself (a plan, YAML or JSON).
+    body_schema: type[BaseModel] | None = None
 
 
 class Api:
@@ -30,10 +34,11 @@ class Api:
 
     def route(self, method: str, path: str, summary: str, *, auth: Auth, tag: str,
               body: type[BaseModel] | None = None, response: type[BaseModel] | None = None,
-              responses: dict[int, str] | None = None):
+              responses: dict[int, str] | None = None, query: dict[str, dict] | None = None,
+              body_schema: type[BaseModel] | None = None):
         def register(fn):
             self.routes.append(Route(method, path, fn, summary, auth, body, response, tag,
-                                     responses or {}))
+                                     responses or {}, query or {}, body_schema))
             return fn
 
         return register

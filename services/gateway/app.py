@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import secrets
+import ssl
 
+import asyncpg
 from aiohttp import web
 
 from services.gateway import live, operator_routes, vm_routes  # noqa: F401 - they register routes
 from services.gateway import metrics_routes  # noqa: F401 - registers /metrics
 from services.gateway import ui_routes  # noqa: F401 - registers the web UI at /
 from services.gateway.api import api
-from services.gateway.keys import BUS, DEPS, LIVE, OPERATOR_TOKEN
+from services.gateway.auth import FailureLimiter
+from services.gateway.errors import UNSTORABLE, problem, storable
+from services.gateway.keys import BUS, DEPS, LIMITER, LIVE, OPERATOR_TOKEN
 from services.gateway.live import Broadcaster
 from services.gateway.openapi import openapi_document
 from shared.bus import Bus
@@ -21,7 +27,10 @@ from shared.settings import Settings
 
 log = get_logger(__name__)
 
-MAX_BODY = 2 * 1024 * 1024
+# Handlers that stream for as long as the client listens: no request timeout for them.
+STREAMING = {live.events_stream}
+# The auth kind of each handler, to know which requests present a token.
+AUTH_OF = {route.handler: route.auth for route in api.routes}
 
 
 def operator_token(settings: Settings) -> str:
@@ -38,12 +47,39 @@ def operator_token(settings: Settings) -> str:
     return token
 
 
+def ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """The gateway's TLS context when a certificate and key are configured, else None."""
+    cert, key = settings.gateway_tls_cert, settings.gateway_tls_key
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise ValueError("FERRY_GATEWAY_TLS_CERT and FERRY_GATEWAY_TLS_KEY go together")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    return context
+
+
 @web.middleware
 async def json_errors(request: web.Request, handler):
+    """Every refusal as a problem answer (JSON with `error` and `problems`), aiohttp's own
+    (unknown path, wrong method, body too large) included; an unexpected failure is a 500 that
+    says nothing of its cause (that goes to the log)."""
     try:
         return await handler(request)
-    except web.HTTPException:
+    except web.HTTPRequestEntityTooLarge:
+        raise _too_large(request) from None
+    except web.HTTPException as exc:
+        if exc.status >= 400 and exc.content_type != "application/json":
+            return web.Response(status=exc.status, content_type="application/json",
+                                headers=_kept_headers(exc),
+                                text=json.dumps({"error": exc.reason, "problems": []}))
         raise
+    except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, ConnectionError) as exc:
+        log.warning("request failed: a backing service is unavailable", path=request.path,
+                    method=request.method, error=f"{type(exc).__name__}: {exc}")
+        raise problem(web.HTTPServiceUnavailable, "a backing service (state store or broker) "
+                      "is unavailable; retry", headers={"Retry-After": "5"}) from None
     except Exception:
         log.exception("request failed", path=request.path, method=request.method)
         raise web.HTTPInternalServerError(
@@ -52,17 +88,72 @@ async def json_errors(request: web.Request, handler):
         ) from None
 
 
+def _kept_headers(exc: web.HTTPException) -> dict[str, str]:
+    return {k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After")}
+
+
+def _too_large(request: web.Request) -> web.HTTPException:
+    limit = request.app[DEPS].settings.gateway_max_body_bytes
+    body = {"error": f"the request body is larger than the gateway accepts ({limit} bytes)",
+            "problems": [{"location": "(body)", "message": f"must be at most {limit} bytes"}]}
+    return web.HTTPRequestEntityTooLarge(limit, request.content_length or limit + 1,
+                                         text=json.dumps(body), content_type="application/json")
+
+
+@web.middleware
+async def guard(request: web.Request, handler):
+    """Body size, token-failure rate and handling time, before and around every handler."""
+    settings = request.app[DEPS].settings
+    if (request.content_length or 0) > settings.gateway_max_body_bytes:
+        raise _too_large(request)
+    bad = [name for name, value in (("(path)", request.path), *request.query.items())
+           if not (storable(name) and storable(value))]
+    if bad:
+        raise problem(web.HTTPBadRequest, "the URL is not valid",
+                      [{"location": where, "message": UNSTORABLE} for where in bad])
+    auth = AUTH_OF.get(getattr(request.match_info.route, "handler", None), "none")
+    limiter = request.app[LIMITER]
+    address = request.remote or "?"
+    if auth != "none":
+        wait = limiter.retry_after(address)
+        if wait:
+            raise problem(web.HTTPTooManyRequests,
+                          f"too many refused tokens from {address}; retry in {wait} s",
+                          headers={"Retry-After": str(wait)})
+    try:
+        if getattr(request.match_info.route, "handler", None) in STREAMING:
+            response = await handler(request)
+        else:
+            async with asyncio.timeout(settings.gateway_request_timeout_s):
+                response = await handler(request)
+    except web.HTTPException as exc:
+        if auth != "none" and exc.status in (401, 403):
+            limiter.failed(address)
+        raise
+    except TimeoutError:
+        log.warning("request timed out", path=request.path, method=request.method,
+                    timeout_s=settings.gateway_request_timeout_s)
+        raise problem(web.HTTPServiceUnavailable, f"the request took longer than "
+                      f"{settings.gateway_request_timeout_s:g} s; retry") from None
+    if auth != "none" and response.status in (401, 403):
+        limiter.failed(address)
+    return response
+
+
 async def _openapi(request: web.Request) -> web.Response:
     return web.json_response(openapi_document(api))
 
 
 def build_app(deps: Deps, bus: Bus | None) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY, middlewares=[http_metrics, json_errors])
+    settings = deps.settings
+    app = web.Application(client_max_size=settings.gateway_max_body_bytes,
+                          middlewares=[http_metrics, json_errors, guard])
     app[DEPS] = deps
     if bus is not None:
         app[BUS] = bus
-    app[OPERATOR_TOKEN] = operator_token(deps.settings)
+    app[OPERATOR_TOKEN] = operator_token(settings)
     app[LIVE] = Broadcaster()
+    app[LIMITER] = FailureLimiter(settings.gateway_auth_failures, settings.gateway_auth_window_s)
     api.add_to(app)
     app.router.add_get("/openapi.json", _openapi)
     return app

@@ -3,27 +3,63 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 
-def problem(kind: type[web.HTTPException], error: str, problems: list[dict] | None = None):
+def problem(kind: type[web.HTTPException], error: str, problems: list[dict] | None = None,
+            headers: dict[str, str] | None = None):
     body = {"error": error, "problems": problems or []}
-    return kind(text=json.dumps(body), content_type="application/json")
+    return kind(text=json.dumps(body), content_type="application/json", headers=headers)
 
 
 def json_response(model: BaseModel, status: int = 200) -> web.Response:
     return web.Response(text=model.model_dump_json(), status=status, content_type="application/json")
 
 
+UNSTORABLE = "must not contain NUL characters or unpaired surrogates (they cannot be stored)"
+
+
+def storable(text: str) -> bool:
+    """Whether PostgreSQL can keep the text: no NUL, and valid UTF-8 (no lone surrogates)."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def unstorable_fields(value: Any, location: tuple = ()) -> list[str]:
+    """Where in a parsed body there is text that cannot be stored, as dotted paths."""
+    if isinstance(value, str):
+        return [] if storable(value) else [".".join(map(str, location)) or "(body)"]
+    if isinstance(value, BaseModel):
+        value = value.model_dump()
+    if isinstance(value, dict):
+        found = [".".join(map(str, (*location, k))) for k in value
+                 if isinstance(k, str) and not storable(k)]
+        return found + [f for k, v in value.items() for f in unstorable_fields(v, (*location, k))]
+    if isinstance(value, (list, tuple)):
+        return [f for i, v in enumerate(value) for f in unstorable_fields(v, (*location, i))]
+    return []
+
+
 async def parse_body(request: web.Request, model: type[BaseModel]) -> BaseModel:
     raw = await request.read()
     try:
-        return model.model_validate_json(raw or b"{}")
+        parsed = model.model_validate_json(raw or b"{}")
     except ValidationError as exc:
         problems = [
             {"location": ".".join(str(p) for p in e["loc"]) or "(body)", "message": e["msg"]}
             for e in exc.errors()
         ]
         raise problem(web.HTTPUnprocessableEntity, "the request body is not valid", problems) from None
+    bad = unstorable_fields(parsed)
+    if bad:
+        raise problem(web.HTTPUnprocessableEntity, "the request body is not valid",
+                      [{"location": where, "message": UNSTORABLE} for where in bad])
+    return parsed

@@ -42,7 +42,7 @@ async def start_live_feed(app: web.Application, bus: Bus, prefetch: int) -> Cons
 
 @api.route("GET", "/v1/events", "Server-sent events: every event as it happens (?group=id to "
            "follow one group); the web UI's event-stream cookie is accepted too", auth="operator",
-           tag="operator")
+           tag="operator", query={"group": {"type": "string", "description": "a group id"}})
 async def events_stream(request: web.Request) -> web.StreamResponse:
     require_operator_or_events_cookie(request)
     group = request.query.get("group")

@@ -17,7 +17,8 @@ SECURITY = {
 
 
 def openapi_document(api: Api, version: str = "0.1.0") -> dict:
-    models = {r.body for r in api.routes if r.body} | {r.response for r in api.routes if r.response}
+    models = ({r.body or r.body_schema for r in api.routes if r.body or r.body_schema}
+              | {r.response for r in api.routes if r.response})
     ordered = sorted(models, key=lambda model: model.__name__)
     refs, defs = models_json_schema([(model, "validation") for model in ordered],
                                     ref_template="#/components/schemas/{model}")
@@ -31,12 +32,17 @@ def openapi_document(api: Api, version: str = "0.1.0") -> dict:
             "parameters": [
                 {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
                 for name in re.findall(r"{(\w+)}", route.path)
+            ] + [
+                {"name": name, "in": "query", "required": False,
+                 "description": schema.get("description", ""),
+                 "schema": {k: v for k, v in schema.items() if k != "description"}}
+                for name, schema in route.query.items()
             ],
             "responses": _responses(route, refs),
         }
-        if route.body:
+        if route.body or route.body_schema:
             operation["requestBody"] = {"required": True, "content": {"application/json": {
-                "schema": refs[(route.body, "validation")]}}}
+                "schema": refs[(route.body or route.body_schema, "validation")]}}}
         paths.setdefault(route.path, {})[route.method.lower()] = operation
     return {
         "openapi": "3.1.0",

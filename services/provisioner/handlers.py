@@ -37,12 +37,23 @@ async def provision_resumed(event: Envelope, ctx: Context) -> None:
 
 
 async def _provision(ctx: Context, vm_id: uuid.UUID) -> None:
-    # Provider calls run under the VM's row lock, in the transaction that records them: a
-    # concurrent duplicate waits and finds the VM provisioning; a crash rolls back to
-    # configured and the calls (each safe to repeat) are made again on redelivery.
+    # The VM is recorded as provisioning (step final-network) and committed BEFORE it is
+    # booted from disk: its first boot checks in (provisioned) as soon as it is up, and must
+    # find it provisioning even if this process dies before its next commit. (tests/chaos
+    # found it: with the boot inside the transaction that recorded provisioning, a provisioner
+    # killed between the boot and the commit left a running VM whose check-in was refused as
+    # configured -> provisioned, which failed the VM and halted its group.)
     async with ctx.step() as tx:
         vm = await vms.lock_if(tx.conn, vm_id, VmState.CONFIGURED)
-        if vm is None:
+        if vm is not None:
+            await vms.transition(tx, vm.id, VmState.PROVISIONING, step=MOVING)
+    # Provider calls run under the VM's row lock, in the transaction that records them done
+    # (step first-boot): a concurrent duplicate waits and finds them done; a crash rolls back
+    # to step final-network and the calls (each safe to repeat) are made again on redelivery.
+    # The VM's check-in locks the row too, so it is recorded after this commit.
+    async with ctx.step() as tx:
+        vm = await vms.get(tx.conn, vm_id, lock=True)
+        if vm is None or vm.state != VmState.PROVISIONING or vm.step != MOVING:
             return
         group = await groups.get(tx.conn, vm.group_id)
         try:

@@ -13,6 +13,9 @@ from pathlib import Path
 
 from shared.providers.base import BootSource, ProviderError, ProviderVm, VmSpec
 
+# Every create_vm call, one JSON line each (see SimProvider._log_create_call).
+CREATE_CALLS = "create-calls.log"
+
 
 class SimProvider:
     name = "sim"
@@ -39,10 +42,23 @@ class SimProvider:
     async def create_vm(self, spec: VmSpec, *, idempotency_key: str) -> ProviderVm:
         ref = "sim-" + hashlib.sha256(idempotency_key.encode()).hexdigest()[:12]
         mac = "52:54:00:" + ":".join(ref[4 + i:6 + i] for i in (0, 2, 4))
-        if not self._path(ref).exists():
+        made = not self._path(ref).exists()
+        if made:
             self._save(ref, {"spec": spec.model_dump(mode="json"), "mac": mac,
                              "network": "migration", "pid": None, "kernel_args": {}})
+        self._log_create_call(ref, idempotency_key, made)
         return ProviderVm(ref=ref, mac=mac)
+
+    def _log_create_call(self, ref: str, key: str, made: bool) -> None:
+        """One line per create call, durable across restarts of the calling service, so a test
+        (tests/chaos) can count the calls and the VMs really made from outside the process."""
+        line = json.dumps({"ref": ref, "key": key, "made": made, "pid": os.getpid()}) + "\n"
+        # O_APPEND: the processes sharing this folder each add whole lines.
+        fd = os.open(self.folder / CREATE_CALLS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
 
     async def attach(self, ref: str, network: str) -> None:
         record = self._load(ref)
@@ -90,6 +106,9 @@ class SimProvider:
 
     async def addresses(self, ref: str) -> list[str]:
         return []
+
+    async def set_outbound(self, group: str, open_: bool) -> None:
+        pass  # a simulated VM is a process on this machine's loopback: no network to block
 
     async def close(self) -> None:
         self._reap()

@@ -70,7 +70,11 @@ async def _main(inventory: Path, source: str) -> None:
     record = json.loads(inventory.read_text())
     args = record["kernel_args"]
     pause = float(os.environ.get("FERRY_SIM_PAUSE", "0.2"))
-    async with VmClient(args["ferry.gateway"], args["ferry.vm"], args["ferry.token"]) as vm:
+    # retries=8: the rendered scripts call the gateway with `curl -f --retry 8
+    # --retry-connrefused --retry-all-errors`, so a real VM rides out a gateway restart or a
+    # database restart; the simulated one must do as they do.
+    async with VmClient(args["ferry.gateway"], args["ferry.vm"], args["ferry.token"],
+                        retries=8) as vm:
         try:
             if source == "network":
                 await run_migration_image(vm, pause)

@@ -3,6 +3,7 @@ playing the VMs' side over HTTP."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass
 
@@ -126,3 +127,32 @@ async def configure_vm(ferry: Ferry, vm_id: uuid.UUID) -> None:
         await vm.message("partitioned /dev/vda")
         await vm.state("configuring", "unpack-archives")
         await vm.state("configured", "done")
+
+
+async def first_boot_app(ferry: Ferry, vm_id: uuid.UUID) -> None:
+    await ferry.wait_booted(vm_id, BootSource.DISK)
+    async with ferry.vm(vm_id) as vm:
+        await vm.state("provisioned", "first-boot")
+
+
+async def load_master(ferry: Ferry, vm_id: uuid.UUID) -> None:
+    await ferry.wait_booted(vm_id, BootSource.DISK)
+    async with ferry.vm(vm_id) as vm:
+        await vm.state("provisioned", "first-boot")
+        await vm.state("loading", "load-dumps")
+        await vm.state("ready", "loaded", detail={"log_file": "bin.000003", "log_pos": 1234})
+
+
+async def play_journey(ferry: Ferry, group_id: uuid.UUID) -> None:
+    """Every VM configures, boots from disk and checks in; the replica follows its master."""
+    ids = await ferry.vm_ids(group_id)
+    await asyncio.gather(*(configure_vm(ferry, ids[name]) for name in ids))
+    await first_boot_app(ferry, ids["app1"])
+    await load_master(ferry, ids["db1"])
+    await ferry.wait_booted(ids["db2"], BootSource.DISK)
+    async with ferry.vm(ids["db2"]) as replica:
+        await replica.state("provisioned", "first-boot")
+        await replica.state("loading", "load-dumps")
+        assert (await replica.master(wait=10))["complete"]
+        await replica.state("replicating", "replication-started")
+        await replica.state("ready", "replicating")

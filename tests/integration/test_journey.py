@@ -10,7 +10,8 @@ import pytest
 from shared.providers.base import BootSource
 from shared.vmclient import GatewayRefused
 from tests.conftest import eventually
-from tests.integration.harness import THREE_VMS, Ferry, configure_vm, start_ferry
+from tests.integration.harness import (THREE_VMS, Ferry, configure_vm, first_boot_app,
+                                       load_master, play_journey, start_ferry)
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_broker_and_db")]
 
@@ -20,35 +21,6 @@ async def ferry(settings, operator):
     ferry = await start_ferry(settings, operator)
     yield ferry
     await ferry.host.stop()
-
-
-async def first_boot_app(ferry: Ferry, vm_id: uuid.UUID) -> None:
-    await ferry.wait_booted(vm_id, BootSource.DISK)
-    async with ferry.vm(vm_id) as vm:
-        await vm.state("provisioned", "first-boot")
-
-
-async def load_master(ferry: Ferry, vm_id: uuid.UUID) -> None:
-    await ferry.wait_booted(vm_id, BootSource.DISK)
-    async with ferry.vm(vm_id) as vm:
-        await vm.state("provisioned", "first-boot")
-        await vm.state("loading", "load-dumps")
-        await vm.state("ready", "loaded", detail={"log_file": "bin.000003", "log_pos": 1234})
-
-
-async def play_journey(ferry: Ferry, group_id: uuid.UUID) -> None:
-    """Every VM configures, boots from disk and checks in; the replica follows its master."""
-    ids = await ferry.vm_ids(group_id)
-    await asyncio.gather(*(configure_vm(ferry, ids[name]) for name in ids))
-    await first_boot_app(ferry, ids["app1"])
-    await load_master(ferry, ids["db1"])
-    await ferry.wait_booted(ids["db2"], BootSource.DISK)
-    async with ferry.vm(ids["db2"]) as replica:
-        await replica.state("provisioned", "first-boot")
-        await replica.state("loading", "load-dumps")
-        assert (await replica.master(wait=10))["complete"]
-        await replica.state("replicating", "replication-started")
-        await replica.state("ready", "replicating")
 
 
 async def test_three_vm_group_travels_from_submitted_to_ready(ferry: Ferry):

@@ -10,8 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from services.runtime import Host, router_of
 from tests.conftest import eventually, free_port
-from tests.integration.harness import THREE_VMS, Ferry, start_ferry
-from tests.integration.test_journey import play_journey
+from tests.integration.harness import THREE_VMS, Ferry, play_journey, start_ferry
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_broker_and_db")]
 
