@@ -24,6 +24,7 @@ from rich.live import Live
 from rich.table import Table
 
 from cli.client import Gateway, GatewayError
+from cli.cutover import follow_cutover, print_verification
 from cli.status import group_table
 from services.runtime import SERVICES
 from shared.plan import Plan, load_plan_file
@@ -92,6 +93,8 @@ def demo(provider: str, plan: Path | None, timeout: float | None, keep: bool) ->
                       f"(service logs: {logs})")
         if site is not None and not _check_vms(settings, parsed, site):
             sys.exit(1)
+        if site is not None and not _cut_over(gateway, answer["name"]):
+            sys.exit(1)
     finally:
         _stop_services(processes)
         if provider == "qemu":
@@ -113,6 +116,28 @@ def _lab_down(settings, keep: bool) -> None:
 
     asyncio.run(down(settings))
     console.print("VMs, group networks and legacy hosts stopped")
+
+
+def _cut_over(gateway: Gateway, group: str) -> bool:
+    """Verify, prepare and cut over, as an operator would; False if the cutover rolled back."""
+    def say(line: str) -> None:
+        console.print(line, highlight=False, markup=False)
+
+    console.rule("[bold]Verify (ferry verify)")
+    verification = gateway.call("GET", f"/v1/groups/{group}/verify")
+    print_verification(verification, say)
+    if not verification["passed"]:
+        return False
+    for prepare in (True, False):
+        console.rule("[bold]" + ("Prepare the cutover (ferry cutover --prepare)" if prepare
+                                 else "Cut over (ferry cutover)"))
+        run_id = gateway.call("POST", f"/v1/groups/{group}/cutover",
+                              {"prepare": prepare})["run_id"]
+        run = follow_cutover(lambda: gateway.call("GET", f"/v1/groups/{group}/cutover"),
+                             run_id, say)
+        if run["status"] != "completed":
+            return False
+    return True
 
 
 def _check_vms(settings, plan: Plan, site) -> bool:

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.live import Live
 
 from cli.client import Gateway, GatewayError
+from cli.cutover import follow_cutover, print_verification
 from cli.status import group_table, group_watch, groups_table, groups_watch
 from shared.plan import PlanError, load_plan_file
 from shared.settings import Settings
@@ -135,11 +136,38 @@ def retry(vm: str) -> None:
 
 @main.command()
 @click.argument("group")
-@click.option("--prepare", is_flag=True, help="Only the steps ahead of the window.")
-def cutover(group: str, prepare: bool) -> None:
-    """Request the cutover of a ready group."""
-    answer = _call("POST", f"/v1/groups/{group}/cutover", {"prepare": prepare})
-    console.print(f"cutover of {group} requested (run {answer['run_id']})")
+@click.option("--prepare", is_flag=True, help="Only the steps ahead of the window (lower the "
+              "DNS TTLs, a first rsync pass), at least a TTL before the cutover.")
+@click.option("--rehearse-failure-at", "rehearse", metavar="STEP",
+              help="Rehearse the rollback: STEP fails after doing its work.")
+@click.option("--database-mode", type=click.Choice(["dump-and-restore", "replication"]),
+              help="This run's database cutover instead of the plan's cutover.mode.")
+@click.option("--no-wait", is_flag=True, help="Return once the run is requested.")
+def cutover(group: str, prepare: bool, rehearse: str | None, database_mode: str | None,
+            no_wait: bool) -> None:
+    """Cut a ready group over (or prepare it), showing each step; ends with the downtime a
+    prober measured from outside, or with the rollback and its reason."""
+    body = {"prepare": prepare, **({"rehearse_failure_at": rehearse} if rehearse else {}),
+            **({"database_mode": database_mode} if database_mode else {})}
+    run_id = _call("POST", f"/v1/groups/{group}/cutover", body)["run_id"]
+    console.print(f"cutover of {group} requested (run {run_id})")
+    if no_wait:
+        return
+    run = follow_cutover(lambda: _call("GET", f"/v1/groups/{group}/cutover"), run_id,
+                         console.print)
+    if run["status"] != "completed":
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("group")
+def verify(group: str) -> None:
+    """How to reach each site at its new address, and the plan's HTTP checks run against the
+    new VMs (exit 1 if one fails)."""
+    answer = _call("GET", f"/v1/groups/{group}/verify")
+    print_verification(answer, console.print)
+    if not answer["passed"]:
+        sys.exit(1)
 
 
 @main.command("dlq")

@@ -10,7 +10,9 @@ interface.
 from __future__ import annotations
 
 import asyncio
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import dns.asyncquery
@@ -52,6 +54,28 @@ class TsigKey:
     name: str
     secret: str  # base64, as tsig-keygen prints it
     algorithm: str = "hmac-sha256"
+
+    def bind_text(self) -> str:
+        """The key as BIND's `key` statement: what `tsig-keygen NAME` prints."""
+        return (f'key "{self.name}" {{\n\talgorithm {self.algorithm};\n'
+                f'\tsecret "{self.secret}";\n}};\n')
+
+    @classmethod
+    def from_file(cls, path: Path) -> TsigKey:
+        """The first key of a BIND key file (tsig-keygen's output, or `bind_text`)."""
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise DnsError(f"the TSIG key file {path} cannot be read: {exc.strerror}") from None
+        found = _KEY_STATEMENT.search(text)
+        if found is None:
+            raise DnsError(f"{path} holds no TSIG key (expected what `tsig-keygen NAME` prints: "
+                           'key "NAME" { algorithm ...; secret "..."; };)')
+        return cls(name=found["name"], algorithm=found["algorithm"], secret=found["secret"])
+
+
+_KEY_STATEMENT = re.compile(r'key\s+"(?P<name>[^"]+)"\s*\{\s*algorithm\s+(?P<algorithm>[\w-]+)\s*;'
+                            r'\s*secret\s+"(?P<secret>[^"]+)"\s*;')
 
 
 class Rfc2136Driver:

@@ -115,6 +115,9 @@ class CutoverRequested(Payload):
     type: ClassVar[str] = "cutover.requested"
     run_id: str
     prepare: bool = False
+    # A rehearsal: this step fails after doing its work, so the rollback is exercised for real.
+    rehearse_failure_at: str | None = None
+    database_mode: str | None = None  # None: the plan's cutover.mode
 
 
 class CutoverStepCompleted(Payload):
@@ -127,7 +130,10 @@ class CutoverStepCompleted(Payload):
 class CutoverCompleted(Payload):
     type: ClassVar[str] = "cutover.completed"
     run_id: str
+    # Measured from outside by the prober (None: nothing to probe, or a prepared run).
     downtime_s: float | None = None
+    prepare: bool = False
+    probe: str | None = None  # the prober's summary: last old answer, first new, failures
 
 
 class CutoverFailed(Payload):

@@ -24,11 +24,12 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 CACHE="${FERRY_LAB_CACHE:-$HOME/.cache/ferryman/lab}"
 SUITE=bookworm
 
-# Host dependencies (bind9: the lab's authoritative DNS for the cutover). Everything that goes
+# Host dependencies (bind9: the lab's authoritative DNS for the cutover; iptables: the group
+# networks' outbound block; rsync: the cutover's catch-up). Everything that goes
 # INTO the images comes from the debootstrap'd chroots below, not from the host, so the images do
 # not depend on what the host runs.
 HOST_PKGS=(debootstrap zstd cpio kmod qemu-system-x86 qemu-utils ipxe-qemu python3 iproute2
-    openssh-client bind9)
+    openssh-client bind9 iptables rsync)
 
 # The base image: what a migrated VM without a root archive runs.
 BASE_PKGS=(systemd-sysv udev dbus linux-image-amd64 initramfs-tools lvm2 xfsprogs e2fsprogs

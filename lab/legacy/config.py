@@ -40,6 +40,7 @@ class HostSpec:
     daemons: tuple[str, ...]
     assets: str | None = None  # where generated shared assets go (app1: /data)
     seed: Seed | None = None
+    public_address: ipaddress.IPv4Address | None = None  # as the world knows the host
 
     @property
     def namespace(self) -> str:
@@ -55,10 +56,22 @@ class HostSpec:
 
 
 @dataclass(frozen=True)
+class ZoneSpec:
+    """The site's public DNS zone, served on this machine's loopback at `port`."""
+    zone: str
+    port: int
+    ttl: int
+    records: dict[str, ipaddress.IPv4Address]  # "@" is the apex
+
+
+@dataclass(frozen=True)
 class SiteSpec:
     network: ipaddress.IPv4Network
     uplink: ipaddress.IPv4Address
     hosts: dict[str, HostSpec]
+    public: ipaddress.IPv4Network | None = None
+    public_uplink: ipaddress.IPv4Address | None = None
+    dns: ZoneSpec | None = None
 
 
 def load_site(path: Path = SITE_FILE) -> SiteSpec:
@@ -67,15 +80,31 @@ def load_site(path: Path = SITE_FILE) -> SiteSpec:
         network = ipaddress.IPv4Network(data["network"])
         uplink = ipaddress.IPv4Address(data["uplink"])
         hosts = {name: _host(name, spec, path.parent) for name, spec in data["hosts"].items()}
+        public = ipaddress.IPv4Network(data["public"]) if data.get("public") else None
+        public_uplink = (ipaddress.IPv4Address(data["public_uplink"])
+                         if data.get("public_uplink") else None)
+        dns = _zone(data["dns"]) if data.get("dns") else None
     except (KeyError, TypeError, ValueError) as exc:
         raise SiteConfigError(f"{path}: {exc}") from None
+    publics = [h.public_address for h in hosts.values() if h.public_address]
+    if publics and (public is None or public_uplink is None
+                    or not all(a in public for a in [*publics, public_uplink])):
+        raise SiteConfigError(f"{path}: public addresses need `public` (a network holding "
+                              "them all) and `public_uplink` (this machine's, in it)")
     addresses = [h.address for h in hosts.values()] + [uplink]
     if len(set(addresses)) != len(addresses):
         raise SiteConfigError(f"{path}: two hosts (or a host and the uplink) share an address")
     outside = [str(a) for a in addresses if a not in network]
     if outside:
         raise SiteConfigError(f"{path}: {', '.join(outside)} not in {network}")
-    return SiteSpec(network=network, uplink=uplink, hosts=hosts)
+    return SiteSpec(network=network, uplink=uplink, hosts=hosts, public=public,
+                    public_uplink=public_uplink, dns=dns)
+
+
+def _zone(spec: dict) -> ZoneSpec:
+    return ZoneSpec(zone=spec["zone"], port=int(spec["port"]), ttl=int(spec.get("ttl", 300)),
+                    records={name: ipaddress.IPv4Address(a)
+                             for name, a in spec["records"].items()})
 
 
 def _host(name: str, spec: dict, folder: Path) -> HostSpec:
@@ -90,4 +119,6 @@ def _host(name: str, spec: dict, folder: Path) -> HostSpec:
         name=name, address=ipaddress.IPv4Address(spec["address"]), daemons=daemons,
         assets=spec.get("assets"),
         seed=Seed(database=seed["database"], sql=folder / seed["sql"]) if seed else None,
+        public_address=(ipaddress.IPv4Address(spec["public_address"])
+                        if spec.get("public_address") else None),
     )

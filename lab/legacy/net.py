@@ -5,9 +5,13 @@ veth, and one veth from the root namespace (where the archiver runs) into the si
                                                    br0 (ns ferry-legacy)
     ns ferry-legacy-app1: eth0 10.213.0.11/24 ──veth── lg-app1 ┘ ... lg-db1, lg-db2
 
-That veth and its address (the route to 10.213.0.0/24 comes with it) are the only change in the
-root namespace; deleting the site namespace takes the veth with it. No forwarding, NAT or
-firewall rule anywhere: the hosts reach each other and this machine, and nothing else.
+Each host also has its public address (203.0.113.0/24) on the same eth0, and this machine its
+own on the same veth, so the world (this machine) reaches the site at its public addresses. That
+veth and its addresses (the routes come with them) are the only change in the root namespace;
+deleting the site namespace takes the veth with it. The hosts' default route is this machine:
+that is how a legacy host reaches the new VMs when the cutover forwards its public address to
+them (and how the new VMs' answers come back). No NAT or firewall rule here: the cutover adds
+the forwarding rules on the host itself, as it would on a real legacy host.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ class NetworkError(Exception):
 
 def create(site: SiteSpec) -> None:
     _refuse_overlap(site.network)
+    if site.public:
+        _refuse_overlap(site.public)
     ip("netns", "add", SITE_NAMESPACE)
     ip("-n", SITE_NAMESPACE, "link", "set", "lo", "up")
     ip("-n", SITE_NAMESPACE, "link", "add", BRIDGE, "type", "bridge")
@@ -36,10 +42,16 @@ def create(site: SiteSpec) -> None:
            "peer", "name", "eth0", "netns", host.namespace)
         ip("-n", SITE_NAMESPACE, "link", "set", host.site_link, "master", BRIDGE, "up")
         ip("-n", host.namespace, "addr", "add", f"{host.address}/{prefix}", "dev", "eth0")
+        if host.public_address:
+            ip("-n", host.namespace, "addr", "add",
+               f"{host.public_address}/{site.public.prefixlen}", "dev", "eth0")
         ip("-n", host.namespace, "link", "set", "eth0", "up")
+        ip("-n", host.namespace, "route", "add", "default", "via", str(site.uplink))
     ip("link", "add", UPLINK, "type", "veth", "peer", "name", "uplink", "netns", SITE_NAMESPACE)
     ip("-n", SITE_NAMESPACE, "link", "set", "uplink", "master", BRIDGE, "up")
     ip("addr", "add", f"{site.uplink}/{prefix}", "dev", UPLINK)
+    if site.public_uplink:
+        ip("addr", "add", f"{site.public_uplink}/{site.public.prefixlen}", "dev", UPLINK)
     ip("link", "set", UPLINK, "up")
 
 

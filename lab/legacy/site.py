@@ -13,8 +13,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lab.legacy import dns as site_dns
 from lab.legacy import mounts, net, procs, roots
-from lab.legacy.config import HostSpec, SiteSpec, load_site
+from lab.legacy.config import HostSpec, SiteSpec, ZoneSpec, load_site
 from shared.logging import get_logger
 from shared.settings import Settings
 
@@ -60,6 +61,7 @@ class Site:
     ssh_identity: Path
     known_hosts: Path
     timings: dict[str, float] = field(default_factory=dict)
+    dns: ZoneSpec | None = None  # the public zone, served at (site_dns.ADDRESS, dns.port)
 
     def address(self, name: str) -> str:
         return self.hosts[name].address
@@ -144,8 +146,16 @@ async def _bring_up(settings: Settings, spec: SiteSpec, lab_dir: Path, image: Pa
         for daemon in host.daemons:
             procs.start(host, roots.root_of(lab_dir, host.name), daemon, _run_dir(lab_dir),
                         _log_dir(lab_dir))
+    if spec.dns:
+        site_dns.start(spec.dns, roots.state_dir(lab_dir) / "dns", settings.tsig_key_file,
+                       _run_dir(lab_dir), _dns_log(lab_dir))
     site = _site(settings, spec, lab_dir, timings)
     await _wait_ready(site, spec, lab_dir)
+    if spec.dns:
+        try:
+            await site_dns.wait_answering(spec.dns, _run_dir(lab_dir), _dns_log(lab_dir))
+        except RuntimeError as exc:
+            raise LegacyError(f"the site's DNS: {exc}") from None
     timings["start daemons"] = time.monotonic() - mark
     mark = time.monotonic()
     await _seed(site, spec, lab_dir)
@@ -302,6 +312,9 @@ async def _healthy(spec: SiteSpec, lab_dir: Path) -> bool:
                 return False
             if not await _answers(site, host.name, daemon):
                 return False
+    if spec.dns and (procs.recorded_pid(site_dns.pidfile(_run_dir(lab_dir))) is None
+                     or not await site_dns.answers(spec.dns)):
+        return False
     return True
 
 
@@ -403,7 +416,8 @@ def _site(settings: Settings | None, spec: SiteSpec, lab_dir: Path,
              for h in spec.hosts.values()}
     return Site(hosts=hosts, network=str(spec.network), uplink=str(spec.uplink),
                 ssh_identity=settings.ssh_identity if settings else Path(),
-                known_hosts=settings.ssh_known_hosts if settings else Path(), timings=timings)
+                known_hosts=settings.ssh_known_hosts if settings else Path(), timings=timings,
+                dns=spec.dns)
 
 
 def _lab_dir(settings: Settings) -> Path:
@@ -417,6 +431,10 @@ def _run_dir(lab_dir: Path) -> Path:
 
 def _log_dir(lab_dir: Path) -> Path:
     return roots.state_dir(lab_dir) / "logs"
+
+
+def _dns_log(lab_dir: Path) -> Path:
+    return _log_dir(lab_dir) / "site-named.log"
 
 
 def _log_tail(lab_dir: Path, host: str, daemon: str) -> str:

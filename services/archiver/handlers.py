@@ -117,7 +117,7 @@ async def _archive_source(planned: VM, folder: Path, vm_id: uuid.UUID,
         results.append(await archive_path(tree, spec.path, list(spec.excludes), dest))
     for db in planned.databases:
         dest = folder / f"{archive_id(vm_id, 'database', db.name)}.sql.zst"
-        database = _database_source(db, over_ssh)
+        database = database_source(db, over_ssh)
         if over_ssh:
             results.append(await dump_database_over_ssh(tree, database, dest))
         else:
@@ -130,7 +130,7 @@ async def _archive_source(planned: VM, folder: Path, vm_id: uuid.UUID,
     return results
 
 
-def _database_source(db: DatabaseSpec, over_ssh: bool) -> DatabaseSource:
+def database_source(db: DatabaseSpec, over_ssh: bool) -> DatabaseSource:
     return DatabaseSource(
         engine=db.engine, name=db.name, host=db.host, port=db.effective_port, user=db.user,
         password=os.environ.get(db.password_env) if db.password_env else None,

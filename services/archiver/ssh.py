@@ -188,8 +188,10 @@ class SshTree:
         return replace(self, acls="--acls" in text, xattrs="--xattrs" in text, present=present)
 
 
-def remote_dump_script(db: DatabaseSource) -> tuple[str, bytes | None]:
+def remote_dump_script(db: DatabaseSource, options: Sequence[str] | None = None,
+                       ) -> tuple[str, bytes | None]:
     """A POSIX shell script dumping `db` to stdout, and the stdin it needs (the password).
+    `options`: the dump program's arguments instead of the usual ones (MariaDB).
 
     The password travels on ssh's stdin: `read` is a shell builtin, so it never appears in any
     argv, on either machine; `export` hands it to the dump program's environment only. The
@@ -208,7 +210,7 @@ def remote_dump_script(db: DatabaseSource) -> tuple[str, bytes | None]:
     lines += [f"{name}={shlex.quote(value)}; export {name}"
               for name, value in dump_variables(db, with_password=False).items()]
     if db.engine == "mariadb":
-        options = shlex.join(mariadb_dump_options(db))
+        options = shlex.join(mariadb_dump_options(db) if options is None else options)
         # MariaDB's own name where it exists: newer clients warn on, or drop, the mysql* names.
         lines += ["for program in mariadb-dump mysqldump; do",
                   "  if command -v \"$program\" >/dev/null 2>&1; then",

@@ -371,8 +371,11 @@ def mariadb_config(vm: VM, datadir: str) -> str:
         "# The first load is redone from the dumps if it fails: no need to flush every commit.",
         "innodb_flush_log_at_trx_commit = 2",
     ]
-    if _role(vm) == "db-replica":
-        lines.append("relay_log                      = relay-bin")
+    # A replica replicates from its master; a master may from its legacy master until the
+    # cutover (mode replication), and passes what it applies on to its own replicas.
+    lines.append("relay_log                      = relay-bin")
+    if _role(vm) != "db-replica":
+        lines.append("log_slave_updates              = ON")
     return "\n".join(lines)
 
 

@@ -1,37 +1,258 @@
-"""Cutover: takes an operator's `cutover.requested` for a ready group and records the run.
-The runbook itself (DNS, rsync, databases, forwarding, rollback) is its own piece of work."""
+"""Cutover: runs the runbook (steps.py) of a ready group on an operator's `cutover.requested`.
+
+A prepared run (`--prepare`) lowers the TTLs and makes a first rsync pass; the group stays
+ready. A full run moves the group to cutting_over, runs every step while a prober asks for the
+site by name from outside, and ends `live` with the measured downtime in `cutover.completed`,
+or rolls back (every step undone, the old site serving) and ends `ready` again with its VMs
+`rolled_back`, announced as `cutover.failed`.
+
+The run is recorded as it goes (cutover_runs, cutover_steps). A delivery that finds its run
+`running` means the service died mid-run: it rolls that run back from the journal instead of
+running it again.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import tempfile
+import time
 import uuid
+from pathlib import Path
 
+from services.cutover.remote import Remote
+from services.cutover.runbook import Journal, Outcome, run_steps, undo_recorded
+from services.cutover.steps import GroupRunbook, Machine
 from shared import events as ev
+from shared.dns import DnsError, Rfc2136Driver, TsigKey
 from shared.events import Envelope
+from shared.logging import get_logger
+from shared.plan import Plan, Role
+from shared.prober import Prober, ProbeReport
+from shared.providers.base import ProviderError
 from shared.service import Context, Router
-from shared.states import GroupStatus
-from shared.store import groups
+from shared.states import GroupStatus, VmState
+from shared.store import groups, vms
 
+log = get_logger(__name__)
 router = Router("cutover")
+
+# After the last step, how long the prober may take to see the new site answer by name.
+PROBE_SETTLE_S = 30.0
+FINISHED = ("completed", "rolled_back", "failed", "refused")
+
+
+class CannotStart(Exception):
+    """The runbook cannot even be put together (nothing was changed); says why."""
 
 
 @router.on("cutover.requested")
-async def accept_cutover(event: Envelope, ctx: Context) -> None:
+async def run_cutover(event: Envelope, ctx: Context) -> None:
     request = ev.CutoverRequested.model_validate(event.payload)
     run_id = uuid.UUID(request.run_id)
-    async with ctx.transaction() as tx:
-        group = await groups.get(tx.conn, event.group_id, lock=True)
-        if group is None:
+    group = await groups.get(ctx.store.pool, event.group_id)
+    if group is None:
+        return
+    plan = group.parsed_plan()
+    runbook = None
+    if group.status in (GroupStatus.READY, GroupStatus.CUTTING_OVER):  # else _begin refuses
+        try:
+            runbook = await _runbook(ctx, event.group_id, plan, request)
+        except CannotStart as exc:
+            await _cannot_start(ctx, event, run_id, str(exc))
             return
+    interrupted = await _begin(ctx, event, run_id, request.prepare)
+    if interrupted is None:
+        return
+    if runbook is None:  # the group became ready in between: a redelivery takes it from here
+        raise RuntimeError("the group changed while the cutover started; retrying")
+    steps = runbook.steps(request.prepare)
+    journal = Journal(ctx.store, run_id, event.group_id, event)
+    if interrupted:
+        log.warning("cutover run was interrupted; rolling it back", run_id=str(run_id))
+        try:
+            outcome = await undo_recorded(steps, journal)
+        finally:
+            await runbook.close()
+        await _finish(ctx, event, run_id, request.prepare, outcome, None)
+        return
+    prober = None if request.prepare else _prober(plan, runbook)
+    probing = asyncio.create_task(prober.run()) if prober else None
+    try:
+        outcome = await run_steps(steps, journal)
+    finally:
+        await runbook.close()
+    report = await _stop_probing(prober, probing, outcome.completed)
+    await _finish(ctx, event, run_id, request.prepare, outcome, report)
+
+
+async def _cannot_start(ctx: Context, event: Envelope, run_id: uuid.UUID, reason: str) -> None:
+    """The run fails before any step: nothing was changed, no VM moves."""
+    async with ctx.transaction() as tx:
+        status = await tx.conn.fetchval("SELECT status FROM cutover_runs WHERE id = $1 FOR UPDATE",
+                                        run_id)
+        if status == "running":
+            # Interrupted, and what it did cannot be undone from here: the operator must look.
+            # The group stays cutting_over, so nothing else moves it meanwhile.
+            reason = f"interrupted, and it cannot be rolled back: {reason}"
+        elif status not in ("requested", "accepted"):
+            return
+        await _record_end(tx, run_id, "failed", reason, None)
+        await tx.publish(ev.CutoverFailed(run_id=str(run_id), reason=reason),
+                         group_id=event.group_id)
+
+
+async def _begin(ctx: Context, event: Envelope, run_id: uuid.UUID, prepare: bool,
+                 ) -> bool | None:
+    """Mark the run running (and the group cutting over), or refuse it. None: nothing to run;
+    True: the run was interrupted (roll it back); False: run it."""
+    async with ctx.step() as tx:
+        group = await groups.get(tx.conn, event.group_id, lock=True)
+        status = await tx.conn.fetchval("SELECT status FROM cutover_runs WHERE id = $1", run_id)
+        if group is None or status is None or status in FINISHED:
+            return None  # gone, or a redelivery of a run that ended
+        if status == "running":
+            return True
         if group.status != GroupStatus.READY:
             reason = f"group {group.name} is {group.status}, not ready"
-            await _finish(tx, run_id, "refused", reason)
+            await _record_end(tx, run_id, "refused", reason, None)
             await tx.publish(ev.CutoverFailed(run_id=str(run_id), reason=reason),
                              group_id=group.id)
-            return
-        await tx.conn.execute(
-            "UPDATE cutover_runs SET status = 'accepted' WHERE id = $1 AND status = 'requested'",
-            run_id,
-        )
+            return None
+        await tx.conn.execute("UPDATE cutover_runs SET status = 'running' WHERE id = $1", run_id)
+        if not prepare:
+            await _set_group(tx, group.id, GroupStatus.CUTTING_OVER)
+            for vm in await vms.of_group(tx.conn, group.id):
+                await vms.transition(tx, vm.id, VmState.CUTTING_OVER, step="cutover")
+        return False
+
+
+async def _runbook(ctx: Context, group_id: uuid.UUID, plan: Plan,
+                   request: ev.CutoverRequested) -> GroupRunbook:
+    settings = ctx.settings
+    staging = settings.state_dir / "cutover" / plan.group
+    # The new VMs made their host keys at first boot and report none: each run trusts them on
+    # first contact (and holds them to it for the rest of the run). A VM rebuilt since the last
+    # run has a new key, which a file kept across runs would refuse.
+    new_known_hosts = staging / "known_hosts-new-vms"
+    new_known_hosts.parent.mkdir(parents=True, exist_ok=True)
+    new_known_hosts.unlink(missing_ok=True)
+    # Short: a unix socket's path must fit in 108 bytes. Removed by runbook.close().
+    control = Path(tempfile.mkdtemp(prefix="ferry-ssh-"))
+    members = {vm.name: vm for vm in await vms.of_group(ctx.store.pool, group_id)}
+    machines = []
+    for planned in plan.vms:
+        vm = members[planned.name]
+        try:
+            found = await ctx.provider.addresses(vm.provider_ref) if vm.provider_ref else []
+        except ProviderError as exc:
+            raise CannotStart(f"the address of {vm.name}: {exc}") from None
+        if not found:
+            raise CannotStart(f"{vm.name} has no address this machine reaches (provider "
+                              f"{ctx.provider.name}): the cutover needs the new VMs on a "
+                              "network it can reach")
+        source = planned.source
+        legacy = None
+        if source is not None and source.kind == "ssh":
+            legacy = Remote(f"legacy {vm.name}", source.host, source.port, source.user,
+                            settings.ssh_identity if source.key_file is None
+                            else Path(source.key_file).expanduser(),
+                            settings.ssh_known_hosts, control)
+        new = Remote(f"new {vm.name}", found[0], 22, "root", settings.ssh_identity,
+                     new_known_hosts, control)
+        machines.append(Machine(planned, vm.id, found[0], new, legacy))
+    dns = None
+    if plan.cutover.dns is not None:
+        try:
+            key = TsigKey.from_file(settings.tsig_key_file)
+        except DnsError as exc:
+            raise CannotStart(f"DNS: {exc} (set FERRY_DNS_KEY_FILE)") from None
+        dns = Rfc2136Driver(plan.cutover.dns.host, plan.cutover.dns.zone, key,
+                            port=plan.cutover.dns.port)
+    return GroupRunbook(plan, machines, ctx.provider, dns, staging / "staging",
+                        request.rehearse_failure_at, control_dir=control,
+                        database_mode=request.database_mode)
+
+
+# --- the prober ------------------------------------------------------------------------------
+
+def _prober(plan: Plan, runbook: GroupRunbook) -> Prober | None:
+    """A prober for the site's name: the first DNS record pointing at an app VM."""
+    dns = plan.cutover.dns
+    if dns is None:
+        return None
+    apps = {vm.name for vm in plan.vms if vm.role == Role.APP}
+    name = next((n for n, vm in dns.records.items() if vm in apps), None)
+    if name is None:
+        return None
+    path = next((c.path for c in plan.cutover.checks if c.host == name), "/")
+    old = {str(vm.network.public_ip) for vm in plan.vms if vm.network.public_ip}
+    new = {m.address for m in runbook.machines}
+
+    def side(address: str) -> str | None:
+        return "old" if address in old else "new" if address in new else None
+    return Prober(name, dns.host, dns.port, path=path, side_of_address=side)
+
+
+async def _stop_probing(prober: Prober | None, probing: asyncio.Task | None,
+                        completed: bool) -> ProbeReport | None:
+    """After a cutover, let the prober see the new site (or, after a rollback, the old one)."""
+    if prober is None or probing is None:
+        return None
+    wanted = "new" if completed else "old"
+    since = len(prober.probes)
+    deadline = time.monotonic() + PROBE_SETTLE_S
+    while time.monotonic() < deadline and not any(
+            p.good and p.side == wanted for p in prober.probes[since:]):
+        await asyncio.sleep(prober.interval)
+    prober.stop()
+    return await probing
+
+
+# --- the end of a run ----------------------------------------------------------------------
+
+async def _finish(ctx: Context, event: Envelope, run_id: uuid.UUID, prepare: bool,
+                  outcome: Outcome, report: ProbeReport | None) -> None:
+    downtime = report.downtime_s if report and outcome.completed else None
+    reason = outcome.reason
+    if reason and outcome.undo_errors:
+        reason += "; undo failed for " + ", ".join(f"{s}: {e}"
+                                                   for s, e in outcome.undo_errors.items())
+    if report is not None:
+        log.info("cutover probed", summary=report.summary(), run_id=str(run_id))
+    async with ctx.transaction() as tx:
+        if outcome.completed:
+            await _record_end(tx, run_id, "completed", None, downtime)
+        else:
+            await _record_end(tx, run_id, "rolled_back" if outcome.failed_step or
+                              outcome.undone else "failed", reason, None)
+        if not prepare:
+            await _set_group(tx, event.group_id, GroupStatus.LIVE if outcome.completed
+                             else GroupStatus.READY)
+            target = VmState.LIVE if outcome.completed else VmState.ROLLED_BACK
+            for vm in await vms.of_group(tx.conn, event.group_id):
+                if vm.state == VmState.CUTTING_OVER:
+                    await vms.transition(tx, vm.id, target, step="cutover",
+                                         message=None if outcome.completed else reason)
+        if outcome.completed:
+            await tx.publish(ev.CutoverCompleted(run_id=str(run_id), downtime_s=downtime,
+                                                 prepare=prepare,
+                                                 probe=report.summary() if report else None),
+                             group_id=event.group_id)
+        else:
+            await tx.publish(ev.CutoverFailed(run_id=str(run_id), reason=reason or "failed"),
+                             group_id=event.group_id)
+
+
+async def _record_end(tx, run_id: uuid.UUID, status: str, reason: str | None,
+                      downtime: float | None) -> None:
+    await tx.conn.execute(
+        "UPDATE cutover_runs SET status = $2, reason = $3, downtime_s = $4, finished_at = now()"
+        " WHERE id = $1", run_id, status, reason, downtime)
+
+
+async def _set_group(tx, group_id: uuid.UUID, status: GroupStatus) -> None:
+    await tx.conn.execute("UPDATE groups SET status = $2, updated_at = now() WHERE id = $1",
+                          group_id, status.value)
 
 
 @router.on("group.halted")
@@ -44,9 +265,3 @@ async def cancel_pending(event: Envelope, ctx: Context) -> None:
             event.group_id,
         )
 
-
-async def _finish(tx, run_id: uuid.UUID, status: str, reason: str) -> None:
-    await tx.conn.execute(
-        "UPDATE cutover_runs SET status = $2, reason = $3, finished_at = now() WHERE id = $1",
-        run_id, status, reason,
-    )

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from services.cutover.names import WINDOW_STEPS
 from shared.states import VM_REPORTABLE
 
 
@@ -16,6 +17,7 @@ class StrictModel(BaseModel):
 
 
 ReportableState = Literal[tuple(sorted(s.value for s in VM_REPORTABLE))]  # type: ignore[valid-type]
+CutoverStep = Literal[WINDOW_STEPS]  # type: ignore[valid-type]
 
 
 class StateReport(StrictModel):
@@ -107,6 +109,11 @@ class ReplicationCredentials(BaseModel):
 
 class CutoverRequest(StrictModel):
     prepare: bool = False
+    # Rehearse the rollback: this step fails after doing its work (names: GET .../cutover).
+    rehearse_failure_at: CutoverStep | None = None
+    # This run's database mode instead of the plan's (say, dump-and-restore when the
+    # replication link broke): dump-and-restore or replication.
+    database_mode: Literal["dump-and-restore", "replication"] | None = None
 
 
 class CutoverAccepted(BaseModel):
@@ -164,6 +171,9 @@ class CutoverStepView(BaseModel):
     finished_at: datetime | None
     seconds: float | None
     error: str | None
+    detail: str | None = None  # what the step did
+    undone_at: datetime | None = None  # when a rollback undid it
+    undo_error: str | None = None
 
 
 class CutoverRunView(BaseModel):
@@ -185,3 +195,27 @@ class CutoverRuns(BaseModel):
 class UiSession(BaseModel):
     events: str
     services: list[str]
+
+
+class SiteView(BaseModel):
+    vm: str
+    address: str
+    names: list[str]
+    hosts_line: str  # for /etc/hosts: the new address and the names it will serve
+    curl: list[str]  # curl --resolve lines, one per name
+
+
+class CheckView(BaseModel):
+    vm: str
+    url: str
+    address: str
+    ok: bool
+    detail: str
+
+
+class Verification(BaseModel):
+    group: str
+    status: str
+    sites: list[SiteView]
+    checks: list[CheckView]
+    passed: bool  # every check passed (true when the plan has none)

@@ -14,17 +14,20 @@ from services.gateway.keys import BUS, DEPS
 from services.gateway.vm_routes import vm_view
 from shared import events as ev
 from shared.bus import dead_letters, replay_dead_letters
-from shared.plan import PlanError, load_plan
+from shared.plan import Plan, PlanError, load_plan
 from shared.states import GroupStatus, IllegalTransition
 from shared.store import groups, vms
 from shared.topology import SUBSCRIPTIONS
 
 MAX_PLAN_BYTES = 1_000_000
+MAX_ID = 2**63 - 1  # PostgreSQL's bigint
 
 
 @api.route("POST", "/v1/groups", "Submit a plan (YAML or JSON); the group starts its journey",
            auth="operator", tag="operator", response=m.Submitted,
-           responses={422: "the plan is not valid; nothing was written", 409: "already migrating"})
+           responses={422: "the plan is not valid; nothing was written", 409: "already migrating",
+                      413: "the plan is larger than the gateway accepts"},
+           body_schema=Plan)
 async def submit(request: web.Request) -> web.Response:
     require_operator(request)
     raw = await request.read()
@@ -90,14 +93,19 @@ async def show_group(request: web.Request) -> web.Response:
 
 
 @api.route("GET", "/v1/vms/{vm_id}/messages", "A VM's log messages (?after=id for new ones)",
-           auth="operator", tag="operator", response=m.MessageList)
+           auth="operator", tag="operator", response=m.MessageList,
+           query={"after": {"type": "integer", "minimum": 0, "maximum": MAX_ID,
+                            "description": "only messages after this id"}})
 async def vm_messages(request: web.Request) -> web.Response:
     require_operator(request)
     vm_id = path_uuid(request, "vm_id")
     try:
         after = int(request.query.get("after", "0"))
     except ValueError:
-        raise problem(web.HTTPBadRequest, "after must be a message id") from None
+        after = -1
+    if not 0 <= after <= MAX_ID:
+        raise problem(web.HTTPBadRequest, "after must be a message id (a whole number from 0)",
+                      [{"location": "after", "message": "must be a whole number from 0"}])
     rows = await request.app[DEPS].store.fetch(
         "SELECT * FROM vm_messages WHERE vm_id = $1 AND id > $2 ORDER BY id LIMIT 1000",
         vm_id, after,
@@ -153,7 +161,9 @@ async def cutover(request: web.Request) -> web.Response:
             "INSERT INTO cutover_runs (id, group_id, prepare, status) VALUES ($1, $2, $3, 'requested')",
             run_id, group.id, body.prepare,
         )
-        await tx.publish(ev.CutoverRequested(run_id=str(run_id), prepare=body.prepare),
+        await tx.publish(ev.CutoverRequested(run_id=str(run_id), prepare=body.prepare,
+                                             rehearse_failure_at=body.rehearse_failure_at,
+                                             database_mode=body.database_mode),
                          group_id=group.id)
     return json_response(m.CutoverAccepted(run_id=run_id), 202)
 
@@ -179,7 +189,8 @@ async def list_dead_letters(request: web.Request) -> web.Response:
 
 
 @api.route("POST", "/v1/dead-letters/{service}/replay", "Put a service's dead letters (all, or "
-           "?id=message id) back on its queue", auth="operator", tag="operator", response=m.Replayed)
+           "?id=message id) back on its queue", auth="operator", tag="operator", response=m.Replayed,
+           query={"id": {"type": "string", "description": "replay only the message with this id"}})
 async def replay(request: web.Request) -> web.Response:
     require_operator(request)
     service = _service(request)
@@ -266,12 +277,14 @@ async def cutover_runs(request: web.Request) -> web.Response:
         )
     by_run: dict[uuid.UUID, list[m.CutoverStepView]] = {}
     for s in steps:
-        seconds = ((s["finished_at"] - s["started_at"]).total_seconds()
-                   if s["started_at"] and s["finished_at"] else None)
+        seconds = s["seconds"]
+        if seconds is None and s["started_at"] and s["finished_at"]:
+            seconds = (s["finished_at"] - s["started_at"]).total_seconds()
         by_run.setdefault(s["run_id"], []).append(m.CutoverStepView(
             position=s["position"], name=s["name"], status=s["status"],
             started_at=s["started_at"], finished_at=s["finished_at"], seconds=seconds,
-            error=s["error"],
+            error=s["error"], detail=s["detail"], undone_at=s["undone_at"],
+            undo_error=s["undo_error"],
         ))
     return json_response(m.CutoverRuns(group=group.name, runs=[
         m.CutoverRunView(

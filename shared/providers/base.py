@@ -71,5 +71,9 @@ class Provider(Protocol):
     async def addresses(self, ref: str) -> list[str]:
         """The VM's current addresses, as the infrastructure sees them."""
 
+    async def set_outbound(self, group: str, open_: bool) -> None:
+        """Open the group network's outbound traffic (cutover), or block it again (its undo).
+        Until opened, a group's VMs reach each other and the migration service, nothing else."""
+
     async def close(self) -> None:
         """Release what the provider holds (processes it supervises, connections)."""

@@ -30,6 +30,7 @@ class FakeProvider:
         # test can kill the caller after the infrastructure acted but before it was recorded.
         self.gate: asyncio.Event | None = None
         self._serial = itertools.count(1)
+        self.outbound_open: dict[str, bool] = {}
         self._lock = asyncio.Lock()
 
     async def create_vm(self, spec: VmSpec, *, idempotency_key: str) -> ProviderVm:
@@ -68,6 +69,9 @@ class FakeProvider:
 
     async def addresses(self, ref: str) -> list[str]:
         return []
+
+    async def set_outbound(self, group: str, open_: bool) -> None:
+        self.outbound_open[group] = open_
 
     async def close(self) -> None:
         pass

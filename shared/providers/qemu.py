@@ -315,6 +315,12 @@ class QemuProvider:
             return []
         return [str(ip_interface(address).ip)]
 
+    async def set_outbound(self, group: str, open_: bool) -> None:
+        namespace = group_namespace(group)
+        async with self.nets.lock(namespace):
+            await self.nets.set_outbound(namespace, open_)
+        log.info("qemu: group outbound " + ("opened" if open_ else "blocked"), group=group)
+
     async def close(self) -> None:
         # Nothing is held open (QMP connections last one command). Running VMs are left alone:
         # they outlive the service; teardown() stops them.

@@ -2,9 +2,10 @@
 
 Per group, a network namespace holding a bridge with the group's gateway address(es), one tap per
 VM, and 10.0.2.100/32 with a relay (nsrelay) listening on port 80 that connects to the gateway on
-the root namespace's loopback. The namespace has no uplink and forwards nothing, so its VMs reach
-each other and the gateway, and nothing else. Nothing is added to the root namespace: QEMU runs
-inside the namespace (`ip netns exec`), and `ip netns del` takes bridge and taps with it.
+the root namespace's loopback, and an uplink to the root namespace whose outbound direction is
+blocked until the cutover opens it (qemu_uplink). So until then its VMs reach each other, the
+gateway, and nothing else, while this machine reaches them. QEMU runs inside the namespace
+(`ip netns exec`), and `ip netns del` takes bridge, taps and uplink with it.
 
 Each namespace the provider makes is recorded in lab_dir/nets/<namespace>/ (before it is made,
 so teardown finds it whatever happens), with its relay's pid and log.
@@ -17,9 +18,10 @@ import hashlib
 import json
 import shutil
 import time
+from ipaddress import ip_interface
 from pathlib import Path
 
-from shared.providers import nsrelay
+from shared.providers import nsrelay, qemu_uplink
 from shared.providers.base import ProviderError
 from shared.providers.qemu_proc import alive, flock, read_json, run, spawn, stop, tail, write_json
 
@@ -63,7 +65,9 @@ class GroupNetworks:
         """The namespace, its bridge with these addresses and the gateway's, and the relay."""
         folder = self.root / namespace
         folder.mkdir(parents=True, exist_ok=True)
-        write_json(folder / "net.json", {"namespace": namespace, "group": group})
+        record = read_json(folder / "net.json") or {}
+        record.update(namespace=namespace, group=group)
+        write_json(folder / "net.json", record)
         if not self.exists(namespace):
             await run("ip", "netns", "add", namespace)
         await run("ip", "-n", namespace, "link", "set", "lo", "up")
@@ -74,7 +78,24 @@ class GroupNetworks:
         for address in [*bridge_addresses, f"{GUEST_GATEWAY_IP}/32"]:
             if address not in have:
                 await run("ip", "-n", namespace, "addr", "add", address, "dev", BRIDGE)
+        subnets = sorted({str(ip_interface(a).network) for a in bridge_addresses})
+        await qemu_uplink.ensure(namespace, subnets, blocked=not record.get("outbound_open"))
         await self._ensure_relay(namespace)
+
+    async def set_outbound(self, namespace: str, open_: bool) -> None:
+        """Open (or block again) the group's outbound connections; remembered, so a namespace
+        rebuilt later comes back the same."""
+        path = self.root / namespace / "net.json"
+        record = read_json(path)
+        if record is None or not self.exists(namespace):
+            raise ProviderError(f"qemu: no group network {namespace} (no VM of the group is "
+                                "on it)")
+        await qemu_uplink.set_blocked(namespace, not open_)
+        record["outbound_open"] = open_
+        write_json(path, record)
+
+    def outbound_open(self, namespace: str) -> bool:
+        return bool((read_json(self.root / namespace / "net.json") or {}).get("outbound_open"))
 
     async def ensure_tap(self, namespace: str, tap: str) -> None:
         if tap not in await self._links(namespace):

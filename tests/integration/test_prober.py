@@ -10,7 +10,7 @@ import pytest
 from aiohttp import web
 
 from lab.dns_server import AuthoritativeServer, named_missing
-from lab.prober import SITE_HEADER, Probe, ProbeReport, Prober
+from shared.prober import SITE_HEADER, Probe, ProbeReport, Prober
 from shared.dns import Rfc2136Driver
 from tests.conftest import eventually, free_port
 

@@ -15,7 +15,7 @@ from services.archiver.archive import (
     ROOT_EXCLUDES, ROOT_FIRST, ArchiveError, PipelineError, archive_path, tar_create_argv,
 )
 from services.archiver.dumps import DatabaseSource, mariadb_dump_options
-from services.archiver.handlers import _database_source
+from services.archiver.handlers import database_source
 from services.archiver.ssh import SshTree, remote_dump_script
 from shared.plan import DatabaseSpec, Source
 from shared.settings import Settings
@@ -201,7 +201,7 @@ def test_a_postgresql_dump_script_sets_its_database_by_environment():
 def test_a_database_on_the_host_itself_is_dumped_by_socket(spec, over_ssh, socket):
     """Over SSH, the default host with no port means the server's local socket; a port or
     another host means TCP; a local source always uses TCP."""
-    assert _database_source(spec, over_ssh).socket is socket
+    assert database_source(spec, over_ssh).socket is socket
 
 
 @pytest.mark.parametrize("stderr, expected", [

@@ -437,10 +437,14 @@ function cutoverCard(group) {
           h("td", { class: "downtime" }, run.downtime_s === null ? "—" : `${run.downtime_s.toFixed(1)}s`),
           h("td", {}, clock(run.created_at)), h("td", {}, clock(run.finished_at)), h("td", {}, run.reason || "")),
         run.steps.length ? h("tr", {}, h("td", {}), h("td", { colspan: 6 }, h("table", { class: "steps" },
-          h("tr", {}, ["#", "step", "status", "started", "time", "error"].map((c) => h("th", {}, c))),
+          h("tr", {}, ["#", "step", "status", "started", "time", "what it did"].map((c) => h("th", {}, c))),
           run.steps.map((s) => h("tr", {}, h("td", {}, s.position), h("td", {}, s.name),
             h("td", {}, badge(s.status)), h("td", {}, clock(s.started_at)),
-            h("td", {}, duration(s.seconds)), h("td", { class: "error" }, s.error || "")))))) : null,
+            h("td", {}, s.seconds === null ? "" : s.seconds < 10 ? `${s.seconds.toFixed(1)}s` : duration(s.seconds)),
+            // A failure (or a failed undo) first; otherwise what the step did.
+            s.error || s.undo_error
+              ? h("td", { class: "error" }, [s.error, s.undo_error && `undo: ${s.undo_error}`].filter(Boolean).join("; "))
+              : h("td", {}, s.detail || "")))))) : null,
       ])) : h("p", { class: "muted" }, ready ? "No cutover yet." : "The group is not ready yet."));
 }
 

@@ -1,0 +1,473 @@
+"""The cutover runbook of one group: each step's do and undo (names.py lists them in order).
+
+Steps act on the legacy hosts (over SSH, through the plan's `source`), on the new VMs (over SSH,
+at their planned addresses, with the migration service's key, which travelled in the root
+archives' authorized_keys), on DNS (RFC 2136) and on the provider (the outbound block).
+
+Every undo works from the plan and from what is on the machines, never from memory of the do,
+so a run cut off by a crash rolls back from its journal in a fresh process (runbook.py). Each
+undo is safe after a half-done do and when repeated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shlex
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.archiver.handlers import database_source
+from services.archiver.ssh import remote_dump_script
+from services.cutover import names
+from services.cutover import replication
+from services.cutover.remote import Remote, RemoteError, pipe
+from services.cutover.runbook import Step
+from shared.dns import DnsDriver, RecordSet
+from shared.plan import VM, Plan, Role
+from shared.providers.base import Provider
+from shared.site_checks import run_checks
+
+MARKER = "/etc/ferryman/migrating"
+CONFIG_MANAGEMENT = "/etc/ferryman/config-management"
+RSYNC_TIMEOUT_S = 1800.0
+# rsync: 24 is "some files vanished before they could be transferred": a live site's temporary
+# files do that; the pass still copied everything that stayed.
+RSYNC_VANISHED = 24
+
+
+class StepFailed(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Machine:
+    """One VM of the group, old and new."""
+
+    vm: VM
+    vm_id: uuid.UUID
+    address: str  # the new VM's, as this machine reaches it
+    new: Remote
+    legacy: Remote | None  # None: the plan gives no SSH source for it
+
+    @property
+    def name(self) -> str:
+        return self.vm.name
+
+
+class GroupRunbook:
+    def __init__(self, plan: Plan, machines: list[Machine], provider: Provider,
+                 dns: DnsDriver | None, staging: Path, rehearse_failure_at: str | None = None,
+                 control_dir: Path | None = None, database_mode: str | None = None):
+        self.control_dir = control_dir
+        self.plan = plan
+        self.settings = plan.cutover
+        # The plan's mode, unless the operator chose the other one for this run.
+        self.database_mode = database_mode or plan.cutover.mode
+        self.machines = machines
+        self.provider = provider
+        self.dns = dns
+        self.staging = staging
+        self.rehearse_failure_at = rehearse_failure_at
+
+    async def close(self) -> None:
+        """End the run's shared SSH connections and remove their sockets' folder."""
+        remotes = {r for m in self.machines for r in (m.new, m.legacy) if r is not None}
+        await asyncio.gather(*(r.close() for r in remotes))
+        if self.control_dir is not None:
+            shutil.rmtree(self.control_dir, ignore_errors=True)
+
+    def steps(self, prepare: bool) -> list[Step]:
+        wanted = names.PREPARE_STEPS if prepare else names.WINDOW_STEPS
+        made = {step.name: step for step in self._all()}
+        return [self._rehearsed(made[name]) for name in wanted]
+
+    def _all(self) -> list[Step]:
+        return [
+            Step("lower-dns-ttl", self.lower_dns_ttl, self.restore_dns_ttl),
+            Step("rsync-before-window", lambda: self.rsync(final=False)),
+            # No undo: a link to the old master harms nothing, and is what the next run needs.
+            Step("replicate-from-legacy", self.replicate_from_legacy),
+            Step("maintenance-page", self.maintenance_on, self.maintenance_off),
+            Step("rsync-in-window", lambda: self.rsync(final=True)),
+            Step("database", self.database, self.database_undo),
+            Step("start-application", self.start_application),
+            Step("http-checks", self.http_checks),
+            Step("switch-dns", self.switch_dns, self.switch_dns_back),
+            Step("forward-old-addresses", self.forward_on, self.forward_off),
+            Step("remove-migrating-marker", self.remove_marker, self.restore_marker),
+            Step("config-management", self.config_management),
+            Step("lift-outbound-block", self.lift_block, self.block_again),
+        ]
+
+    def _rehearsed(self, step: Step) -> Step:
+        """A rehearsal fails the named step after it did its work, so its undo runs too."""
+        if step.name != self.rehearse_failure_at:
+            return step
+
+        async def fail_after() -> str:
+            await step.do()
+            raise StepFailed("rehearsed failure (the operator asked for it)")
+        return Step(step.name, fail_after, step.undo)
+
+    # --- who is who ---------------------------------------------------------------------------
+
+    def _apps(self) -> list[Machine]:
+        return [m for m in self.machines if m.vm.role == Role.APP]
+
+    def _legacy(self, machine: Machine, what: str) -> Remote:
+        if machine.legacy is None:
+            raise StepFailed(f"{what}: the plan gives no SSH source for {machine.name}, so its "
+                             "legacy host cannot be reached")
+        return machine.legacy
+
+    def _machine(self, name: str) -> Machine:
+        return next(m for m in self.machines if m.name == name)
+
+    # --- DNS ----------------------------------------------------------------------------------
+
+    def _dns(self) -> DnsDriver | None:
+        return self.dns if self.settings.dns else None
+
+    async def _current(self, name: str) -> RecordSet:
+        found = await self.dns.lookup(name, "A")
+        if found is None:
+            raise StepFailed(f"{name} has no A record at {self.settings.dns.server}")
+        return found
+
+    async def lower_dns_ttl(self) -> str:
+        if self._dns() is None:
+            return "no DNS zone in the plan"
+        ttl = self.settings.dns_ttl_s
+        done = []
+        for name in self.settings.dns.records:
+            current = await self._current(name)
+            if current.ttl > ttl:
+                await self.dns.replace(name, "A", list(current.values), ttl)
+                done.append(f"{name} {current.ttl}→{ttl}s")
+            else:
+                done.append(f"{name} already {current.ttl}s")
+        return "; ".join(done)
+
+    async def restore_dns_ttl(self) -> None:
+        # Left lowered on purpose: a low TTL harms nothing, and the original is not known after
+        # a crash. The next cutover attempt needs it low anyway.
+        return None
+
+    def _old_addresses(self, vm_name: str) -> list[str]:
+        public = self.plan.vm(vm_name).network.public_ip
+        return [str(public)] if public else []
+
+    async def switch_dns(self) -> str:
+        if self._dns() is None:
+            return "no DNS zone in the plan"
+        changed = []
+        for name, vm_name in self.settings.dns.records.items():
+            address = self._machine(vm_name).address
+            await self.dns.replace(name, "A", [address], self.settings.dns_ttl_s)
+            changed.append(f"{name} → {address}")
+        return "; ".join(changed)
+
+    async def switch_dns_back(self) -> None:
+        if self._dns() is None:
+            return
+        for name, vm_name in self.settings.dns.records.items():
+            old = self._old_addresses(vm_name)
+            if old:
+                await self.dns.replace(name, "A", old, self.settings.dns_ttl_s)
+
+    # --- rsync catch-up -----------------------------------------------------------------------
+
+    def _shared_paths(self, machine: Machine) -> list[str]:
+        """The group's shared paths this VM archived (below one of its archive paths)."""
+        return [path for path in self.settings.shared_paths
+                if any(_below(path, a.path) for a in machine.vm.archives)]
+
+    def _excludes(self, path: str) -> list[str]:
+        """The plan's excludes as rsync patterns relative to the transfer of `path`."""
+        patterns = []
+        for pattern in self.settings.excludes:
+            if pattern.startswith("/"):
+                if _below(pattern, path) and pattern != path:
+                    patterns.append(pattern[len(path.rstrip("/")):])  # anchored at the root
+            else:
+                patterns.append(pattern)
+        return patterns
+
+    async def rsync(self, final: bool) -> str:
+        """Legacy → this machine's staging copy → new VM; --delete both ways, so the new VM ends
+        up like the legacy host minus the excludes. Through this machine because the new VMs
+        may not reach out until the block is lifted, and only this machine holds both keys."""
+        done = []
+        for machine in self.machines:
+            paths = self._shared_paths(machine)
+            if not paths:
+                continue
+            legacy = self._legacy(machine, "rsync")
+            present = (await legacy.run(
+                " ; ".join(f"test -d {shlex.quote(p)} && echo {shlex.quote(p)} || true"
+                           for p in paths), what="looking for the shared paths")).split()
+            for path in paths:
+                if path not in present:
+                    done.append(f"{machine.name}: no {path} on the legacy host")
+                    continue
+                copied = await self._rsync_path(machine, legacy, path, final)
+                done.append(f"{machine.name} {path}: {copied}")
+        return "; ".join(done) or "no shared paths"
+
+    async def _rsync_path(self, machine: Machine, legacy: Remote, path: str, final: bool) -> str:
+        stage = self.staging / machine.name / path.lstrip("/")
+        stage.mkdir(parents=True, exist_ok=True)
+        options = ["-aH", "--numeric-ids", "--delete", "--stats"]
+        options += [f"--exclude={p}" for p in self._excludes(path)]
+        pulled = await _rsync([*options, "-e", legacy.ssh_command(),
+                               f"{legacy.host}:{path}/", f"{stage}/"],
+                              what=f"rsync {path} from {legacy.label}", vanished_ok=not final)
+        await machine.new.run(f"mkdir -p {shlex.quote(path)}", what=f"creating {path}")
+        pushed = await _rsync([*options, "-e", machine.new.ssh_command(),
+                               f"{stage}/", f"{machine.new.host}:{path}/"],
+                              what=f"rsync {path} to {machine.new.label}", vanished_ok=False)
+        return f"{pulled} files from the legacy host, {pushed} to the new VM"
+
+    # --- maintenance page ---------------------------------------------------------------------
+
+    async def maintenance_on(self) -> str:
+        for machine in self._apps():
+            await self._legacy(machine, "maintenance page").run(
+                MAINTENANCE_ON, what="turning the maintenance page on")
+        return f"maintenance page on {', '.join(m.name for m in self._apps())}"
+
+    async def maintenance_off(self) -> None:
+        for machine in self._apps():
+            if machine.legacy is not None:
+                await machine.legacy.run(MAINTENANCE_OFF, what="turning the maintenance page off")
+
+    # --- databases ----------------------------------------------------------------------------
+
+    def _masters(self) -> list[Machine]:
+        return [m for m in self.machines if m.vm.role == Role.DB_MASTER and m.vm.databases]
+
+    def _link(self, machine: Machine) -> replication.Link:
+        """The master's pair for the replication hand-off (MariaDB databases only)."""
+        others = [db.name for db in machine.vm.databases if db.engine != "mariadb"]
+        if others:
+            raise StepFailed(f"{', '.join(others)}: the replication hand-off handles MariaDB "
+                             "only so far")
+        return replication.Link(self._legacy(machine, "replication"), machine.new,
+                                machine.address, list(machine.vm.databases))
+
+    async def replicate_from_legacy(self) -> str:
+        if self.database_mode != "replication":
+            return f"mode {self.database_mode}: the databases move in the window"
+        done = []
+        for machine in self._masters():
+            try:
+                done.append(await replication.ensure_replicating(self._link(machine)))
+            except replication.HandoffError as exc:
+                raise StepFailed(str(exc)) from None
+        return "; ".join(done) or "no databases"
+
+    async def database(self) -> str:
+        done = []
+        for machine in self._masters():
+            legacy = self._legacy(machine, "database")
+            # No write may land on the old master after its dump (or after the position the
+            # new master catches up to): it would be lost.
+            await legacy.run(_sql("SET GLOBAL read_only = ON"), what="making the old master "
+                             "read-only")
+            if self.database_mode == "replication":
+                started = time.monotonic()
+                try:
+                    promoted = await replication.promote(self._link(machine))
+                except replication.HandoffError as exc:
+                    raise StepFailed(str(exc)) from None
+                done.append(f"{promoted} ({time.monotonic() - started:.1f}s)")
+                continue
+            for db in machine.vm.databases:
+                if db.engine != "mariadb":
+                    raise StepFailed(f"{db.name}: the window's dump-and-restore handles MariaDB "
+                                     f"only so far, not {db.engine}")
+                started = time.monotonic()
+                source = database_source(db, over_ssh=True)
+                script, secret = remote_dump_script(source)
+                await pipe(legacy, script, machine.new,
+                           f"mariadb --database={shlex.quote(db.name)}", source_input=secret,
+                           what=f"dump of {db.name} from {legacy.label} into {machine.new.label}")
+                done.append(f"{db.name} {machine.name}: {time.monotonic() - started:.1f}s")
+        return "; ".join(done) or "no databases"
+
+    async def database_undo(self) -> None:
+        """The old master takes writes again (the new one's copy is simply out of date; in mode
+        replication, the next run's replicate-from-legacy loads it again and relinks it)."""
+        for machine in self._masters():
+            if machine.legacy is not None:
+                await machine.legacy.run(_sql("SET GLOBAL read_only = OFF"),
+                                         what="making the old master writable again")
+
+    # --- the application, checks --------------------------------------------------------------
+
+    async def start_application(self) -> str:
+        units = self.settings.services
+        if not units:
+            return "no services in the plan"
+        started = []
+        for machine in self._apps():
+            await machine.new.run("systemctl start " + shlex.join(units) + " && "
+                                  "systemctl is-active " + shlex.join(units),
+                                  what="starting the application")
+            started.append(machine.name)
+        return f"{', '.join(units)} active on {', '.join(started)}"
+
+    async def http_checks(self) -> str:
+        results = await run_checks(self.plan, {m.name: m.address for m in self.machines})
+        failed = [r for r in results if not r.ok]
+        if failed:
+            raise StepFailed("; ".join(str(r) for r in failed))
+        return f"{len(results)} checks passed"
+
+    # --- forwarding on the legacy side --------------------------------------------------------
+
+    def _forwarded(self) -> list[Machine]:
+        return [m for m in self.machines if m.vm.network.public_ip is not None]
+
+    async def forward_on(self) -> str:
+        done = []
+        for machine in self._forwarded():
+            legacy = self._legacy(machine, "forwarding")
+            old = machine.vm.network.public_ip
+            await legacy.run(forward_script(str(old), machine.address),
+                             what=f"forwarding {old} to {machine.address}")
+            done.append(f"{old} → {machine.address}")
+        return "; ".join(done) or "no public addresses in the plan"
+
+    async def forward_off(self) -> None:
+        for machine in self._forwarded():
+            if machine.legacy is not None:
+                await machine.legacy.run(UNFORWARD, what="removing the forwarding")
+
+    # --- the new VMs take over ----------------------------------------------------------------
+
+    async def remove_marker(self) -> str:
+        for machine in self.machines:
+            await machine.new.run(f"rm -f {MARKER}", what="removing the migrating marker")
+        return f"removed on {len(self.machines)} VMs"
+
+    async def restore_marker(self) -> None:
+        for machine in self.machines:
+            text = f"group={self.plan.group}\nvm={machine.name}\nrestored-by=rollback\n"
+            await machine.new.run(f"test -e {MARKER} || printf %s {shlex.quote(text)} > {MARKER}",
+                                  what="restoring the migrating marker")
+
+    async def config_management(self) -> str:
+        ran = []
+        for machine in self.machines:
+            out = await machine.new.run(
+                f"if [ -x {CONFIG_MANAGEMENT} ]; then {CONFIG_MANAGEMENT}; echo ran; fi",
+                what="running config management")
+            if out.strip().endswith("ran"):
+                ran.append(machine.name)
+        return f"ran on {', '.join(ran)}" if ran else "no config-management hook on any VM"
+
+    async def lift_block(self) -> str:
+        await self.provider.set_outbound(self.plan.group, True)
+        return "the group's VMs may reach out"
+
+    async def block_again(self) -> None:
+        await self.provider.set_outbound(self.plan.group, False)
+
+
+# --- scripts run on the machines ------------------------------------------------------------------
+
+# nginx: the site's enabled configuration is set aside (kept whole, so turning the page off is
+# a rename back) and one server answers every request with 503 and a Retry-After.
+MAINTENANCE_ON = r"""
+cd /etc/nginx
+if [ ! -d sites-enabled.ferry-live ]; then
+    mv sites-enabled sites-enabled.ferry-live
+    mkdir sites-enabled
+fi
+mkdir -p /var/www/ferry-maintenance
+cat > /var/www/ferry-maintenance/index.html <<'PAGE'
+<!doctype html><title>Back soon</title><h1>Down for maintenance</h1>
+<p>We are moving to new servers and will be back in a few minutes.</p>
+PAGE
+cat > sites-enabled/ferry-maintenance <<'CONF'
+server {
+    listen 80 default_server;
+    server_name _;
+    root /var/www/ferry-maintenance;
+    add_header Retry-After 60 always;
+    error_page 503 /index.html;
+    location = /index.html { internal; }
+    location / { return 503; }
+}
+CONF
+nginx -t -q
+nginx -s reload
+"""
+
+MAINTENANCE_OFF = r"""
+cd /etc/nginx
+if [ -d sites-enabled.ferry-live ]; then
+    rm -rf sites-enabled
+    mv sites-enabled.ferry-live sites-enabled
+    nginx -t -q
+    nginx -s reload
+fi
+"""
+
+# DNAT on the legacy host: whatever arrives for its old public address goes to the new VM, and
+# leaves with the legacy host's own address (MASQUERADE), so the answers come back through it.
+# Own chains, so the undo removes exactly what this added.
+UNFORWARD = r"""
+iptables -t nat -D PREROUTING -j FERRY-FORWARD 2>/dev/null || true
+iptables -t nat -D POSTROUTING -j FERRY-FORWARD-SNAT 2>/dev/null || true
+for chain in FERRY-FORWARD FERRY-FORWARD-SNAT; do
+    iptables -t nat -F "$chain" 2>/dev/null || true
+    iptables -t nat -X "$chain" 2>/dev/null || true
+done
+"""
+
+
+def forward_script(old: str, new: str) -> str:
+    return UNFORWARD + f"""
+sysctl -qw net.ipv4.ip_forward=1
+iptables -t nat -N FERRY-FORWARD
+iptables -t nat -N FERRY-FORWARD-SNAT
+iptables -t nat -A FERRY-FORWARD -d {old} -j DNAT --to-destination {new}
+iptables -t nat -A FERRY-FORWARD-SNAT -d {new} -j MASQUERADE
+iptables -t nat -A PREROUTING -j FERRY-FORWARD
+iptables -t nat -A POSTROUTING -j FERRY-FORWARD-SNAT
+"""
+
+
+def _sql(statement: str) -> str:
+    return f"mariadb -e {shlex.quote(statement)}"
+
+
+def _below(path: str, root: str) -> bool:
+    return root == "/" or path == root or path.startswith(root.rstrip("/") + "/")
+
+
+_TRANSFERRED = re.compile(r"Number of regular files transferred: ([\d,]+)")
+
+
+async def _rsync(argv: list[str], *, what: str, vanished_ok: bool) -> int:
+    """Run rsync; the number of files it transferred."""
+    proc = await asyncio.create_subprocess_exec(
+        "rsync", *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), RSYNC_TIMEOUT_S)
+    except asyncio.TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise RemoteError(f"{what} did not finish in {RSYNC_TIMEOUT_S:.0f}s") from None
+    if proc.returncode != 0 and not (vanished_ok and proc.returncode == RSYNC_VANISHED):
+        tail = err.decode(errors="replace").strip()[-400:]
+        raise RemoteError(f"{what} exited {proc.returncode}: {tail}")
+    found = _TRANSFERRED.search(out.decode(errors="replace"))
+    return int(found[1].replace(",", "")) if found else 0
