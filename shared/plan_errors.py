@@ -147,10 +147,8 @@ def _survey(document: yaml.Node, source: str) -> None:
         size = 1
         if isinstance(node, yaml.ScalarNode):
             node.value = _paired(node.value)
-        if isinstance(node, yaml.ScalarNode) and not _storable(node.value):
-            problems.append(Problem(format_location(loc), "must not contain NUL characters or "
-                                    "unpaired surrogates (they cannot be stored)",
-                                    *_mark(node.start_mark)))
+        if isinstance(node, yaml.ScalarNode) and not storable(node.value):
+            problems.append(Problem(format_location(loc), UNSTORABLE, *_mark(node.start_mark)))
         if isinstance(node, yaml.MappingNode):
             seen: set[str] = set()
             for key, value in node.value:
@@ -188,8 +186,12 @@ def _paired(text: str) -> str:
         return text
 
 
-def _storable(text: str) -> bool:
-    """Text PostgreSQL can keep (the plan is stored): no NUL, valid UTF-8."""
+UNSTORABLE = "must not contain NUL characters or unpaired surrogates (they cannot be stored)"
+
+
+def storable(text: str) -> bool:
+    """Text PostgreSQL can keep (plans and reports are stored): no NUL, valid UTF-8 (no lone
+    surrogates)."""
     if "\x00" in text:
         return False
     try:

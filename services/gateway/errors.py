@@ -8,6 +8,8 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from shared.plan_errors import UNSTORABLE, storable
+
 
 def problem(kind: type[web.HTTPException], error: str, problems: list[dict] | None = None,
             headers: dict[str, str] | None = None):
@@ -17,20 +19,6 @@ def problem(kind: type[web.HTTPException], error: str, problems: list[dict] | No
 
 def json_response(model: BaseModel, status: int = 200) -> web.Response:
     return web.Response(text=model.model_dump_json(), status=status, content_type="application/json")
-
-
-UNSTORABLE = "must not contain NUL characters or unpaired surrogates (they cannot be stored)"
-
-
-def storable(text: str) -> bool:
-    """Whether PostgreSQL can keep the text: no NUL, and valid UTF-8 (no lone surrogates)."""
-    if "\x00" in text:
-        return False
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def unstorable_fields(value: Any, location: tuple = ()) -> list[str]:
