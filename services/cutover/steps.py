@@ -35,7 +35,8 @@ MARKER = "/etc/ferryman/migrating"
 CONFIG_MANAGEMENT = "/etc/ferryman/config-management"
 RSYNC_TIMEOUT_S = 1800.0
 # rsync: 24 is "some files vanished before they could be transferred": a live site's temporary
-# files do that; the pass still copied everything that stayed.
+# files do that, in the window too (a job still running behind the maintenance page); the pass
+# still copied everything that stayed, and a vanished file is rightly not on the new VM.
 RSYNC_VANISHED = 24
 
 
@@ -88,11 +89,11 @@ class GroupRunbook:
     def _all(self) -> list[Step]:
         return [
             Step("lower-dns-ttl", self.lower_dns_ttl, self.restore_dns_ttl),
-            Step("rsync-before-window", lambda: self.rsync(final=False)),
+            Step("rsync-before-window", self.rsync),
             # No undo: a link to the old master harms nothing, and is what the next run needs.
             Step("replicate-from-legacy", self.replicate_from_legacy),
             Step("maintenance-page", self.maintenance_on, self.maintenance_off),
-            Step("rsync-in-window", lambda: self.rsync(final=True)),
+            Step("rsync-in-window", self.rsync),
             Step("database", self.database, self.database_undo),
             Step("start-application", self.start_application),
             Step("http-checks", self.http_checks),
@@ -197,7 +198,7 @@ class GroupRunbook:
                 patterns.append(pattern)
         return patterns
 
-    async def rsync(self, final: bool) -> str:
+    async def rsync(self) -> str:
         """Legacy → this machine's staging copy → new VM; --delete both ways, so the new VM ends
         up like the legacy host minus the excludes. Through this machine because the new VMs
         may not reach out until the block is lifted, and only this machine holds both keys."""
@@ -214,19 +215,20 @@ class GroupRunbook:
                 if path not in present:
                     done.append(f"{machine.name}: no {path} on the legacy host")
                     continue
-                copied = await self._rsync_path(machine, legacy, path, final)
+                copied = await self._rsync_path(machine, legacy, path)
                 done.append(f"{machine.name} {path}: {copied}")
         return "; ".join(done) or "no shared paths"
 
-    async def _rsync_path(self, machine: Machine, legacy: Remote, path: str, final: bool) -> str:
+    async def _rsync_path(self, machine: Machine, legacy: Remote, path: str) -> str:
         stage = self.staging / machine.name / path.lstrip("/")
         stage.mkdir(parents=True, exist_ok=True)
         options = ["-aH", "--numeric-ids", "--delete", "--stats"]
         options += [f"--exclude={p}" for p in self._excludes(path)]
         pulled = await _rsync([*options, "-e", legacy.ssh_command(),
                                f"{legacy.host}:{path}/", f"{stage}/"],
-                              what=f"rsync {path} from {legacy.label}", vanished_ok=not final)
+                              what=f"rsync {path} from {legacy.label}", vanished_ok=True)
         await machine.new.run(f"mkdir -p {shlex.quote(path)}", what=f"creating {path}")
+        # Nothing changes the staging copy meanwhile: here a vanished file is an error.
         pushed = await _rsync([*options, "-e", machine.new.ssh_command(),
                                f"{stage}/", f"{machine.new.host}:{path}/"],
                               what=f"rsync {path} to {machine.new.label}", vanished_ok=False)

@@ -246,7 +246,8 @@ async def test_up_again_is_a_check_and_down_leaves_nothing(site, lab):
     again = await legacy.up(lab)
     assert "up (already)" in again.timings
     pids = {procs.recorded_pid(p) for p in (lab.lab_dir / "legacy/.state/run").glob("*.pid")}
-    assert len(pids - {None}) == 6  # sshd on each host, nginx on app1, mariadbd on db1, db2
+    # sshd on each host, nginx on app1, mariadbd on db1 and db2, and the site's DNS (named)
+    assert len(pids - {None}) == 7
     roots = [host.root for host in site.hosts.values()]
     await legacy.down(lab)
     assert not [ns for ns in net.namespaces() if ns.startswith("ferry-legacy")]

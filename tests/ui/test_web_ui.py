@@ -189,12 +189,14 @@ async def test_operator_follows_a_group_live_and_lifts_its_halt(ferry: Ferry, pa
     await expect(app_phases).to_contain_text("failed")
     await expect(app_phases).to_contain_text("ready")
 
-    # A prepared cutover shows as a run.
+    # A prepared cutover shows as a run, and here, with its reason, as one that could not
+    # start: the fake provider gives the VMs no address the runbook could reach.
     await confirm(page, page.locator('[data-action="prepare-cutover"]'),
                   "Prepare the cutover of shop?")
     run = page.locator("#cutover .run").first
     await expect(run).to_contain_text("prepare")
-    await expect(run.locator(".badge")).to_have_text("accepted")
+    await expect(run.locator(".badge")).to_have_text("failed")
+    await expect(run).to_contain_text("has no address this machine reaches")
     # A finished run (as the cutover runbook records it) shows its steps, their timings and
     # the measured downtime.
     done = uuid.uuid4()
