@@ -14,6 +14,7 @@ running it again.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import tempfile
 import time
 import uuid
@@ -136,8 +137,19 @@ async def _runbook(ctx: Context, group_id: uuid.UUID, plan: Plan,
     new_known_hosts = staging / "known_hosts-new-vms"
     new_known_hosts.parent.mkdir(parents=True, exist_ok=True)
     new_known_hosts.unlink(missing_ok=True)
-    # Short: a unix socket's path must fit in 108 bytes. Removed by runbook.close().
+    # Short: a unix socket's path must fit in 108 bytes. Removed by runbook.close(), or here
+    # if the runbook cannot be put together.
     control = Path(tempfile.mkdtemp(prefix="ferry-ssh-"))
+    try:
+        return await _assemble(ctx, group_id, plan, request, staging, new_known_hosts, control)
+    except BaseException:
+        shutil.rmtree(control, ignore_errors=True)
+        raise
+
+
+async def _assemble(ctx: Context, group_id: uuid.UUID, plan: Plan, request: ev.CutoverRequested,
+                    staging: Path, new_known_hosts: Path, control: Path) -> GroupRunbook:
+    settings = ctx.settings
     members = {vm.name: vm for vm in await vms.of_group(ctx.store.pool, group_id)}
     machines = []
     for planned in plan.vms:

@@ -22,10 +22,10 @@ from pathlib import Path
 
 from services.archiver.handlers import database_source
 from services.archiver.ssh import remote_dump_script
-from services.cutover import names
-from services.cutover import replication
+from services.cutover import names, replication
 from services.cutover.remote import Remote, RemoteError, pipe
 from services.cutover.runbook import Step
+from services.cutover.scripts import MAINTENANCE_OFF, MAINTENANCE_ON, UNFORWARD, forward_script
 from shared.dns import DnsDriver, RecordSet
 from shared.plan import VM, Plan, Role
 from shared.providers.base import Provider
@@ -88,7 +88,9 @@ class GroupRunbook:
 
     def _all(self) -> list[Step]:
         return [
-            Step("lower-dns-ttl", self.lower_dns_ttl, self.restore_dns_ttl),
+            # No undo: the TTL stays low on purpose. A low TTL harms nothing, the original is not
+            # known after a crash, and the next attempt needs it low anyway.
+            Step("lower-dns-ttl", self.lower_dns_ttl),
             Step("rsync-before-window", self.rsync),
             # No undo: a link to the old master harms nothing, and is what the next run needs.
             Step("replicate-from-legacy", self.replicate_from_legacy),
@@ -130,9 +132,6 @@ class GroupRunbook:
 
     # --- DNS ----------------------------------------------------------------------------------
 
-    def _dns(self) -> DnsDriver | None:
-        return self.dns if self.settings.dns else None
-
     async def _current(self, name: str) -> RecordSet:
         found = await self.dns.lookup(name, "A")
         if found is None:
@@ -140,7 +139,7 @@ class GroupRunbook:
         return found
 
     async def lower_dns_ttl(self) -> str:
-        if self._dns() is None:
+        if self.dns is None:
             return "no DNS zone in the plan"
         ttl = self.settings.dns_ttl_s
         done = []
@@ -153,17 +152,12 @@ class GroupRunbook:
                 done.append(f"{name} already {current.ttl}s")
         return "; ".join(done)
 
-    async def restore_dns_ttl(self) -> None:
-        # Left lowered on purpose: a low TTL harms nothing, and the original is not known after
-        # a crash. The next cutover attempt needs it low anyway.
-        return None
-
     def _old_addresses(self, vm_name: str) -> list[str]:
         public = self.plan.vm(vm_name).network.public_ip
         return [str(public)] if public else []
 
     async def switch_dns(self) -> str:
-        if self._dns() is None:
+        if self.dns is None:
             return "no DNS zone in the plan"
         changed = []
         for name, vm_name in self.settings.dns.records.items():
@@ -173,7 +167,7 @@ class GroupRunbook:
         return "; ".join(changed)
 
     async def switch_dns_back(self) -> None:
-        if self._dns() is None:
+        if self.dns is None:
             return
         for name, vm_name in self.settings.dns.records.items():
             old = self._old_addresses(vm_name)
@@ -379,71 +373,6 @@ class GroupRunbook:
 
     async def block_again(self) -> None:
         await self.provider.set_outbound(self.plan.group, False)
-
-
-# --- scripts run on the machines ------------------------------------------------------------------
-
-# nginx: the site's enabled configuration is set aside (kept whole, so turning the page off is
-# a rename back) and one server answers every request with 503 and a Retry-After.
-MAINTENANCE_ON = r"""
-cd /etc/nginx
-if [ ! -d sites-enabled.ferry-live ]; then
-    mv sites-enabled sites-enabled.ferry-live
-    mkdir sites-enabled
-fi
-mkdir -p /var/www/ferry-maintenance
-cat > /var/www/ferry-maintenance/index.html <<'PAGE'
-<!doctype html><title>Back soon</title><h1>Down for maintenance</h1>
-<p>We are moving to new servers and will be back in a few minutes.</p>
-PAGE
-cat > sites-enabled/ferry-maintenance <<'CONF'
-server {
-    listen 80 default_server;
-    server_name _;
-    root /var/www/ferry-maintenance;
-    add_header Retry-After 60 always;
-    error_page 503 /index.html;
-    location = /index.html { internal; }
-    location / { return 503; }
-}
-CONF
-nginx -t -q
-nginx -s reload
-"""
-
-MAINTENANCE_OFF = r"""
-cd /etc/nginx
-if [ -d sites-enabled.ferry-live ]; then
-    rm -rf sites-enabled
-    mv sites-enabled.ferry-live sites-enabled
-    nginx -t -q
-    nginx -s reload
-fi
-"""
-
-# DNAT on the legacy host: whatever arrives for its old public address goes to the new VM, and
-# leaves with the legacy host's own address (MASQUERADE), so the answers come back through it.
-# Own chains, so the undo removes exactly what this added.
-UNFORWARD = r"""
-iptables -t nat -D PREROUTING -j FERRY-FORWARD 2>/dev/null || true
-iptables -t nat -D POSTROUTING -j FERRY-FORWARD-SNAT 2>/dev/null || true
-for chain in FERRY-FORWARD FERRY-FORWARD-SNAT; do
-    iptables -t nat -F "$chain" 2>/dev/null || true
-    iptables -t nat -X "$chain" 2>/dev/null || true
-done
-"""
-
-
-def forward_script(old: str, new: str) -> str:
-    return UNFORWARD + f"""
-sysctl -qw net.ipv4.ip_forward=1
-iptables -t nat -N FERRY-FORWARD
-iptables -t nat -N FERRY-FORWARD-SNAT
-iptables -t nat -A FERRY-FORWARD -d {old} -j DNAT --to-destination {new}
-iptables -t nat -A FERRY-FORWARD-SNAT -d {new} -j MASQUERADE
-iptables -t nat -A PREROUTING -j FERRY-FORWARD
-iptables -t nat -A POSTROUTING -j FERRY-FORWARD-SNAT
-"""
 
 
 def _sql(statement: str) -> str:

@@ -112,7 +112,8 @@ async def guard(request: web.Request, handler):
     if bad:
         raise problem(web.HTTPBadRequest, "the URL is not valid",
                       [{"location": where, "message": UNSTORABLE} for where in bad])
-    auth = AUTH_OF.get(getattr(request.match_info.route, "handler", None), "none")
+    route_handler = getattr(request.match_info.route, "handler", None)
+    auth = AUTH_OF.get(route_handler, "none")
     limiter = request.app[LIMITER]
     address = request.remote or "?"
     if auth != "none":
@@ -122,7 +123,7 @@ async def guard(request: web.Request, handler):
                           f"too many refused tokens from {address}; retry in {wait} s",
                           headers={"Retry-After": str(wait)})
     try:
-        if getattr(request.match_info.route, "handler", None) in STREAMING:
+        if route_handler in STREAMING:
             response = await handler(request)
         else:
             async with asyncio.timeout(settings.gateway_request_timeout_s):

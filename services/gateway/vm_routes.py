@@ -63,7 +63,7 @@ async def script(request: web.Request) -> web.Response:
 async def report_state(request: web.Request) -> web.Response:
     store = request.app[DEPS].store
     # One pool connection for the whole report (token, transaction, answer), taken once the
-    # body is in memory, so that a slow client holds none: measured in docs/performance.md.
+    # body is in memory, so that a slow client holds none (bench.gateway counts the round trips).
     await request.read()
     async with store.pool.acquire() as conn:
         vm_id = await require_vm(request, conn)
@@ -85,7 +85,7 @@ async def report_state(request: web.Request) -> web.Response:
         return json_response(await _view(conn, vm_id))
 
 
-async def _applied_before(store, vm_id: uuid.UUID, target: VmState, step: str | None) -> bool:
+async def _applied_before(conn, vm_id: uuid.UUID, target: VmState, step: str | None) -> bool:
     """A report repeated because its answer was lost (the gateway died after the commit and
     the VM's curl retried) finds the VM moved on by a service (configured -> provisioning,
     provisioned -> ready). It is answered as the first one was, not refused: refusing it
@@ -93,7 +93,7 @@ async def _applied_before(store, vm_id: uuid.UUID, target: VmState, step: str | 
     state and step, recorded before) counts; any other out-of-turn report is still refused."""
     if target == VmState.FAILED:
         return False
-    return bool(await store.fetchval(
+    return bool(await conn.fetchval(
         "SELECT true FROM vm_transitions WHERE vm_id = $1 AND to_state = $2"
         " AND step IS NOT DISTINCT FROM $3 LIMIT 1", vm_id, target, step))
 

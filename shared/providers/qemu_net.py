@@ -94,9 +94,6 @@ class GroupNetworks:
         record["outbound_open"] = open_
         write_json(path, record)
 
-    def outbound_open(self, namespace: str) -> bool:
-        return bool((read_json(self.root / namespace / "net.json") or {}).get("outbound_open"))
-
     async def ensure_tap(self, namespace: str, tap: str) -> None:
         if tap not in await self._links(namespace):
             await run("ip", "-n", namespace, "tuntap", "add", "dev", tap, "mode", "tap")

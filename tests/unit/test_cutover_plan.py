@@ -11,7 +11,8 @@ from aiohttp import web
 
 from services.cutover import names
 from services.cutover.remote import Remote
-from services.cutover.steps import GroupRunbook, Machine, forward_script
+from services.cutover.scripts import forward_script
+from services.cutover.steps import GroupRunbook, Machine
 from shared.plan import load_plan_file
 from shared.providers import qemu_uplink
 from shared.providers.fake import FakeProvider
