@@ -60,6 +60,28 @@ zone "{zone}" {{
 """
 
 
+def spawn_named(folder: Path, zone: str, records: dict[str, str], ttl: int, port: int,
+                key: TsigKey, address: str, log: Path) -> subprocess.Popen:
+    """Write the zone and named.conf into `folder` and start named in the foreground (-g:
+    logs to `log`, no fork, so the child is the server), in a session of its own."""
+    (folder / f"{zone}.zone").write_text(zone_file(zone, records, ttl))
+    conf = folder / "named.conf"
+    conf.write_text(named_conf(folder, zone, port, key, address))
+    with open(log, "ab") as out:
+        return subprocess.Popen([NAMED, "-g", "-c", str(conf)], stdout=out, stderr=out,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+async def soa_answers(zone: str, address: str, port: int) -> bool:
+    """Whether the server at address:port answers for the zone's SOA (within half a second)."""
+    query = dns.message.make_query(zone, "SOA")
+    try:
+        response = await dns.asyncquery.udp(query, address, port=port, timeout=0.5)
+    except (dns.exception.DNSException, OSError, asyncio.TimeoutError):
+        return False
+    return bool(response.answer)
+
+
 @dataclass
 class AuthoritativeServer:
     """`async with AuthoritativeServer(folder, "shop.example", {"@": "203.0.113.11"}, port)`."""
@@ -77,29 +99,19 @@ class AuthoritativeServer:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.key = self.key or TsigKey("ferry-cutover",
                                        base64.b64encode(secrets.token_bytes(32)).decode())
-        (self.folder / f"{self.zone}.zone").write_text(
-            zone_file(self.zone, self.records, self.ttl))
-        conf = self.folder / "named.conf"
-        conf.write_text(named_conf(self.folder, self.zone, self.port, self.key, self.address))
-        log = open(self.folder / "named.log", "wb")
-        # -g: foreground, logs to stderr, no fork: the child is the server.
-        self.process = subprocess.Popen([NAMED, "-g", "-c", str(conf)], stdout=log, stderr=log,
-                                        stdin=subprocess.DEVNULL, start_new_session=True)
-        log.close()
+        self.process = spawn_named(self.folder, self.zone, self.records, self.ttl, self.port,
+                                   self.key, self.address, self.folder / "named.log")
         await self._wait_answering()
         return self
 
     async def _wait_answering(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
-        query = dns.message.make_query(self.zone, "SOA")
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"named exited at once: {self.log_tail()}")
-            try:
-                await dns.asyncquery.udp(query, self.address, port=self.port, timeout=0.5)
+            if await soa_answers(self.zone, self.address, self.port):
                 return
-            except (dns.exception.Timeout, OSError):
-                await asyncio.sleep(0.1)
+            await asyncio.sleep(0.1)
         await self.__aexit__()
         raise RuntimeError(f"named did not answer within {START_TIMEOUT_S}s: {self.log_tail()}")
 

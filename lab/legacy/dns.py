@@ -14,15 +14,10 @@ import asyncio
 import base64
 import secrets
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
-import dns.asyncquery
-import dns.exception
-import dns.message
-
-from lab.dns_server import NAMED, named_conf, zone_file
+from lab.dns_server import NAMED, soa_answers, spawn_named
 from lab.legacy import procs
 from lab.legacy.config import ZoneSpec
 from shared.dns import TsigKey
@@ -54,23 +49,14 @@ def start(zone: ZoneSpec, folder: Path, key_file: Path, run_dir: Path, log: Path
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     records = {name: str(address) for name, address in zone.records.items()}
-    (folder / f"{zone.zone}.zone").write_text(zone_file(zone.zone, records, zone.ttl))
-    conf = folder / "named.conf"
-    conf.write_text(named_conf(folder, zone.zone, zone.port, key(key_file), ADDRESS))
-    with open(log, "ab") as out:
-        process = subprocess.Popen([NAMED, "-g", "-c", str(conf)], stdin=subprocess.DEVNULL,
-                                   stdout=out, stderr=out, start_new_session=True)
+    process = spawn_named(folder, zone.zone, records, zone.ttl, zone.port, key(key_file),
+                          ADDRESS, log)
     procs.write_pidfile(pidfile(run_dir), process.pid)
     return process.pid
 
 
 async def answers(zone: ZoneSpec) -> bool:
-    query = dns.message.make_query(zone.zone, "SOA")
-    try:
-        response = await dns.asyncquery.udp(query, ADDRESS, port=zone.port, timeout=0.5)
-    except (dns.exception.DNSException, OSError, asyncio.TimeoutError):
-        return False
-    return bool(response.answer)
+    return await soa_answers(zone.zone, ADDRESS, zone.port)
 
 
 async def wait_answering(zone: ZoneSpec, run_dir: Path, log: Path) -> None:
