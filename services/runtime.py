@@ -49,7 +49,7 @@ class Host:
         self.pool: asyncpg.Pool | None = None
         self.bus: Bus | None = None
         self.relay: OutboxRelay | None = None
-        self.consumers: list[Consumer] = []
+        self.consumers: list = []  # the services' Consumers, and the gateway's LiveFeed
         self.gateway_app: web.Application | None = None
         self._site_runner: web.AppRunner | None = None
         self._metrics_runner: web.AppRunner | None = None
@@ -94,7 +94,7 @@ class Host:
                            ssl_context=ssl_context(self.settings))
         await site.start()
         self.port = self._site_runner.addresses[0][1]
-        self.consumers.append(await start_live_feed(self.gateway_app, self.bus, self.settings.prefetch))
+        self.consumers.append(await start_live_feed(self.gateway_app, self.bus))
 
     async def stop(self, timeout: float = 30.0) -> None:
         for consumer in self.consumers:

@@ -50,7 +50,7 @@ async def archive_vm(event: Envelope, ctx: Context) -> None:
         if vm is None:
             return
         if vm.state == VmState.PLANNED and vm.group_status == GroupStatus.ACTIVE:
-            vm = await vms.transition(tx, vm.id, VmState.ARCHIVING, step="archive")
+            vm = await vms.transition(tx, vm, VmState.ARCHIVING, step="archive")
         group = await groups.get(tx.conn, event.group_id)
     if vm.state != VmState.ARCHIVING or group is None:
         return  # archived already, held by a halt, or failed: nothing to do here
@@ -60,8 +60,9 @@ async def archive_vm(event: Envelope, ctx: Context) -> None:
                                        ctx.settings)
     except (ArchiveError, DumpError) as exc:
         async with ctx.transaction() as tx:
-            if (await vms.get(tx.conn, vm.id, lock=True)).state == VmState.ARCHIVING:
-                await vms.transition(tx, vm.id, VmState.FAILED, step="archive", message=str(exc))
+            vm = await vms.get(tx.conn, vm.id, lock=True)
+            if vm.state == VmState.ARCHIVING:
+                await vms.transition(tx, vm, VmState.FAILED, step="archive", message=str(exc))
         return
     async with ctx.transaction() as tx:
         vm = await vms.get(tx.conn, vm.id, lock=True)
@@ -73,7 +74,7 @@ async def archive_vm(event: Envelope, ctx: Context) -> None:
                 # Where the operator looks (the VM's messages), not only in the service log.
                 await vms.add_message(tx, vm.id, "warning",
                                       f"archive of {result.source_path}: {warning}")
-        await vms.transition(tx, vm.id, VmState.ARCHIVED, step="archive")
+        await vms.transition(tx, vm, VmState.ARCHIVED, step="archive")
         await tx.publish(ev.ArchiveReady(archives=items), group_id=group.id, vm_id=vm.id)
 
 

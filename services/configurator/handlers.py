@@ -44,7 +44,7 @@ async def _boot_for_configuration(ctx: Context, vm_id: uuid.UUID) -> None:
             script = render_script(plan, plan.vm(vm.name), await _archive_refs(tx.conn, vm.id),
                                    support=support_hashes(ctx.settings.images_dir))
         except RenderError as exc:
-            await vms.transition(tx, vm.id, VmState.FAILED, step="render", message=str(exc))
+            await vms.transition(tx, vm, VmState.FAILED, step="render", message=str(exc))
             return
         await tx.conn.execute(
             "INSERT INTO vm_scripts (vm_id, script) VALUES ($1, $2) ON CONFLICT (vm_id)"
@@ -58,9 +58,9 @@ async def _boot_for_configuration(ctx: Context, vm_id: uuid.UUID) -> None:
         try:
             await ctx.provider.boot(vm.provider_ref, BootSource.NETWORK, kernel_args=kernel_args)
         except ProviderError as exc:
-            await vms.transition(tx, vm.id, VmState.FAILED, step=PXE_BOOT, message=str(exc))
+            await vms.transition(tx, vm, VmState.FAILED, step=PXE_BOOT, message=str(exc))
             return
-        await vms.transition(tx, vm.id, VmState.CONFIGURING, step=PXE_BOOT)
+        await vms.transition(tx, vm, VmState.CONFIGURING, step=PXE_BOOT)
 
 
 def support_hashes(images: Path) -> dict[str, str]:

@@ -51,7 +51,7 @@ async def _create(ctx: Context, plan: Plan, vm_id) -> None:
     async with ctx.step() as tx:
         vm = await vms.get(tx.conn, vm_id, lock=True)
         if vm and vm.state == VmState.ARCHIVED:
-            await vms.transition(tx, vm_id, VmState.CREATING, step="create")
+            await vms.transition(tx, vm, VmState.CREATING, step="create")
     # The provider is called under the VM's row lock, in the transaction that records the
     # result: a concurrent duplicate waits and then finds the VM created; a crash rolls back
     # and the call is made again with the same idempotency key, which returns the same VM.
@@ -69,9 +69,9 @@ async def _create(ctx: Context, plan: Plan, vm_id) -> None:
         try:
             made = await ctx.provider.create_vm(spec, idempotency_key=f"vm:{vm.id}")
         except ProviderError as exc:
-            await vms.transition(tx, vm.id, VmState.FAILED, step="create", message=str(exc))
+            await vms.transition(tx, vm, VmState.FAILED, step="create", message=str(exc))
             return
-        await vms.set_provider_ref(tx.conn, vm.id, made.ref)
-        await vms.transition(tx, vm.id, VmState.CREATED, step="create")
+        vm = await vms.set_provider_ref(tx.conn, vm, made.ref)
+        await vms.transition(tx, vm, VmState.CREATED, step="create")
         await tx.publish(ev.VmCreated(provider=ctx.provider.name, provider_ref=made.ref),
                          group_id=vm.group_id, vm_id=vm.id)

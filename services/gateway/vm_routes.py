@@ -7,6 +7,7 @@ import asyncio
 import math
 import time
 import uuid
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -73,8 +74,8 @@ async def report_state(request: web.Request) -> web.Response:
             async with store.transaction(conn=conn) as tx:
                 if target == VmState.REPLICATING:
                     await _refuse_before_master(tx.conn, vm_id)
-                await vms.transition(tx, vm_id, target, step=report.step,
-                                     message=report.message, detail=report.detail)
+                vm = await vms.transition(tx, vm_id, target, step=report.step,
+                                          message=report.message, detail=report.detail)
                 if report.message:
                     level = "error" if target == VmState.FAILED else "info"
                     await vms.add_message(tx, vm_id, level, report.message)
@@ -82,7 +83,8 @@ async def report_state(request: web.Request) -> web.Response:
             if await _applied_before(conn, vm_id, target, report.step):
                 return json_response(await _view(conn, vm_id))
             raise problem(web.HTTPConflict, f"refused: {exc}") from None
-        return json_response(await _view(conn, vm_id))
+    # The answer is the VM as the transition left it: no read after the commit.
+    return json_response(vm_view(asdict(vm)))
 
 
 async def _applied_before(conn, vm_id: uuid.UUID, target: VmState, step: str | None) -> bool:
@@ -203,6 +205,7 @@ async def _view(db, vm_id: uuid.UUID) -> m.VmView:
 
 
 def vm_view(row) -> m.VmView:
+    """`row`: a row of vms, or a store Vm as a dict (what a transition returns)."""
     age = (datetime.now(timezone.utc) - row["state_changed_at"]).total_seconds()
     return m.VmView(
         id=row["id"], name=row["name"], role=row["role"], state=row["state"],

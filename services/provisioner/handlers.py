@@ -46,7 +46,7 @@ async def _provision(ctx: Context, vm_id: uuid.UUID) -> None:
     async with ctx.step() as tx:
         vm = await vms.lock_if(tx.conn, vm_id, VmState.CONFIGURED)
         if vm is not None:
-            await vms.transition(tx, vm.id, VmState.PROVISIONING, step=MOVING)
+            await vms.transition(tx, vm, VmState.PROVISIONING, step=MOVING)
     # Provider calls run under the VM's row lock, in the transaction that records them done
     # (step first-boot): a concurrent duplicate waits and finds them done; a crash rolls back
     # to step final-network and the calls (each safe to repeat) are made again on redelivery.
@@ -61,9 +61,9 @@ async def _provision(ctx: Context, vm_id: uuid.UUID) -> None:
             await ctx.provider.attach(vm.provider_ref, group_network(group.name))
             await ctx.provider.boot(vm.provider_ref, BootSource.DISK)
         except ProviderError as exc:
-            await vms.transition(tx, vm.id, VmState.FAILED, step=MOVING, message=str(exc))
+            await vms.transition(tx, vm, VmState.FAILED, step=MOVING, message=str(exc))
             return
-        await vms.transition(tx, vm.id, VmState.PROVISIONING, step="first-boot")
+        await vms.transition(tx, vm, VmState.PROVISIONING, step="first-boot")
 
 
 @router.on("vm.provisioned")
@@ -78,7 +78,7 @@ async def _app_ready(ctx: Context, vm_id: uuid.UUID) -> None:
         vm = await vms.get(tx.conn, vm_id, lock=True)
         if vm and vm.role == "app" and vm.state == VmState.PROVISIONED \
                 and vm.group_status == GroupStatus.ACTIVE:
-            await vms.transition(tx, vm.id, VmState.READY, step="checked-in")
+            await vms.transition(tx, vm, VmState.READY, step="checked-in")
 
 
 @router.on("vm.state_changed")

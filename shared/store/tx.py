@@ -47,13 +47,16 @@ class Tx:
     async def claim(self, service: str, event_id: uuid.UUID) -> None:
         """Record the event as processed by `service`, in this transaction; a second claim of
         the same event (a redelivery) raises AlreadyProcessed."""
-        inserted = await self.conn.fetchval(
-            "INSERT INTO inbox (service, event_id) VALUES ($1, $2)"
-            " ON CONFLICT DO NOTHING RETURNING true",
-            service, event_id,
-        )
-        if not inserted:
-            raise AlreadyProcessed(f"{service} already processed {event_id}")
+        await _claim(self.conn, service, event_id)
+
+
+async def _claim(db, service: str, event_id: uuid.UUID) -> None:
+    inserted = await db.fetchval(
+        "INSERT INTO inbox (service, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING true",
+        service, event_id,
+    )
+    if not inserted:
+        raise AlreadyProcessed(f"{service} already processed {event_id}")
 
 
 class Store:
@@ -80,6 +83,11 @@ class Store:
 
     async def fetchval(self, query: str, *args):
         return await self.pool.fetchval(query, *args)
+
+    async def claim(self, service: str, event_id: uuid.UUID) -> None:
+        """Record the event as processed by `service` on its own (one statement, autocommit),
+        for a handler that wrote nothing that had to commit with it."""
+        await _claim(self.pool, service, event_id)
 
     async def processed(self, service: str, event_id: uuid.UUID) -> bool:
         return bool(

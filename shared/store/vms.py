@@ -4,7 +4,8 @@ operator's `retry` and a group's resume), which checks it and announces it."""
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime
 
 import asyncpg
 
@@ -30,6 +31,7 @@ class Vm:
     message: str | None
     provider_ref: str | None
     group_status: GroupStatus
+    state_changed_at: datetime
 
     @classmethod
     def from_row(cls, row: asyncpg.Record) -> Vm:
@@ -40,6 +42,7 @@ class Vm:
             failed_from=VmState(row["failed_from"]) if row["failed_from"] else None,
             step=row["step"], message=row["message"], provider_ref=row["provider_ref"],
             group_status=GroupStatus(row["group_status"]),
+            state_changed_at=row["state_changed_at"],
         )
 
 
@@ -80,40 +83,51 @@ async def ids_in(conn: asyncpg.Connection, group_id: uuid.UUID, *states: VmState
     return [r["id"] for r in rows]
 
 
+# The VM's new state and its line in the history, in one statement (one round trip).
+_RECORD = (
+    "WITH v AS (UPDATE vms SET state = $2, held_state = $3, step = $4, message = $5,"
+    " failed_from = $6, detail = COALESCE($7, detail), state_changed_at = now() WHERE id = $1"
+    " RETURNING id, state_changed_at)"
+    " INSERT INTO vm_transitions (vm_id, from_state, to_state, step)"
+    " SELECT id, $8, $2, $4 FROM v RETURNING (SELECT state_changed_at FROM v)"
+)
+
+
 async def _record(
     tx: Tx, vm: Vm, new: VmState, *, held: VmState | None, step: str | None,
-    message: str | None, failed_from: VmState | None,
-) -> None:
-    await tx.conn.execute(
-        "UPDATE vms SET state = $2, held_state = $3, step = $4, message = $5,"
-        " failed_from = $6, state_changed_at = now() WHERE id = $1",
-        vm.id, new, held, step, message, failed_from,
-    )
-    await tx.conn.execute(
-        "INSERT INTO vm_transitions (vm_id, from_state, to_state, step) VALUES ($1, $2, $3, $4)",
-        vm.id, vm.state, new, step,
-    )
+    message: str | None, failed_from: VmState | None, detail: dict | None = None,
+) -> Vm:
+    """Write the change and announce it; returns the VM as it now is."""
+    changed_at = await tx.conn.fetchval(
+        _RECORD, vm.id, new, held, step, message, failed_from, detail, vm.state)
     await tx.publish(
         ev.VmStateChanged(from_state=vm.state, to_state=new, step=step),
         group_id=vm.group_id, vm_id=vm.id,
     )
     log.info("vm state changed", vm=vm.name, from_state=vm.state, to_state=new, step=step)
+    return replace(vm, state=new, held_state=held, step=step, message=message,
+                   failed_from=failed_from, state_changed_at=changed_at)
 
 
 async def transition(
-    tx: Tx, vm_id: uuid.UUID, target: VmState, *, step: str | None = None,
+    tx: Tx, vm: Vm | uuid.UUID, target: VmState, *, step: str | None = None,
     message: str | None = None, detail: dict | None = None,
 ) -> Vm:
     """Move a VM to `target`, or park it as HALTED if its group is halted and `target` is a
     state where it would wait for a service. Repeating the current state only updates the step.
-    Returns the VM as it now is; raises IllegalTransition (nothing is written) if not allowed."""
-    vm = await get(tx.conn, vm_id, lock=True)
-    if vm is None:
-        raise LookupError(f"no VM {vm_id}")
+    `vm` is its id, or the VM as read with `lock=True` in this same transaction (which spares
+    reading it again). Returns the VM as it now is; raises IllegalTransition (nothing is
+    written) if not allowed."""
+    if isinstance(vm, uuid.UUID):
+        vm_id = vm
+        vm = await get(tx.conn, vm_id, lock=True)
+        if vm is None:
+            raise LookupError(f"no VM {vm_id}")
     if vm.state == target or (vm.state == VmState.HALTED and vm.held_state == target):
         if step is not None and step != vm.step:
             await tx.conn.execute("UPDATE vms SET step = $2 WHERE id = $1", vm.id, step)
-        return await get(tx.conn, vm_id)
+            vm = replace(vm, step=step)
+        return vm
     try:
         check(vm.state, target)
     except IllegalTransition:
@@ -125,14 +139,13 @@ async def transition(
     if target == VmState.FAILED:
         # A held VM failed where it was held, not in HALTED.
         failed_from = vm.held_state if vm.state == VmState.HALTED else vm.state
-    await _record(
+    was = vm
+    vm = await _record(
         tx, vm, new, held=target if parked else None, step=step, message=message,
-        failed_from=failed_from,
+        failed_from=failed_from, detail=detail,
     )
-    if detail is not None:
-        await tx.conn.execute("UPDATE vms SET detail = $2 WHERE id = $1", vm.id, detail)
-    await _announce(tx, vm, new, step=step, message=message, failed_from=failed_from)
-    return await get(tx.conn, vm_id)
+    await _announce(tx, was, new, step=step, message=message, failed_from=failed_from)
+    return vm
 
 
 async def _announce(tx: Tx, vm: Vm, new: VmState, *, step: str | None, message: str | None,
@@ -171,11 +184,10 @@ async def retry(tx: Tx, vm_id: uuid.UUID) -> Vm:
         raise IllegalTransition(vm.state, VmState.PLANNED)
     back = RETRY_FROM.get(vm.failed_from or VmState.PLANNED, VmState.PLANNED)
     parked = vm.group_status == GroupStatus.HALTED
-    await _record(
+    return await _record(
         tx, vm, VmState.HALTED if parked else back, held=back if parked else None,
         step=f"retry from {back}", message=None, failed_from=None,
     )
-    return await get(tx.conn, vm_id)
 
 
 async def add_message(tx: Tx, vm_id: uuid.UUID, level: str, text: str) -> int:
@@ -190,5 +202,6 @@ async def add_message(tx: Tx, vm_id: uuid.UUID, level: str, text: str) -> int:
     return row["id"]
 
 
-async def set_provider_ref(conn: asyncpg.Connection, vm_id: uuid.UUID, ref: str) -> None:
-    await conn.execute("UPDATE vms SET provider_ref = $2 WHERE id = $1", vm_id, ref)
+async def set_provider_ref(conn: asyncpg.Connection, vm: Vm, ref: str) -> Vm:
+    await conn.execute("UPDATE vms SET provider_ref = $2 WHERE id = $1", vm.id, ref)
+    return replace(vm, provider_ref=ref)
