@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
-from bench import gateway, pipeline
+from bench import compare, gateway, pipeline, spy_summary
 
 pytestmark = pytest.mark.integration
 
@@ -20,3 +22,24 @@ async def test_gateway_bench_runs_a_few_clients():
     run = await gateway.measure(20, 2, group_size=10, quiet=False)
     assert run["gateway"]["requests"] == 20 * 2 * 2 and run["gateway"]["errors"] == 0
     assert run["bare"]["requests"] == run["gateway"]["requests"]
+
+
+def test_compare_runs_a_bench_on_an_earlier_commit_and_on_this_tree():
+    # HEAD as "before": the worktree machinery is what is under test, not a gain.
+    result = compare.main(["--before", "HEAD", "--pairs", "1", "--no-report", "gateway",
+                           "--clients", "5", "--rounds", "1"])
+    assert len(result["runs"]["before"]) == len(result["runs"]["after"]) == 1
+    assert result["figures"]["req/s"]["before"] > 0 and result["figures"]["req/s"]["ratio"] > 0
+    assert not any("ferry-before-" in line for line in subprocess.run(
+        ["git", "worktree", "list"], capture_output=True, text=True, check=True).stdout.splitlines())
+
+
+def test_spy_summary_counts_self_and_inclusive_time():
+    text = spy_summary.summarise([
+        "main (a.py:1);work (a.py:5);leaf (b.py:9) 3\n",
+        "main (a.py:1);work (a.py:6) 1\n",
+    ])
+    assert text.startswith("4 samples")
+    own, within = text.split("inclusive time")
+    assert " 75.0 %  leaf (b.py)" in own and " 25.0 %  work (a.py)" in own
+    assert "100.0 %  work (a.py)" in within and "100.0 %  main (a.py)" in within
