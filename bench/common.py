@@ -97,8 +97,10 @@ def now_stamp() -> str:
 
 
 def write_result(name: str, result: dict) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}-{now_stamp()}.json"
+    # FERRY_BENCH_RESULTS: elsewhere than the repository (the smoke test's runs are no results).
+    folder = Path(os.environ.get("FERRY_BENCH_RESULTS") or RESULTS)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}-{now_stamp()}.json"
     path.write_text(json.dumps(result, indent=2, default=str) + "\n")
     return path
 

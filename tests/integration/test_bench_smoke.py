@@ -24,7 +24,8 @@ async def test_gateway_bench_runs_a_few_clients():
     assert run["bare"]["requests"] == run["gateway"]["requests"]
 
 
-def test_compare_runs_a_bench_on_an_earlier_commit_and_on_this_tree():
+def test_compare_runs_a_bench_on_an_earlier_commit_and_on_this_tree(tmp_path, monkeypatch):
+    monkeypatch.setenv("FERRY_BENCH_RESULTS", str(tmp_path))  # the runs inherit it
     # HEAD as "before": the worktree machinery is what is under test, not a gain.
     result = compare.main(["--before", "HEAD", "--pairs", "1", "--no-report", "gateway",
                            "--clients", "5", "--rounds", "1"])
