@@ -5,7 +5,7 @@ VM, and 10.0.2.100/32 with a relay (nsrelay) listening on port 80 that connects 
 the root namespace's loopback, and an uplink to the root namespace whose outbound direction is
 blocked until the cutover opens it (qemu_uplink). So until then its VMs reach each other, the
 gateway, and nothing else, while this machine reaches them. QEMU runs inside the namespace
-(`ip netns exec`), and `ip netns del` takes bridge, taps and uplink with it.
+(`ip netns exec`); deleting it removes the uplink, then `ip netns del` takes bridge and taps.
 
 Each namespace the provider makes is recorded in lab_dir/nets/<namespace>/ (before it is made,
 so teardown finds it whatever happens), with its relay's pid and log.
@@ -108,6 +108,9 @@ class GroupNetworks:
         folder = self.root / namespace
         relay = read_json(folder / "relay.json") or {}
         await stop(relay.get("pid"), self._relay_marker(namespace), grace=5)
+        # The uplink first: `ip netns del` frees the namespace's devices only later, and its
+        # root end would linger while a new namespace of the same name is being built.
+        await qemu_uplink.remove(namespace)
         if self.exists(namespace):
             await run("ip", "netns", "del", namespace)
         shutil.rmtree(folder, ignore_errors=True)

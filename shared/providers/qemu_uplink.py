@@ -65,7 +65,11 @@ async def ensure(namespace: str, subnets: list[str], blocked: bool) -> None:
     firewall in the recorded state (idempotent)."""
     outer, inner = link_addresses(namespace)
     link = root_link(namespace)
-    if not Path("/sys/class/net", link).exists():
+    code, _, _ = await run("ip", "-n", namespace, "link", "show", UPLINK, check=False)
+    if code != 0:
+        # A root end without its peer is left over from a namespace deleted a moment ago (the
+        # kernel frees a dead namespace's devices later, asynchronously): it must go first.
+        await remove(namespace)
         await run("ip", "link", "add", link, "type", "veth", "peer", "name", UPLINK,
                   "netns", namespace)
     await run("ip", "addr", "replace", f"{outer}/30", "dev", link)
@@ -80,6 +84,13 @@ async def ensure(namespace: str, subnets: list[str], blocked: bool) -> None:
     await run("ip", "netns", "exec", namespace, "sysctl", "-qw", "net.ipv4.ip_forward=1")
     Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n")
     await set_blocked(namespace, blocked)
+
+
+async def remove(namespace: str) -> None:
+    """Delete the group's uplink (both ends go together), if it is there."""
+    link = root_link(namespace)
+    if Path("/sys/class/net", link).exists():
+        await run("ip", "link", "del", link, check=False)
 
 
 async def set_blocked(namespace: str, blocked: bool) -> None:
