@@ -56,6 +56,17 @@ def phase_seconds(timeline: dict) -> dict[str, dict[str, float]]:
     return spent
 
 
+def slowest_steps(timeline: dict, count: int = 3) -> dict[str, str]:
+    """Per VM, its `count` longest (state, step) stretches: where a slow phase spends its time."""
+    slowest = {}
+    for vm in timeline["vms"]:
+        timed = sorted((p for p in vm["phases"] if p["seconds"] is not None),
+                       key=lambda p: p["seconds"], reverse=True)[:count]
+        slowest[vm["vm"]] = ", ".join(f"{p['state']}/{p['step'] or '-'} {p['seconds']:.0f}s"
+                                      for p in timed)
+    return slowest
+
+
 @pytest.mark.timeout(JOURNEY_TIMEOUT_S + 600)
 async def test_example_group_is_rebuilt_on_real_vms(site, lab_settings, operator, capsys):
     """The group reaches ready on real VMs, and on the VMs: the planned LVM layout and
@@ -83,11 +94,14 @@ async def test_example_group_is_rebuilt_on_real_vms(site, lab_settings, operator
     checks = await check_group(plan, group_namespace(plan.group), lab_settings.ssh_identity,
                                legacy_run, outside)
     async with operator.get(f"/v1/groups/{group_id}/timeline") as response:
-        spent = phase_seconds(await response.json())
+        timeline = await response.json()
+    spent = phase_seconds(timeline)
     with capsys.disabled():
         print(f"\nlab journey: submitted → ready in {wall:.0f}s")
         for vm, phases in spent.items():
             print(f"  {vm}: " + ", ".join(f"{s} {t:.0f}s" for s, t in phases.items()))
+        for vm, steps in slowest_steps(timeline).items():
+            print(f"  {vm} slowest: {steps}")
         for check in checks:
             print(f"  {'ok ' if check.ok else 'FAILED'} {check.vm} {check.what}: {check.detail}")
     failed = [c for c in checks if not c.ok]
