@@ -8,6 +8,7 @@ while a prober outside measures the downtime."""
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -56,14 +57,22 @@ def phase_seconds(timeline: dict) -> dict[str, dict[str, float]]:
     return spent
 
 
-def slowest_steps(timeline: dict, count: int = 3) -> dict[str, str]:
-    """Per VM, its `count` longest (state, step) stretches: where a slow phase spends its time."""
+async def slowest_steps(operator, detail: dict, timeline: dict, count: int = 3) -> dict[str, str]:
+    """Per VM, the `count` longest stretches between two of its log lines or state changes,
+    each named by the one that began it: where a slow phase spends its time. The script logs
+    every step, and a step is no transition, so the timeline alone cannot tell this."""
+    entered = {vm["vm"]: [(p["entered_at"], f"entered {p['state']}") for p in vm["phases"]]
+               for vm in timeline["vms"]}
     slowest = {}
-    for vm in timeline["vms"]:
-        timed = sorted((p for p in vm["phases"] if p["seconds"] is not None),
-                       key=lambda p: p["seconds"], reverse=True)[:count]
-        slowest[vm["vm"]] = ", ".join(f"{p['state']}/{p['step'] or '-'} {p['seconds']:.0f}s"
-                                      for p in timed)
+    for vm in detail["vms"]:
+        async with operator.get(f"/v1/vms/{vm['id']}/messages") as response:
+            messages = (await response.json())["messages"]
+        lines = [(line["at"], line["text"][:60]) for line in messages]
+        marks = sorted((datetime.fromisoformat(at), text)
+                       for at, text in lines + entered.get(vm["name"], []))
+        gaps = sorted(((b - a).total_seconds(), text)
+                      for (a, text), (b, _) in zip(marks, marks[1:]))[::-1][:count]
+        slowest[vm["name"]] = ", ".join(f"{text!r} {seconds:.0f}s" for seconds, text in gaps)
     return slowest
 
 
@@ -96,11 +105,12 @@ async def test_example_group_is_rebuilt_on_real_vms(site, lab_settings, operator
     async with operator.get(f"/v1/groups/{group_id}/timeline") as response:
         timeline = await response.json()
     spent = phase_seconds(timeline)
+    slowest = await slowest_steps(operator, detail, timeline)
     with capsys.disabled():
         print(f"\nlab journey: submitted → ready in {wall:.0f}s")
         for vm, phases in spent.items():
             print(f"  {vm}: " + ", ".join(f"{s} {t:.0f}s" for s, t in phases.items()))
-        for vm, steps in slowest_steps(timeline).items():
+        for vm, steps in slowest.items():
             print(f"  {vm} slowest: {steps}")
         for check in checks:
             print(f"  {'ok ' if check.ok else 'FAILED'} {check.vm} {check.what}: {check.detail}")
