@@ -152,6 +152,7 @@ def _survey(document: yaml.Node, source: str) -> None:
         if isinstance(node, yaml.MappingNode):
             seen: set[str] = set()
             for key, value in node.value:
+                size += walk(key, loc, open_)  # first: it pairs the key's surrogates
                 name = key.value if isinstance(key, yaml.ScalarNode) else None
                 if name is not None and name in seen:
                     problems.append(Problem(format_location((*loc, name)),
@@ -159,7 +160,7 @@ def _survey(document: yaml.Node, source: str) -> None:
                                             *_mark(key.start_mark)))
                 seen.add(name)
                 where = (*loc, "?" if name is None else name)
-                size += walk(key, loc, open_) + walk(value, where, open_)
+                size += walk(value, where, open_)
         elif isinstance(node, yaml.SequenceNode):
             size += sum(walk(item, (*loc, i), open_) for i, item in enumerate(node.value))
         open_.discard(id(node))
@@ -234,6 +235,9 @@ def _expand(item: dict[str, Any], root: type[BaseModel]) -> list[tuple[Loc, str]
     loc = tuple(item["loc"])
     if item["type"] == RULE_ERROR:
         return [((*loc, *where), message) for where, message in item["ctx"]["problems"]]
+    if loc and loc[-1] == "[key]":
+        # Pydantic's mark of a refused key of a mapping: the place is the entry itself.
+        return [(loc[:-1], "this name " + _message(item, loc, root))]
     return [(loc, _message(item, loc, root))]
 
 

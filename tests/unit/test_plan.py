@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -295,6 +296,12 @@ MESSAGES = {
                  "digits and '-' between dots, each part at most 63 characters)"),
     "empty list": (lambda d: d["vms"][0].update(disks=[]),
                    "vms[0].disks: must list at least 1 item(s)"),
+    # A refused key is named as the entry, not with pydantic's "[key]" after it (found by the
+    # fuzzer: an empty name in the DNS records).
+    "key": (lambda d: d["cutover"]["dns"]["records"].update({"bad name!": "app1"}),
+            'cutover.dns.records["bad name!"]: this name must be a hostname like '
+            "app1.shop.example (letters, digits and '-' between dots, each part at most 63 "
+            "characters)"),
 }
 
 
@@ -360,3 +367,12 @@ def test_mangled_plans_give_a_plan_or_a_plan_error(text):
         assert isinstance(load_plan(text), Plan)
     except PlanError as exc:
         assert exc.problems and all(p.message for p in exc.problems)
+
+
+def test_a_key_beyond_the_basic_plane_is_named_whole_in_json():
+    """json.dumps writes U+10000 as a surrogate pair, which PyYAML reads as two lone halves;
+    a key is paired again before it names a place (found by the fuzzer)."""
+    data = example()
+    data["group"] = {"\U00010000": ["\x00"]}
+    located = problems(json.dumps(data))
+    assert located and all(line.startswith('group["\U00010000"][0]: ') for line in located)
