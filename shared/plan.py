@@ -79,7 +79,17 @@ def _with_prefix(value: object) -> object:
     return value
 
 
+def _address_text(value: object) -> object:
+    # ipaddress takes a whole number as an address, and true is one: `public_ip: true` was
+    # accepted as 0.0.0.1.
+    if isinstance(value, (int, float)):
+        raise ValueError("must be an IPv4 address written like 10.20.0.11, not a number or "
+                         "true/false")
+    return value
+
+
 WholeNumber = Annotated[int, BeforeValidator(_not_bool)]
+Address = Annotated[ipaddress.IPv4Address, BeforeValidator(_address_text)]
 Size = Annotated[float, BeforeValidator(_not_bool), Field(gt=0, allow_inf_nan=False)]
 Port = Annotated[WholeNumber, Field(ge=1, le=65535)]
 AbsolutePath = Annotated[str, AfterValidator(_absolute_path)]
@@ -210,15 +220,16 @@ class Source(_Model):
 class Network(_Model):
     """The new VM's network settings on its group's network."""
 
-    address: Annotated[ipaddress.IPv4Interface, BeforeValidator(_with_prefix)]
+    address: Annotated[ipaddress.IPv4Interface, BeforeValidator(_with_prefix),
+                       BeforeValidator(_address_text)]
     """IPv4 address with its prefix length, e.g. 10.20.0.11/24; unique in the group."""
-    gateway: ipaddress.IPv4Address | None = None
+    gateway: Address | None = None
     """IPv4 default gateway, inside the address's network."""
-    dns: list[ipaddress.IPv4Address] = []
+    dns: list[Address] = []
     """IPv4 addresses of the resolvers."""
     hostname: Annotated[str, AfterValidator(_hostname)]
     """Hostname or FQDN (letters, digits, - between dots); unique in the group."""
-    public_ip: ipaddress.IPv4Address | None = None  # the legacy side's; cutover forwards it
+    public_ip: Address | None = None  # the legacy side's; cutover forwards it
     """The legacy side's public IPv4 address, which cutover forwards to the new VM; unique in the
     group."""
 

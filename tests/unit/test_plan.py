@@ -287,6 +287,11 @@ MESSAGES = {
     "ip": (lambda d: d["vms"][0]["network"].update(gateway="10.20.0.256"),
            "vms[0].network.gateway: is not a valid IPv4 address"),
     "int": (lambda d: d["vms"][0].update(cpus="two"), "vms[0].cpus: must be a whole number"),
+    # ipaddress reads true as 0.0.0.1 (found by the fuzzer's DeprecationWarning).
+    "address as true/false": (
+        lambda d: d["vms"][0]["network"].update(public_ip=True),
+        "vms[0].network.public_ip: must be an IPv4 address written like 10.20.0.11, not a "
+        "number or true/false"),
     "bool": (lambda d: d["vms"][0].update(cpus=True),
              "vms[0].cpus: must be a number, not true/false"),
     "range": (lambda d: d["vms"][0].update(memory_mb=128),
