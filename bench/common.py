@@ -23,7 +23,7 @@ from pathlib import Path
 
 
 from shared.settings import Settings
-from shared.reset import remove_everything
+from services.reset import remove_everything
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"

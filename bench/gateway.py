@@ -26,7 +26,7 @@ from bench.common import (OPERATOR_TOKEN, SocketWrites, append_row, bench_settin
 from bench.pipeline import plan_text
 from services.runtime import Host
 from shared.logging import configure_logging
-from shared.store import tokens
+from shared.store.session import Session
 
 
 async def load(url: str, vms: list[tuple[str, str]], rounds: int, connections: int) -> dict:
@@ -102,7 +102,7 @@ async def measure(clients: int, rounds: int, group_size: int = 100, quiet: bool 
         async with host.pool.acquire() as conn:
             await conn.execute("UPDATE vms SET state = 'configuring', step = 'pxe-boot'")
             for row in await conn.fetch("SELECT id FROM vms ORDER BY id"):
-                vms.append((str(row["id"]), await tokens.issue(conn, row["id"])))
+                vms.append((str(row["id"]), await Session(conn).tokens.issue(row["id"])))
         # Warm both servers a little (connections, first queries), then measure each in turn.
         runner, bare_url = await bare_server()
         try:

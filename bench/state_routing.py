@@ -14,30 +14,34 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib
 import json
 
 from bench.common import append_row, finish, now_stamp
 from bench.pipeline import measure
-from services.runtime import SERVICES
-from shared.topology import SUBSCRIPTIONS
+from services import runtime
+from shared.topology import Topology
 
 EVERY_CHANGE = "vm.state_changed.*"
 
 
 @contextlib.contextmanager
 def every_state_change_routing():
-    """The routing before the change: both services hear every state change."""
-    for service in SERVICES:  # the routers check SUBSCRIPTIONS when they are imported
-        importlib.import_module(f"services.{service}.handlers")
-    saved = {s: SUBSCRIPTIONS[s] for s in ("provisioner", "coordinator")}
-    for service, keys in saved.items():
-        SUBSCRIPTIONS[service] = tuple(EVERY_CHANGE if k.startswith("vm.state_changed.") else k
-                                       for k in keys)
+    """The routing before the change: both services hear every state change (the routers
+    ignore the ones they do not act on, after the broker delivered them)."""
+    product = runtime.topology
+
+    def before() -> Topology:
+        routed = product()
+        bindings = dict(routed.bindings)
+        for service in ("provisioner", "coordinator"):
+            bindings[service] = tuple(EVERY_CHANGE if k.startswith("vm.state_changed.") else k
+                                      for k in bindings[service])
+        return Topology(bindings, routed.queue_limits)
+    runtime.topology = before
     try:
         yield
     finally:
-        SUBSCRIPTIONS.update(saved)
+        runtime.topology = product
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -165,7 +165,7 @@ def _reset(settings, state_dir: Path) -> None:
     """Start from nothing: the demo's own schema, queues and state folder."""
     import asyncio
 
-    from shared.reset import remove_everything
+    from services.reset import remove_everything
 
     asyncio.run(remove_everything(settings))
     # --one-file-system: never follow a mount the lab may have left below it.

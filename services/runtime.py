@@ -1,42 +1,42 @@
 """The composition root: one process hosting some services (and maybe the gateway) over one
 database pool, one broker connection and one outbox relay.
 
-Lifecycle, as nameko orders it: start opens connections and then takes work; stop stops
-taking work, lets in-flight handlers finish (or time out), then closes the broker and the pool;
-kill drops everything at once and never raises (what a crash looks like to the others).
+Lifecycle, as nameko orders it: start opens connections and then takes work (what it opened is
+closed again if a later step fails); stop first stops every consumer taking new messages, then
+lets the in-flight handlers of all of them finish together (or time out), then closes the
+broker and the pool; kill drops everything at once and never raises (what a crash looks like to
+the others).
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib
 import signal
+from contextlib import AsyncExitStack
 from functools import partial
 
 import asyncpg
 from aiohttp import web
 
+from services.topology import SERVICES, router_of, topology
 from shared.bus import Bus, Consumer
 from shared.logging import configure_logging, get_logger
 from shared.metrics import start_metrics_server
 from shared.providers import make_provider
 from shared.providers.base import Provider
 from shared.relay import OutboxRelay
-from shared.service import Deps, Router
+from shared.service import Deps
 from shared.settings import Settings
 from shared.store.db import open_pool
-from shared.store.tx import Store
+from shared.store.session import Store
 from shared.topology import Names
 
 log = get_logger(__name__)
 
-SERVICES = ("archiver", "creator", "configurator", "provisioner", "coordinator", "cutover")
+__all__ = ["SERVICES", "Host", "main", "router_of", "serve"]
+
 USES_PROVIDER = {"creator", "configurator", "provisioner", "cutover"}
 GATEWAY_POOL = 12  # database connections added for a Host that runs the gateway
-
-
-def router_of(service: str) -> Router:
-    return importlib.import_module(f"services.{service}.handlers").router
 
 
 class Host:
@@ -44,6 +44,8 @@ class Host:
                  provider: Provider | None = None, gateway: bool = False):
         self.settings = settings
         self.services = list(services)
+        # A provider handed in belongs to the caller, who closes it; one the host makes is
+        # closed by the host when it stops.
         self.provider = provider
         self.with_gateway = gateway
         self.pool: asyncpg.Pool | None = None
@@ -53,35 +55,51 @@ class Host:
         self.gateway_app: web.Application | None = None
         self._site_runner: web.AppRunner | None = None
         self._metrics_runner: web.AppRunner | None = None
+        self._closing = AsyncExitStack()
         self.port: int | None = None
         self.metrics_port: int | None = None  # this process's own /metrics, without a gateway
 
     async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:
+            await self._closing.aclose()
+            raise
+        log.info("host started", services=self.services, gateway=self.with_gateway,
+                 port=self.port, metrics_port=self.metrics_port)
+
+    async def _start(self) -> None:
         s = self.settings
+        close = self._closing
         # The gateway's VM endpoints take the pool once per request (token, transaction and
         # answer on one connection); with a thousand VMs reporting at once it gets its own
         # share (docs/performance.md).
         self.pool = await open_pool(s, max_size=4 + 2 * len(self.services)
                                     + (GATEWAY_POOL if self.with_gateway else 0))
-        self.bus = Bus(s.amqp_url, Names(s.bus_prefix), s.retry_delays)
+        close.push_async_callback(self.pool.close)
+        store = Store(self.pool)
+        self.bus = Bus(s.amqp_url, Names(s.bus_prefix), s.retry_delays, topology())
+        close.push_async_callback(self.bus.close)
         await self.bus.connect()
-        self.relay = OutboxRelay(self.pool, self.bus, s.database_schema)
+        self.relay = OutboxRelay(store, self.bus, s.database_schema)
         await self.relay.start()
+        close.push_async_callback(self.relay.stop)
         if self.provider is None and set(self.services) & USES_PROVIDER:
             self.provider = make_provider(s)
-        deps = Deps(store=Store(self.pool), settings=s, provider=self.provider)
+            close.push_async_callback(self.provider.close)
+        deps = Deps(store=store, settings=s, provider=self.provider, topology=self.bus.topology)
         if self.with_gateway:
             await self._start_gateway(deps)
         elif s.metrics_port:
             self._metrics_runner, self.metrics_port = await start_metrics_server(
                 s.metrics_host, s.metrics_port)
+            close.push_async_callback(self._metrics_runner.cleanup)
         for service in self.services:
             router = router_of(service)
             consumer = Consumer(self.bus, service, partial(router.dispatch, deps=deps), s.prefetch)
             await consumer.start()
+            close.push_async_callback(consumer.close)
             self.consumers.append(consumer)
-        log.info("host started", services=self.services, gateway=self.with_gateway, port=self.port,
-                 metrics_port=self.metrics_port)
 
     async def _start_gateway(self, deps: Deps) -> None:
         from services.gateway.app import build_app, ssl_context
@@ -90,26 +108,24 @@ class Host:
         self.gateway_app = build_app(deps, self.bus)
         self._site_runner = web.AppRunner(self.gateway_app, access_log=None)
         await self._site_runner.setup()
+        self._closing.push_async_callback(self._site_runner.cleanup)
         site = web.TCPSite(self._site_runner, self.settings.gateway_host, self.settings.gateway_port,
                            ssl_context=ssl_context(self.settings))
         await site.start()
         self.port = self._site_runner.addresses[0][1]
-        self.consumers.append(await start_live_feed(self.gateway_app, self.bus))
+        feed = await start_live_feed(self.gateway_app, self.bus)
+        self._closing.push_async_callback(feed.close)
+        self.consumers.append(feed)
 
     async def stop(self, timeout: float = 30.0) -> None:
-        for consumer in self.consumers:
-            await consumer.stop(timeout)
-        self.consumers.clear()
-        if self._site_runner:
-            await self._site_runner.cleanup()
-        if self._metrics_runner:
-            await self._metrics_runner.cleanup()
-        if self.relay:
-            await self.relay.stop()
-        if self.bus:
-            await self.bus.close()
-        if self.pool:
-            await self.pool.close()
+        consumers, self.consumers = self.consumers, []
+        await asyncio.gather(*(c.stop_taking_work() for c in consumers))
+        in_flight = [task for c in consumers for task in c.in_flight()]
+        if in_flight:
+            await asyncio.wait(in_flight, timeout=timeout)
+        # The rest in the reverse order of start: consumers' channels, the gateway, the
+        # provider the host made, the relay, the broker, the pool.
+        await self._closing.aclose()
         log.info("host stopped", services=self.services)
 
     async def kill(self) -> None:
@@ -142,8 +158,6 @@ async def serve(settings: Settings, services: list[str], *, gateway: bool) -> No
         loop.add_signal_handler(sig, stopping.set)
     await stopping.wait()
     await host.stop()
-    if host.provider:
-        await host.provider.close()
 
 
 def main(services: list[str], *, gateway: bool = False) -> None:

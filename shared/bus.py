@@ -16,13 +16,14 @@ from aio_pika.abc import (
 )
 from pydantic import ValidationError
 
-from shared.events import Envelope
+from shared.events import Envelope, Payload
 from shared.logging import get_logger
-from shared.topology import QUEUE_LIMITS, SUBSCRIPTIONS, Names, routing_key
+from shared.topology import Names, Topology, routing_key
 
 log = get_logger(__name__)
 
-Handler = Callable[[Envelope], Awaitable[None]]
+# A delivered event, validated once at the door: its envelope and its payload's model.
+Handler = Callable[[Envelope, Payload], Awaitable[None]]
 
 ATTEMPT_HEADER = "x-ferry-attempt"
 
@@ -30,10 +31,12 @@ ATTEMPT_HEADER = "x-ferry-attempt"
 class Bus:
     """One connection, one confirming publisher channel, and the declared topology."""
 
-    def __init__(self, url: str, names: Names, retry_delays: tuple[float, ...]):
+    def __init__(self, url: str, names: Names, retry_delays: tuple[float, ...],
+                 topology: Topology):
         self.url = url
         self.names = names
         self.retry_delays = retry_delays
+        self.topology = topology
         self.connection: AbstractRobustConnection | None = None
         self._channel: AbstractChannel | None = None
         self.exchange: AbstractExchange | None = None
@@ -47,7 +50,9 @@ class Bus:
         self.exchange = await self._channel.declare_exchange(
             self.names.exchange, aio_pika.ExchangeType.TOPIC, durable=True
         )
-        for service in SUBSCRIPTIONS:
+        # Every process declares the whole topology, so an event published before its
+        # consumer first ran is still routed (durable queues keep it).
+        for service in self.topology.services:
             await self.declare_service(service)
 
     async def declare_service(self, service: str) -> AbstractQueue:
@@ -56,9 +61,9 @@ class Bus:
         queue_name = self.names.queue(service)
         queue = await self._channel.declare_queue(
             queue_name, durable=True,
-            arguments={"x-queue-type": "quorum", **QUEUE_LIMITS.get(service, {})},
+            arguments={"x-queue-type": "quorum", **self.topology.queue_limits.get(service, {})},
         )
-        for key in SUBSCRIPTIONS[service]:
+        for key in self.topology.bindings[service]:
             await queue.bind(self.exchange, routing_key=key)
         for attempt, delay in enumerate(self.retry_delays, start=1):
             # One holding queue per attempt, each with one TTL, so a short delay never waits
@@ -154,12 +159,24 @@ class Consumer:
         self._tag = await self._queue.consume(self._on_message)
 
     async def stop(self, timeout: float = 30.0) -> None:
-        """Stop taking work, let in-flight handlers finish (or time out), close the channel."""
+        """Stop taking work, let in-flight handlers finish (or time out), close the channel.
+        (A host with several consumers does these steps for all of them together.)"""
+        await self.stop_taking_work()
+        if self._in_flight:
+            await asyncio.wait(self.in_flight(), timeout=timeout)
+        await self.close()
+
+    async def stop_taking_work(self) -> None:
+        """No new message is delivered; those in flight go on."""
         if self._queue and self._tag:
             await self._queue.cancel(self._tag)
             self._tag = None
-        if self._in_flight:
-            await asyncio.wait(list(self._in_flight), timeout=timeout)
+
+    def in_flight(self) -> list[asyncio.Task]:
+        return list(self._in_flight)
+
+    async def close(self) -> None:
+        """Close the channel: what is still unacked goes back to the queue."""
         if self._channel and not self._channel.is_closed:
             await self._channel.close()
 
@@ -181,13 +198,13 @@ class Consumer:
     async def _process(self, message: AbstractIncomingMessage) -> None:
         try:
             event = Envelope.model_validate_json(message.body)
-            event.typed()
+            payload = event.typed()
         except (ValidationError, KeyError, ValueError) as exc:
             # A message that can never be understood goes straight to the dead letters.
             await self._dead_letter(message, f"malformed event: {exc}")
             return
         try:
-            await self.handle(event)
+            await self.handle(event, payload)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - every handler failure is retried or parked

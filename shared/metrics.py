@@ -81,17 +81,12 @@ async def http_metrics(request: web.Request, handler):
 
 # -- what the store holds, read when scraped ---------------------------------------------------
 
-async def store_metrics(pool: asyncpg.Pool) -> list[Metric]:
+async def store_metrics(db) -> list[Metric]:
     """VMs by state, groups by status, outbox lag: one read of the database, at scrape time.
-    Every known state and status is reported, at 0 when none is in it."""
-    async with pool.acquire() as conn:
-        vm_rows = await conn.fetch("SELECT state, count(*) AS n FROM vms GROUP BY state")
-        group_rows = await conn.fetch("SELECT status, count(*) AS n FROM groups GROUP BY status")
-        outbox = await conn.fetchrow(
-            "SELECT count(*) AS n, "
-            "       coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS age, "
-            "       count(*) FILTER (WHERE error IS NOT NULL) AS unroutable "
-            "FROM outbox WHERE published_at IS NULL")
+    Every known state and status is reported, at 0 when none is in it. `db`: a store session."""
+    vm_rows = await db.views.vm_states()
+    group_rows = await db.views.group_statuses()
+    outbox = await db.views.outbox_lag()
     vms = GaugeMetricFamily("ferry_vms", "VMs by state (all groups).", labels=["state"])
     for state, count in _with_zeros([s.value for s in VmState], vm_rows):
         vms.add_metric([state], count)

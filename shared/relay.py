@@ -8,19 +8,12 @@ import asyncpg
 from aio_pika.exceptions import PublishError
 
 from shared.bus import Bus, Outgoing
-from shared.topology import routing_key
 from shared.logging import get_logger
+from shared.store.outbox import notify_channel
+from shared.store.session import Store
+from shared.topology import routing_key
 
 log = get_logger(__name__)
-
-
-_BATCH = (
-    "SELECT id, body::text AS body, body->>'id' AS event_id, body->>'type' AS type,"
-    " body->>'correlation_id' AS correlation_id,"
-    " (body->>'occurred_at')::timestamptz AS occurred_at,"
-    " body->'payload'->>'to_state' AS to_state"
-    " FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED"
-)
 
 
 def _outgoing(row) -> Outgoing:
@@ -30,11 +23,12 @@ def _outgoing(row) -> Outgoing:
 
 
 class OutboxRelay:
-    def __init__(self, pool: asyncpg.Pool, bus: Bus, schema: str, *, batch: int = 200,
+    def __init__(self, store: Store, bus: Bus, schema: str, *, batch: int = 200,
                  idle_poll: float = 1.0):
-        self.pool = pool
+        self.store = store
+        self.pool = store.pool
         self.bus = bus
-        self.channel = f"{schema}_outbox"
+        self.channel = notify_channel(schema)
         self.batch = batch
         self.idle_poll = idle_poll
         self._wake = asyncio.Event()
@@ -83,10 +77,8 @@ class OutboxRelay:
 
     async def flush(self) -> int:
         """Publish one batch of unpublished events; returns how many were handled."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(_BATCH, self.batch)
-            # The stored body is the wire format (Tx.publish wrote the envelope's JSON): it is
-            # published as it is, with the properties read out of it by the database.
+        async with self.store.transaction() as tx:
+            rows = await tx.outbox.unpublished(self.batch)
             events = [_outgoing(row) for row in rows]
             # Confirms are awaited together: the frames still leave in outbox order.
             results = await asyncio.gather(*(self.bus.publish(e) for e in events),
@@ -95,14 +87,9 @@ class OutboxRelay:
                 if isinstance(result, PublishError):
                     # Nobody is bound to this type: a wiring fault, recorded, not retried forever.
                     log.error("unroutable event", event_type=event.type, event_id=str(event.id))
-                    await conn.execute("UPDATE outbox SET error = $2 WHERE id = $1",
-                                       row["id"], f"unroutable: {result}")
+                    await tx.outbox.unroutable(row["id"], f"unroutable: {result}")
                 elif isinstance(result, BaseException):
                     raise result
             if rows:
-                await conn.execute(
-                    "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])",
-                    [r["id"] for r in rows],
-                )
+                await tx.outbox.published([r["id"] for r in rows])
             return len(rows)
-

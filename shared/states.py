@@ -1,4 +1,4 @@
-"""The VM state machine: every transition is checked here and nowhere else."""
+"""The VM and group state machines: every transition is checked here and nowhere else."""
 
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ VM_REPORTABLE = frozenset(
 
 
 class IllegalTransition(Exception):
-    def __init__(self, current: VmState, target: VmState):
+    def __init__(self, current: VmState | GroupStatus, target: VmState | GroupStatus):
         super().__init__(f"illegal transition {current} -> {target}")
         self.current = current
         self.target = target
@@ -101,4 +101,24 @@ def check(current: VmState, target: VmState) -> None:
             raise IllegalTransition(current, target)
         return
     if target not in _FORWARD.get(current, frozenset()):
+        raise IllegalTransition(current, target)
+
+
+G = GroupStatus
+
+# A group is active while its VMs travel; halted when one failed (until an operator resumes);
+# ready when all are; cutting over during a cutover, which ends live or back at ready (rolled
+# back). A VM may fail while its group is ready or cutting over, which halts it there too.
+_GROUP_MOVES: dict[GroupStatus, frozenset[GroupStatus]] = {
+    G.ACTIVE: frozenset({G.HALTED, G.READY}),
+    G.HALTED: frozenset({G.ACTIVE}),
+    G.READY: frozenset({G.HALTED, G.CUTTING_OVER}),
+    G.CUTTING_OVER: frozenset({G.HALTED, G.LIVE, G.READY}),
+    G.LIVE: frozenset(),
+}
+
+
+def check_group(current: GroupStatus, target: GroupStatus) -> None:
+    """Raise IllegalTransition unless a group may go from `current` to `target`."""
+    if target not in _GROUP_MOVES[current]:
         raise IllegalTransition(current, target)

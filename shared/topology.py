@@ -1,32 +1,17 @@
-"""Who hears what: the exchange, each service's queue and the event types it is bound to.
-
-Every process declares the whole topology at start-up, so an event published before its
-consumer first ran is still routed (durable queues keep it). A service's router must handle
-exactly the keys listed for it here (a test checks), and every event type has a listener.
-"""
+"""The bus's names and routing: the exchange, each service's queue, and the routing key of an
+event. Which service hears which keys is declared by each service's router (shared/service.py)
+and gathered into a `Topology` by the composition root (services/topology.py)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-SUBSCRIPTIONS: dict[str, tuple[str, ...]] = {
-    "archiver": ("group.submitted", "archive.requested", "group.resumed"),
-    "creator": ("archive.ready", "group.archived", "group.resumed"),
-    "configurator": ("vm.created", "group.resumed"),
-    "provisioner": ("vm.configured", "vm.provisioned", "vm.state_changed.ready",
-                    "db.master.complete", "group.resumed"),
-    "coordinator": ("vm.failed", "vm.state_changed.ready"),
-    "cutover": ("cutover.requested", "group.halted"),
-    # The gateway's live feed (server-sent events) hears everything; it is bounded, so it
-    # never grows while no gateway runs. It also makes pure notifications routable.
-    "gateway": ("#",),
-}
+from dataclasses import dataclass, field
+from typing import Mapping
 
 # vm.state_changed is the most frequent event, and its listeners act on one target state: its
 # routing key carries that state (vm.state_changed.ready), so a queue is bound to the changes it
-# acts on instead of receiving every one and ignoring most. Measured (bench/, 200-VM pipeline):
-# 0.31 of the deliveries, 1.3x the events/s.
+# acts on instead of receiving every one and ignoring most (docs/performance.md).
 STATE_CHANGED = "vm.state_changed"
+EVERYTHING = "#"
 
 
 def routing_key(event_type: str, payload: dict) -> str:
@@ -43,40 +28,20 @@ def event_type_of(binding_key: str) -> str:
     return binding_key
 
 
-def handled_types(service: str) -> set[str]:
-    return {event_type_of(key) for key in SUBSCRIPTIONS[service]}
+@dataclass(frozen=True)
+class Topology:
+    """Each service's binding keys, and arguments of its queue beyond the quorum type."""
 
+    bindings: Mapping[str, tuple[str, ...]]
+    queue_limits: Mapping[str, Mapping[str, int | str]] = field(default_factory=dict)
 
-# Who publishes each event type (through its outbox), for the AsyncAPI document
-# (docs/api/asyncapi.json). A VM's state changes come from whichever service moves it, and from
-# the gateway when the VM reports one itself.
-_MOVES_VMS = ("archiver", "creator", "configurator", "provisioner", "coordinator", "cutover",
-              "gateway")
-PUBLISHERS: dict[str, tuple[str, ...]] = {
-    "group.submitted": ("gateway",),
-    "archive.requested": ("archiver",),
-    "archive.ready": ("archiver",),
-    "group.archived": ("creator",),
-    "vm.created": ("creator",),
-    "vm.state_changed": _MOVES_VMS,
-    "vm.failed": _MOVES_VMS,
-    "vm.message_logged": ("gateway", "archiver"),
-    "vm.configured": ("gateway",),
-    "vm.provisioned": ("gateway",),
-    "db.master.complete": ("provisioner",),
-    "group.ready": ("coordinator",),
-    "group.halted": ("coordinator",),
-    "group.resumed": ("gateway",),
-    "cutover.requested": ("gateway",),
-    "cutover.step_completed": ("cutover",),
-    "cutover.completed": ("cutover",),
-    "cutover.failed": ("cutover",),
-}
+    @property
+    def services(self) -> list[str]:
+        return list(self.bindings)
 
-# Queue arguments beyond the quorum type, per service.
-QUEUE_LIMITS: dict[str, dict[str, int | str]] = {
-    "gateway": {"x-max-length": 10_000, "x-overflow": "drop-head"},
-}
+    def hears(self, service: str, event_type: str) -> bool:
+        keys = self.bindings[service]
+        return EVERYTHING in keys or any(event_type_of(key) == event_type for key in keys)
 
 
 @dataclass(frozen=True)

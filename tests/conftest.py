@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 
 from shared.settings import Settings
-from shared.reset import remove_everything
+from services.reset import remove_everything
 
 OPERATOR_TOKEN = "test-operator-token"
 

@@ -9,13 +9,13 @@ import uuid
 from pathlib import Path
 
 from shared import events as ev
-from shared.events import Envelope
+from shared import journey, rules
 from shared.logging import get_logger
 from shared.plan import VM, DatabaseSpec
 from shared.service import Context, Router
 from shared.settings import Settings
-from shared.states import GroupStatus, VmState
-from shared.store import groups, vms
+from shared.states import VmState
+from shared.store.archives import ArchiveRecord
 from services.archiver.archive import (
     ArchiveError, ArchiveResult, LocalTree, TreeSource, archive_path, remove_abandoned_partials,
 )
@@ -32,26 +32,35 @@ log = get_logger(__name__)
 _LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
-@router.on("group.submitted")
-@router.on("group.resumed")
-async def request_archives(event: Envelope, ctx: Context) -> None:
+@router.on(ev.GroupSubmitted)
+async def archive_submitted_group(event: ev.GroupSubmitted, ctx: Context) -> None:
+    await _request_archives(ctx)
+
+
+@router.on(ev.GroupResumed)
+async def archive_resumed_group(event: ev.GroupResumed, ctx: Context) -> None:
+    """What the halt held before archiving is archived now."""
+    await _request_archives(ctx)
+
+
+async def _request_archives(ctx: Context) -> None:
     """One archive request per planned VM, so archiver replicas share the work per VM."""
     async with ctx.transaction() as tx:
-        for vm in await vms.of_group(tx.conn, event.group_id):
+        for vm in await tx.vms.of_group(ctx.group_id):
             if vm.state == VmState.PLANNED:
-                await tx.publish(ev.ArchiveRequested(), group_id=event.group_id, vm_id=vm.id)
+                await tx.publish(ev.ArchiveRequested(), group_id=ctx.group_id, vm_id=vm.id)
 
 
-@router.on("archive.requested")
-async def archive_vm(event: Envelope, ctx: Context) -> None:
-    assert event.vm_id
-    async with ctx.step() as tx:
-        vm = await vms.get(tx.conn, event.vm_id, lock=True)
+@router.on(ev.ArchiveRequested)
+async def archive_vm(event: ev.ArchiveRequested, ctx: Context) -> None:
+    assert ctx.vm_id
+    async with ctx.guarded_transaction() as tx:
+        vm = await tx.vms.get(ctx.vm_id, lock=True)
         if vm is None:
             return
-        if vm.state == VmState.PLANNED and vm.group_status == GroupStatus.ACTIVE:
-            vm = await vms.transition(tx, vm, VmState.ARCHIVING, step="archive")
-        group = await groups.get(tx.conn, event.group_id)
+        if rules.may_move_on(vm, VmState.PLANNED):
+            vm = await journey.transition(tx, vm, VmState.ARCHIVING, step="archive")
+        group = await tx.groups.get(ctx.group_id)
     if vm.state != VmState.ARCHIVING or group is None:
         return  # archived already, held by a halt, or failed: nothing to do here
     planned = group.parsed_plan().vm(vm.name)
@@ -60,21 +69,22 @@ async def archive_vm(event: Envelope, ctx: Context) -> None:
                                        ctx.settings)
     except (ArchiveError, DumpError) as exc:
         async with ctx.transaction() as tx:
-            vm = await vms.get(tx.conn, vm.id, lock=True)
+            vm = await tx.vms.get(vm.id, lock=True)
             if vm.state == VmState.ARCHIVING:
-                await vms.transition(tx, vm, VmState.FAILED, step="archive", message=str(exc))
+                await journey.transition(tx, vm, VmState.FAILED, step="archive",
+                                         message=str(exc))
         return
     async with ctx.transaction() as tx:
-        vm = await vms.get(tx.conn, vm.id, lock=True)
+        vm = await tx.vms.get(vm.id, lock=True)
         if vm.state != VmState.ARCHIVING:
             return  # a duplicate delivery got here first
         items = [await _record(tx, vm.id, result) for result in results]
         for result in results:
             for warning in result.warnings:
                 # Where the operator looks (the VM's messages), not only in the service log.
-                await vms.add_message(tx, vm.id, "warning",
-                                      f"archive of {result.source_path}: {warning}")
-        await vms.transition(tx, vm, VmState.ARCHIVED, step="archive")
+                await journey.add_message(tx, vm.id, "warning",
+                                          f"archive of {result.source_path}: {warning}")
+        await journey.transition(tx, vm, VmState.ARCHIVED, step="archive")
         await tx.publish(ev.ArchiveReady(archives=items), group_id=group.id, vm_id=vm.id)
 
 
@@ -142,12 +152,9 @@ def database_source(db: DatabaseSpec, over_ssh: bool) -> DatabaseSource:
 async def _record(tx, vm_id: uuid.UUID, result: ArchiveResult) -> ev.ArchiveItem:
     source = result.source_path
     item_id = archive_id(vm_id, result.kind, source)
-    await tx.conn.execute(
-        "INSERT INTO archives (id, vm_id, kind, source, engine, file, sha256, size)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
-        " ON CONFLICT (id) DO UPDATE SET file = $6, sha256 = $7, size = $8, created_at = now()",
-        item_id, vm_id, result.kind, source, getattr(result, "engine", None), str(result.file),
-        result.sha256, result.size,
-    )
+    await tx.archives.save(ArchiveRecord(
+        id=item_id, vm_id=vm_id, kind=result.kind, source=source,
+        engine=getattr(result, "engine", None), file=str(result.file), sha256=result.sha256,
+        size=result.size))
     return ev.ArchiveItem(id=item_id, kind=result.kind, source=source, sha256=result.sha256,
                           size=result.size, warnings=list(result.warnings))

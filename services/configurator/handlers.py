@@ -6,11 +6,12 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
-from shared.events import Envelope
+from shared import events as ev
+from shared import journey, rules
 from shared.providers.base import BootSource, ProviderError
 from shared.service import Context, Router
 from shared.states import VmState
-from shared.store import archives, groups, tokens, vms
+from shared.store.archives import ArchiveRecord
 from services.configurator.render import ArchiveRef, RenderError, render_script
 
 router = Router("configurator")
@@ -19,13 +20,18 @@ router = Router("configurator")
 PXE_BOOT = "pxe-boot"
 
 
-@router.on("vm.created")
-@router.on("group.resumed")
-async def configure(event: Envelope, ctx: Context) -> None:
-    """A created VM (or, on resume, every created VM of the group) is booted to configure."""
-    async with ctx.store.pool.acquire() as conn:
-        waiting = [event.vm_id] if event.vm_id else await vms.ids_in(conn, event.group_id,
-                                                                     VmState.CREATED)
+@router.on(ev.VmCreated)
+async def configure_created(event: ev.VmCreated, ctx: Context) -> None:
+    """A created VM is booted to configure."""
+    assert ctx.vm_id
+    await _boot_for_configuration(ctx, ctx.vm_id)
+
+
+@router.on(ev.GroupResumed)
+async def configure_resumed(event: ev.GroupResumed, ctx: Context) -> None:
+    """Every created VM of a resumed group is booted to configure."""
+    async with ctx.store.session() as db:
+        waiting = await db.vms.ids_in(ctx.group_id, VmState.CREATED)
     for vm_id in waiting:
         await _boot_for_configuration(ctx, vm_id)
 
@@ -34,33 +40,30 @@ async def _boot_for_configuration(ctx: Context, vm_id: uuid.UUID) -> None:
     # The boot happens under the VM's row lock, in the transaction that stores its token: a
     # concurrent duplicate waits and finds the VM configuring; if the commit never happens the
     # VM stays created and is booted again, with a new token, on redelivery.
-    async with ctx.step() as tx:
-        vm = await vms.lock_if(tx.conn, vm_id, VmState.CREATED)
-        if vm is None:
+    async with ctx.guarded_transaction() as tx:
+        vm = await tx.vms.get(vm_id, lock=True)
+        if not rules.may_move_on(vm, VmState.CREATED):
             return
-        group = await groups.get(tx.conn, vm.group_id)
+        group = await tx.groups.get(vm.group_id)
         plan = group.parsed_plan()
         try:
-            script = render_script(plan, plan.vm(vm.name), await _archive_refs(tx.conn, vm.id),
+            script = render_script(plan, plan.vm(vm.name),
+                                   [_archive_ref(a) for a in await tx.archives.for_vm(vm.id)],
                                    support=support_hashes(ctx.settings.images_dir))
         except RenderError as exc:
-            await vms.transition(tx, vm, VmState.FAILED, step="render", message=str(exc))
+            await journey.transition(tx, vm, VmState.FAILED, step="render", message=str(exc))
             return
-        await tx.conn.execute(
-            "INSERT INTO vm_scripts (vm_id, script) VALUES ($1, $2) ON CONFLICT (vm_id)"
-            " DO UPDATE SET script = $2, rendered_at = now()",
-            vm.id, script,
-        )
-        token = await tokens.issue(tx.conn, vm.id)
+        await tx.scripts.save(vm.id, script)
+        token = await tx.tokens.issue(vm.id)
         kernel_args = {
             "ferry.gateway": ctx.settings.gateway_url, "ferry.vm": str(vm.id), "ferry.token": token,
         }
         try:
             await ctx.provider.boot(vm.provider_ref, BootSource.NETWORK, kernel_args=kernel_args)
         except ProviderError as exc:
-            await vms.transition(tx, vm, VmState.FAILED, step=PXE_BOOT, message=str(exc))
+            await journey.transition(tx, vm, VmState.FAILED, step=PXE_BOOT, message=str(exc))
             return
-        await vms.transition(tx, vm, VmState.CONFIGURING, step=PXE_BOOT)
+        await journey.transition(tx, vm, VmState.CONFIGURING, step=PXE_BOOT)
 
 
 def support_hashes(images: Path) -> dict[str, str]:
@@ -78,9 +81,6 @@ def support_hashes(images: Path) -> dict[str, str]:
     return hashes
 
 
-async def _archive_refs(conn, vm_id: uuid.UUID) -> list[ArchiveRef]:
-    return [
-        ArchiveRef(id=r["id"], kind=r["kind"], source=r["source"], sha256=r["sha256"],
-                   size=r["size"], engine=r["engine"])
-        for r in await archives.for_vm(conn, vm_id)
-    ]
+def _archive_ref(record: ArchiveRecord) -> ArchiveRef:
+    return ArchiveRef(id=record.id, kind=record.kind, source=record.source,
+                      sha256=record.sha256, size=record.size, engine=record.engine)

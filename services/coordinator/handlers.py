@@ -3,30 +3,24 @@
 from __future__ import annotations
 
 from shared import events as ev
-from shared.events import Envelope
+from shared import journey, rules
 from shared.service import Context, Router
 from shared.states import VmState
-from shared.store import groups, vms
 
 router = Router("coordinator")
 
 
-@router.on("vm.failed")
-async def halt_group(event: Envelope, ctx: Context) -> None:
-    failure = ev.VmFailed.model_validate(event.payload)
+@router.on(ev.VmFailed)
+async def halt_group(event: ev.VmFailed, ctx: Context) -> None:
     async with ctx.transaction() as tx:
-        vm = await vms.get(tx.conn, event.vm_id)
+        vm = await tx.vms.get(ctx.vm_id)
         if vm is None:
             return
-        where = f" at {failure.step}" if failure.step else ""
-        reason = f"{vm.name} failed{where}: {failure.message or 'no message'}"
-        await groups.halt(tx, event.group_id, vm, reason)
+        await journey.halt(tx, ctx.group_id, vm,
+                           rules.halt_reason(vm.name, event.step, event.message))
 
 
-@router.on("vm.state_changed")
-async def group_ready(event: Envelope, ctx: Context) -> None:
-    change = ev.VmStateChanged.model_validate(event.payload)
-    if change.to_state != VmState.READY:
-        return
+@router.on(ev.VmStateChanged, to_state=VmState.READY)
+async def group_ready(event: ev.VmStateChanged, ctx: Context) -> None:
     async with ctx.transaction() as tx:
-        await groups.mark_ready_if_complete(tx, event.group_id)
+        await journey.mark_ready_if_complete(tx, ctx.group_id)

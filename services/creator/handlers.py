@@ -5,40 +5,46 @@ mid-creation never makes a second VM."""
 
 from __future__ import annotations
 
+import uuid
+
 from shared import events as ev
-from shared.events import Envelope
+from shared import journey
 from shared.plan import Plan
 from shared.providers.base import ProviderError, VmSpec
 from shared.service import Context, Router
 from shared.states import GroupStatus, VmState
-from shared.store import groups, vms
 
 router = Router("creator")
 
 
-@router.on("archive.ready")
-async def note_archive(event: Envelope, ctx: Context) -> None:
+@router.on(ev.ArchiveReady)
+async def note_archive(event: ev.ArchiveReady, ctx: Context) -> None:
     async with ctx.transaction() as tx:
-        await groups.get(tx.conn, event.group_id, lock=True)  # one archive.ready at a time
-        if await groups.mark_archived_once(tx, event.group_id):
-            await tx.publish(ev.GroupArchived(), group_id=event.group_id)
+        await tx.groups.get(ctx.group_id, lock=True)  # one archive.ready at a time
+        if await journey.mark_archived_once(tx, ctx.group_id):
+            await tx.publish(ev.GroupArchived(), group_id=ctx.group_id)
 
 
-@router.on("group.resumed")
-async def resume_creation(event: Envelope, ctx: Context) -> None:
-    async with ctx.step() as tx:
-        group = await groups.get(tx.conn, event.group_id, lock=True)
-        if group and group.archived_at is None and await groups.mark_archived_once(tx, group.id):
+@router.on(ev.GroupResumed)
+async def resume_creation(event: ev.GroupResumed, ctx: Context) -> None:
+    async with ctx.guarded_transaction() as tx:
+        group = await tx.groups.get(ctx.group_id, lock=True)
+        if group and group.archived_at is None \
+                and await journey.mark_archived_once(tx, group.id):
             await tx.publish(ev.GroupArchived(), group_id=group.id)
             return
-    await create_group_vms(event, ctx)
+    await _create_group_vms(ctx)
 
 
-@router.on("group.archived")
-async def create_group_vms(event: Envelope, ctx: Context) -> None:
-    async with ctx.store.pool.acquire() as conn:
-        group = await groups.get(conn, event.group_id)
-        members = await vms.of_group(conn, event.group_id)
+@router.on(ev.GroupArchived)
+async def create_group_vms(event: ev.GroupArchived, ctx: Context) -> None:
+    await _create_group_vms(ctx)
+
+
+async def _create_group_vms(ctx: Context) -> None:
+    async with ctx.store.session() as db:
+        group = await db.groups.get(ctx.group_id)
+        members = await db.vms.of_group(ctx.group_id)
     if group is None or group.archived_at is None or group.status != GroupStatus.ACTIVE:
         return
     plan = group.parsed_plan()
@@ -47,16 +53,16 @@ async def create_group_vms(event: Envelope, ctx: Context) -> None:
             await _create(ctx, plan, vm.id)
 
 
-async def _create(ctx: Context, plan: Plan, vm_id) -> None:
-    async with ctx.step() as tx:
-        vm = await vms.get(tx.conn, vm_id, lock=True)
+async def _create(ctx: Context, plan: Plan, vm_id: uuid.UUID) -> None:
+    async with ctx.guarded_transaction() as tx:
+        vm = await tx.vms.get(vm_id, lock=True)
         if vm and vm.state == VmState.ARCHIVED:
-            await vms.transition(tx, vm, VmState.CREATING, step="create")
+            await journey.transition(tx, vm, VmState.CREATING, step="create")
     # The provider is called under the VM's row lock, in the transaction that records the
     # result: a concurrent duplicate waits and then finds the VM created; a crash rolls back
     # and the call is made again with the same idempotency key, which returns the same VM.
-    async with ctx.step() as tx:
-        vm = await vms.get(tx.conn, vm_id, lock=True)
+    async with ctx.guarded_transaction() as tx:
+        vm = await tx.vms.get(vm_id, lock=True)
         if vm is None or vm.state != VmState.CREATING:
             return
         planned = plan.vm(vm.name)
@@ -69,9 +75,9 @@ async def _create(ctx: Context, plan: Plan, vm_id) -> None:
         try:
             made = await ctx.provider.create_vm(spec, idempotency_key=f"vm:{vm.id}")
         except ProviderError as exc:
-            await vms.transition(tx, vm, VmState.FAILED, step="create", message=str(exc))
+            await journey.transition(tx, vm, VmState.FAILED, step="create", message=str(exc))
             return
-        vm = await vms.set_provider_ref(tx.conn, vm, made.ref)
-        await vms.transition(tx, vm, VmState.CREATED, step="create")
+        await tx.vms.set_provider_ref(vm.id, made.ref)
+        await journey.transition(tx, vm, VmState.CREATED, step="create")
         await tx.publish(ev.VmCreated(provider=ctx.provider.name, provider_ref=made.ref),
                          group_id=vm.group_id, vm_id=vm.id)

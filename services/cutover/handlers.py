@@ -24,57 +24,56 @@ from services.cutover.remote import Remote
 from services.cutover.runbook import Journal, Outcome, run_steps, undo_recorded
 from services.cutover.steps import GroupRunbook, Machine
 from shared import events as ev
+from shared import journey
 from shared.dns import DnsError, Rfc2136Driver, TsigKey
-from shared.events import Envelope
 from shared.logging import get_logger
 from shared.plan import Plan, Role
 from shared.prober import Prober, ProbeReport
 from shared.providers.base import ProviderError
 from shared.service import Context, Router
 from shared.states import GroupStatus, VmState
-from shared.store import groups, vms
+from shared.store.cutover_runs import FINISHED, PENDING
 
 log = get_logger(__name__)
 router = Router("cutover")
 
 # After the last step, how long the prober may take to see the new site answer by name.
 PROBE_SETTLE_S = 30.0
-FINISHED = ("completed", "rolled_back", "failed", "refused")
 
 
 class CannotStart(Exception):
     """The runbook cannot even be put together (nothing was changed); says why."""
 
 
-@router.on("cutover.requested")
-async def run_cutover(event: Envelope, ctx: Context) -> None:
-    request = ev.CutoverRequested.model_validate(event.payload)
+@router.on(ev.CutoverRequested)
+async def run_cutover(request: ev.CutoverRequested, ctx: Context) -> None:
     run_id = uuid.UUID(request.run_id)
-    group = await groups.get(ctx.store.pool, event.group_id)
+    async with ctx.store.session() as db:
+        group = await db.groups.get(ctx.group_id)
     if group is None:
         return
     plan = group.parsed_plan()
     runbook = None
     if group.status in (GroupStatus.READY, GroupStatus.CUTTING_OVER):  # else _begin refuses
         try:
-            runbook = await _runbook(ctx, event.group_id, plan, request)
+            runbook = await _runbook(ctx, ctx.group_id, plan, request)
         except CannotStart as exc:
-            await _cannot_start(ctx, event, run_id, str(exc))
+            await _cannot_start(ctx, run_id, str(exc))
             return
-    interrupted = await _begin(ctx, event, run_id, request.prepare)
+    interrupted = await _begin(ctx, run_id, request.prepare)
     if interrupted is None:
         return
     if runbook is None:  # the group became ready in between: a redelivery takes it from here
         raise RuntimeError("the group changed while the cutover started; retrying")
     steps = runbook.steps(request.prepare)
-    journal = Journal(ctx.store, run_id, event.group_id, event)
+    journal = Journal(ctx.store, run_id, ctx.group_id, ctx.envelope)
     if interrupted:
         log.warning("cutover run was interrupted; rolling it back", run_id=str(run_id))
         try:
             outcome = await undo_recorded(steps, journal)
         finally:
             await runbook.close()
-        await _finish(ctx, event, run_id, request.prepare, outcome, None)
+        await _finish(ctx, run_id, request.prepare, outcome, None)
         return
     prober = None if request.prepare else _prober(plan, runbook)
     probing = asyncio.create_task(prober.run()) if prober else None
@@ -83,47 +82,45 @@ async def run_cutover(event: Envelope, ctx: Context) -> None:
     finally:
         await runbook.close()
     report = await _stop_probing(prober, probing, outcome.completed)
-    await _finish(ctx, event, run_id, request.prepare, outcome, report)
+    await _finish(ctx, run_id, request.prepare, outcome, report)
 
 
-async def _cannot_start(ctx: Context, event: Envelope, run_id: uuid.UUID, reason: str) -> None:
+async def _cannot_start(ctx: Context, run_id: uuid.UUID, reason: str) -> None:
     """The run fails before any step: nothing was changed, no VM moves."""
     async with ctx.transaction() as tx:
-        status = await tx.conn.fetchval("SELECT status FROM cutover_runs WHERE id = $1 FOR UPDATE",
-                                        run_id)
+        status = await tx.cutover_runs.status(run_id, lock=True)
         if status == "running":
             # Interrupted, and what it did cannot be undone from here: the operator must look.
             # The group stays cutting_over, so nothing else moves it meanwhile.
             reason = f"interrupted, and it cannot be rolled back: {reason}"
-        elif status not in ("requested", "accepted"):
+        elif status not in PENDING:
             return
-        await _record_end(tx, run_id, "failed", reason, None)
+        await tx.cutover_runs.finish(run_id, "failed", reason, None)
         await tx.publish(ev.CutoverFailed(run_id=str(run_id), reason=reason),
-                         group_id=event.group_id)
+                         group_id=ctx.group_id)
 
 
-async def _begin(ctx: Context, event: Envelope, run_id: uuid.UUID, prepare: bool,
-                 ) -> bool | None:
+async def _begin(ctx: Context, run_id: uuid.UUID, prepare: bool) -> bool | None:
     """Mark the run running (and the group cutting over), or refuse it. None: nothing to run;
     True: the run was interrupted (roll it back); False: run it."""
-    async with ctx.step() as tx:
-        group = await groups.get(tx.conn, event.group_id, lock=True)
-        status = await tx.conn.fetchval("SELECT status FROM cutover_runs WHERE id = $1", run_id)
+    async with ctx.guarded_transaction() as tx:
+        group = await tx.groups.get(ctx.group_id, lock=True)
+        status = await tx.cutover_runs.status(run_id)
         if group is None or status is None or status in FINISHED:
             return None  # gone, or a redelivery of a run that ended
         if status == "running":
             return True
         if group.status != GroupStatus.READY:
             reason = f"group {group.name} is {group.status}, not ready"
-            await _record_end(tx, run_id, "refused", reason, None)
+            await tx.cutover_runs.finish(run_id, "refused", reason, None)
             await tx.publish(ev.CutoverFailed(run_id=str(run_id), reason=reason),
                              group_id=group.id)
             return None
-        await tx.conn.execute("UPDATE cutover_runs SET status = 'running' WHERE id = $1", run_id)
+        await tx.cutover_runs.set_running(run_id)
         if not prepare:
-            await _set_group(tx, group.id, GroupStatus.CUTTING_OVER)
-            for vm in await vms.of_group(tx.conn, group.id):
-                await vms.transition(tx, vm.id, VmState.CUTTING_OVER, step="cutover")
+            await journey.set_group_status(tx, group, GroupStatus.CUTTING_OVER)
+            for vm in await tx.vms.of_group(group.id):
+                await journey.transition(tx, vm.id, VmState.CUTTING_OVER, step="cutover")
         return False
 
 
@@ -150,7 +147,8 @@ async def _runbook(ctx: Context, group_id: uuid.UUID, plan: Plan,
 async def _assemble(ctx: Context, group_id: uuid.UUID, plan: Plan, request: ev.CutoverRequested,
                     staging: Path, new_known_hosts: Path, control: Path) -> GroupRunbook:
     settings = ctx.settings
-    members = {vm.name: vm for vm in await vms.of_group(ctx.store.pool, group_id)}
+    async with ctx.store.session() as db:
+        members = {vm.name: vm for vm in await db.vms.of_group(group_id)}
     machines = []
     for planned in plan.vms:
         vm = members[planned.name]
@@ -222,7 +220,7 @@ async def _stop_probing(prober: Prober | None, probing: asyncio.Task | None,
 
 # --- the end of a run ----------------------------------------------------------------------
 
-async def _finish(ctx: Context, event: Envelope, run_id: uuid.UUID, prepare: bool,
+async def _finish(ctx: Context, run_id: uuid.UUID, prepare: bool,
                   outcome: Outcome, report: ProbeReport | None) -> None:
     downtime = report.downtime_s if report and outcome.completed else None
     reason = outcome.reason
@@ -233,47 +231,38 @@ async def _finish(ctx: Context, event: Envelope, run_id: uuid.UUID, prepare: boo
         log.info("cutover probed", summary=report.summary(), run_id=str(run_id))
     async with ctx.transaction() as tx:
         if outcome.completed:
-            await _record_end(tx, run_id, "completed", None, downtime)
+            await tx.cutover_runs.finish(run_id, "completed", None, downtime)
         else:
-            await _record_end(tx, run_id, "rolled_back" if outcome.failed_step or
-                              outcome.undone else "failed", reason, None)
+            await tx.cutover_runs.finish(run_id, "rolled_back" if outcome.failed_step or
+                                         outcome.undone else "failed", reason, None)
         if not prepare:
-            await _set_group(tx, event.group_id, GroupStatus.LIVE if outcome.completed
-                             else GroupStatus.READY)
-            target = VmState.LIVE if outcome.completed else VmState.ROLLED_BACK
-            for vm in await vms.of_group(tx.conn, event.group_id):
-                if vm.state == VmState.CUTTING_OVER:
-                    await vms.transition(tx, vm.id, target, step="cutover",
-                                         message=None if outcome.completed else reason)
+            await _settle_group(tx, ctx.group_id, outcome.completed,
+                                None if outcome.completed else reason)
         if outcome.completed:
             await tx.publish(ev.CutoverCompleted(run_id=str(run_id), downtime_s=downtime,
                                                  prepare=prepare,
                                                  probe=report.summary() if report else None),
-                             group_id=event.group_id)
+                             group_id=ctx.group_id)
         else:
             await tx.publish(ev.CutoverFailed(run_id=str(run_id), reason=reason or "failed"),
-                             group_id=event.group_id)
+                             group_id=ctx.group_id)
 
 
-async def _record_end(tx, run_id: uuid.UUID, status: str, reason: str | None,
-                      downtime: float | None) -> None:
-    await tx.conn.execute(
-        "UPDATE cutover_runs SET status = $2, reason = $3, downtime_s = $4, finished_at = now()"
-        " WHERE id = $1", run_id, status, reason, downtime)
+async def _settle_group(tx, group_id: uuid.UUID, completed: bool, reason: str | None) -> None:
+    """After a run: the group live, or ready again with its VMs rolled back. A group halted
+    meanwhile (a VM reported a failure during the run) stays halted."""
+    group = await tx.groups.get(group_id, lock=True)
+    if group.status == GroupStatus.CUTTING_OVER:
+        await journey.set_group_status(tx, group, GroupStatus.LIVE if completed
+                                       else GroupStatus.READY)
+    target = VmState.LIVE if completed else VmState.ROLLED_BACK
+    for vm in await tx.vms.of_group(group_id):
+        if vm.state == VmState.CUTTING_OVER:
+            await journey.transition(tx, vm, target, step="cutover", message=reason)
 
 
-async def _set_group(tx, group_id: uuid.UUID, status: GroupStatus) -> None:
-    await tx.conn.execute("UPDATE groups SET status = $2, updated_at = now() WHERE id = $1",
-                          group_id, status.value)
-
-
-@router.on("group.halted")
-async def cancel_pending(event: Envelope, ctx: Context) -> None:
+@router.on(ev.GroupHalted)
+async def cancel_pending(event: ev.GroupHalted, ctx: Context) -> None:
     """A halted group must not cut over: runs not started yet are refused."""
     async with ctx.transaction() as tx:
-        await tx.conn.execute(
-            "UPDATE cutover_runs SET status = 'refused', reason = 'group halted',"
-            " finished_at = now() WHERE group_id = $1 AND status IN ('requested', 'accepted')",
-            event.group_id,
-        )
-
+        await tx.cutover_runs.refuse_pending(ctx.group_id, "group halted")

@@ -18,7 +18,7 @@ from typing import Awaitable, Callable
 from shared import events as ev
 from shared.events import Envelope
 from shared.logging import get_logger
-from shared.store.tx import Store
+from shared.store.session import Store
 
 log = get_logger(__name__)
 
@@ -52,43 +52,29 @@ class Journal:
 
     async def started(self, position: int, step: Step) -> None:
         async with self.store.transaction(cause=self.cause) as tx:
-            await tx.conn.execute(
-                "INSERT INTO cutover_steps (run_id, position, name, status, started_at)"
-                " VALUES ($1, $2, $3, 'running', now()) ON CONFLICT (run_id, position) DO UPDATE"
-                " SET status = 'running', started_at = now(), finished_at = NULL, error = NULL",
-                self.run_id, position, step.name)
+            await tx.cutover_steps.started(self.run_id, position, step.name)
 
     async def done(self, position: int, step: Step, seconds: float, detail: str | None) -> None:
         async with self.store.transaction(cause=self.cause) as tx:
-            await self._finish(tx, position, "done", seconds, detail=detail)
+            await tx.cutover_steps.finished(self.run_id, position, "done", seconds,
+                                            detail=detail)
             await tx.publish(ev.CutoverStepCompleted(run_id=str(self.run_id), step=step.name,
                                                      seconds=seconds), group_id=self.group_id)
 
     async def failed(self, position: int, seconds: float, error: str) -> None:
         async with self.store.transaction(cause=self.cause) as tx:
-            await self._finish(tx, position, "failed", seconds, error=error)
+            await tx.cutover_steps.finished(self.run_id, position, "failed", seconds,
+                                            error=error)
 
     async def undone(self, position: int, error: str | None) -> None:
         async with self.store.transaction(cause=self.cause) as tx:
-            await tx.conn.execute(
-                "UPDATE cutover_steps SET status = $3, undone_at = now(), undo_error = $4"
-                " WHERE run_id = $1 AND position = $2",
-                self.run_id, position, "undo_failed" if error else "undone", error)
-
-    async def _finish(self, tx, position: int, status: str, seconds: float,
-                      detail: str | None = None, error: str | None = None) -> None:
-        await tx.conn.execute(
-            "UPDATE cutover_steps SET status = $3, finished_at = now(), seconds = $4,"
-            " detail = $5, error = $6 WHERE run_id = $1 AND position = $2",
-            self.run_id, position, status, seconds, detail, error)
+            await tx.cutover_steps.undone(self.run_id, position, error)
 
     async def positions_to_undo(self) -> list[int]:
         """Steps a run got to (done, failed or cut off while running) and did not undo yet,
         last first: what a rollback after a crash must still put back."""
-        rows = await self.store.fetch(
-            "SELECT position FROM cutover_steps WHERE run_id = $1"
-            " AND status IN ('done', 'failed', 'running') ORDER BY position DESC", self.run_id)
-        return [r["position"] for r in rows]
+        async with self.store.session() as db:
+            return await db.cutover_steps.to_undo(self.run_id)
 
 
 async def run_steps(steps: list[Step], journal: Journal) -> Outcome:

@@ -1,4 +1,5 @@
-"""The cutover runbook of one group: each step's do and undo (names.py lists them in order).
+"""The cutover runbook of one group: each step's do and undo (shared/cutover_names.py lists
+them in order).
 
 Steps act on the legacy hosts (over SSH, through the plan's `source`), on the new VMs (over SSH,
 at their planned addresses, with the migration service's key, which travelled in the root
@@ -22,7 +23,8 @@ from pathlib import Path
 
 from services.archiver.handlers import database_source
 from services.archiver.ssh import remote_dump_script
-from services.cutover import names, replication
+from services.cutover import replication
+from shared import cutover_names as names
 from services.cutover.remote import Remote, RemoteError, pipe
 from services.cutover.runbook import Step
 from services.cutover.scripts import MAINTENANCE_OFF, MAINTENANCE_ON, UNFORWARD, forward_script

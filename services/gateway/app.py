@@ -15,10 +15,10 @@ from services.gateway import metrics_routes  # noqa: F401 - registers /metrics
 from services.gateway import ui_routes  # noqa: F401 - registers the web UI at /
 from services.gateway import verify_routes  # noqa: F401 - registers ferry verify's route
 from services.gateway.api import api
-from services.gateway.auth import FailureLimiter
 from services.gateway.errors import UNSTORABLE, problem, storable
 from services.gateway.keys import BUS, DEPS, LIMITER, LIVE, OPERATOR_TOKEN
-from services.gateway.live import Broadcaster
+from services.gateway.broadcast import Broadcaster
+from services.gateway.failures import FailureLimiter
 from services.gateway.openapi import openapi_document
 from shared.bus import Bus
 from shared.logging import get_logger

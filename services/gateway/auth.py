@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import math
-import time
 import uuid
-from collections import deque
 
 from aiohttp import web
 
 from services.gateway.errors import problem
-from services.gateway.keys import DEPS, OPERATOR_TOKEN
-from shared.store import tokens
+from services.gateway.keys import OPERATOR_TOKEN
 
 
 def bearer(request: web.Request) -> str | None:
@@ -24,24 +20,20 @@ def bearer(request: web.Request) -> str | None:
     return None
 
 
-async def vm_from_token(request: web.Request, token: str | None, conn=None) -> uuid.UUID:
-    """The VM the token belongs to; 401 when there is no valid token. `conn`: look it up on
-    this connection (the handler's own) instead of taking one from the pool."""
+async def vm_from_token(db, token: str | None) -> uuid.UUID:
+    """The VM the token belongs to; 401 when there is no valid token. `db`: the request's
+    session on the store."""
     if not token:
         raise problem(web.HTTPUnauthorized, "a VM bearer token is required")
-    if conn is not None:
-        owner = await tokens.owner(conn, token)
-    else:
-        async with request.app[DEPS].store.pool.acquire() as conn:
-            owner = await tokens.owner(conn, token)
+    owner = await db.tokens.owner(token)
     if owner is None:
         raise problem(web.HTTPUnauthorized, "the token is not valid (unknown, replaced or expired)")
     return owner
 
 
-async def require_vm(request: web.Request, conn=None) -> uuid.UUID:
+async def require_vm(request: web.Request, db) -> uuid.UUID:
     """The path's VM, if the request carries that VM's own token (403 for another VM's)."""
-    owner = await vm_from_token(request, bearer(request), conn)
+    owner = await vm_from_token(db, bearer(request))
     wanted = path_uuid(request, "vm_id")
     if owner != wanted:
         raise problem(web.HTTPForbidden, "this token belongs to another VM")
@@ -82,48 +74,6 @@ def require_operator_or_events_cookie(request: web.Request) -> None:
             raise problem(web.HTTPForbidden, "the event-stream cookie is not valid; sign in again")
         return
     require_operator(request)
-
-
-class FailureLimiter:
-    """Token failures per client address in a sliding window: past `limit` failures within
-    `window` seconds the address is refused (429) until its oldest failure leaves the window.
-
-    Counted in the gateway process's memory: each gateway replica counts on its own and a
-    restart forgets; behind a proxy or a shared relay every client has the proxy's address."""
-
-    def __init__(self, limit: int, window: float, clock=time.monotonic) -> None:
-        self.limit = limit
-        self.window = window
-        self.clock = clock
-        self._failures: dict[str, deque[float]] = {}
-
-    def _recent(self, address: str) -> deque[float] | None:
-        failures = self._failures.get(address)
-        if failures is None:
-            return None
-        cutoff = self.clock() - self.window
-        while failures and failures[0] <= cutoff:
-            failures.popleft()
-        if not failures:
-            del self._failures[address]
-            return None
-        return failures
-
-    def retry_after(self, address: str) -> int:
-        """Seconds the address must wait (0: it may try)."""
-        failures = self._recent(address)
-        if failures is None or len(failures) < self.limit:
-            return 0
-        return max(1, math.ceil(failures[-self.limit] + self.window - self.clock()))
-
-    def failed(self, address: str) -> None:
-        if len(self._failures) > 100_000:  # a flood from many addresses: forget the idle ones
-            for known in list(self._failures):
-                self._recent(known)
-        failures = self._failures.setdefault(address, deque())
-        failures.append(self.clock())
-        while len(failures) > self.limit:
-            failures.popleft()
 
 
 def path_uuid(request: web.Request, name: str) -> uuid.UUID:

@@ -11,27 +11,23 @@ from pydantic import ValidationError
 
 from services.gateway.api import api
 from services.gateway.auth import require_operator_or_events_cookie
+from services.gateway.broadcast import Broadcaster
 from services.gateway.keys import LIVE
 from shared.bus import Bus
 from shared.events import Envelope
 from shared.logging import get_logger
+from shared.topology import EVERYTHING
 
 log = get_logger(__name__)
+
+# The live feed's queue hears every event (which also makes pure notifications routable). It is
+# bounded, so it never grows while no gateway runs.
+BINDINGS = (EVERYTHING,)
+QUEUE_LIMITS = {"x-max-length": 10_000, "x-overflow": "drop-head"}
 
 QUEUE_PER_CLIENT = 1000
 KEEP_ALIVE_S = 15.0
 WAKE_S = 1.0
-
-
-class Broadcaster:
-    def __init__(self) -> None:
-        self.clients: set[asyncio.Queue[Envelope]] = set()
-
-    def publish(self, event: Envelope) -> None:
-        for queue in self.clients:
-            if queue.full():
-                queue.get_nowait()  # a slow screen loses its oldest update, not the gateway
-            queue.put_nowait(event)
 
 
 class LiveFeed:
@@ -64,10 +60,16 @@ class LiveFeed:
             return
         self.broadcaster.publish(event)
 
-    async def stop(self, timeout: float = 30.0) -> None:
+    async def stop_taking_work(self) -> None:
         if self._queue and self._tag:
             await self._queue.cancel(self._tag)
             self._tag = None
+
+    def in_flight(self) -> list[asyncio.Task]:
+        """Nothing is in flight: what was delivered was handed on already."""
+        return []
+
+    async def close(self) -> None:
         if self._channel and not self._channel.is_closed:
             await self._channel.close()
 

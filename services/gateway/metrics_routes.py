@@ -21,5 +21,6 @@ from shared.metrics import exposition, metrics_response, store_metrics
            auth="operator", tag="operator")
 async def metrics(request: web.Request) -> web.Response:
     require_operator(request)
-    extra = await store_metrics(request.app[DEPS].store.pool)
+    async with request.app[DEPS].store.session() as db:
+        extra = await store_metrics(db)
     return metrics_response(exposition(extra))

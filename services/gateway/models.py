@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.cutover.names import WINDOW_STEPS
+from shared.cutover_names import WINDOW_STEPS
 from shared.states import VM_REPORTABLE
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import asdict
 
 from aiohttp import web
 
@@ -13,14 +14,18 @@ from services.gateway.errors import json_response, parse_body, problem
 from services.gateway.keys import BUS, DEPS
 from services.gateway.vm_routes import vm_view
 from shared import events as ev
+from shared import journey
 from shared.bus import dead_letters, replay_dead_letters
+from shared.model import Group
 from shared.plan import Plan, PlanError, load_plan
 from shared.states import GroupStatus, IllegalTransition
-from shared.store import groups, vms
-from shared.topology import SUBSCRIPTIONS
+from shared.store.groups import GroupExists
 
 MAX_PLAN_BYTES = 1_000_000
 MAX_ID = 2**63 - 1  # PostgreSQL's bigint
+LATEST_MESSAGES = 50  # a group's page
+MESSAGES_LISTED = 1000  # one page of a VM's messages
+RUNS_LISTED = 100
 
 
 @api.route("POST", "/v1/groups", "Submit a plan (YAML or JSON); the group starts its journey",
@@ -45,8 +50,8 @@ async def submit(request: web.Request) -> web.Response:
     store = request.app[DEPS].store
     try:
         async with store.transaction() as tx:
-            group_id = await groups.submit(tx, plan)
-    except groups.GroupExists as exc:
+            group_id = await journey.submit(tx, plan)
+    except GroupExists as exc:
         raise problem(web.HTTPConflict, str(exc)) from None
     return json_response(m.Submitted(id=group_id, name=plan.group), 201)
 
@@ -66,28 +71,23 @@ def _relative_roots(plan) -> list[dict]:
            tag="operator", response=m.GroupList)
 async def list_groups(request: web.Request) -> web.Response:
     require_operator(request)
-    async with request.app[DEPS].store.pool.acquire() as conn:
-        rows = await conn.fetch("SELECT * FROM groups ORDER BY created_at DESC LIMIT 500")
-        summaries = [await _summary(conn, r) for r in rows]
-    return json_response(m.GroupList(groups=summaries))
+    async with request.app[DEPS].store.session() as db:
+        rows = await db.views.groups()
+    return json_response(m.GroupList(groups=[_summary(r) for r in rows]))
 
 
 @api.route("GET", "/v1/groups/{group}", "One group (by id or name): its VMs, states and latest "
            "log messages", auth="operator", tag="operator", response=m.GroupDetail)
 async def show_group(request: web.Request) -> web.Response:
     require_operator(request)
-    async with request.app[DEPS].store.pool.acquire() as conn:
-        group = await _find_group(conn, request)
-        row = await conn.fetchrow("SELECT * FROM groups WHERE id = $1", group.id)
-        summary = await _summary(conn, row)
-        vm_rows = await conn.fetch("SELECT * FROM vms WHERE group_id = $1 ORDER BY position", group.id)
-        messages = await conn.fetch(
-            "SELECT m.* FROM vm_messages m JOIN vms v ON v.id = m.vm_id WHERE v.group_id = $1"
-            " ORDER BY m.id DESC LIMIT 50", group.id,
-        )
+    async with request.app[DEPS].store.session() as db:
+        group = await _find_group(db, request)
+        row = await db.views.group(group.id)
+        vm_rows = await db.views.vms(group.id)
+        messages = await db.views.latest_messages(group.id, LATEST_MESSAGES)
     detail = m.GroupDetail(
-        **summary.model_dump(), vms=[vm_view(r) for r in vm_rows],
-        messages=[_message(r) for r in reversed(messages)],
+        **_summary(row).model_dump(), vms=[vm_view(r) for r in vm_rows],
+        messages=[_message(r) for r in messages],
     )
     return json_response(detail)
 
@@ -106,10 +106,8 @@ async def vm_messages(request: web.Request) -> web.Response:
     if not 0 <= after <= MAX_ID:
         raise problem(web.HTTPBadRequest, "after must be a message id (a whole number from 0)",
                       [{"location": "after", "message": "must be a whole number from 0"}])
-    rows = await request.app[DEPS].store.fetch(
-        "SELECT * FROM vm_messages WHERE vm_id = $1 AND id > $2 ORDER BY id LIMIT 1000",
-        vm_id, after,
-    )
+    async with request.app[DEPS].store.session() as db:
+        rows = await db.views.messages_after(vm_id, after, MESSAGES_LISTED)
     return json_response(m.MessageList(messages=[_message(r) for r in rows]))
 
 
@@ -118,12 +116,11 @@ async def vm_messages(request: web.Request) -> web.Response:
            responses={409: "not halted, or a VM is still failed"})
 async def resume(request: web.Request) -> web.Response:
     require_operator(request)
-    store = request.app[DEPS].store
-    async with store.transaction() as tx:
-        group = await _find_group(tx.conn, request)
+    async with request.app[DEPS].store.transaction() as tx:
+        group = await _find_group(tx, request)
         try:
-            await groups.resume(tx, group.id)
-        except groups.ResumeRefused as exc:
+            await journey.resume(tx, group.id)
+        except journey.ResumeRefused as exc:
             raise problem(web.HTTPConflict, str(exc)) from None
     return json_response(m.Accepted())
 
@@ -134,16 +131,15 @@ async def resume(request: web.Request) -> web.Response:
 async def retry(request: web.Request) -> web.Response:
     require_operator(request)
     vm_id = path_uuid(request, "vm_id")
-    store = request.app[DEPS].store
     try:
-        async with store.transaction() as tx:
-            await vms.retry(tx, vm_id)
+        async with request.app[DEPS].store.transaction() as tx:
+            vm = await journey.retry(tx, vm_id)
     except LookupError:
         raise problem(web.HTTPNotFound, f"no VM {vm_id}") from None
     except IllegalTransition as exc:
-        raise problem(web.HTTPConflict, f"only a failed VM can be retried; it is {exc.current}") from None
-    row = await store.fetchrow("SELECT * FROM vms WHERE id = $1", vm_id)
-    return json_response(vm_view(row))
+        raise problem(web.HTTPConflict,
+                      f"only a failed VM can be retried; it is {exc.current}") from None
+    return json_response(vm_view(asdict(vm)))
 
 
 @api.route("POST", "/v1/groups/{group}/cutover", "Request the cutover of a ready group",
@@ -154,13 +150,10 @@ async def cutover(request: web.Request) -> web.Response:
     body = await parse_body(request, m.CutoverRequest)
     run_id = uuid.uuid4()
     async with request.app[DEPS].store.transaction() as tx:
-        group = await _find_group(tx.conn, request, lock=True)
+        group = await _find_group(tx, request, lock=True)
         if group.status != GroupStatus.READY:
             raise problem(web.HTTPConflict, f"group {group.name} is {group.status}, not ready")
-        await tx.conn.execute(
-            "INSERT INTO cutover_runs (id, group_id, prepare, status) VALUES ($1, $2, $3, 'requested')",
-            run_id, group.id, body.prepare,
-        )
+        await tx.cutover_runs.add(run_id, group.id, prepare=body.prepare)
         await tx.publish(ev.CutoverRequested(run_id=str(run_id), prepare=body.prepare,
                                              rehearse_failure_at=body.rehearse_failure_at,
                                              database_mode=body.database_mode),
@@ -172,10 +165,8 @@ async def cutover(request: web.Request) -> web.Response:
            "external provider)", auth="operator", tag="provider", response=m.NeedsProvisioning)
 async def needs_provisioning(request: web.Request) -> web.Response:
     require_operator(request)
-    rows = await request.app[DEPS].store.fetch(
-        "SELECT v.* FROM vms v JOIN groups g ON g.id = v.group_id"
-        " WHERE v.state = 'configured' AND g.status = 'active' ORDER BY v.state_changed_at"
-    )
+    async with request.app[DEPS].store.session() as db:
+        rows = await db.views.needs_provisioning()
     return json_response(m.NeedsProvisioning(vms=[vm_view(r) for r in rows]))
 
 
@@ -200,26 +191,24 @@ async def replay(request: web.Request) -> web.Response:
 
 def _service(request: web.Request) -> str:
     service = request.match_info["service"]
-    if service not in SUBSCRIPTIONS:
-        raise problem(web.HTTPNotFound, f"no service {service!r}; one of {', '.join(SUBSCRIPTIONS)}")
+    services = request.app[DEPS].topology.services
+    if service not in services:
+        raise problem(web.HTTPNotFound, f"no service {service!r}; one of {', '.join(services)}")
     return service
 
 
-async def _find_group(conn, request: web.Request, lock: bool = False) -> groups.Group:
+async def _find_group(db, request: web.Request, lock: bool = False) -> Group:
+    """The path's group, by id or name; 404 when there is none. `db`: a store session."""
     ref = request.match_info["group"]
-    group = await groups.find(conn, ref)
+    group = await db.groups.find(ref, lock=lock)
     if group is None:
         raise problem(web.HTTPNotFound, f"no group {ref!r}")
-    if lock:
-        group = await groups.get(conn, group.id, lock=True)
     return group
 
 
-async def _summary(conn, row) -> m.GroupSummary:
-    counts = await conn.fetch(
-        "SELECT state, count(*) AS n FROM vms WHERE group_id = $1 GROUP BY state", row["id"]
-    )
-    states = {r["state"]: r["n"] for r in counts}
+def _summary(row) -> m.GroupSummary:
+    """`row`: a group as views.groups() lists it (with its VMs counted by state)."""
+    states = row["states"]
     return m.GroupSummary(
         id=row["id"], name=row["name"], status=row["status"],
         halted_reason=row["halted_reason"], created_at=row["created_at"],
@@ -236,13 +225,9 @@ def _message(row) -> m.MessageView:
            auth="operator", tag="operator", response=m.Timeline)
 async def timeline(request: web.Request) -> web.Response:
     require_operator(request)
-    async with request.app[DEPS].store.pool.acquire() as conn:
-        group = await _find_group(conn, request)
-        rows = await conn.fetch(
-            "SELECT v.name, t.to_state, t.step, t.at FROM vm_transitions t"
-            " JOIN vms v ON v.id = t.vm_id WHERE v.group_id = $1 ORDER BY v.position, t.id",
-            group.id,
-        )
+    async with request.app[DEPS].store.session() as db:
+        group = await _find_group(db, request)
+        rows = await db.views.timeline(group.id)
     by_vm: dict[str, list] = {}
     for row in rows:
         by_vm.setdefault(row["name"], []).append(row)
@@ -265,16 +250,10 @@ def _phases(entries) -> list[m.Phase]:
            response=m.CutoverRuns)
 async def cutover_runs(request: web.Request) -> web.Response:
     require_operator(request)
-    async with request.app[DEPS].store.pool.acquire() as conn:
-        group = await _find_group(conn, request)
-        runs = await conn.fetch(
-            "SELECT * FROM cutover_runs WHERE group_id = $1 ORDER BY created_at DESC LIMIT 100",
-            group.id,
-        )
-        steps = await conn.fetch(
-            "SELECT * FROM cutover_steps WHERE run_id = ANY($1::uuid[]) ORDER BY run_id, position",
-            [r["id"] for r in runs],
-        )
+    async with request.app[DEPS].store.session() as db:
+        group = await _find_group(db, request)
+        runs = await db.views.cutover_runs(group.id, RUNS_LISTED)
+        steps = await db.views.cutover_steps([r["id"] for r in runs])
     by_run: dict[uuid.UUID, list[m.CutoverStepView]] = {}
     for s in steps:
         seconds = s["seconds"]

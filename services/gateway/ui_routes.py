@@ -12,8 +12,7 @@ from services.gateway.api import api
 from services.gateway.auth import (EVENTS_COOKIE, EVENTS_PATH, events_cookie_value,
                                    require_operator)
 from services.gateway.errors import json_response, problem
-from services.gateway.keys import OPERATOR_TOKEN
-from shared.topology import SUBSCRIPTIONS
+from services.gateway.keys import DEPS, OPERATOR_TOKEN
 
 UI_DIR = Path(__file__).parent / "ui"
 TYPES = {".html": "text/html", ".css": "text/css", ".js": "text/javascript",
@@ -54,7 +53,7 @@ async def asset(request: web.Request) -> web.StreamResponse:
            auth="operator", tag="ui", response=m.UiSession)
 async def session(request: web.Request) -> web.Response:
     require_operator(request)
-    response = json_response(m.UiSession(events=EVENTS_PATH, services=list(SUBSCRIPTIONS)))
+    response = json_response(m.UiSession(events=EVENTS_PATH, services=request.app[DEPS].topology.services))
     response.set_cookie(EVENTS_COOKIE, events_cookie_value(request.app[OPERATOR_TOKEN]),
                         path=EVENTS_PATH, httponly=True, samesite="Strict",
                         secure=request.secure)

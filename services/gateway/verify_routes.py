@@ -12,7 +12,6 @@ from services.gateway.errors import json_response, problem
 from services.gateway.keys import DEPS
 from shared.plan import Plan
 from shared.site_checks import run_checks, site_name, targets
-from shared.store import groups
 
 
 @api.route("GET", "/v1/groups/{group}/verify", "How to reach each site at its new address, and "
@@ -21,7 +20,8 @@ from shared.store import groups
 async def verify(request: web.Request) -> web.Response:
     require_operator(request)
     ref = request.match_info["group"]
-    group = await groups.find(request.app[DEPS].store.pool, ref)
+    async with request.app[DEPS].store.session() as db:
+        group = await db.groups.find(ref)
     if group is None:
         raise problem(web.HTTPNotFound, f"no group {ref!r}")
     plan = group.parsed_plan()

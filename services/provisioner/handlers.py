@@ -7,29 +7,28 @@ from __future__ import annotations
 import uuid
 
 from shared import events as ev
-from shared.events import Envelope
+from shared import journey, rules
 from shared.providers.base import BootSource, ProviderError, group_network
 from shared.service import Context, Router
-from shared.states import GroupStatus, VmState
-from shared.store import groups, vms
+from shared.states import VmState
 
 router = Router("provisioner")
 
 MOVING = "final-network"
 
 
-@router.on("vm.configured")
-async def provision_configured(event: Envelope, ctx: Context) -> None:
-    assert event.vm_id
-    await _provision(ctx, event.vm_id)
+@router.on(ev.VmConfigured)
+async def provision_configured(event: ev.VmConfigured, ctx: Context) -> None:
+    assert ctx.vm_id
+    await _provision(ctx, ctx.vm_id)
 
 
-@router.on("group.resumed")
-async def provision_resumed(event: Envelope, ctx: Context) -> None:
+@router.on(ev.GroupResumed)
+async def provision_resumed(event: ev.GroupResumed, ctx: Context) -> None:
     """Pick up what the halt held: configured VMs, and app VMs that checked in meanwhile."""
-    async with ctx.store.pool.acquire() as conn:
-        configured = await vms.ids_in(conn, event.group_id, VmState.CONFIGURED)
-        checked_in = await vms.ids_in(conn, event.group_id, VmState.PROVISIONED, role="app")
+    async with ctx.store.session() as db:
+        configured = await db.vms.ids_in(ctx.group_id, VmState.CONFIGURED)
+        checked_in = await db.vms.ids_in(ctx.group_id, VmState.PROVISIONED, role="app")
     for vm_id in configured:
         await _provision(ctx, vm_id)
     for vm_id in checked_in:
@@ -43,68 +42,63 @@ async def _provision(ctx: Context, vm_id: uuid.UUID) -> None:
     # found it: with the boot inside the transaction that recorded provisioning, a provisioner
     # killed between the boot and the commit left a running VM whose check-in was refused as
     # configured -> provisioned, which failed the VM and halted its group.)
-    async with ctx.step() as tx:
-        vm = await vms.lock_if(tx.conn, vm_id, VmState.CONFIGURED)
-        if vm is not None:
-            await vms.transition(tx, vm, VmState.PROVISIONING, step=MOVING)
+    async with ctx.guarded_transaction() as tx:
+        vm = await tx.vms.get(vm_id, lock=True)
+        if rules.may_move_on(vm, VmState.CONFIGURED):
+            await journey.transition(tx, vm, VmState.PROVISIONING, step=MOVING)
     # Provider calls run under the VM's row lock, in the transaction that records them done
     # (step first-boot): a concurrent duplicate waits and finds them done; a crash rolls back
     # to step final-network and the calls (each safe to repeat) are made again on redelivery.
     # The VM's check-in locks the row too, so it is recorded after this commit.
-    async with ctx.step() as tx:
-        vm = await vms.get(tx.conn, vm_id, lock=True)
+    async with ctx.guarded_transaction() as tx:
+        vm = await tx.vms.get(vm_id, lock=True)
         if vm is None or vm.state != VmState.PROVISIONING or vm.step != MOVING:
             return
-        group = await groups.get(tx.conn, vm.group_id)
+        group = await tx.groups.get(vm.group_id)
         try:
             await ctx.provider.power_off(vm.provider_ref)
             await ctx.provider.attach(vm.provider_ref, group_network(group.name))
             await ctx.provider.boot(vm.provider_ref, BootSource.DISK)
         except ProviderError as exc:
-            await vms.transition(tx, vm, VmState.FAILED, step=MOVING, message=str(exc))
+            await journey.transition(tx, vm, VmState.FAILED, step=MOVING, message=str(exc))
             return
-        await vms.transition(tx, vm, VmState.PROVISIONING, step="first-boot")
+        await journey.transition(tx, vm, VmState.PROVISIONING, step="first-boot")
 
 
-@router.on("vm.provisioned")
-async def checked_in(event: Envelope, ctx: Context) -> None:
+@router.on(ev.VmProvisioned)
+async def checked_in(event: ev.VmProvisioned, ctx: Context) -> None:
     """An app VM is done once it checks in; database VMs go on to load their dumps."""
-    assert event.vm_id
-    await _app_ready(ctx, event.vm_id)
+    assert ctx.vm_id
+    await _app_ready(ctx, ctx.vm_id)
 
 
 async def _app_ready(ctx: Context, vm_id: uuid.UUID) -> None:
     async with ctx.transaction() as tx:
-        vm = await vms.get(tx.conn, vm_id, lock=True)
-        if vm and vm.role == "app" and vm.state == VmState.PROVISIONED \
-                and vm.group_status == GroupStatus.ACTIVE:
-            await vms.transition(tx, vm, VmState.READY, step="checked-in")
+        vm = await tx.vms.get(vm_id, lock=True)
+        if rules.may_move_on(vm, VmState.PROVISIONED) and vm.role == "app":
+            await journey.transition(tx, vm, VmState.READY, step="checked-in")
 
 
-@router.on("vm.state_changed")
-async def master_loaded(event: Envelope, ctx: Context) -> None:
+@router.on(ev.VmStateChanged, to_state=VmState.READY)
+async def master_loaded(event: ev.VmStateChanged, ctx: Context) -> None:
     """A database master that reached ready has loaded its dumps: it is complete."""
-    change = ev.VmStateChanged.model_validate(event.payload)
-    if change.to_state != VmState.READY or event.vm_id is None:
+    if ctx.vm_id is None:
         return
     async with ctx.transaction() as tx:
-        row = await tx.conn.fetchrow("SELECT role, detail FROM vms WHERE id = $1", event.vm_id)
-        if row and row["role"] == "db-master":
-            detail = row["detail"] or {}
+        vm = await tx.vms.get(ctx.vm_id)
+        if vm and vm.role == "db-master":
+            detail = vm.detail or {}
             await tx.publish(
-                ev.DbMasterComplete(log_file=detail.get("log_file"), log_pos=detail.get("log_pos")),
-                group_id=event.group_id, vm_id=event.vm_id,
+                ev.DbMasterComplete(log_file=detail.get("log_file"),
+                                    log_pos=detail.get("log_pos")),
+                group_id=ctx.group_id, vm_id=ctx.vm_id,
             )
 
 
-@router.on("db.master.complete")
-async def release_replicas(event: Envelope, ctx: Context) -> None:
+@router.on(ev.DbMasterComplete)
+async def release_replicas(event: ev.DbMasterComplete, ctx: Context) -> None:
     """Record the master's completion: the gateway's hold for its replicas reads this."""
-    complete = ev.DbMasterComplete.model_validate(event.payload)
     async with ctx.transaction() as tx:
-        name = await tx.conn.fetchval("SELECT name FROM vms WHERE id = $1", event.vm_id)
-        await tx.conn.execute(
-            "UPDATE groups SET master_complete = coalesce(master_complete, '{}'::jsonb)"
-            " || jsonb_build_object($2::text, $3::jsonb) WHERE id = $1",
-            event.group_id, name, complete.model_dump(mode="json"),
-        )
+        master = await tx.vms.get(ctx.vm_id)
+        await tx.groups.record_master_complete(ctx.group_id, master.name,
+                                               event.model_dump(mode="json"))

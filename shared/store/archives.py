@@ -1,9 +1,11 @@
-"""Which archives a VM unpacks: its own, and for a replica also its master's database dumps
-(the master loads with binary logging off, so a replica must load the same data itself)."""
+"""The archive store's records. A VM unpacks its own archives, and a replica also its master's
+database dumps (the master loads with binary logging off, so a replica must load the same data
+itself)."""
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 
 import asyncpg
 
@@ -14,9 +16,44 @@ _FOR_VM = """
 """
 
 
-async def for_vm(conn: asyncpg.Connection, vm_id: uuid.UUID) -> list[asyncpg.Record]:
-    return await conn.fetch(_FOR_VM + " ORDER BY a.kind DESC, a.id", vm_id)
+@dataclass(frozen=True)
+class ArchiveRecord:
+    id: str
+    vm_id: uuid.UUID
+    kind: str  # path | database
+    source: str  # "/data", or the database's name
+    engine: str | None
+    file: str
+    sha256: str
+    size: int
 
 
-async def one_for_vm(conn, vm_id: uuid.UUID, archive_id: str) -> asyncpg.Record | None:
-    return await conn.fetchrow(f"SELECT * FROM ({_FOR_VM}) mine WHERE id = $2", vm_id, archive_id)
+def _archive(row: asyncpg.Record) -> ArchiveRecord:
+    return ArchiveRecord(id=row["id"], vm_id=row["vm_id"], kind=row["kind"],
+                         source=row["source"], engine=row["engine"], file=row["file"],
+                         sha256=row["sha256"], size=row["size"])
+
+
+class Archives:
+    def __init__(self, conn: asyncpg.Connection):
+        self.conn = conn
+
+    async def save(self, archive: ArchiveRecord) -> None:
+        """Record an archive; a redone one replaces its own record (same id)."""
+        await self.conn.execute(
+            "INSERT INTO archives (id, vm_id, kind, source, engine, file, sha256, size)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+            " ON CONFLICT (id) DO UPDATE SET file = $6, sha256 = $7, size = $8,"
+            " created_at = now()",
+            archive.id, archive.vm_id, archive.kind, archive.source, archive.engine,
+            archive.file, archive.sha256, archive.size)
+
+    async def for_vm(self, vm_id: uuid.UUID) -> list[ArchiveRecord]:
+        """What the VM unpacks: paths first, then dumps."""
+        rows = await self.conn.fetch(_FOR_VM + " ORDER BY a.kind DESC, a.id", vm_id)
+        return [_archive(r) for r in rows]
+
+    async def one_for_vm(self, vm_id: uuid.UUID, archive_id: str) -> ArchiveRecord | None:
+        row = await self.conn.fetchrow(f"SELECT * FROM ({_FOR_VM}) mine WHERE id = $2",
+                                       vm_id, archive_id)
+        return _archive(row) if row else None

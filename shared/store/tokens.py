@@ -13,23 +13,24 @@ def _hash(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
-async def issue(conn: asyncpg.Connection, vm_id: uuid.UUID) -> str:
-    """A new token for the VM; its earlier tokens stop working."""
-    await conn.execute(
-        "UPDATE vm_tokens SET revoked_at = now() WHERE vm_id = $1 AND revoked_at IS NULL", vm_id
-    )
-    token = secrets.token_urlsafe(32)
-    await conn.execute(
-        "INSERT INTO vm_tokens (id, vm_id, token_hash) VALUES ($1, $2, $3)",
-        uuid.uuid4(), vm_id, _hash(token),
-    )
-    return token
+class Tokens:
+    def __init__(self, conn: asyncpg.Connection):
+        self.conn = conn
 
+    async def issue(self, vm_id: uuid.UUID) -> str:
+        """A new token for the VM; its earlier tokens stop working."""
+        await self.conn.execute(
+            "UPDATE vm_tokens SET revoked_at = now() WHERE vm_id = $1 AND revoked_at IS NULL",
+            vm_id)
+        token = secrets.token_urlsafe(32)
+        await self.conn.execute(
+            "INSERT INTO vm_tokens (id, vm_id, token_hash) VALUES ($1, $2, $3)",
+            uuid.uuid4(), vm_id, _hash(token))
+        return token
 
-async def owner(conn, token: str) -> uuid.UUID | None:
-    """The VM a token belongs to, if the token is current and the VM is not live yet."""
-    return await conn.fetchval(
-        "SELECT t.vm_id FROM vm_tokens t JOIN vms v ON v.id = t.vm_id"
-        " WHERE t.token_hash = $1 AND t.revoked_at IS NULL AND v.state <> 'live'",
-        _hash(token),
-    )
+    async def owner(self, token: str) -> uuid.UUID | None:
+        """The VM a token belongs to, if the token is current and the VM is not live yet."""
+        return await self.conn.fetchval(
+            "SELECT t.vm_id FROM vm_tokens t JOIN vms v ON v.id = t.vm_id"
+            " WHERE t.token_hash = $1 AND t.revoked_at IS NULL AND v.state <> 'live'",
+            _hash(token))

@@ -30,7 +30,8 @@ import asyncpg
 import pytest
 
 from shared.providers.sim import CREATE_CALLS
-from shared.topology import SUBSCRIPTIONS, routing_key
+from services.topology import topology
+from shared.topology import routing_key
 from tests.chaos.infra import PrivatePostgres, PrivateRabbit, free_port
 from tests.chaos.supervisor import PROCESSES, REPO, Supervisor, kill_sim_vms, sim_vm_pids
 
@@ -240,7 +241,7 @@ async def _wait(check, timeout: float, what: str, interval: float = 0.5):
 
 def _service_queues() -> list[str]:
     names = []
-    for service in SUBSCRIPTIONS:
+    for service in topology().services:
         names += [f"{PREFIX}.{service}", f"{PREFIX}.{service}.dlq"]
     return names
 
@@ -269,7 +270,7 @@ async def _audit(db_url: str, sim_folder: Path) -> dict:
     for row in outbox:
         payload = row["payload"] if isinstance(row["payload"], dict) else json.loads(row["payload"])
         key = routing_key(row["routing_key"], payload)
-        for service, keys in SUBSCRIPTIONS.items():
+        for service, keys in topology().bindings.items():
             # The gateway's live feed (bound to "#") is a bounded notification stream, no inbox.
             if service != "gateway" and key in keys and row["event_id"] not in handled[service]:
                 lost.append({"event": key, "event_id": str(row["event_id"]), "service": service,

@@ -9,6 +9,7 @@ import pytest
 
 from shared.bus import Bus, Consumer, dead_letters, replay_dead_letters
 from shared.events import Envelope, GroupSubmitted
+from services.topology import topology
 from shared.topology import Names
 from tests.conftest import eventually
 
@@ -17,7 +18,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_broker_and
 
 @pytest.fixture
 async def bus(settings):
-    bus = Bus(settings.amqp_url, Names(settings.bus_prefix), settings.retry_delays)
+    bus = Bus(settings.amqp_url, Names(settings.bus_prefix), settings.retry_delays,
+              topology())
     await bus.connect()
     yield bus
     await bus.close()
@@ -33,7 +35,7 @@ async def test_a_failing_handler_is_retried_then_dead_lettered_and_can_be_replay
     attempts: list[uuid.UUID] = []
     healthy = asyncio.Event()
 
-    async def handler(event: Envelope) -> None:
+    async def handler(event: Envelope, payload) -> None:
         attempts.append(event.id)
         if not healthy.is_set():
             raise RuntimeError("archive store is full")
@@ -63,7 +65,7 @@ async def test_a_poison_message_goes_straight_to_the_dead_letters(bus):
     """A message that is not an event is dead-lettered at once, never handed to the handler."""
     handled = []
 
-    async def handler(event):
+    async def handler(event, payload):
         handled.append(event)
 
     consumer = Consumer(bus, "creator", handler)
@@ -83,7 +85,7 @@ async def test_graceful_stop_lets_the_handler_in_flight_finish_and_ack(bus, sett
     started, release = asyncio.Event(), asyncio.Event()
     finished = []
 
-    async def handler(event):
+    async def handler(event, payload):
         started.set()
         await release.wait()
         finished.append(event.id)

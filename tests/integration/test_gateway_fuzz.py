@@ -26,10 +26,10 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
 from services.runtime import Host
-from shared.reset import remove_everything
+from services.reset import remove_everything
 from shared.settings import Settings
-from shared.store import tokens
-from shared.topology import SUBSCRIPTIONS
+from services.topology import topology
+from shared.store.session import Session
 from tests.conftest import OPERATOR_TOKEN, free_port
 from tests.integration.harness import THREE_VMS
 
@@ -76,7 +76,7 @@ class Gateway:
             rows = await conn.fetch("SELECT name, id FROM vms WHERE group_id = $1", self.group_id)
             for row in rows:
                 self.vms[row["name"]] = row["id"]
-                self.tokens[str(row["id"])] = await tokens.issue(conn, row["id"])
+                self.tokens[str(row["id"])] = await Session(conn).tokens.issue(row["id"])
                 await conn.execute("INSERT INTO vm_scripts (vm_id, script) VALUES ($1, $2)",
                                    row["id"], "#!/bin/bash\necho configured\n")
 
@@ -127,7 +127,7 @@ def known_values(gateway: Gateway) -> dict[str, list[str]]:
     return {
         "vm_id": [str(v) for v in gateway.vms.values()],
         "group": ["shop", str(gateway.group_id), "shop\x00"],
-        "service": list(SUBSCRIPTIONS),
+        "service": topology().services,
         "name": ["migration-vmlinuz", "..", "index.html", "app.js", "a\x00b"],
         "archive_id": [str(uuid.uuid4()), "a\x00b"],
     }

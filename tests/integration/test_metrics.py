@@ -3,6 +3,8 @@ service process's own /metrics port."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import aiohttp
 import pytest
 from prometheus_client import REGISTRY
@@ -109,7 +111,9 @@ async def test_a_failing_handler_counts_as_failed(ferry: Ferry, operator, monkey
     async def broken(event, ctx):
         raise RuntimeError("the archiver is broken")
 
-    monkeypatch.setitem(router_of("archiver").handlers, "group.submitted", broken)
+    subscriptions = router_of("archiver").subscriptions
+    monkeypatch.setitem(subscriptions, "group.submitted",
+                        dataclasses.replace(subscriptions["group.submitted"], handler=broken))
     await ferry.submit(THREE_VMS.format(group="broken"))
 
     async def failed_twice():

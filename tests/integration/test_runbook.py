@@ -12,9 +12,9 @@ from services.cutover.runbook import Journal, Step, run_steps, undo_recorded
 from shared import events as ev
 from shared.events import Envelope
 from shared.plan import load_plan
-from shared.store import groups
+from shared import journey
 from shared.store.db import open_pool
-from shared.store.tx import Store
+from shared.store.session import Store
 from tests.integration.harness import THREE_VMS
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_broker_and_db")]
@@ -27,10 +27,10 @@ async def journal(settings):
     pool = await open_pool(settings)
     store = Store(pool)
     async with store.transaction() as tx:
-        group_id = await groups.submit(tx, load_plan(THREE_VMS.format(group="cut")))
+        group_id = await journey.submit(tx, load_plan(THREE_VMS.format(group="cut")))
         run_id = uuid.uuid4()
-        await tx.conn.execute("INSERT INTO cutover_runs (id, group_id, status) VALUES"
-                              " ($1, $2, 'running')", run_id, group_id)
+        await tx.cutover_runs.add(run_id, group_id, prepare=False)
+        await tx.cutover_runs.set_running(run_id)
     cause = Envelope.new(ev.CutoverRequested(run_id=str(run_id)), group_id=group_id)
     yield Journal(store, run_id, group_id, cause)
     await pool.close()
@@ -67,13 +67,13 @@ class World:
 
 
 async def rows(journal: Journal) -> list[dict]:
-    return [dict(r) for r in await journal.store.fetch(
+    return [dict(r) for r in await journal.store.pool.fetch(
         "SELECT position, name, status, seconds, detail, error, undo_error FROM cutover_steps"
         " WHERE run_id = $1 ORDER BY position", journal.run_id)]
 
 
 async def announced(journal: Journal) -> list[str]:
-    bodies = await journal.store.fetch(
+    bodies = await journal.store.pool.fetch(
         "SELECT body FROM outbox WHERE routing_key = 'cutover.step_completed' ORDER BY id")
     return [Envelope.model_validate(b["body"]).payload["step"] for b in bodies]
 

@@ -18,7 +18,7 @@ import dns.message
 
 from lab.checks import VmShell
 from lab.legacy.site import Site
-from services.cutover.names import WINDOW_STEPS
+from shared.cutover_names import WINDOW_STEPS
 from shared.plan import Plan
 from tests.conftest import eventually
 

@@ -5,9 +5,10 @@ import json
 
 import pytest
 
-from services.gateway import apidocs
+from services import apidocs
+from services.topology import PUBLISHERS, topology
 from shared.events import PAYLOADS
-from shared.topology import PUBLISHERS, SUBSCRIPTIONS, handled_types, routing_key
+from shared.topology import routing_key
 
 
 @pytest.mark.parametrize("path", list(apidocs.documents()), ids=str)
@@ -53,8 +54,9 @@ def test_asyncapi_has_one_channel_and_message_per_event_type_with_its_payload():
                                                "correlation_id", "causation_id"}
         for service in PUBLISHERS[event_type]:
             assert doc["operations"][f"{service}Sends{cls.__name__}"]["action"] == "send"
-        for service in SUBSCRIPTIONS:
-            if event_type in handled_types(service):
+        bus = topology()
+        for service in bus.services:
+            if bus.hears(service, event_type):
                 assert doc["operations"][f"{service}Receives{cls.__name__}"]["action"] == "receive"
     text = json.dumps(doc)
     for ref in set(part.split('"')[0] for part in text.split('"#/components/schemas/')[1:]):

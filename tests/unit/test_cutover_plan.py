@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from services.cutover import names
+from shared import cutover_names as names
 from services.cutover.remote import Remote
 from services.cutover.scripts import forward_script
 from services.cutover.steps import GroupRunbook, Machine

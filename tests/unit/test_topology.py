@@ -2,9 +2,10 @@
 
 import pytest
 
-from services.runtime import SERVICES, router_of
-from shared.events import PAYLOADS, Envelope, GroupHalted
-from shared.topology import SUBSCRIPTIONS, handled_types, routing_key
+from services.topology import SERVICES, router_of, topology
+from shared.events import PAYLOADS, Envelope, GroupHalted, GroupReady, VmStateChanged
+from shared.service import Router
+from shared.topology import event_type_of, routing_key
 
 COMMANDS_AND_FACTS_WITHOUT_A_SERVICE_HANDLER = {
     # Pure notifications: the gateway's live feed shows them to operators.
@@ -14,14 +15,17 @@ COMMANDS_AND_FACTS_WITHOUT_A_SERVICE_HANDLER = {
 
 
 @pytest.mark.parametrize("service", SERVICES)
-def test_each_router_handles_exactly_its_subscriptions(service):
-    """A service's router and its queue bindings list the same event types."""
-    assert set(router_of(service).handlers) == handled_types(service)
+def test_each_queue_is_bound_to_exactly_what_its_router_handles(service):
+    """A service's queue bindings are derived from its router: one key per handled event type."""
+    router = router_of(service)
+    keys = topology().bindings[service]
+    assert {event_type_of(key) for key in keys} == set(router.subscriptions)
+    assert len(keys) == len(set(keys)) == len(router.subscriptions)
 
 
 def test_every_event_type_has_a_handling_service_or_is_a_notification():
     """No event type is published into the void: a service acts on it, or it is a notification."""
-    handled = {kind for service in SERVICES for kind in handled_types(service)}
+    handled = {kind for service in SERVICES for kind in router_of(service).subscriptions}
     assert set(PAYLOADS) - handled == COMMANDS_AND_FACTS_WITHOUT_A_SERVICE_HANDLER
     assert handled <= set(PAYLOADS)
 
@@ -43,4 +47,27 @@ def test_state_changes_are_routed_by_their_target_state():
     """A state change's routing key names its target state; other events use their type."""
     assert routing_key("vm.state_changed", {"to_state": "ready"}) == "vm.state_changed.ready"
     assert routing_key("vm.failed", {"step": "x"}) == "vm.failed"
-    assert "vm.state_changed.ready" in SUBSCRIPTIONS["coordinator"]
+    assert "vm.state_changed.ready" in topology().bindings["coordinator"]
+
+
+def test_a_router_takes_one_handler_per_event_type():
+    """A second handler for the same event type in one service is refused at import."""
+    router = Router("creator")
+
+    @router.on(GroupReady)
+    async def first(event, ctx):
+        pass
+
+    with pytest.raises(ValueError, match="handles group.ready already, in first"):
+        @router.on(GroupReady)
+        async def second(event, ctx):
+            pass
+
+
+def test_a_state_change_is_heard_for_one_target_state():
+    """A vm.state_changed handler names the target state it acts on; other types may not."""
+    router = Router("creator")
+    with pytest.raises(ValueError, match="to_state"):
+        router.on(VmStateChanged)
+    with pytest.raises(ValueError, match="to_state"):
+        router.on(GroupReady, to_state="ready")

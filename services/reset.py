@@ -7,8 +7,9 @@ from __future__ import annotations
 import aio_pika
 import asyncpg
 
+from services.topology import topology
 from shared.settings import Settings
-from shared.topology import SUBSCRIPTIONS, Names
+from shared.topology import Names
 
 # Retry holding queues are declared per configured delay; remove more than any run declares.
 MAX_RETRY_QUEUES = 5
@@ -25,7 +26,7 @@ async def remove_everything(settings: Settings, extra_queues: tuple[str, ...] = 
     connection = await aio_pika.connect(settings.amqp_url)
     async with connection:
         channel = await connection.channel()
-        for service in SUBSCRIPTIONS:
+        for service in topology().services:
             queues = [names.queue(service), names.dead_letters(service)]
             queues += [names.retry(service, n) for n in range(1, retries + 1)]
             for queue in queues:

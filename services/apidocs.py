@@ -4,8 +4,8 @@
 - docs/api/asyncapi.json    the events on the bus (AsyncAPI 3.0: shared.events, shared.topology)
 - docs/plan.schema.json     the plan format (JSON Schema of shared.plan.Plan, for editors)
 
-    python -m services.gateway.apidocs --write    regenerate all three
-    python -m services.gateway.apidocs --check    exit 1 naming the stale ones
+    python -m services.apidocs --write    regenerate all three
+    python -m services.apidocs --check    exit 1 naming the stale ones
 
 tests/unit/test_api_documents.py fails when a checked-in document differs from its generation.
 """
@@ -19,14 +19,14 @@ from pathlib import Path
 
 from pydantic.json_schema import models_json_schema
 
+from services.topology import PUBLISHERS, topology
 from shared.events import PAYLOADS, Envelope
 from shared.plan import Plan
 from shared.states import VmState
-from shared.topology import (PUBLISHERS, QUEUE_LIMITS, SUBSCRIPTIONS, Names, handled_types,
-                             routing_key)
+from shared.topology import Names, routing_key
 
-REPO = Path(__file__).resolve().parents[2]
-REGENERATE = "python -m services.gateway.apidocs --write"
+REPO = Path(__file__).resolve().parents[1]
+REGENERATE = "python -m services.apidocs --write"
 VERSION = "0.1.0"
 
 
@@ -47,6 +47,7 @@ def asyncapi() -> dict:
     type, the message being the Envelope whose payload is that type's model; an operation per
     publishing service (send) and per subscribed service queue (receive)."""
     names = Names()
+    bus = topology()
     refs, defs = models_json_schema(
         [(cls, "validation") for cls in PAYLOADS.values()],
         ref_template="#/components/schemas/{model}")
@@ -96,11 +97,11 @@ def asyncapi() -> dict:
                 "bindings": {"amqp": {"deliveryMode": 2, "mandatory": True,
                                       "bindingVersion": "0.3.0"}},
             }
-        for service, keys in SUBSCRIPTIONS.items():
-            if event_type not in handled_types(service) and "#" not in keys:
+        for service in bus.services:
+            if not bus.hears(service, event_type):
                 continue
             queue = names.queue(service)
-            limits = QUEUE_LIMITS.get(service, {})
+            limits = dict(bus.queue_limits.get(service, {}))
             operations[f"{service}Receives{channel}"] = {
                 "action": "receive",
                 "channel": {"$ref": f"#/channels/{channel}"},

@@ -1,0 +1,62 @@
+"""The records the journey moves: a group and its VMs, as the store holds them.
+
+Plain values: the rules (`shared/rules.py`) decide on them, the store reads and writes them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from shared.plan import Plan
+from shared.states import GroupStatus, VmState
+
+
+@dataclass(frozen=True)
+class Vm:
+    id: uuid.UUID
+    group_id: uuid.UUID
+    name: str
+    role: str
+    position: int
+    state: VmState
+    held_state: VmState | None
+    failed_from: VmState | None
+    step: str | None
+    message: str | None
+    provider_ref: str | None
+    group_status: GroupStatus
+    state_changed_at: datetime
+    # What the VM reported with its last state (a master's binary log position).
+    detail: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Group:
+    id: uuid.UUID
+    name: str
+    status: GroupStatus
+    plan: dict[str, Any]
+    halted_vm_id: uuid.UUID | None
+    halted_reason: str | None
+    archived_at: datetime | None
+    ready_at: datetime | None
+    created_at: datetime
+
+    def parsed_plan(self) -> Plan:
+        """The plan as a model. A group's plan is written once, at submission, and Plan is
+        frozen, so one parse per group is shared by every handler of this process (the
+        configurator and the archiver parse it for each VM: 4 % of the pipeline's CPU)."""
+        plan = _PLANS.get(self.id)
+        if plan is None:
+            plan = _PLANS[self.id] = Plan.model_validate(self.plan)
+            if len(_PLANS) > _PLANS_KEPT:
+                _PLANS.popitem(last=False)
+        return plan
+
+
+_PLANS: OrderedDict[uuid.UUID, Plan] = OrderedDict()
+_PLANS_KEPT = 256

@@ -1,0 +1,147 @@
+"""Sessions on the state store: every statement on Ferryman's tables is a method of one of the
+repositories a session carries (`db.vms.get(...)`, `tx.groups.add(...)`).
+
+The convention: a store function takes the session it runs in, never the pool. A `Session` is
+one pooled connection, its statements committed one by one (reads, and single statements that
+need no transaction); a `Tx` is a session inside a transaction, the unit of work, which also
+writes the events it causes to the outbox and claims the event it handles in the inbox, so that
+they commit (or not) with its changes. `Store` makes both.
+"""
+
+from __future__ import annotations
+
+import uuid
+from contextlib import asynccontextmanager
+from functools import cached_property
+from typing import AsyncIterator
+
+import asyncpg
+
+from shared.events import Envelope, Payload
+from shared.store.archives import Archives
+from shared.store.cutover_runs import CutoverRuns
+from shared.store.cutover_steps import CutoverSteps
+from shared.store.groups import Groups
+from shared.store.inbox import AlreadyProcessed, Inbox
+from shared.store.messages import Messages
+from shared.store.outbox import Outbox
+from shared.store.scripts import Scripts
+from shared.store.tokens import Tokens
+from shared.store.transitions import Transitions
+from shared.store.views import Views
+from shared.store.vms import Vms
+
+__all__ = ["AlreadyProcessed", "Session", "Store", "Tx"]
+
+
+class Session:
+    """The repositories, on one connection."""
+
+    def __init__(self, conn: asyncpg.Connection):
+        self.conn = conn
+
+    @cached_property
+    def groups(self) -> Groups:
+        return Groups(self.conn)
+
+    @cached_property
+    def vms(self) -> Vms:
+        return Vms(self.conn)
+
+    @cached_property
+    def transitions(self) -> Transitions:
+        return Transitions(self.conn)
+
+    @cached_property
+    def messages(self) -> Messages:
+        return Messages(self.conn)
+
+    @cached_property
+    def archives(self) -> Archives:
+        return Archives(self.conn)
+
+    @cached_property
+    def scripts(self) -> Scripts:
+        return Scripts(self.conn)
+
+    @cached_property
+    def tokens(self) -> Tokens:
+        return Tokens(self.conn)
+
+    @cached_property
+    def cutover_runs(self) -> CutoverRuns:
+        return CutoverRuns(self.conn)
+
+    @cached_property
+    def cutover_steps(self) -> CutoverSteps:
+        return CutoverSteps(self.conn)
+
+    @cached_property
+    def inbox(self) -> Inbox:
+        return Inbox(self.conn)
+
+    @cached_property
+    def outbox(self) -> Outbox:
+        return Outbox(self.conn)
+
+    @cached_property
+    def views(self) -> Views:
+        return Views(self.conn)
+
+    @asynccontextmanager
+    async def transaction(self, cause: Envelope | None = None) -> AsyncIterator[Tx]:
+        """A transaction on this session's connection (a request that already holds one takes
+        the pool once)."""
+        async with self.conn.transaction():
+            yield Tx(self.conn, cause)
+
+
+class Tx(Session):
+    """A session inside a transaction: the unit of work."""
+
+    def __init__(self, conn: asyncpg.Connection, cause: Envelope | None = None):
+        super().__init__(conn)
+        self.cause = cause
+        self.published: list[Envelope] = []
+
+    async def publish(
+        self, payload: Payload, *, group_id: uuid.UUID, vm_id: uuid.UUID | None = None
+    ) -> Envelope:
+        """Write an event to the outbox; the relay sends it once this transaction commits."""
+        event = Envelope.new(payload, group_id=group_id, vm_id=vm_id, cause=self.cause)
+        # The relay's wake-up is delivered at commit, and one per transaction is enough.
+        await self.outbox.add(event, notify=not self.published)
+        self.published.append(event)
+        return event
+
+    async def claim(self, service: str, event_id: uuid.UUID) -> None:
+        """Record the event as processed by `service`, in this transaction; a second claim of
+        the same event (a redelivery) raises AlreadyProcessed."""
+        await self.inbox.claim(service, event_id)
+
+
+class Store:
+    """Sessions and transactions on the pool."""
+
+    def __init__(self, pool: asyncpg.Pool):
+        self.pool = pool
+
+    @asynccontextmanager
+    async def transaction(self, cause: Envelope | None = None) -> AsyncIterator[Tx]:
+        async with self.pool.acquire() as conn, conn.transaction():
+            yield Tx(conn, cause)
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[Session]:
+        async with self.pool.acquire() as conn:
+            yield Session(conn)
+
+    async def claim(self, service: str, event_id: uuid.UUID) -> None:
+        """Record the event as processed by `service` on its own (one statement, autocommit),
+        for a handler that wrote nothing that had to commit with it."""
+        async with self.session() as db:
+            await db.inbox.claim(service, event_id)
+
+    async def processed(self, service: str, event_id: uuid.UUID) -> bool:
+        async with self.session() as db:
+            return await db.inbox.processed(service, event_id)

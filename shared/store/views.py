@@ -1,0 +1,88 @@
+"""Read-side queries for the operator's API, the web UI and the metrics: rows as the screens
+show them, never used to decide anything."""
+
+from __future__ import annotations
+
+import uuid
+
+import asyncpg
+
+# The most groups one listing returns.
+GROUPS_LISTED = 500
+
+
+class Views:
+    def __init__(self, conn: asyncpg.Connection):
+        self.conn = conn
+
+    async def groups(self) -> list[asyncpg.Record]:
+        """Groups, newest first, each with its VMs counted by state (`states`: jsonb)."""
+        return await self.conn.fetch(
+            "SELECT g.*, coalesce((SELECT jsonb_object_agg(state, n) FROM"
+            " (SELECT state, count(*) AS n FROM vms WHERE group_id = g.id GROUP BY state) c),"
+            " '{}'::jsonb) AS states"
+            " FROM groups g ORDER BY g.created_at DESC LIMIT $1", GROUPS_LISTED)
+
+    async def group(self, group_id: uuid.UUID) -> asyncpg.Record | None:
+        rows = await self.conn.fetch(
+            "SELECT g.*, coalesce((SELECT jsonb_object_agg(state, n) FROM"
+            " (SELECT state, count(*) AS n FROM vms WHERE group_id = g.id GROUP BY state) c),"
+            " '{}'::jsonb) AS states FROM groups g WHERE g.id = $1", group_id)
+        return rows[0] if rows else None
+
+    async def vms(self, group_id: uuid.UUID) -> list[asyncpg.Record]:
+        return await self.conn.fetch("SELECT * FROM vms WHERE group_id = $1 ORDER BY position",
+                                     group_id)
+
+    async def vm(self, vm_id: uuid.UUID) -> asyncpg.Record | None:
+        return await self.conn.fetchrow("SELECT * FROM vms WHERE id = $1", vm_id)
+
+    async def latest_messages(self, group_id: uuid.UUID, limit: int) -> list[asyncpg.Record]:
+        """The group's last `limit` log lines, oldest first."""
+        rows = await self.conn.fetch(
+            "SELECT m.* FROM vm_messages m JOIN vms v ON v.id = m.vm_id WHERE v.group_id = $1"
+            " ORDER BY m.id DESC LIMIT $2", group_id, limit)
+        return list(reversed(rows))
+
+    async def messages_after(self, vm_id: uuid.UUID, after: int,
+                             limit: int) -> list[asyncpg.Record]:
+        return await self.conn.fetch(
+            "SELECT * FROM vm_messages WHERE vm_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+            vm_id, after, limit)
+
+    async def timeline(self, group_id: uuid.UUID) -> list[asyncpg.Record]:
+        """Every transition of the group's VMs, per VM in plan order."""
+        return await self.conn.fetch(
+            "SELECT v.name, t.to_state, t.step, t.at FROM vm_transitions t"
+            " JOIN vms v ON v.id = t.vm_id WHERE v.group_id = $1 ORDER BY v.position, t.id",
+            group_id)
+
+    async def cutover_runs(self, group_id: uuid.UUID, limit: int) -> list[asyncpg.Record]:
+        return await self.conn.fetch(
+            "SELECT * FROM cutover_runs WHERE group_id = $1 ORDER BY created_at DESC LIMIT $2",
+            group_id, limit)
+
+    async def cutover_steps(self, run_ids: list[uuid.UUID]) -> list[asyncpg.Record]:
+        return await self.conn.fetch(
+            "SELECT * FROM cutover_steps WHERE run_id = ANY($1::uuid[])"
+            " ORDER BY run_id, position", run_ids)
+
+    async def needs_provisioning(self) -> list[asyncpg.Record]:
+        """Configured VMs of active groups, longest waiting first."""
+        return await self.conn.fetch(
+            "SELECT v.* FROM vms v JOIN groups g ON g.id = v.group_id"
+            " WHERE v.state = 'configured' AND g.status = 'active' ORDER BY v.state_changed_at")
+
+    async def vm_states(self) -> list[asyncpg.Record]:
+        return await self.conn.fetch("SELECT state, count(*) AS n FROM vms GROUP BY state")
+
+    async def group_statuses(self) -> list[asyncpg.Record]:
+        return await self.conn.fetch("SELECT status, count(*) AS n FROM groups GROUP BY status")
+
+    async def outbox_lag(self) -> asyncpg.Record:
+        """Unpublished events: how many, the oldest's age (s), and how many were unroutable."""
+        return await self.conn.fetchrow(
+            "SELECT count(*) AS n, "
+            "       coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS age, "
+            "       count(*) FILTER (WHERE error IS NOT NULL) AS unroutable "
+            "FROM outbox WHERE published_at IS NULL")
