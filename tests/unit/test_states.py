@@ -1,8 +1,9 @@
-"""The VM state machine."""
+"""The VM and group state machines."""
 
 import pytest
 
-from shared.states import RESTING, RETRY_FROM, IllegalTransition, VmState, check
+from shared.states import (RESTING, RETRY_FROM, GroupStatus, IllegalTransition, VmState, check,
+                           check_group)
 
 S = VmState
 
@@ -49,3 +50,27 @@ def test_retry_goes_back_to_a_resting_state_before_the_failed_phase():
     assert RETRY_FROM[S.ARCHIVING] == S.PLANNED
     assert RETRY_FROM[S.LOADING] == S.CONFIGURED
     assert set(RETRY_FROM.values()) <= RESTING
+
+
+G = GroupStatus
+
+
+@pytest.mark.parametrize("current,target", [
+    (G.ACTIVE, G.HALTED), (G.HALTED, G.ACTIVE), (G.ACTIVE, G.READY), (G.READY, G.CUTTING_OVER),
+    (G.CUTTING_OVER, G.LIVE), (G.CUTTING_OVER, G.READY), (G.READY, G.HALTED),
+    (G.CUTTING_OVER, G.HALTED),
+])
+def test_a_group_moves_along_its_journey(current, target):
+    """A group halts and resumes, becomes ready, cuts over, and ends live or ready again."""
+    check_group(current, target)
+
+
+@pytest.mark.parametrize("current,target", [
+    (G.ACTIVE, G.LIVE), (G.ACTIVE, G.CUTTING_OVER), (G.HALTED, G.READY), (G.HALTED, G.LIVE),
+    (G.LIVE, G.READY), (G.LIVE, G.HALTED), (G.READY, G.ACTIVE), (G.READY, G.LIVE),
+])
+def test_a_group_cannot_skip_or_leave_live(current, target):
+    """A group cannot cut over before it is ready, leave a halt other than by resuming, or
+    leave live."""
+    with pytest.raises(IllegalTransition):
+        check_group(current, target)
