@@ -20,6 +20,9 @@ JOURNEY: tuple[str, ...] = tuple(s.value for s in (
 STATE_STYLE = {
     "failed": "bold red", "halted": "yellow", "ready": "green", "live": "bold green",
 }
+# A group whose VMs are simulated (provider sim) says so wherever it is shown: its states are
+# those of processes playing VMs, not of machines.
+SIMULATED = "SIMULATED VMs"
 
 
 def groups_table(groups: list[dict]) -> Table:
@@ -28,13 +31,20 @@ def groups_table(groups: list[dict]) -> Table:
         table.add_column(column)
     for g in groups:
         states = ", ".join(f"{k}={v}" for k, v in sorted(g["states"].items()))
-        table.add_row(g["name"], _styled(g["status"]), str(g["vm_count"]), states,
+        table.add_row(g["name"], _group_status(g), str(g["vm_count"]), states,
                       g["created_at"][:19])
     return table
 
 
+def _group_status(group: dict) -> str:
+    status = _styled(group["status"])
+    return f"{status} [magenta]({SIMULATED})[/magenta]" if group.get("simulated") else status
+
+
 def group_table(group: dict) -> Table:
     title = f"{group['name']}  [{group['status']}]"
+    if group.get("simulated"):
+        title += f"  {SIMULATED}: nothing real is migrated"
     if group.get("halted_reason"):
         title += f"\nHALTED: {group['halted_reason']}"
     table = Table(title=title)
@@ -91,7 +101,7 @@ def groups_watch(groups: list[dict]) -> Table:
         table.add_column(column)
     for g in groups:
         states = ", ".join(f"{k}={v}" for k, v in sorted(g["states"].items()))
-        table.add_row(g["name"], _styled(g["status"]),
+        table.add_row(g["name"], _group_status(g),
                       _bar(group_progress(g["states"]), g["status"]), str(g["vm_count"]), states)
     return table
 
@@ -106,6 +116,8 @@ def group_watch(group: dict) -> RenderableType:
     head.add_row(Text(group["name"], style="bold"), _styled(group["status"]),
                  _bar(overall, group["status"], width=40))
     parts: list[RenderableType] = [head]
+    if group.get("simulated"):
+        parts.append(Text(f"{SIMULATED}: nothing real is migrated", style="magenta"))
     if group.get("halted_reason"):
         parts.append(Text(f"HALTED: {group['halted_reason']}", style="yellow"))
     table = Table()

@@ -32,6 +32,8 @@ class Vm:
     state_changed_at: datetime
     # What the VM reported with its last state (a master's binary log position).
     detail: dict[str, Any] | None = None
+    provider: str | None = None  # the provider that made it
+    simulated: bool = False  # made by a provider of simulated VMs (sim), not a real machine
 
 
 @dataclass(frozen=True)

@@ -77,7 +77,8 @@ async def _create(ctx: Context, plan: Plan, vm_id: uuid.UUID) -> None:
         except ProviderError as exc:
             await journey.transition(tx, vm, VmState.FAILED, step="create", message=str(exc))
             return
-        await tx.vms.set_provider_ref(vm.id, made.ref)
+        await tx.vms.record_made(vm.id, provider=ctx.provider.name, ref=made.ref,
+                                 simulated=ctx.provider.simulated)
         await journey.transition(tx, vm, VmState.CREATED, step="create")
         await tx.publish(ev.VmCreated(provider=ctx.provider.name, provider_ref=made.ref),
                          group_id=vm.group_id, vm_id=vm.id)

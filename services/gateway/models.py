@@ -47,6 +47,8 @@ class VmView(BaseModel):
     message: str | None
     state_changed_at: datetime
     seconds_in_state: float
+    provider: str | None = Field(None, description="the provider that made the VM")
+    simulated: bool = Field(False, description="a simulated VM (provider sim), not a machine")
 
 
 class MessageView(BaseModel):
@@ -65,6 +67,8 @@ class GroupSummary(BaseModel):
     created_at: datetime
     vm_count: int
     states: dict[str, int]
+    simulated: bool = Field(False, description="some of its VMs are simulated (provider sim), "
+                            "not machines")
 
 
 class GroupDetail(GroupSummary):

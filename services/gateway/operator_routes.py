@@ -212,7 +212,7 @@ def _summary(row) -> m.GroupSummary:
     return m.GroupSummary(
         id=row["id"], name=row["name"], status=row["status"],
         halted_reason=row["halted_reason"], created_at=row["created_at"],
-        vm_count=sum(states.values()), states=states,
+        vm_count=sum(states.values()), states=states, simulated=row["simulated"],
     )
 
 

@@ -51,6 +51,9 @@ class ProviderError(Exception):
 
 class Provider(Protocol):
     name: str
+    # Its VMs are simulated (processes speaking the gateway's protocol, or a test's records),
+    # not machines: the API, `ferry status` and the UI say so.
+    simulated: bool
 
     async def create_vm(self, spec: VmSpec, *, idempotency_key: str) -> ProviderVm:
         """Create a blank VM attached to the migration network; the same key returns the same VM."""

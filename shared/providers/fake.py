@@ -20,6 +20,7 @@ class FakeVm:
 
 class FakeProvider:
     name = "fake"
+    simulated = True
 
     def __init__(self) -> None:
         self.vms: dict[str, FakeVm] = {}

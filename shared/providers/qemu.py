@@ -134,6 +134,7 @@ async def probe_kvm(vmlinuz: Path, folder: Path) -> tuple[str, str]:
 
 class QemuProvider:
     name = "qemu"
+    simulated = False
 
     def __init__(self, settings: Settings):
         self.settings = settings

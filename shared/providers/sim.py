@@ -19,6 +19,7 @@ CREATE_CALLS = "create-calls.log"
 
 class SimProvider:
     name = "sim"
+    simulated = True
 
     def __init__(self, folder: Path):
         self.folder = folder

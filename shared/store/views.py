@@ -10,25 +10,27 @@ import asyncpg
 # The most groups one listing returns.
 GROUPS_LISTED = 500
 
+_GROUP = (
+    "SELECT g.*, coalesce((SELECT jsonb_object_agg(state, n) FROM"
+    " (SELECT state, count(*) AS n FROM vms WHERE group_id = g.id GROUP BY state) c),"
+    " '{}'::jsonb) AS states,"
+    " coalesce((SELECT bool_or(simulated) FROM vms WHERE group_id = g.id), false) AS simulated"
+    " FROM groups g"
+)
+
 
 class Views:
     def __init__(self, conn: asyncpg.Connection):
         self.conn = conn
 
     async def groups(self) -> list[asyncpg.Record]:
-        """Groups, newest first, each with its VMs counted by state (`states`: jsonb)."""
-        return await self.conn.fetch(
-            "SELECT g.*, coalesce((SELECT jsonb_object_agg(state, n) FROM"
-            " (SELECT state, count(*) AS n FROM vms WHERE group_id = g.id GROUP BY state) c),"
-            " '{}'::jsonb) AS states"
-            " FROM groups g ORDER BY g.created_at DESC LIMIT $1", GROUPS_LISTED)
+        """Groups, newest first, each with its VMs counted by state (`states`) and whether any
+        of them is simulated."""
+        return await self.conn.fetch(f"{_GROUP} ORDER BY g.created_at DESC LIMIT $1",
+                                     GROUPS_LISTED)
 
     async def group(self, group_id: uuid.UUID) -> asyncpg.Record | None:
-        rows = await self.conn.fetch(
-            "SELECT g.*, coalesce((SELECT jsonb_object_agg(state, n) FROM"
-            " (SELECT state, count(*) AS n FROM vms WHERE group_id = g.id GROUP BY state) c),"
-            " '{}'::jsonb) AS states FROM groups g WHERE g.id = $1", group_id)
-        return rows[0] if rows else None
+        return await self.conn.fetchrow(f"{_GROUP} WHERE g.id = $1", group_id)
 
     async def vms(self, group_id: uuid.UUID) -> list[asyncpg.Record]:
         return await self.conn.fetch("SELECT * FROM vms WHERE group_id = $1 ORDER BY position",

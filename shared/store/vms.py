@@ -24,6 +24,7 @@ def _vm(row: asyncpg.Record) -> Vm:
         step=row["step"], message=row["message"], provider_ref=row["provider_ref"],
         group_status=GroupStatus(row["group_status"]),
         state_changed_at=row["state_changed_at"], detail=row["detail"],
+        provider=row["provider"], simulated=row["simulated"],
     )
 
 
@@ -86,5 +87,10 @@ class Vms:
     async def set_step(self, vm_id: uuid.UUID, step: str) -> None:
         await self.conn.execute("UPDATE vms SET step = $2 WHERE id = $1", vm_id, step)
 
-    async def set_provider_ref(self, vm_id: uuid.UUID, ref: str) -> None:
-        await self.conn.execute("UPDATE vms SET provider_ref = $2 WHERE id = $1", vm_id, ref)
+    async def record_made(self, vm_id: uuid.UUID, *, provider: str, ref: str,
+                          simulated: bool) -> None:
+        """The provider made the VM: which provider, its reference there, and whether the VM
+        is simulated."""
+        await self.conn.execute(
+            "UPDATE vms SET provider = $2, provider_ref = $3, simulated = $4 WHERE id = $1",
+            vm_id, provider, ref, simulated)

@@ -151,8 +151,10 @@ class FakeVms(_Repo):
     async def set_step(self, vm_id: uuid.UUID, step: str) -> None:
         self.t.vms[vm_id] = replace(self.t.vms[vm_id], step=step)
 
-    async def set_provider_ref(self, vm_id: uuid.UUID, ref: str) -> None:
-        self.t.vms[vm_id] = replace(self.t.vms[vm_id], provider_ref=ref)
+    async def record_made(self, vm_id: uuid.UUID, *, provider: str, ref: str,
+                          simulated: bool) -> None:
+        self.t.vms[vm_id] = replace(self.t.vms[vm_id], provider=provider, provider_ref=ref,
+                                    simulated=simulated)
 
 
 class FakeTransitions(_Repo):

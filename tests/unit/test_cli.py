@@ -128,3 +128,23 @@ def test_status_watch_renders_live_until_the_group_is_ready(monkeypatch):
     assert result.exit_code == 0, result.output
     assert "role" in result.output and "db1" in result.output
     assert "%" not in result.output  # no progress bars in the plain table
+
+
+def test_a_group_of_simulated_vms_says_so_in_every_view():
+    """`ferry status` in each of its forms marks a group whose VMs are simulated, and only
+    such a group."""
+    from rich.console import Console
+
+    from cli.status import SIMULATED, group_table, group_watch, groups_table, groups_watch
+
+    simulated = {**GROUP, "simulated": True}
+    for render in (group_table, group_watch):
+        for group, marked in ((simulated, True), (GROUP, False)):
+            console = Console(record=True, width=160, color_system=None)
+            console.print(render(group))
+            assert (SIMULATED in console.export_text()) is marked, render.__name__
+    for render in (groups_table, groups_watch):
+        for group, marked in ((simulated, True), (GROUP, False)):
+            console = Console(record=True, width=160, color_system=None)
+            console.print(render([group]))
+            assert (SIMULATED in console.export_text()) is marked, render.__name__

@@ -335,8 +335,13 @@ function renderGroups() {
     h("button", {
       type: "button", dataset: { group: g.name }, "aria-current": g.name === ui.selected ? "true" : "false",
       onclick: () => select(g.name),
-    }, h("span", { class: "name" }, g.name), badge(g.status)))));
+    }, h("span", { class: "name" }, g.name), badge(g.status), g.simulated ? simulatedBadge() : null))));
   $("no-groups").hidden = ui.groups.length > 0;
+}
+
+// A group of simulated VMs (provider sim) says so wherever it is shown.
+function simulatedBadge() {
+  return h("span", { class: "badge simulated", title: "simulated VMs: nothing real is migrated" }, "simulated");
 }
 
 function select(name) {
@@ -463,6 +468,7 @@ function renderDetail() {
     h("div", { class: "card" }, h("div", { class: "group-head" },
       h("h2", { id: "group-name" }, group.name),
       h("span", { id: "group-status", class: `badge ${group.status}` }, group.status),
+      group.simulated ? simulatedBadge() : null,
       h("span", { class: "muted" }, `${group.vm_count} VMs — ${states}`),
       h("div", { class: "actions" }, group.status === "halted"
         ? h("button", { type: "button", dataset: { action: "resume" }, onclick: () => actions.resume(group) }, "Resume group")
