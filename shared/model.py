@@ -50,8 +50,8 @@ class Group:
 
     def parsed_plan(self) -> Plan:
         """The plan as a model. A group's plan is written once, at submission, and Plan is
-        frozen, so one parse per group is shared by every handler of this process (the
-        configurator and the archiver parse it for each VM: 4 % of the pipeline's CPU)."""
+        frozen, so one parse per group is shared by every handler of this process, instead of
+        one per VM in the configurator and the archiver (docs/performance.md)."""
         plan = _PLANS.get(self.id)
         if plan is None:
             plan = _PLANS[self.id] = Plan.model_validate(self.plan)

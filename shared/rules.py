@@ -101,7 +101,7 @@ def replicating_too_early(target: VmState, master_complete: bool) -> bool:
 def answered_as_before(target: VmState, reported_before: bool) -> bool:
     """A report repeated because its answer was lost (the gateway died after the commit and
     the VM's curl retried) may find the VM moved on by a service (configured -> provisioning,
-    provisioned -> ready). It is answered as the first one was, not refused: refusing it
-    failed the VM and halted its group (found by tests/chaos). Only that very transition (same
-    state and step, recorded before) counts, and never a failure."""
+    provisioned -> ready). It is answered as the first one was, not refused: refusing it would
+    fail the VM and halt its group. Only that very transition (same state and step, recorded
+    before) counts, and never a failure."""
     return target != S.FAILED and reported_before

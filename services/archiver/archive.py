@@ -299,10 +299,9 @@ async def compress(argv: Sequence[str], dest: Path, *, env: Mapping[str, str] | 
 @functools.cache
 def _dies_with_us() -> tuple[str, ...]:
     """A prefix that has the kernel kill the program when this process dies (util-linux's
-    setpriv, PR_SET_PDEATHSIG), where available. zstd writing the file itself no longer
-    writes to a pipe of ours, so after a kill -9 of the archiver it would otherwise run on,
-    fed by its producer, to the end of the stream; killed, its producer dies of the broken
-    pipe, as both did when zstd wrote to our pipe."""
+    setpriv, PR_SET_PDEATHSIG), where available. zstd writes the file itself, not to a pipe
+    of ours, so after a kill -9 of the archiver it would run on, fed by its producer, to the
+    end of the stream; killed, its producer dies of the broken pipe too."""
     return ("setpriv", "--pdeathsig", "KILL", "--") if shutil.which("setpriv") else ()
 
 

@@ -34,8 +34,7 @@ class LiveFeed:
     """The gateway's queue, heard without acknowledgements. It is a notification stream,
     bounded (drop-head) and lossy by design: a screen that was not open misses nothing it
     needed. So no ack per event, and an event is parsed only when a screen is watching. It
-    hears every event of the pipeline, and the acked, parsed consumer it replaces cost ~7 %
-    of the pipeline bench's CPU (docs/performance.md)."""
+    hears every event of the pipeline, where acks and parsing are dear (docs/performance.md)."""
 
     def __init__(self, bus: Bus, broadcaster: Broadcaster):
         self.bus = bus

@@ -38,10 +38,10 @@ async def provision_resumed(event: ev.GroupResumed, ctx: Context) -> None:
 async def _provision(ctx: Context, vm_id: uuid.UUID) -> None:
     # The VM is recorded as provisioning (step final-network) and committed BEFORE it is
     # booted from disk: its first boot checks in (provisioned) as soon as it is up, and must
-    # find it provisioning even if this process dies before its next commit. (tests/chaos
-    # found it: with the boot inside the transaction that recorded provisioning, a provisioner
-    # killed between the boot and the commit left a running VM whose check-in was refused as
-    # configured -> provisioned, which failed the VM and halted its group.)
+    # find it provisioning even if this process dies before its next commit. Booted inside the
+    # transaction that records provisioning, a provisioner killed between the boot and the
+    # commit would leave a running VM whose check-in is refused (configured -> provisioned),
+    # which fails the VM and halts its group.
     async with ctx.guarded_transaction() as tx:
         vm = await tx.vms.get(vm_id, lock=True)
         if rules.may_move_on(vm, VmState.CONFIGURED):

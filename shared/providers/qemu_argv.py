@@ -12,9 +12,9 @@ from shared.providers.qemu_net import GUEST_GATEWAY_IP
 
 GUEST_GATEWAY_URL = f"http://{GUEST_GATEWAY_IP}"
 QEMU = "qemu-system-x86_64"
-# Under TCG the default model beat `max` (AVX2 code paths emulated slowly), Nehalem and
-# max-without-AVX by 15-20 % on hashing and zstd, and booted fastest; Debian runs on it. A guest
-# needing x86-64-v2 (RHEL 9) would need another model.
+# Under TCG the default model is faster than `max` (whose AVX2 code paths are emulated slowly),
+# Nehalem and max-without-AVX on hashing and zstd, and boots fastest (docs/lab.md); Debian runs
+# on it. A guest needing x86-64-v2 (RHEL 9) needs another model.
 TCG_CPU = "qemu64"
 BOOTP_FILE_MAX = 127  # the BOOTP `file` field slirp puts the boot URL in holds 128 bytes
 
@@ -60,7 +60,7 @@ def tap_netdev(tap: str) -> str:
 def accel_args(accel: str) -> list[str]:
     if accel == "kvm":
         return ["-accel", "kvm", "-cpu", "host"]
-    # Multi-threaded TCG: one host thread per vCPU; 20-30 % faster than thread=single on 2 vCPUs.
+    # Multi-threaded TCG: one host thread per vCPU, faster than thread=single (docs/lab.md).
     return ["-accel", "tcg,thread=multi", "-cpu", TCG_CPU]
 
 
@@ -76,8 +76,8 @@ def qemu_argv(*, folder: Path, name: str, accel: str, cpus: int, memory_mb: int,
             "-qmp", "unix:qmp.sock,server=on,wait=off",
             "-pidfile", str(folder / "qemu.pid")]
     for disk in disks:
-        # Default cache (writeback): cache=unsafe measured no faster here (600 MB dd + fsync,
-        # tar of 57 MB: within noise), so the safer default stays.
+        # Default cache (writeback): cache=unsafe is no faster here (docs/lab-notes.md), so the
+        # safer default stays.
         argv += ["-drive", f"file={opt_value(str(disk))},if=virtio,format=qcow2,discard=unmap"]
     # No romfile=: QEMU patches the PCI id only into its default ROM (lab notes, pitfall 1).
     argv += ["-netdev", netdev, "-device", f"virtio-net-pci,netdev=n0,mac={mac}"]

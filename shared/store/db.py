@@ -86,8 +86,7 @@ async def _reset_connection(conn: asyncpg.Connection) -> None:
     always does first (roll back an open transaction, drop listener callbacks).
 
     asyncpg's default also sends `SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *;
-    RESET ALL;`, one more round trip per acquisition, which the profile showed at ~5 % of the
-    pipeline's CPU (docs/performance.md). No pooled connection holds session state: nothing
+    RESET ALL;`, one more round trip per acquisition (docs/performance.md). No pooled connection holds session state: nothing
     here takes session advisory locks (the migrations lock on their own connection), declares
     cursors outside a transaction, or SETs without LOCAL; the search_path is a start-up
     parameter; the relay's listener UNLISTENs before it releases its connection."""
