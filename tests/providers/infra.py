@@ -41,12 +41,14 @@ class SilentGateway:
         self._server = await asyncio.start_server(self._hold, self.host, self.port)
 
     async def _hold(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._held.add(asyncio.current_task())
+        task = asyncio.current_task()
+        self._held.add(task)
         try:
             self.requests.append((await reader.readline()).decode(errors="replace").strip())
             await reader.read()  # until the VM gives up or is gone
         finally:
             writer.close()
+            self._held.discard(task)
 
     async def asked_by(self, vm_id: object, timeout: float) -> None:
         await eventually(lambda: any(str(vm_id) in r for r in self.requests), timeout=timeout,
@@ -55,9 +57,10 @@ class SilentGateway:
     async def stop(self) -> None:
         if self._server:
             self._server.close()
-        for task in self._held:
+        held = list(self._held)
+        for task in held:
             task.cancel()
-        await asyncio.gather(*self._held, return_exceptions=True)
+        await asyncio.gather(*held, return_exceptions=True)
 
 
 class Infra(Protocol):
