@@ -1,26 +1,98 @@
-"""Providers: the infrastructure VMs are created on."""
+"""Providers: the infrastructure VMs are created on, chosen by name from a registry."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, NamedTuple
 
-# Imported for annotations only: QEMU runs `python -m shared.providers.guestfwd` once per guest
-# connection, and importing pydantic here would add ~0.3 s to each of them.
+# Imported for annotations only, and every provider is imported by its factory when built: QEMU
+# runs `python -m shared.providers.guestfwd` once per guest connection, and importing pydantic
+# here would add ~0.3 s to each of them.
 if TYPE_CHECKING:
     from shared.providers.base import Provider
     from shared.settings import Settings
 
+Factory = Callable[["Settings"], "Provider"]
+
+
+class Registration(NamedTuple):  # not a dataclass: `dataclasses` imports `inspect` (~8 ms)
+    """A provider as the registry knows it, without importing it."""
+
+    name: str
+    build: Factory
+    # What it does beyond the Protocol's promises (tests/providers checks both ways):
+    # addresses() gives a VM on its group's network its planned address; else always [].
+    reports_addresses: bool = False
+    # set_outbound() keeps each group's outbound open or blocked (qemu: a firewall on the
+    # group's network; the fake: in memory); else it is accepted and ignored.
+    blocks_outbound: bool = False
+    # Built by tests only; no setting can choose it.
+    test_double: bool = False
+
+
+_REGISTRY: dict[str, Registration] = {}
+
+
+def register(name: str, *, reports_addresses: bool = False, blocks_outbound: bool = False,
+             test_double: bool = False) -> Callable[[Factory], Factory]:
+    """Register the decorated factory (Settings -> provider) under `name`."""
+
+    def add(build: Factory) -> Factory:
+        if name in _REGISTRY:
+            raise ValueError(f"provider {name!r} is registered twice")
+        _REGISTRY[name] = Registration(name, build, reports_addresses, blocks_outbound,
+                                       test_double)
+        return build
+
+    return add
+
+
+def registration(name: str) -> Registration:
+    """Any registered provider, the test double included (tests build the fake this way)."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown provider {name!r} (registered: {', '.join(_REGISTRY)})") from None
+
+
+def registrations() -> list[Registration]:
+    return list(_REGISTRY.values())
+
+
+def choosable() -> list[str]:
+    """The providers a setting (FERRY_PROVIDER) may name."""
+    return [r.name for r in _REGISTRY.values() if not r.test_double]
+
 
 def make_provider(settings: Settings) -> Provider:
     """The provider a setting names. The fake is a test double and cannot be chosen here."""
-    if settings.provider == "sim":
-        from shared.providers.sim import SimProvider
+    found = _REGISTRY.get(settings.provider)
+    available = ", ".join(choosable())
+    if found is None:
+        raise ValueError(f"FERRY_PROVIDER={settings.provider!r}: unknown provider "
+                         f"(available: {available})")
+    if found.test_double:
+        raise ValueError(f"FERRY_PROVIDER={settings.provider!r}: a test double for unit tests, "
+                         f"never chosen by a setting (available: {available})")
+    return found.build(settings)
 
-        return SimProvider(settings.state_dir / "sim")
-    if settings.provider == "qemu":
-        from shared.providers.qemu import QemuProvider
 
-        return QemuProvider(settings)
-    raise ValueError(
-        f"FERRY_PROVIDER={settings.provider!r}: unknown provider (available: sim, qemu)"
-    )
+@register("sim")
+def _sim(settings: Settings) -> Provider:
+    from shared.providers.sim import SimProvider
+
+    return SimProvider(settings.state_dir / "sim")
+
+
+@register("qemu", reports_addresses=True, blocks_outbound=True)
+def _qemu(settings: Settings) -> Provider:
+    from shared.providers.qemu import QemuProvider
+
+    return QemuProvider(settings)
+
+
+@register("fake", blocks_outbound=True, test_double=True)
+def _fake(settings: Settings) -> Provider:
+    from shared.providers.fake import FakeProvider
+
+    return FakeProvider()

@@ -1,0 +1,170 @@
+"""The provider contract (shared/providers/base.py): what creator, provisioner and cutover may
+count on from every provider. Each test runs once per provider (tests/providers/conftest.py)."""
+
+from __future__ import annotations
+
+import ipaddress
+import uuid
+
+import pytest
+
+from shared.providers.base import (
+    MIGRATION_NETWORK, BootSource, ProviderError, ProviderVm, VmSpec, group_network,
+)
+from tests.conftest import eventually
+from tests.providers.infra import Infra, SilentGateway
+
+TOKEN = "contract-token"
+
+
+def a_group() -> str:
+    return f"contract-{uuid.uuid4().hex[:8]}"
+
+
+def spec(group: str, name: str = "a", host: int = 11) -> VmSpec:
+    return VmSpec(vm_id=uuid.uuid4(), group=group, name=name, role="app", cpus=1, memory_mb=256,
+                  disks_gb=[1], address=f"10.29.0.{host}/24", gateway="10.29.0.1")
+
+
+async def create(infra: Infra, vm: VmSpec) -> ProviderVm:
+    return await infra.provider.create_vm(vm, idempotency_key=f"vm:{vm.vm_id}")
+
+
+def kernel_args(vm: VmSpec, gateway: SilentGateway) -> dict[str, str]:
+    return {"ferry.gateway": gateway.url, "ferry.vm": str(vm.vm_id), "ferry.token": TOKEN}
+
+
+async def boot_from_network(infra: Infra, gateway: SilentGateway, vm: VmSpec, ref: str) -> None:
+    """Boot the VM from the network and wait until it runs: until it asks for the gateway."""
+    await infra.provider.boot(ref, BootSource.NETWORK, kernel_args=kernel_args(vm, gateway))
+    if infra.reaches_gateway_within is not None:
+        await gateway.asked_by(vm.vm_id, timeout=infra.reaches_gateway_within)
+
+
+async def no_processes_left(infra: Infra) -> None:
+    await eventually(lambda: infra.processes() == [], timeout=30, interval=0.1,
+                     what=f"{infra.registration.name}'s processes to end")
+
+
+async def test_create_is_idempotent_by_key(infra: Infra):
+    """Creating twice with one idempotency key answers the same VM and makes no second one."""
+    vm = spec(a_group())
+    first = await create(infra, vm)
+    again = await create(infra, vm)
+    assert again == first
+    assert infra.vms() == {first.ref}
+
+
+async def test_another_key_makes_another_vm(infra: Infra):
+    """A different idempotency key makes a different VM, with its own reference and MAC."""
+    group = a_group()
+    a, b = await create(infra, spec(group, "a", 11)), await create(infra, spec(group, "b", 12))
+    assert a.ref != b.ref
+    assert a.mac != b.mac or a.mac is None
+    assert infra.vms() == {a.ref, b.ref}
+
+
+async def test_a_new_vm_is_off_on_the_migration_network(infra: Infra):
+    """A created VM is powered off and attached to the migration network."""
+    made = await create(infra, spec(a_group()))
+    assert infra.network(made.ref) == MIGRATION_NETWORK
+    assert infra.running(made.ref) is None
+
+
+async def test_attach_moves_the_vm_between_networks(infra: Infra):
+    """attach puts a VM on its group's network and back on the migration network; twice is fine."""
+    group = a_group()
+    made = await create(infra, spec(group))
+    for network in (group_network(group), group_network(group), MIGRATION_NETWORK, MIGRATION_NETWORK):
+        await infra.provider.attach(made.ref, network)
+        assert infra.network(made.ref) == network
+
+
+async def test_boot_from_network_hands_the_vm_its_kernel_args(infra: Infra, gateway):
+    """A network boot runs the VM from the network with the VM id and token of its kernel
+    arguments (a VM that runs asks the gateway with its id), and booting it again the same way
+    leaves it so."""
+    vm = spec(a_group())
+    made = await create(infra, vm)
+    args = kernel_args(vm, gateway)
+    await boot_from_network(infra, gateway, vm, made.ref)
+    await infra.provider.boot(made.ref, BootSource.NETWORK, kernel_args=args)  # a redelivery
+    assert infra.running(made.ref) == BootSource.NETWORK
+    handed = infra.kernel_args(made.ref)
+    assert {k: handed.get(k) for k in ("ferry.vm", "ferry.token")} == \
+        {"ferry.vm": str(vm.vm_id), "ferry.token": TOKEN}
+    assert handed.items() <= args.items()
+
+
+async def test_boot_from_disk_on_the_group_network(infra: Infra, gateway):
+    """Provisioning's sequence (network boot, power off, attach to the group's network, disk
+    boot) leaves the VM running from its disk on its group's network."""
+    group = a_group()
+    vm = spec(group)
+    made = await create(infra, vm)
+    await boot_from_network(infra, gateway, vm, made.ref)
+    await infra.provider.power_off(made.ref)
+    await infra.provider.attach(made.ref, group_network(group))
+    await infra.provider.boot(made.ref, BootSource.DISK)
+    assert infra.running(made.ref) == BootSource.DISK
+    assert infra.network(made.ref) == group_network(group)
+
+
+async def test_power_off_twice_is_fine(infra: Infra, gateway):
+    """Power off stops a running VM and its process; a VM already off, or never booted, is fine."""
+    vm = spec(a_group())
+    made = await create(infra, vm)
+    await infra.provider.power_off(made.ref)  # never booted
+    await boot_from_network(infra, gateway, vm, made.ref)
+    await infra.provider.power_off(made.ref)
+    assert infra.running(made.ref) is None
+    await infra.provider.power_off(made.ref)
+    assert infra.running(made.ref) is None
+    await no_processes_left(infra)
+
+
+async def test_delete_twice_is_fine_and_the_vm_is_gone(infra: Infra, gateway):
+    """Deleting a running VM stops it and removes it; the provider then refuses it, and deleting
+    it again is fine. Its sibling stays."""
+    group = a_group()
+    vm = spec(group, "a", 11)
+    made = await create(infra, vm)
+    sibling = await create(infra, spec(group, "b", 12))
+    await boot_from_network(infra, gateway, vm, made.ref)
+    await infra.provider.delete(made.ref)
+    await infra.provider.delete(made.ref)
+    assert infra.vms() == {sibling.ref}
+    await no_processes_left(infra)
+    with pytest.raises(ProviderError):
+        await infra.provider.boot(made.ref, BootSource.DISK)
+    with pytest.raises(ProviderError):
+        await infra.provider.attach(made.ref, group_network(group))
+    with pytest.raises(ProviderError):
+        await infra.provider.power_off(made.ref)
+
+
+async def test_addresses_per_network(infra: Infra):
+    """addresses() is a list of IP address strings: none on the migration network; on the group's
+    network the planned address for providers that report addresses, else none."""
+    group = a_group()
+    vm = spec(group)
+    made = await create(infra, vm)
+    assert await infra.provider.addresses(made.ref) == []
+    await infra.provider.attach(made.ref, group_network(group))
+    found = await infra.provider.addresses(made.ref)
+    assert isinstance(found, list) and all(ipaddress.ip_address(a) for a in found)
+    planned = str(ipaddress.ip_interface(vm.address).ip)
+    assert found == ([planned] if infra.registration.reports_addresses else [])
+
+
+async def test_outbound_block_twice_each_way(infra: Infra):
+    """A group's outbound traffic starts blocked; set_outbound opens it and blocks it again,
+    each twice without error, and providers that block it really change it."""
+    group = a_group()
+    made = await create(infra, spec(group))
+    await infra.provider.attach(made.ref, group_network(group))  # the group's network exists
+    blocks = infra.registration.blocks_outbound
+    assert infra.outbound_open(group) is (False if blocks else None)
+    for open_ in (False, False, True, True, False):
+        await infra.provider.set_outbound(group, open_)
+        assert infra.outbound_open(group) is (open_ if blocks else None)

@@ -1,0 +1,37 @@
+"""The layer rules in pyproject.toml's [tool.importlinter], checked by import-linter on the
+code as it is in this checkout (lint-imports puts its working directory first on sys.path)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
+
+# Broken on main by services.cutover -> services.archiver (remote, steps, replication) and
+# services.gateway.models -> services.cutover.names, which are being removed in parallel. Strict:
+# the day they are gone this test fails as XPASS, and the mark is to be deleted.
+UNTIL_THE_SERVICES_STOP_SHARING = pytest.mark.xfail(
+    strict=True, raises=AssertionError,
+    reason="the cutover still imports the archiver, and the gateway the cutover's names")
+
+CONTRACTS = [
+    pytest.param("services-independent", marks=UNTIL_THE_SERVICES_STOP_SHARING),
+    "handlers-without-drivers",
+    "shared-below-services",
+]
+
+
+@pytest.mark.parametrize("contract", CONTRACTS)
+def test_layer_contract_is_kept(contract: str):
+    """No import in shared, services, cli or lab breaks this import-linter contract."""
+    if not LINT_IMPORTS.exists():
+        pytest.fail(f"{LINT_IMPORTS} is missing: install the test extra (pip install -e '.[test]')")
+    result = subprocess.run(
+        [str(LINT_IMPORTS), "--no-cache", "--no-logo", "--contract", contract],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, f"lint-imports --contract {contract}:\n{result.stdout}{result.stderr}"
