@@ -210,3 +210,12 @@ def test_titles_list_engines_for_messages():
         "MariaDB and PostgreSQL")
     assert databases.titles([]) == "none"
 
+
+def test_services_never_compare_engine_names():
+    """The seam's rule: no `== "mariadb"` or `!= "postgresql"` in services/ (plan values pass
+    through as data)."""
+    services = Path(__file__).resolve().parents[2] / "services"
+    found = subprocess.run(
+        ["grep", "-rnE", r"""[!=]=\s*["'](mariadb|postgresql)["']|["'](mariadb|postgresql)["']"""
+         r"""\s*[!=]=""", str(services), "--include=*.py"], capture_output=True, text=True)
+    assert found.stdout == ""
