@@ -18,6 +18,7 @@ from services.gateway.api import api
 from services.gateway.auth import bearer, path_uuid, require_vm, vm_from_token
 from services.gateway.errors import json_response, parse_body, problem
 from services.gateway.keys import DEPS
+from shared.databases import engine_of
 from shared.states import IllegalTransition, VmState
 from shared.store import archives, groups, vms
 
@@ -156,7 +157,7 @@ async def _master_status(conn, vm_id: uuid.UUID) -> m.MasterStatus:
     position = done.get(master.name)
     return m.MasterStatus(
         complete=position is not None, master=master.name,
-        host=str(master.network.address.ip), port=3306,
+        host=str(master.network.address.ip), port=engine_of(master).default_port,
         log_file=(position or {}).get("log_file"), log_pos=(position or {}).get("log_pos"),
     )
 
