@@ -4,10 +4,11 @@ new master has caught up, and it is promoted.
 
 The tunnel is opened by the legacy master to the new one (`ssh -R`): the new VMs may not reach
 out before the cutover, but they may be reached. It carries the new master's 127.0.0.1:3307 to
-the legacy server's port on its 127.0.0.1. Its key is the legacy host's own (made there, never leaving
-it), and the new master lets that key do nothing but this one forward. The tunnel runs on the
-legacy host in a loop of its own (a pid file in TUNNEL_DIR), so it outlives the run that opened
-it, the cutover service and a dropped connection, until the window closes it.
+the legacy server's own port on the legacy host's 127.0.0.1. Its key is the legacy host's own
+(made there, never leaving it), and the new master lets that key do nothing but this one
+forward. The tunnel runs on the legacy host in a loop of its own (a pid file in TUNNEL_DIR), so
+it outlives the run that opened it, the cutover service and a dropped connection, until the
+window closes it.
 
 The new master is loaded from one dump of all the master's databases taken with its position,
 one snapshot, so replication starts exactly where the dump ends. Every secret (the replication
