@@ -20,7 +20,17 @@ LIBRARIES = ("aio_pika", "aiormq", "asyncpg", "aiohttp")
 
 
 class _FerryHandler(logging.StreamHandler):
-    """The root logger's handler set up here (replaced, never added twice, on reconfiguring)."""
+    """The root logger's handler set up here (replaced, never added twice, on reconfiguring).
+    It writes to sys.stderr as it is when a line is logged, not as it was when configured:
+    pytest swaps it per test and closes the ones it swapped in."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
 
 
 def configure_logging(settings: Settings | None = None) -> None:
@@ -48,7 +58,7 @@ def configure_logging(settings: Settings | None = None) -> None:
         logger_factory=structlog.stdlib.LoggerFactory(),
         cache_logger_on_first_use=False,
     )
-    handler = _FerryHandler(sys.stderr)
+    handler = _FerryHandler()
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=shared,
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],

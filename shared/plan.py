@@ -19,6 +19,7 @@ from typing import Annotated, Literal
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field,
                       ValidationError, ValidationInfo, field_validator, model_validator)
 
+from shared.databases import engine
 from shared.plan_errors import (Findings, PlanError, Problem, explain, read_document,
                                 worded_pattern)
 
@@ -177,7 +178,7 @@ class DatabaseSpec(_Model):
 
     @property
     def effective_port(self) -> int:
-        return self.port or (3306 if self.engine == "mariadb" else 5432)
+        return self.port or engine(self.engine).default_port
 
 
 class Source(_Model):

@@ -16,6 +16,7 @@ from pathlib import Path
 from lab.legacy import dns as site_dns
 from lab.legacy import mounts, net, procs, roots
 from lab.legacy.config import HostSpec, SiteSpec, ZoneSpec, load_site
+from shared import proc
 from shared.logging import get_logger
 from shared.settings import Settings
 
@@ -75,17 +76,12 @@ class Site:
     async def exec(self, name: str, *argv: str, input: bytes | str | None = None,
                    timeout: float = 120) -> Completed:
         data = input.encode() if isinstance(input, str) else input
-        process = await asyncio.create_subprocess_exec(
-            *self.command(name, *argv),
-            stdin=subprocess.DEVNULL if data is None else subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
-            out, err = await asyncio.wait_for(process.communicate(data), timeout)
-        except asyncio.TimeoutError:
-            process.kill()
-            await process.wait()
+            done = await proc.run(self.command(name, *argv), timeout=timeout, stdin=data,
+                                  check=False)
+        except proc.CommandTimedOut:
             raise LegacyError(f"{name}: {' '.join(argv)} did not finish in {timeout} s") from None
-        return Completed(process.returncode, out, err)
+        return Completed(done.returncode, done.stdout, done.stderr)
 
     async def run(self, name: str, *argv: str, input: bytes | str | None = None,
                   timeout: float = 120) -> str:

@@ -4,14 +4,14 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import uuid
 from pathlib import Path
 
 from shared import events as ev
 from shared import journey, rules
+from shared.databases import database_source
 from shared.logging import get_logger
-from shared.plan import VM, DatabaseSpec
+from shared.plan import VM
 from shared.service import Context, Router
 from shared.settings import Settings
 from shared.states import VmState
@@ -19,17 +19,12 @@ from shared.store.archives import ArchiveRecord
 from services.archiver.archive import (
     ArchiveError, ArchiveResult, LocalTree, TreeSource, archive_path, remove_abandoned_partials,
 )
-from services.archiver.dumps import DatabaseSource, DumpError, dump_database
+from services.archiver.dumps import DumpError, dump_database
 from services.archiver.manifest import write_manifest
 from services.archiver.ssh import SshTree, dump_database_over_ssh
 
 router = Router("archiver")
 log = get_logger(__name__)
-
-# A database "on the host itself" (the plan's default host and no port): over SSH it is dumped
-# through the server's local socket, as the host's own admin would (root often may log in that
-# way only, without a password).
-_LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 @router.on(ev.GroupSubmitted)
@@ -139,14 +134,6 @@ async def _archive_source(planned: VM, folder: Path, vm_id: uuid.UUID,
                         warning=warning)
     write_manifest(results, folder)
     return results
-
-
-def database_source(db: DatabaseSpec, over_ssh: bool) -> DatabaseSource:
-    return DatabaseSource(
-        engine=db.engine, name=db.name, host=db.host, port=db.effective_port, user=db.user,
-        password=os.environ.get(db.password_env) if db.password_env else None,
-        socket=over_ssh and db.port is None and db.host in _LOCAL_HOSTS,
-    )
 
 
 async def _record(tx, vm_id: uuid.UUID, result: ArchiveResult) -> ev.ArchiveItem:

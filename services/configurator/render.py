@@ -27,6 +27,8 @@ from typing import Literal
 
 import chevron
 
+from shared import databases
+from shared.databases import Engine
 from shared.plan import VM, Filesystem, Plan
 
 __all__ = [
@@ -41,7 +43,6 @@ PARTIALS = ("reporting.sh",)  # {{> reporting.sh}} is templates/reporting.sh.mus
 
 VOLUME_GROUP = "local"  # the root LV is /dev/local/root, which GRUB and the initrd are told
 DUMP_SUFFIX = ".sql.zst"
-MARIADB_CONFIG_FILE = "/etc/mysql/ferryman-import.cnf"
 
 _ARCHIVE_ID = re.compile(r"^[A-Za-z0-9_.-]+$")  # one URL path segment, as is
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -63,7 +64,7 @@ class ArchiveRef:
     source: str  # the archived path ("/data"), or the database name for a dump ("shop")
     sha256: str
     size: int
-    engine: str | None = None  # for kind database: "mariadb" or "postgresql"
+    engine: str | None = None  # for kind database: the engine's name, as the plan gives it
 
 
 # --- the configuration script --------------------------------------------------------------------
@@ -324,66 +325,49 @@ def render_local_start(plan: Plan, vm: VM, archives: list[ArchiveRef]) -> str:
 
 
 def build_local_start_context(plan: Plan, vm: VM, archives: list[ArchiveRef]) -> dict:
-    """local.start's template values, every one already shell-quoted."""
+    """local.start's template values, every one already shell-quoted. The database server's
+    (data dir, configuration, service, SQL) come from its engine (shared/databases)."""
     dumps = [a for a in archives if a.kind == "database"]
     for archive in dumps:
         _check_archive(archive)
-    datadir = mariadb_datadir(vm)
+    server = databases.rebuild_engine(vm, plan)
+    datadir = _engine_value(server.data_dir, _absolute(vm.database_data_dir, "database_data_dir"))
+    config = server.server_config(
+        data_dir=datadir, address=str(ipaddress.ip_interface(str(vm.network.address)).ip),
+        memory_mb=vm.memory_mb, replica=_role(vm) == "db-replica")
     return {
         "vm_name": q(vm.name),
         "group": q(plan.group),
         "role": q(_role(vm)),
-        "mariadb_datadir": q(datadir),
-        "mariadb_config": q(mariadb_config(vm, datadir)),
-        "dumps": [{
-            "engine": q(archive.engine or "mariadb"),
-            "file": q(dump_file(archive, vm)),
-            "name": q(archive.source),
-            "create_sql": q(f"CREATE DATABASE IF NOT EXISTS {sql_identifier(archive.source)}"),
-            "use_sql": q(f"USE {sql_identifier(archive.source)};"),
-        } for archive in dumps],
+        "server_datadir": q(datadir),
+        "server_config": q(config),
+        "server_config_file": q(server.config_file),
+        "server_service": q(server.service),
+        "dumps": [_local_dump(archive, vm, server) for archive in dumps],
     }
 
 
-def mariadb_datadir(vm: VM) -> str:
-    """MariaDB keeps its data in <database_data_dir>/mysql: the volume planned for databases."""
-    data_dir = _absolute(vm.database_data_dir, "database_data_dir")
-    if _CONTROL.search(data_dir) or '"' in data_dir or "\\" in data_dir:
-        raise RenderError(f"database_data_dir {data_dir!r} cannot be written into my.cnf")
-    return f"{data_dir.rstrip('/')}/mysql"
+def _local_dump(archive: ArchiveRef, vm: VM, server: Engine) -> dict:
+    """One dump for local.start to load into `server`; `restore` is "no" for a dump of another
+    engine (left in place, for a person to restore)."""
+    name = archive.engine or databases.DEFAULT.name
+    restores = databases.ENGINES.get(name) is server
+    return {
+        "engine": q(name),
+        "restore": q("yes" if restores else "no"),
+        "file": q(dump_file(archive, vm)),
+        "name": q(archive.source),
+        "create_sql": q(_engine_value(server.create_database_sql, archive.source)),
+        "use_sql": q(_engine_value(server.use_database_sql, archive.source)),
+    }
 
 
-def mariadb_config(vm: VM, datadir: str) -> str:
-    """The import config: good enough to load and replicate, not tuned (config management
-    tailors it after cutover). The server id is the VM's address: unique in the group."""
-    server_id = int(ipaddress.ip_interface(str(vm.network.address)).ip) or 1
-    buffer_pool_mb = max(128, vm.memory_mb // 4)
-    lines = [
-        "# Written by Ferryman (local.start) to load the databases of this VM; not tuned for it.",
-        "[mysqld]",
-        f'datadir                        = "{datadir}"',
-        f"server_id                      = {server_id}",
-        "log_bin                        = mysql-bin",
-        "binlog_format                  = ROW",
-        "bind_address                   = 0.0.0.0",
-        "max_allowed_packet             = 256M",
-        f"innodb_buffer_pool_size        = {buffer_pool_mb}M",
-        "# The first load is redone from the dumps if it fails: no need to flush every commit.",
-        "innodb_flush_log_at_trx_commit = 2",
-    ]
-    # A replica replicates from its master; a master may from its legacy master until the
-    # cutover (mode replication), and passes what it applies on to its own replicas.
-    lines.append("relay_log                      = relay-bin")
-    if _role(vm) != "db-replica":
-        lines.append("log_slave_updates              = ON")
-    return "\n".join(lines)
-
-
-def sql_identifier(name: str) -> str:
-    """A MariaDB identifier in backticks (a backtick inside is doubled)."""
-    if "\0" in name:
-        raise RenderError(f"identifier {name!r} holds a NUL")
-    return "`" + name.replace("`", "``") + "`"
+def _engine_value(function, *args):
+    """What the engine makes of a value, or a RenderError saying why it cannot."""
+    try:
+        return function(*args)
+    except (ValueError, databases.Unsupported) as exc:
+        raise RenderError(str(exc)) from None
 
 
 # --- rendering -----------------------------------------------------------------------------------

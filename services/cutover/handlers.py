@@ -20,7 +20,6 @@ import time
 import uuid
 from pathlib import Path
 
-from services.cutover.remote import Remote
 from services.cutover.runbook import Journal, Outcome, run_steps, undo_recorded
 from services.cutover.steps import GroupRunbook, Machine
 from shared import events as ev
@@ -31,6 +30,7 @@ from shared.plan import Plan, Role
 from shared.prober import Prober, ProbeReport
 from shared.providers.base import ProviderError
 from shared.service import Context, Router
+from shared.ssh import Remote
 from shared.states import GroupStatus, VmState
 from shared.store.cutover_runs import FINISHED, PENDING
 

@@ -21,17 +21,17 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.archiver.handlers import database_source
-from services.archiver.ssh import remote_dump_script
 from services.cutover import replication
-from shared import cutover_names as names
-from services.cutover.remote import Remote, RemoteError, pipe
 from services.cutover.runbook import Step
 from services.cutover.scripts import MAINTENANCE_OFF, MAINTENANCE_ON, UNFORWARD, forward_script
+from shared import cutover_names as names
+from shared import databases, proc
+from shared.databases import Engine
 from shared.dns import DnsDriver, RecordSet
 from shared.plan import VM, Plan, Role
 from shared.providers.base import Provider
 from shared.site_checks import run_checks
+from shared.ssh import Remote, RemoteError, pipe
 
 MARKER = "/etc/ferryman/migrating"
 CONFIG_MANAGEMENT = "/etc/ferryman/config-management"
@@ -248,12 +248,33 @@ class GroupRunbook:
     def _masters(self) -> list[Machine]:
         return [m for m in self.machines if m.vm.role == Role.DB_MASTER and m.vm.databases]
 
+    def _servers(self, machine: Machine) -> list[Engine]:
+        """The engines of the master's databases, each once."""
+        found = [databases.engine(db.engine) for db in machine.vm.databases]
+        return list(dict.fromkeys(found))
+
+    def _refusal(self, machine: Machine, mode: str) -> str | None:
+        """Why database mode `mode` cannot move the master's databases, or None; said before
+        anything changes."""
+        if mode == "replication":
+            others = [db.name for db in machine.vm.databases
+                      if not databases.engine(db.engine).hands_off]
+            if others:
+                able = databases.titles(e for e in databases.ENGINES.values() if e.hands_off)
+                return f"{', '.join(others)}: the replication hand-off handles {able} only so far"
+            return None
+        for db in machine.vm.databases:
+            if not databases.engine(db.engine).restores:
+                able = databases.titles(e for e in databases.ENGINES.values() if e.restores)
+                return (f"{db.name}: the window's dump-and-restore handles {able} only so far, "
+                        f"not {db.engine}")
+        return None
+
     def _link(self, machine: Machine) -> replication.Link:
-        """The master's pair for the replication hand-off (MariaDB databases only)."""
-        others = [db.name for db in machine.vm.databases if db.engine != "mariadb"]
-        if others:
-            raise StepFailed(f"{', '.join(others)}: the replication hand-off handles MariaDB "
-                             "only so far")
+        """The master's pair for the replication hand-off (of an engine that hands off)."""
+        problem = self._refusal(machine, "replication")
+        if problem:
+            raise StepFailed(problem)
         return replication.Link(self._legacy(machine, "replication"), machine.new,
                                 machine.address, list(machine.vm.databases))
 
@@ -272,10 +293,14 @@ class GroupRunbook:
         done = []
         for machine in self._masters():
             legacy = self._legacy(machine, "database")
+            problem = self._refusal(machine, self.database_mode)
+            if problem:
+                raise StepFailed(problem)
             # No write may land on the old master after its dump (or after the position the
             # new master catches up to): it would be lost.
-            await legacy.run(_sql("SET GLOBAL read_only = ON"), what="making the old master "
-                             "read-only")
+            for server in self._servers(machine):
+                await replication.sql(server, legacy, server.read_only_sql(True),
+                                      what="making the old master read-only")
             if self.database_mode == "replication":
                 started = time.monotonic()
                 try:
@@ -285,25 +310,25 @@ class GroupRunbook:
                 done.append(f"{promoted} ({time.monotonic() - started:.1f}s)")
                 continue
             for db in machine.vm.databases:
-                if db.engine != "mariadb":
-                    raise StepFailed(f"{db.name}: the window's dump-and-restore handles MariaDB "
-                                     f"only so far, not {db.engine}")
                 started = time.monotonic()
-                source = database_source(db, over_ssh=True)
-                script, secret = remote_dump_script(source)
-                await pipe(legacy, script, machine.new,
-                           f"mariadb --database={shlex.quote(db.name)}", source_input=secret,
+                server = databases.engine(db.engine)
+                source = databases.database_source(db, over_ssh=True)
+                script, secret = server.remote_dump_script(source)
+                await pipe(legacy, script, machine.new, server.restore_command(db.name),
+                           source_input=secret,
                            what=f"dump of {db.name} from {legacy.label} into {machine.new.label}")
                 done.append(f"{db.name} {machine.name}: {time.monotonic() - started:.1f}s")
         return "; ".join(done) or "no databases"
 
     async def database_undo(self) -> None:
         """The old master takes writes again (the new one's copy is simply out of date; in mode
-        replication, the next run's replicate-from-legacy loads it again and relinks it)."""
+        replication, the next run's replicate-from-legacy loads it again and relinks it). A
+        master whose databases the mode refused was never made read-only."""
         for machine in self._masters():
-            if machine.legacy is not None:
-                await machine.legacy.run(_sql("SET GLOBAL read_only = OFF"),
-                                         what="making the old master writable again")
+            if machine.legacy is not None and self._refusal(machine, self.database_mode) is None:
+                for server in self._servers(machine):
+                    await replication.sql(server, machine.legacy, server.read_only_sql(False),
+                                          what="making the old master writable again")
 
     # --- the application, checks --------------------------------------------------------------
 
@@ -377,10 +402,6 @@ class GroupRunbook:
         await self.provider.set_outbound(self.plan.group, False)
 
 
-def _sql(statement: str) -> str:
-    return f"mariadb -e {shlex.quote(statement)}"
-
-
 def _below(path: str, root: str) -> bool:
     return root == "/" or path == root or path.startswith(root.rstrip("/") + "/")
 
@@ -390,17 +411,11 @@ _TRANSFERRED = re.compile(r"Number of regular files transferred: ([\d,]+)")
 
 async def _rsync(argv: list[str], *, what: str, vanished_ok: bool) -> int:
     """Run rsync; the number of files it transferred."""
-    proc = await asyncio.create_subprocess_exec(
-        "rsync", *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE)
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), RSYNC_TIMEOUT_S)
-    except asyncio.TimeoutError:
-        proc.kill()
-        await proc.wait()
+        done = await proc.run(["rsync", *argv], timeout=RSYNC_TIMEOUT_S, what=what, check=False)
+    except proc.CommandTimedOut:
         raise RemoteError(f"{what} did not finish in {RSYNC_TIMEOUT_S:.0f}s") from None
-    if proc.returncode != 0 and not (vanished_ok and proc.returncode == RSYNC_VANISHED):
-        tail = err.decode(errors="replace").strip()[-400:]
-        raise RemoteError(f"{what} exited {proc.returncode}: {tail}")
-    found = _TRANSFERRED.search(out.decode(errors="replace"))
+    if done.returncode != 0 and not (vanished_ok and done.returncode == RSYNC_VANISHED):
+        raise RemoteError(f"{what} exited {done.returncode}: {done.stderr_tail(400)}")
+    found = _TRANSFERRED.search(done.stdout.decode(errors="replace"))
     return int(found[1].replace(",", "")) if found else 0

@@ -9,11 +9,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared import journey, rules
+from shared.databases import engine_of
 from shared.model import Vm
 from shared.states import IllegalTransition, VmState
-
-# The port a new master's replicas reach it on.
-MASTER_PORT = 3306
 
 
 class Refused(Exception):
@@ -71,6 +69,6 @@ async def master_status(db, vm_id: uuid.UUID) -> MasterStatus:
     position = (await db.groups.masters_complete(group.id)).get(master.name)
     return MasterStatus(
         master=master.name, complete=position is not None,
-        host=str(master.network.address.ip), port=MASTER_PORT,
+        host=str(master.network.address.ip), port=engine_of(master, plan).default_port,
         log_file=(position or {}).get("log_file"), log_pos=(position or {}).get("log_pos"),
     )

@@ -17,26 +17,25 @@ import time
 from pathlib import Path
 from typing import AsyncIterator
 
+from shared import proc
 from shared.providers.base import ProviderError
 
 
-async def run(*argv: str, check: bool = True, timeout: float = 60.0) -> tuple[int, str, str]:
+async def run(*argv: str, check: bool = True, timeout: float = 60.0,
+              stdin: bytes | None = None) -> tuple[int, str, str]:
     """Run a short command; ProviderError if it fails (check) or takes longer than timeout."""
+    shown = f"`{' '.join(argv)}`"
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        done = await proc.run(argv, timeout=timeout, stdin=stdin, check=check, what=shown)
     except FileNotFoundError as exc:
         raise ProviderError(f"{argv[0]} is not installed") from exc
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise ProviderError(f"`{' '.join(argv)}` took over {timeout:.0f}s") from None
-    stdout, stderr = out.decode(errors="replace"), err.decode(errors="replace")
-    if check and proc.returncode != 0:
-        raise ProviderError(f"`{' '.join(argv)}` exited {proc.returncode}: {stderr.strip()[-500:]}")
-    return proc.returncode, stdout, stderr
+    except proc.CommandTimedOut:
+        raise ProviderError(f"{shown} took over {timeout:.0f}s") from None
+    except proc.CommandFailed as exc:
+        raise ProviderError(f"{shown} exited {exc.returncode}: "
+                            f"{exc.stderr_tail(500)}") from None
+    return (done.returncode, done.stdout.decode(errors="replace"),
+            done.stderr.decode(errors="replace"))
 
 
 # Children spawn() started in this process: only those are reaped by alive(), never a pid some

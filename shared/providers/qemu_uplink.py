@@ -20,10 +20,8 @@ clear error rather than sharing one.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import ipaddress
-import subprocess
 from pathlib import Path
 
 from shared.providers.base import ProviderError
@@ -99,14 +97,9 @@ async def set_blocked(namespace: str, blocked: bool) -> None:
 
 
 async def _restore(namespace: str, rules: str) -> None:
-    argv = ["ip", "netns", "exec", namespace, "iptables-restore"]
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    except FileNotFoundError as exc:
-        raise ProviderError("ip is not installed") from exc
-    _, err = await asyncio.wait_for(proc.communicate(rules.encode()), 30)
-    if proc.returncode != 0:
-        raise ProviderError(f"iptables-restore in {namespace} exited {proc.returncode}: "
-                            f"{err.decode(errors='replace').strip()[-300:]} (is iptables "
-                            "installed? deploy/lab/build-images.sh installs it)")
+    code, _, err = await run("ip", "netns", "exec", namespace, "iptables-restore",
+                             stdin=rules.encode(), check=False, timeout=30)
+    if code != 0:
+        raise ProviderError(f"iptables-restore in {namespace} exited {code}: "
+                            f"{err.strip()[-300:]} (is iptables installed? "
+                            "deploy/lab/build-images.sh installs it)")

@@ -10,10 +10,10 @@ import argparse
 import asyncio
 import json
 import os
-import subprocess
 import tempfile
 from pathlib import Path
 
+from shared import proc
 from shared.vmclient import VmClient
 
 # The steps the configuration script reports, in its order.
@@ -21,6 +21,7 @@ SCRIPT_STEPS = (
     "partition", "lvm", "filesystems", "mount", "unpack-archives", "database-dumps",
     "kernel", "initrd", "bootloader", "fstab", "network", "config-management", "first-boot",
 )
+SYNTAX_CHECK_S = 60.0
 
 
 async def run_migration_image(vm: VmClient, pause: float = 0.0) -> None:
@@ -39,11 +40,9 @@ async def _check_syntax(script: str) -> None:
     with tempfile.NamedTemporaryFile("w", suffix=".sh", delete=False) as handle:
         handle.write(script)
     try:
-        proc = await asyncio.create_subprocess_exec("bash", "-n", handle.name,
-                                                    stderr=subprocess.PIPE)
-        _, err = await proc.communicate()
-        if proc.returncode != 0:
-            raise RuntimeError(f"the rendered script does not parse: {err.decode()[:500]}")
+        done = await proc.run(["bash", "-n", handle.name], timeout=SYNTAX_CHECK_S, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"the rendered script does not parse: {done.stderr.decode()[:500]}")
     finally:
         os.unlink(handle.name)
 

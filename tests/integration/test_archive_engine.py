@@ -16,8 +16,9 @@ import pytest
 from services.archiver.archive import (
     ArchiveError, ArchiveResult, LocalTree, archive_path, compress_to_file,
 )
-from services.archiver.dumps import DatabaseSource, DumpError, dump_database, mariadb_command
+from services.archiver.dumps import dump_database
 from services.archiver.manifest import MANIFEST, verify_manifest, write_manifest
+from shared.databases import DatabaseSource, DumpError, engine
 from tests.conftest import eventually, free_port
 
 pytestmark = pytest.mark.integration
@@ -359,7 +360,7 @@ async def test_a_mariadb_password_reaches_the_client_by_environment_only(mariadb
             f" GRANT SELECT ON mysql.proc TO '{user}'@'127.0.0.1'")
     try:
         db = DatabaseSource("mariadb", mariadb_db, "127.0.0.1", 3306, user, password)
-        argv, env = mariadb_command(db)
+        argv, env = engine("mariadb").dump_command(db)
         assert not any(password in arg for arg in argv) and env["MYSQL_PWD"] == password
         assert password not in repr(db)
         result = await dump_database(db, tmp_path / "d.sql.zst")

@@ -23,9 +23,9 @@ from lab import legacy
 from lab.legacy import mounts, net, procs
 from lab.legacy.site import OWNER_RECORD
 from services.archiver.archive import ArchiveError
-from services.archiver.dumps import DumpError
 from services.archiver.handlers import _take_archives
 from services.archiver.ssh import SshTree
+from shared.databases import DumpError
 from shared.plan import ArchiveSpec, DatabaseSpec, Source, load_plan_file
 from shared.settings import Settings
 from tests.lab.conftest import lab_missing

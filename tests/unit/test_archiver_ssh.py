@@ -14,9 +14,8 @@ import pytest
 from services.archiver.archive import (
     ROOT_EXCLUDES, ROOT_FIRST, ArchiveError, PipelineError, archive_path, tar_create_argv,
 )
-from services.archiver.dumps import DatabaseSource, mariadb_dump_options
-from services.archiver.handlers import database_source
-from services.archiver.ssh import SshTree, remote_dump_script
+from services.archiver.ssh import SshTree
+from shared.databases import DatabaseSource, database_source, engine
 from shared.plan import DatabaseSpec, Source
 from shared.settings import Settings
 
@@ -28,6 +27,10 @@ def tree(**changes) -> SshTree:
                   known_hosts=Path("/state/ssh/known_hosts"))
     values.update(changes)
     return SshTree(**values)
+
+
+def remote_dump_script(db: DatabaseSource) -> tuple[str, bytes | None]:
+    return engine(db.engine).remote_dump_script(db)
 
 
 def remote_words(command: str) -> list[str]:
@@ -168,7 +171,7 @@ def test_the_remote_dump_script_hands_the_password_to_the_dump_only(tmp_path: Pa
                           check=True)
     lines = done.stdout.decode().splitlines()
     assert lines[0] == f"pwd={password}" and lines[1] == "host=unset"
-    assert lines[2:] == mariadb_dump_options(db)
+    assert lines[2:] == engine("mariadb").dump_options(db)
     assert "--protocol=SOCKET" in lines
 
 

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from shared import cutover_names as names
-from services.cutover.remote import Remote
 from services.cutover.scripts import forward_script
 from services.cutover.steps import GroupRunbook, Machine
+from shared import cutover_names as names
 from shared.plan import load_plan_file
 from shared.providers import qemu_uplink
 from shared.providers.fake import FakeProvider
 from shared.site_checks import run_checks
+from shared.ssh import Remote
 from tests.unit.test_plan import EXAMPLE, example, problems
 
 

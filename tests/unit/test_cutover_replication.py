@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from services.cutover import replication
-from services.cutover.remote import Remote
 from shared.plan import load_plan_file
+from shared.ssh import Remote
 from tests.unit.test_plan import EXAMPLE
 from tests.unit.test_render import shellcheck_binary
 
@@ -121,7 +121,7 @@ async def test_a_new_master_that_does_not_catch_up_fails_the_window_before_promo
 
 def test_the_tunnel_scripts_pass_shellcheck(tmp_path):
     scripts = {"key": replication.TUNNEL_KEY, "stop": replication.STOP_TUNNEL,
-               "tunnel": replication._tunnel_script("10.20.0.12"),
+               "tunnel": replication._tunnel_script("10.20.0.12", 3306),
                "allow": replication._allow_key_script('restrict ssh-ed25519 AAAA ferry-handoff')}
     for name, script in scripts.items():
         path = tmp_path / f"{name}.sh"

@@ -12,15 +12,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 
-# Broken on main by services.cutover -> services.archiver (remote, steps, replication) and
-# services.gateway.models -> services.cutover.names, which are being removed in parallel. Strict:
-# the day they are gone this test fails as XPASS, and the mark is to be deleted.
-UNTIL_THE_SERVICES_STOP_SHARING = pytest.mark.xfail(
-    strict=True, raises=AssertionError,
-    reason="the cutover still imports the archiver, and the gateway the cutover's names")
-
 CONTRACTS = [
-    pytest.param("services-independent", marks=UNTIL_THE_SERVICES_STOP_SHARING),
+    "services-independent",
     "handlers-without-drivers",
     "shared-below-services",
 ]

@@ -1,0 +1,59 @@
+"""Database engines behind one interface (design.md, "Database engines"): what differs between
+MariaDB and PostgreSQL lives in one module per engine, and every part that deals with databases
+(the archiver, the configurator's scripts, the gateway's master route, the cutover) asks
+`engine(name)` instead of comparing names.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Iterable
+
+from shared.databases.base import (
+    DatabaseSource, DumpError, Engine, Position, ReplicaStatus, Unsupported, database_source,
+)
+from shared.databases.mariadb import MariaDB
+from shared.databases.postgresql import PostgreSQL
+
+if TYPE_CHECKING:
+    from shared.plan import VM, Plan
+
+__all__ = [
+    "DEFAULT", "ENGINES", "DatabaseSource", "DumpError", "Engine", "Position", "ReplicaStatus",
+    "Unsupported", "database_source", "engine", "engine_of", "rebuild_engine", "titles",
+]
+
+ENGINES: dict[str, Engine] = {e.name: e for e in (MariaDB(), PostgreSQL())}
+# A database VM that names no database of its own (nor through its master) runs this one.
+DEFAULT: Engine = ENGINES[MariaDB.name]
+
+
+def engine(name: str) -> Engine:
+    """The engine a plan calls `name`."""
+    try:
+        return ENGINES[name]
+    except KeyError:
+        raise Unsupported(f"unknown engine {name!r}") from None
+
+
+def engine_of(vm: VM, plan: Plan | None = None) -> Engine:
+    """The engine of a VM's database server: its first database's; for a replica without
+    databases of its own, its master's (`plan` needed); else DEFAULT."""
+    if vm.databases:
+        return engine(vm.databases[0].engine)
+    if plan is not None and vm.replica_of:
+        return engine_of(plan.vm(vm.replica_of))
+    return DEFAULT
+
+
+def rebuild_engine(vm: VM, plan: Plan | None = None) -> Engine:
+    """The engine whose server a rebuilt database VM gets: its own where Ferryman can load
+    dumps into it, else DEFAULT (and the VM's dumps stay where they are, to be restored by
+    hand, which local.start says)."""
+    found = engine_of(vm, plan)
+    return found if found.restores else DEFAULT
+
+
+def titles(engines: Iterable[Engine]) -> str:
+    """ "MariaDB", "MariaDB and PostgreSQL": for messages saying what is supported."""
+    names = [e.title for e in engines]
+    return " and ".join(filter(None, [", ".join(names[:-1]), names[-1]])) if names else "none"

@@ -1,0 +1,202 @@
+"""SSH to the machines of a migration, legacy and new: the `ssh` command line, the wording of
+its failures, a shared connection per machine, and `Remote`, a machine that runs bash scripts.
+
+Why OpenSSH's `ssh` client and not asyncssh (which design.md names), on purpose: an archive is
+a process pipeline, `tar | zstd > file`, with no Python in the data path but the hashing of
+zstd's output. Over SSH it stays one: `ssh host 'tar ...' | zstd > file`, run by the same code
+as a local archive, with the same back-pressure, cancellation, atomic publication and
+exit-status handling; a database dump moves from one machine to another the same way. asyncssh
+would put every byte through Python objects and our own flow control. OpenSSH also brings what
+operators already rely on (their ssh_config's ProxyJump and ciphers, the known_hosts format,
+`ssh-keygen -R`) and is on every machine. The price is that failures come as exit status 255
+and a line of text, which `SshHost.explain_ssh` turns into "unreachable", "key refused" or
+"host key changed".
+
+Secrets never go into argv (world-readable in `ps` on both machines): they travel on ssh's
+stdin.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from shared import proc
+
+SSH = "ssh"
+CONNECT_TIMEOUT_S = 15
+SERVER_ALIVE_INTERVAL_S = 15
+CLOSE_TIMEOUT_S = 30.0
+TIMEOUT_S = 300.0  # a command on a Remote, unless its caller says otherwise
+# ssh's own failures (cannot connect, authentication, host key) exit 255; anything else is the
+# remote command's exit status, passed through.
+SSH_FAILED = 255
+
+_UNREACHABLE = ("Connection timed out", "No route to host", "Connection refused",
+                "Network is unreachable", "Could not resolve hostname",
+                "Name or service not known", "Temporary failure in name resolution",
+                "Connection closed by", "Connection reset by")
+_KEY_REFUSED = ("Permission denied", "Too many authentication failures", "Load key")
+_HOST_KEY = ("Host key verification failed", "REMOTE HOST IDENTIFICATION HAS CHANGED",
+             "host key for", "No ED25519 host key is known")
+
+
+class RemoteError(Exception):
+    """A command on a machine failed; the message says which machine, what, and why."""
+
+
+@dataclass(frozen=True)
+class SshHost:
+    """A host reached as `user` with only `key_file`, its host key checked against
+    `known_hosts` (a new host's key is accepted and recorded, a changed one refused)."""
+
+    host: str
+    port: int
+    user: str
+    key_file: Path
+    known_hosts: Path
+    # One SSH connection per machine, shared by every command and rsync (ControlMaster): a
+    # handshake with a VM under emulation costs a second or more, and a cutover's window has a
+    # dozen of them. None: every command connects on its own.
+    control_dir: Path | None = None
+
+    def ssh_argv(self, remote_command: str) -> list[str]:
+        """`ssh ... -- host 'remote_command'`; the remote login shell runs the command."""
+        return [
+            SSH,
+            *self._sharing(),
+            "-T",  # no terminal: a clean binary stream, and no escape character
+            "-o", "BatchMode=yes",  # never prompt (for a password or a passphrase)
+            "-o", "StrictHostKeyChecking=accept-new",
+            "-o", f"UserKnownHostsFile={_config_path(self.known_hosts)}",
+            "-o", f"ConnectTimeout={CONNECT_TIMEOUT_S}",
+            "-o", f"ServerAliveInterval={SERVER_ALIVE_INTERVAL_S}",
+            # Only this key: not whatever an agent offers first (a wrong key would read as
+            # "refused" after several tries, or lock the account on fail2ban'd hosts).
+            "-o", "IdentitiesOnly=yes",
+            "-o", f"IdentityFile={_config_path(self.key_file)}",
+            # No "Permanently added ... to the list of known hosts" in the stderr we report.
+            "-o", "LogLevel=ERROR",
+            "-p", str(self.port), "-l", self.user,
+            # "--": a host named "-oProxyCommand=..." is a host name, not an option.
+            "--", self.host, remote_command,
+        ]
+
+    def ssh_command(self) -> str:
+        """The `ssh` command line rsync's -e uses to reach this host (its options only)."""
+        argv = self.ssh_argv("")
+        return shlex.join(argv[:argv.index("--")])
+
+    def _sharing(self) -> list[str]:
+        if self.control_dir is None:
+            return []
+        return ["-o", "ControlMaster=auto", "-o", f"ControlPath={self.control_dir}/%C",
+                "-o", "ControlPersist=300"]
+
+    async def close(self) -> None:
+        """End the shared connection, if there is one (harmless if there is none)."""
+        if self.control_dir is None:
+            return
+        try:
+            await proc.run([SSH, *self._sharing(), "-O", "exit", "-p", str(self.port),
+                            "-l", self.user, "--", self.host],
+                           timeout=CLOSE_TIMEOUT_S, check=False)
+        except proc.CommandTimedOut:
+            pass  # the master goes by itself after ControlPersist's 300 s of idleness
+
+    def explain_ssh(self, tail: str) -> str:
+        """ssh's own failure (exit 255), by cause."""
+        where = f"{self.host} port {self.port}"
+        if any(mark in tail for mark in _HOST_KEY):
+            # ssh's banner of @ lines says it at length; its last two lines say it enough.
+            brief = " ".join(tail.splitlines()[-2:])
+            return (f"the SSH host key of {where} is not the one recorded in {self.known_hosts}"
+                    f" (a rebuilt host, or another machine at its address; if the change is"
+                    f" expected: ssh-keygen -R {_known_hosts_name(self.host, self.port)} -f"
+                    f" {self.known_hosts}): {brief}")
+        if any(mark in tail for mark in _KEY_REFUSED):
+            return f"{where} refused the SSH key {self.key_file} for user {self.user}: {tail}"
+        if any(mark in tail for mark in _UNREACHABLE):
+            return f"cannot reach {where} over SSH: {tail}"
+        return f"SSH to {self.user}@{where} failed: {tail or 'no message'}"
+
+
+@dataclass(frozen=True)
+class Remote:
+    """One machine that runs bash scripts over SSH: `label` says which in messages
+    ("legacy app1", "new app1").
+
+    A script runs with errexit, nounset and pipefail; its failure comes back as a RemoteError
+    naming the machine and the last lines of its stderr."""
+
+    label: str
+    host: str
+    port: int
+    user: str
+    key_file: Path
+    known_hosts: Path
+    control_dir: Path | None = None  # SshHost.control_dir: one shared connection
+
+    @property
+    def ssh(self) -> SshHost:
+        return SshHost(self.host, self.port, self.user, self.key_file, self.known_hosts,
+                       self.control_dir)
+
+    def argv(self, script: str) -> list[str]:
+        return self.ssh.ssh_argv(shlex.join(["bash", "-o", "errexit", "-o", "nounset",
+                                             "-o", "pipefail", "-c", script]))
+
+    def ssh_command(self) -> str:
+        """The `ssh` command line rsync's -e uses to reach this machine (its options only)."""
+        return self.ssh.ssh_command()
+
+    async def close(self) -> None:
+        """End the shared connection, if there is one (harmless if there is none)."""
+        await self.ssh.close()
+
+    async def run(self, script: str, *, what: str, timeout: float = TIMEOUT_S,
+                  stdin: bytes | None = None) -> str:
+        """Run `script`, with `stdin` as its input (SQL holding a password: never an argv);
+        its stdout, or RemoteError."""
+        try:
+            done = await proc.run(self.argv(script), timeout=timeout, stdin=stdin, what=what)
+        except proc.CommandTimedOut:
+            raise RemoteError(f"{what} on {self.label} did not finish in {timeout:.0f}s") from None
+        except proc.CommandFailed as exc:
+            raise RemoteError(self.explain(what, exc.returncode, exc.stderr)) from None
+        return done.stdout.decode(errors="replace")
+
+    def explain(self, what: str, code: int, stderr: bytes) -> str:
+        tail = proc.tail(stderr, 400)
+        if code == SSH_FAILED:
+            return f"{what}: cannot reach {self.label} ({self.host}) over SSH: {tail}"
+        return f"{what} on {self.label} exited {code}" + (f": {tail}" if tail else "")
+
+
+async def pipe(source: Remote, produce: str, sink: Remote, consume: str, *, what: str,
+               source_input: bytes | None = None, timeout: float = TIMEOUT_S) -> None:
+    """`produce` on one machine, its stdout into `consume` on another, through this machine in
+    one OS pipe (never through Python objects); both must succeed. `source_input` goes to
+    `produce`'s stdin (a password: never in an argv)."""
+    try:
+        first, second = await proc.pipe(source.argv(produce), sink.argv(consume),
+                                        timeout=timeout, stdin=source_input, what=what,
+                                        check=False)
+    except proc.CommandTimedOut:
+        raise RemoteError(f"{what} did not finish in {timeout:.0f}s") from None
+    if first.returncode != 0:
+        raise RemoteError(source.explain(what, first.returncode, first.stderr))
+    if second.returncode != 0:
+        raise RemoteError(sink.explain(what, second.returncode, second.stderr))
+
+
+def _config_path(path: Path) -> str:
+    """A path as an ssh -o value: ssh expands "%x" tokens and splits on blanks there."""
+    text = os.fspath(path).replace("%", "%%")
+    return f'"{text}"' if any(c.isspace() for c in text) else text
+
+
+def _known_hosts_name(host: str, port: int) -> str:
+    return host if port == 22 else f"[{host}]:{port}"

@@ -1,0 +1,80 @@
+"""A process's lifecycle (services/runtime.Host) against the real RabbitMQ and PostgreSQL: a
+start that fails half-way leaves nothing open; a stop stops every consumer's intake before it
+waits for the handlers in flight, and closes the provider the host made."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import socket
+import uuid
+
+import aio_pika
+import pytest
+
+from services.runtime import Host, router_of
+from shared import events as ev
+from shared.events import Envelope
+from tests.conftest import eventually
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_broker_and_db")]
+
+
+async def test_a_start_that_fails_half_way_closes_what_it_opened(settings):
+    """With the gateway's port taken, start fails after the pool, the broker connection, the
+    relay and a provider were opened: each is closed again, and the error is the port's."""
+    with socket.socket() as taken:
+        taken.bind((settings.gateway_host, settings.gateway_port))
+        taken.listen()
+        host = Host(settings.model_copy(update={"provider": "sim"}), ["creator"], gateway=True)
+        with pytest.raises(OSError, match="address already in use"):
+            await host.start()
+    assert host.pool is not None and host.pool._closed  # asyncpg's own flag
+    assert host.bus is not None and host.bus.connection.is_closed
+    assert host.relay is not None and host.relay._task.done()
+    assert host.provider is not None and host.provider._children == {}
+
+
+async def test_stop_takes_no_new_work_anywhere_before_waiting_for_work_in_flight(settings,
+                                                                                  monkeypatch):
+    """Two services each hold a message in flight when stop begins: both stop taking work
+    before either handler is let go, a message published then stays queued, and stop returns
+    once both handlers finished."""
+    started = {"archiver": asyncio.Event(), "creator": asyncio.Event()}
+    release = asyncio.Event()
+    finished: list[str] = []
+    for service, event_type in (("archiver", "group.submitted"), ("creator", "group.archived")):
+        subscriptions = router_of(service).subscriptions
+
+        async def slow(event, ctx, service=service):
+            started[service].set()
+            await release.wait()
+            finished.append(service)
+        monkeypatch.setitem(subscriptions, event_type,
+                            dataclasses.replace(subscriptions[event_type], handler=slow))
+    host = Host(settings, ["archiver", "creator"])
+    await host.start()
+    consumers = list(host.consumers)
+    group_id = uuid.uuid4()
+    await host.bus.publish(Envelope.new(ev.GroupSubmitted(group_name="a", vm_count=1),
+                                        group_id=group_id))
+    await host.bus.publish(Envelope.new(ev.GroupArchived(), group_id=group_id))
+    await asyncio.wait_for(asyncio.gather(*(e.wait() for e in started.values())), 20)
+    stopping = asyncio.create_task(host.stop(timeout=20))
+    await eventually(lambda: not any(c.taking_work() for c in consumers),
+                     what="every consumer to stop taking work")
+    assert finished == [] and not stopping.done()
+    await host.bus.publish(Envelope.new(ev.GroupSubmitted(group_name="b", vm_count=1),
+                                        group_id=group_id))
+    release.set()
+    await asyncio.wait_for(stopping, 30)
+    assert sorted(finished) == ["archiver", "creator"]
+    assert await queued(settings, host.bus.names.queue("archiver")) == 1
+
+
+async def queued(settings, queue: str) -> int:
+    connection = await aio_pika.connect(settings.amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        declared = await channel.declare_queue(queue, passive=True)
+        return declared.declaration_result.message_count

@@ -1,0 +1,64 @@
+"""The cutover's database step against recording machines: the engine's SQL on stdin, its
+restore command at the end of the dump's pipe, and an engine that cannot do the run's mode
+refused before the old master is touched."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from services.cutover import steps
+from services.cutover.steps import GroupRunbook, Machine, StepFailed
+from shared.plan import DatabaseSpec, load_plan_file
+from shared.providers.fake import FakeProvider
+from tests.unit.test_cutover_replication import Machine as Recorder
+from tests.unit.test_plan import EXAMPLE
+
+
+def runbook(tmp_path: Path, mode: str, engine: str = "mariadb"):
+    plan = load_plan_file(EXAMPLE)
+    legacy, new = Recorder("legacy db1", {}), Recorder("new db1", {})
+    db1 = plan.vm("db1")
+    db1 = db1.model_copy(update={"databases": [
+        DatabaseSpec(engine=engine, name=db.name) for db in db1.databases]})
+    machine = Machine(db1, uuid.uuid4(), str(db1.network.address.ip), new, legacy)
+    book = GroupRunbook(plan, [machine], FakeProvider(), None, tmp_path, database_mode=mode)
+    return book, legacy, new
+
+
+async def test_dump_and_restore_makes_the_master_read_only_then_pipes_into_the_restore(
+        tmp_path: Path, monkeypatch):
+    """MariaDB: read-only on by SQL on the client's stdin, each database's dump piped into
+    its restore command on the new master; the undo turns read-only off the same way."""
+    piped = []
+
+    async def pipe(source, produce, sink, consume, *, what, source_input=None, timeout=0):
+        piped.append((source.label, sink.label, consume))
+    monkeypatch.setattr(steps, "pipe", pipe)
+    book, legacy, new = runbook(tmp_path, "dump-and-restore")
+    await book.database()
+    assert [(what, script, stdin) for what, script, stdin in legacy.calls] == [
+        ("making the old master read-only", "mariadb", "SET GLOBAL read_only = ON;\n")]
+    assert piped == [("legacy db1", "new db1", "mariadb --database=shop")]
+    await book.database_undo()
+    assert legacy.calls[-1] == ("making the old master writable again", "mariadb",
+                                "SET GLOBAL read_only = OFF;\n")
+
+
+@pytest.mark.parametrize("mode, message", [
+    ("dump-and-restore", "shop: the window's dump-and-restore handles MariaDB only so far, "
+                         "not postgresql"),
+    ("replication", "shop: the replication hand-off handles MariaDB only so far"),
+])
+async def test_an_engine_that_cannot_do_the_mode_is_refused_before_anything_changes(
+        tmp_path: Path, mode: str, message: str):
+    """PostgreSQL (dumped only): the step fails with the mode's message without a command on
+    either machine, and its undo leaves the old master alone."""
+    book, legacy, new = runbook(tmp_path, mode, engine="postgresql")
+    with pytest.raises(StepFailed) as caught:
+        await book.database()
+    assert str(caught.value) == message
+    await book.database_undo()
+    assert legacy.calls == [] and new.calls == []
