@@ -20,6 +20,7 @@ from aiohttp import web
 
 from services.topology import SERVICES, router_of, topology
 from shared.bus import Bus, Consumer
+from shared.cutover_adapters import CutoverAdapters
 from shared.logging import configure_logging, get_logger
 from shared.metrics import start_metrics_server
 from shared.providers import make_provider
@@ -87,7 +88,8 @@ class Host:
         if self.provider is None and set(self.services) & USES_PROVIDER:
             self.provider = make_provider(s)
             close.push_async_callback(self.provider.close)
-        deps = Deps(store=store, settings=s, provider=self.provider, topology=self.bus.topology)
+        deps = Deps(store=store, settings=s, provider=self.provider, topology=self.bus.topology,
+                    cutover=CutoverAdapters.from_settings(s))
         if self.with_gateway:
             await self._start_gateway(deps)
         elif s.metrics_port:

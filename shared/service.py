@@ -21,6 +21,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Generic, TypeVar
 import structlog
 
 from shared import metrics
+from shared.cutover_adapters import CutoverAdapters
 from shared.events import Envelope, Payload
 from shared.logging import get_logger
 from shared.providers.base import Provider
@@ -41,8 +42,12 @@ class Deps:
     settings: Settings
     provider: Provider | None = None
     topology: Topology | None = None
-    # The cutover's adapters to the world (SSH to the machines, DNS, the prober).
-    cutover: Any = None
+    # The cutover's reach into the world: SSH to the machines, DNS, the prober.
+    cutover: CutoverAdapters | None = None
+
+    def __post_init__(self) -> None:
+        if self.cutover is None:
+            self.cutover = CutoverAdapters.from_settings(self.settings)
 
 
 class Context:

@@ -24,13 +24,12 @@ from services.cutover.runbook import Journal, Outcome, run_steps, undo_recorded
 from services.cutover.steps import GroupRunbook, Machine
 from shared import events as ev
 from shared import journey
-from shared.dns import DnsError, Rfc2136Driver, TsigKey
+from shared.dns import DnsError
 from shared.logging import get_logger
 from shared.plan import Plan, Role
 from shared.prober import Prober, ProbeReport
 from shared.providers.base import ProviderError
 from shared.service import Context, Router
-from shared.ssh import Remote
 from shared.states import GroupStatus, VmState
 from shared.store.cutover_runs import FINISHED, PENDING
 
@@ -75,7 +74,7 @@ async def run_cutover(request: ev.CutoverRequested, ctx: Context) -> None:
             await runbook.close()
         await _finish(ctx, run_id, request.prepare, outcome, None)
         return
-    prober = None if request.prepare else _prober(plan, runbook)
+    prober = None if request.prepare else _prober(ctx, plan, runbook)
     probing = asyncio.create_task(prober.run()) if prober else None
     try:
         outcome = await run_steps(steps, journal)
@@ -146,7 +145,7 @@ async def _runbook(ctx: Context, group_id: uuid.UUID, plan: Plan,
 
 async def _assemble(ctx: Context, group_id: uuid.UUID, plan: Plan, request: ev.CutoverRequested,
                     staging: Path, new_known_hosts: Path, control: Path) -> GroupRunbook:
-    settings = ctx.settings
+    reach = ctx.deps.cutover
     async with ctx.store.session() as db:
         members = {vm.name: vm for vm in await db.vms.of_group(group_id)}
     machines = []
@@ -163,21 +162,15 @@ async def _assemble(ctx: Context, group_id: uuid.UUID, plan: Plan, request: ev.C
         source = planned.source
         legacy = None
         if source is not None and source.kind == "ssh":
-            legacy = Remote(f"legacy {vm.name}", source.host, source.port, source.user,
-                            settings.ssh_identity if source.key_file is None
-                            else Path(source.key_file).expanduser(),
-                            settings.ssh_known_hosts, control)
-        new = Remote(f"new {vm.name}", found[0], 22, "root", settings.ssh_identity,
-                     new_known_hosts, control)
+            legacy = reach.legacy(f"legacy {vm.name}", source, control)
+        new = reach.new_vm(f"new {vm.name}", found[0], new_known_hosts, control)
         machines.append(Machine(planned, vm.id, found[0], new, legacy))
     dns = None
     if plan.cutover.dns is not None:
         try:
-            key = TsigKey.from_file(settings.tsig_key_file)
+            dns = reach.zone(plan.cutover.dns)
         except DnsError as exc:
             raise CannotStart(f"DNS: {exc} (set FERRY_DNS_KEY_FILE)") from None
-        dns = Rfc2136Driver(plan.cutover.dns.host, plan.cutover.dns.zone, key,
-                            port=plan.cutover.dns.port)
     return GroupRunbook(plan, machines, ctx.provider, dns, staging / "staging",
                         request.rehearse_failure_at, control_dir=control,
                         database_mode=request.database_mode)
@@ -185,7 +178,7 @@ async def _assemble(ctx: Context, group_id: uuid.UUID, plan: Plan, request: ev.C
 
 # --- the prober ------------------------------------------------------------------------------
 
-def _prober(plan: Plan, runbook: GroupRunbook) -> Prober | None:
+def _prober(ctx: Context, plan: Plan, runbook: GroupRunbook) -> Prober | None:
     """A prober for the site's name: the first DNS record pointing at an app VM."""
     dns = plan.cutover.dns
     if dns is None:
@@ -200,7 +193,7 @@ def _prober(plan: Plan, runbook: GroupRunbook) -> Prober | None:
 
     def side(address: str) -> str | None:
         return "old" if address in old else "new" if address in new else None
-    return Prober(name, dns.host, dns.port, path=path, side_of_address=side)
+    return ctx.deps.cutover.prober(name, dns.host, dns.port, path=path, side_of_address=side)
 
 
 async def _stop_probing(prober: Prober | None, probing: asyncio.Task | None,

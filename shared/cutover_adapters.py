@@ -1,0 +1,45 @@
+"""What the cutover reaches the world with: SSH to the legacy hosts and the new VMs, DNS
+updates of the site's zone, and the prober that measures the downtime from outside. The host
+makes them from the settings (services/runtime.py); the cutover's handler only uses them, and a
+test may hand in its own."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from shared.dns import DnsDriver, Rfc2136Driver, TsigKey
+from shared.plan import DnsSettings, Source
+from shared.prober import Prober
+from shared.settings import Settings
+from shared.ssh import Remote
+
+
+@dataclass(frozen=True)
+class CutoverAdapters:
+    ssh_identity: Path  # the migration service's key, on the legacy hosts and the new VMs
+    legacy_known_hosts: Path  # the legacy hosts' keys, as the archiver recorded them
+    tsig_key_file: Path  # signs the zone's updates
+    remote: Callable[..., Remote] = Remote
+    prober: Callable[..., Prober] = Prober
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> CutoverAdapters:
+        return cls(settings.ssh_identity, settings.ssh_known_hosts, settings.tsig_key_file)
+
+    def legacy(self, label: str, source: Source, control_dir: Path) -> Remote:
+        """A legacy host, reached as the archiver reached it."""
+        key = self.ssh_identity if source.key_file is None else Path(source.key_file).expanduser()
+        return self.remote(label, source.host, source.port, source.user, key,
+                           self.legacy_known_hosts, control_dir)
+
+    def new_vm(self, label: str, address: str, known_hosts: Path, control_dir: Path) -> Remote:
+        """A new VM, as root with the migration service's key (its root archive brought it)."""
+        return self.remote(label, address, 22, "root", self.ssh_identity, known_hosts,
+                           control_dir)
+
+    def zone(self, dns: DnsSettings) -> DnsDriver:
+        """The zone's updater; DnsError when the TSIG key cannot be read."""
+        return Rfc2136Driver(dns.host, dns.zone, TsigKey.from_file(self.tsig_key_file),
+                             port=dns.port)
