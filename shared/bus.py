@@ -153,6 +153,12 @@ class Consumer:
         self._queue = await self._channel.get_queue(self.bus.names.queue(self.service))
         self._tag = await self._queue.consume(self._on_message)
 
+    @property
+    def taking_work(self) -> bool:
+        """Whether the broker may still hand this consumer messages (False once stop() has
+        had its cancel confirmed)."""
+        return self._tag is not None
+
     async def stop(self, timeout: float = 30.0) -> None:
         """Stop taking work, let in-flight handlers finish (or time out), close the channel."""
         if self._queue and self._tag:
