@@ -544,3 +544,20 @@ def test_the_operator_token_file_is_made_readable_by_its_owner_only(tmp_path, mo
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert path.read_text().strip() == token and len(token) >= 32
     assert operator_token(settings) == token
+
+
+async def test_the_gateway_stops_cleanly_while_the_broker_is_away(settings):
+    """A gateway stopped while the broker is away (its channels closed, reconnecting) still
+    stops: the live feed has nothing to cancel, and says so in the log instead of raising.
+    (A service's consumer is not covered: its cancel waits for the broker to come back.)"""
+    mq = urlparse(settings.amqp_url)
+    broker = TcpProxy(mq.hostname, mq.port)
+    await broker.start()
+    host = Host(settings.model_copy(update={"amqp_url": broker.url(settings.amqp_url)}), [],
+                gateway=True)
+    await host.start()
+    try:
+        await broker.cut()
+        await asyncio.wait_for(host.stop(), 30)
+    finally:
+        await broker.cut()
