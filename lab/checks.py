@@ -159,18 +159,43 @@ def _sql(query: str) -> str:
     return f"mariadb -N -B -e {shlex.quote(query)}"
 
 
-async def database_rows(shell: VmShell, vm: VM, legacy_run: LegacyRun, master: str) -> str:
-    """The VM holds the legacy master's rows of every table of the database."""
-    tables = (await legacy_run(master, ["mariadb", "-N", "-B", "-e", "SHOW TABLES", "shop"])).split()
-    counts = []
-    for table in tables:
-        query = f"SELECT COUNT(*) FROM shop.{table}"
-        old = (await legacy_run(master, ["mariadb", "-N", "-B", "-e", query])).strip()
-        new = (await shell.run(_sql(query))).strip()
-        if old != new:
-            raise CheckFailed(f"shop.{table}: {new} rows, the legacy master has {old}")
-        counts.append(f"{table} {new}")
-    return "shop: " + ", ".join(counts)
+def table_digest_command(database: str, table: str, columns: int) -> str:
+    """A bash command that prints the sha256 of a table's rows, in a fixed order (by every
+    column) as the client prints them (tab-separated, binary escaped), then its row count."""
+    order = ", ".join(str(n) for n in range(1, columns + 1))
+    rows = _sql(f"SELECT * FROM `{database}`.`{table}` ORDER BY {order}")
+    count = _sql(f"SELECT COUNT(*) FROM `{database}`.`{table}`")
+    return f"set -o pipefail; {rows} | sha256sum | cut -d' ' -f1; {count}"
+
+
+async def database_rows(shell: VmShell, legacy_run: LegacyRun, master: str,
+                        databases: list[str]) -> str:
+    """The VM holds the legacy master's rows of every table of each database, row for row:
+    the same tables, and per table the same sha256 of its ordered rows (and so the same
+    count) on both sides."""
+    found = []
+    for database in databases:
+        tables = (await legacy_run(master, ["mariadb", "-N", "-B", "-e",
+                                            f"SHOW TABLES FROM `{database}`"])).split()
+        new_tables = (await shell.run(_sql(f"SHOW TABLES FROM `{database}`"))).split()
+        if sorted(new_tables) != sorted(tables):
+            raise CheckFailed(f"{database}: tables {sorted(new_tables)}, the legacy master has "
+                              f"{sorted(tables)}")
+        counts = []
+        for table in tables:
+            columns = int(await legacy_run(master, ["mariadb", "-N", "-B", "-e",
+                "SELECT COUNT(*) FROM information_schema.COLUMNS"
+                f" WHERE TABLE_SCHEMA = '{database}' AND TABLE_NAME = '{table}'"]))
+            command = table_digest_command(database, table, columns)
+            old = (await legacy_run(master, ["bash", "-c", command])).split()
+            new = (await shell.run(command)).split()
+            if new != old:
+                raise CheckFailed(f"{database}.{table}: rows differ from the legacy master's "
+                                  f"({new[1]} rows, sha256 {new[0][:12]}; the legacy master: "
+                                  f"{old[1]} rows, sha256 {old[0][:12]})")
+            counts.append(f"{table} {new[1]} rows")
+        found.append(f"{database}: {', '.join(counts)}, each table's rows identical (sha256)")
+    return "; ".join(found)
 
 
 async def replication(master: VmShell, replica: VmShell) -> str:
@@ -235,8 +260,10 @@ async def check_group(plan: Plan, namespace: str, identity: Path, legacy_run: Le
         await record(vm.name, "data tree", data_tree(shell, vm, legacy_run))
         master = vm.name if vm.role == Role.DB_MASTER else vm.replica_of
         if master:
-            await record(vm.name, "database rows", database_rows(shell, vm, legacy_run, master))
-    # Last: it writes a row on the master, which the row counts above must not see.
+            databases = [db.name for db in plan.vm(master).databases if db.engine == "mariadb"]
+            await record(vm.name, "database rows",
+                         database_rows(shell, legacy_run, master, databases))
+    # Last: it writes a row on the master, which the row checks above must not see.
     for vm in plan.vms:
         if vm.role == Role.DB_REPLICA and vm.replica_of:
             await record(vm.name, "replication",

@@ -158,6 +158,12 @@ class Consumer:
         self._queue = await self._channel.get_queue(self.bus.names.queue(self.service))
         self._tag = await self._queue.consume(self._on_message)
 
+    @property
+    def taking_work(self) -> bool:
+        """Whether the broker may still hand this consumer messages (False once stop() has
+        had its cancel confirmed)."""
+        return self._tag is not None
+
     async def stop(self, timeout: float = 30.0) -> None:
         """Stop taking work, let in-flight handlers finish (or time out), close the channel.
         (A host with several consumers does these steps for all of them together.)"""
@@ -240,10 +246,21 @@ class Consumer:
         await message.ack()
 
 
+class BrokerUnavailable(ConnectionError):
+    """The broker cannot be reached just now (the connection is down and reconnecting)."""
+
+
+async def _channel(bus: Bus) -> AbstractChannel:
+    assert bus.connection
+    try:
+        return await bus.connection.channel()
+    except RuntimeError as exc:  # aiormq's "<Connection ...> closed" while it reconnects
+        raise BrokerUnavailable(f"the broker is unavailable: {exc}") from None
+
+
 async def dead_letters(bus: Bus, service: str, limit: int = 100) -> list[dict]:
     """Read the dead letters of a service without removing them."""
-    assert bus.connection
-    channel = await bus.connection.channel()
+    channel = await _channel(bus)
     try:
         queue = await channel.get_queue(bus.names.dead_letters(service))
         found = []
@@ -260,8 +277,7 @@ async def dead_letters(bus: Bus, service: str, limit: int = 100) -> list[dict]:
 
 async def replay_dead_letters(bus: Bus, service: str, event_id: str | None = None) -> int:
     """Move dead letters (all, or the one with `event_id`) back to the service's queue."""
-    assert bus.connection
-    channel = await bus.connection.channel()
+    channel = await _channel(bus)
     moved = 0
     try:
         queue = await channel.get_queue(bus.names.dead_letters(service))

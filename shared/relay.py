@@ -48,9 +48,13 @@ class OutboxRelay:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         if self._listener_conn:
-            await self._listener_conn.remove_listener(self.channel, self._on_notify)
-            await self.pool.release(self._listener_conn)
-            self._listener_conn = None
+            conn, self._listener_conn = self._listener_conn, None
+            try:
+                await conn.remove_listener(self.channel, self._on_notify)
+                await self.pool.release(conn)
+            except (asyncpg.InterfaceError, asyncpg.PostgresError, OSError) as exc:
+                # The database went away while the relay ran: that connection is gone already.
+                log.warning("outbox relay: its listening connection was lost", error=str(exc))
 
     def abandon(self) -> None:
         """Stop at once (a kill): what was not published stays in the outbox for the next relay."""

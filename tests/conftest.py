@@ -16,6 +16,7 @@ import pytest
 
 from shared.settings import Settings
 from services.reset import remove_everything
+from tests.ci_skips import pytest_runtest_makereport  # noqa: F401 - CI=true: no skip passes
 
 OPERATOR_TOKEN = "test-operator-token"
 

@@ -10,7 +10,8 @@ ensure_browser
 if [[ $(id -u) -eq 0 ]]; then
     ensure_lab
 else
-    say "not root: the lab tests (real VMs) will be skipped"
+    say "not root: the lab tests (real VMs) will be skipped (with CI=true: fail)"
 fi
 cd "$REPO"
-exec "$VENV/bin/pytest" -q -p no:cacheprovider "$@"
+# -rs: every skipped test is listed with its reason.
+exec "$VENV/bin/pytest" -q -rs -p no:cacheprovider "$@"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from aio_pika.abc import AbstractIncomingMessage
+from aio_pika.exceptions import AMQPConnectionError, ChannelInvalidStateError
 from aiohttp import web
 from pydantic import ValidationError
 
@@ -61,7 +62,11 @@ class LiveFeed:
 
     async def stop_taking_work(self) -> None:
         if self._queue and self._tag:
-            await self._queue.cancel(self._tag)
+            try:
+                await self._queue.cancel(self._tag)
+            except (ChannelInvalidStateError, AMQPConnectionError) as exc:
+                # The broker went away and the channel is not back yet: nothing to cancel.
+                log.warning("live feed: its channel was closed at stop", error=str(exc))
             self._tag = None
 
     def in_flight(self) -> list[asyncio.Task]:

@@ -24,8 +24,9 @@ def chaos_dir():
 
 @pytest.fixture
 def private_postgres(chaos_dir):
-    if not (PG_BIN / "initdb").exists():
-        pytest.skip(f"no PostgreSQL 15 server binaries in {PG_BIN}")
+    if PG_BIN is None:
+        pytest.skip("no PostgreSQL server binaries in /usr/lib/postgresql/*/bin "
+                    "(apt-get install postgresql)")
     pg = PrivatePostgres(chaos_dir / "pg")
     try:
         pg.init()

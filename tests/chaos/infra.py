@@ -18,7 +18,16 @@ import subprocess
 import time
 from pathlib import Path
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+def installed_postgres(root: Path = Path("/usr/lib/postgresql")) -> Path | None:
+    """The bin folder of the newest PostgreSQL server installed from Debian's packages
+    (/usr/lib/postgresql/<major>/bin with an initdb), or None."""
+    found = [(int(folder.name), folder / "bin") for folder in root.glob("*")
+             if folder.name.isdigit() and (folder / "bin" / "initdb").exists()]
+    return max(found)[1] if found else None
+
+
+PG_BIN = installed_postgres()
 RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
 
 
@@ -40,7 +49,7 @@ def _wait_port(port: int, timeout: float, what: str) -> None:
 
 
 class PrivatePostgres:
-    """A PostgreSQL 15 cluster in `folder`, on `port`, trust authentication, loopback only.
+    """A PostgreSQL cluster (the installed server, PG_BIN) in `folder`, on `port`, trust authentication, loopback only.
 
     initdb refuses to run as root, so as root the cluster belongs to the `postgres` OS user
     and every pg_ctl call runs as that user (runuser)."""

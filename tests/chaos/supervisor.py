@@ -11,12 +11,24 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 REPO = Path(__file__).resolve().parents[2]
 
 # Every process of a running Ferryman: the six services and the gateway.
 PROCESSES = ("archiver", "creator", "configurator", "provisioner", "coordinator", "cutover",
              "gateway")
+
+
+@dataclass
+class Kill:
+    """One kill -9 of a running process, and the process started in its place."""
+
+    name: str
+    pid: int
+    at: float  # time.monotonic()
+    restarted_pid: int | None = None
+    restarted_at: float | None = None
 
 
 @dataclass
@@ -30,14 +42,25 @@ class Managed:
     crashes: int = 0
     exit_codes: list[int] = field(default_factory=list)
     restart_at: float | None = None
+    last_kill: Kill | None = None  # until the process started in its place runs
+
+
+def service_argv(name: str) -> list[str]:
+    return [sys.executable, "-m", f"services.{name}"]
 
 
 class Supervisor:
-    def __init__(self, env: dict[str, str], log_dir: Path, restart_delay: float = 1.0):
+    def __init__(self, env: dict[str, str], log_dir: Path, restart_delay: float = 1.0,
+                 processes: tuple[str, ...] = PROCESSES,
+                 argv: Callable[[str], list[str]] = service_argv):
         self.env = env
         self.log_dir = log_dir
         self.restart_delay = restart_delay
-        self.procs = {name: Managed(name) for name in PROCESSES}
+        self.argv = argv
+        self.procs = {name: Managed(name) for name in processes}
+        # Every kill of a running process, in order (a kill attempted while the process was
+        # not running is not one), each with the process that replaced it.
+        self.killed: list[Kill] = []
         log_dir.mkdir(parents=True, exist_ok=True)
 
     def start(self, name: str) -> None:
@@ -45,26 +68,36 @@ class Supervisor:
         log = open(self.log_dir / f"{name}.log", "ab")
         try:
             managed.process = subprocess.Popen(
-                [sys.executable, "-m", f"services.{name}"], cwd=REPO, env=self.env,
+                self.argv(name), cwd=REPO, env=self.env,
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         finally:
             log.close()
         managed.starts += 1
         managed.restart_at = None
+        if managed.last_kill is not None:
+            managed.last_kill.restarted_pid = managed.process.pid
+            managed.last_kill.restarted_at = time.monotonic()
+            managed.last_kill = None
 
     def start_all(self) -> None:
-        for name in PROCESSES:
+        for name in self.procs:
             self.start(name)
 
     def kill(self, name: str) -> int | None:
-        """kill -9 the process (if it runs); it is started again by `tend` after the delay."""
+        """kill -9 the process if it runs (its pid), else None and nothing is recorded; it is
+        started again by `tend` after the delay."""
         managed = self.procs[name]
         proc = managed.process
         if proc is None or proc.poll() is not None:
             return None
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
+        if proc.returncode != -signal.SIGKILL:
+            # It exited by itself just before the signal: not a kill (tend counts the crash).
+            return None
         managed.kills += 1
+        managed.last_kill = Kill(name, proc.pid, time.monotonic())
+        self.killed.append(managed.last_kill)
         managed.exit_codes.append(proc.returncode)
         managed.process = None
         managed.restart_at = time.monotonic() + self.restart_delay

@@ -81,7 +81,8 @@ async def test_a_poison_message_goes_straight_to_the_dead_letters(bus):
 
 
 async def test_graceful_stop_lets_the_handler_in_flight_finish_and_ack(bus, settings):
-    """stop() stops taking messages but waits for the one being handled, which is acked."""
+    """stop() stops taking messages (its cancel confirmed by the broker, a message sent then
+    stays queued) but waits for the one being handled, which is acked."""
     started, release = asyncio.Event(), asyncio.Event()
     finished = []
 
@@ -90,18 +91,22 @@ async def test_graceful_stop_lets_the_handler_in_flight_finish_and_ack(bus, sett
         await release.wait()
         finished.append(event.id)
 
+    queue_name = bus.names.queue("configurator")
     consumer = Consumer(bus, "configurator", handler)
     await consumer.start()
     event = Envelope.new(GroupSubmitted(group_name="x", vm_count=1), group_id=uuid.uuid4())
-    await bus.send_to_queue(bus.names.queue("configurator"), event.model_dump_json().encode(), {})
+    await bus.send_to_queue(queue_name, event.model_dump_json().encode(), {})
     await asyncio.wait_for(started.wait(), 10)
     stopping = asyncio.create_task(consumer.stop(timeout=10))
-    await asyncio.sleep(0)
-    assert not stopping.done()
+    await eventually(lambda: not consumer.taking_work, what="the broker to confirm the cancel")
+    assert not stopping.done()  # intake stopped; it still waits for the handler in flight
+    later = Envelope.new(GroupSubmitted(group_name="y", vm_count=1), group_id=uuid.uuid4())
+    await bus.send_to_queue(queue_name, later.model_dump_json().encode(), {})
     release.set()
-    await stopping
+    await asyncio.wait_for(stopping, 10)
     assert finished == [event.id]
+    # The one in flight was acked; the one sent after the cancel was never taken.
     channel = await bus.connection.channel()
-    queue = await channel.declare_queue(bus.names.queue("configurator"), passive=True)
-    assert queue.declaration_result.message_count == 0
+    queue = await channel.declare_queue(queue_name, passive=True)
+    assert queue.declaration_result.message_count == 1
     await channel.close()

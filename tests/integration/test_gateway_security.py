@@ -7,22 +7,31 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
+import os
 import shutil
 import ssl
+import stat
 import subprocess
 import time
 import uuid
+import warnings
+from urllib.parse import urlparse
 
 import aiohttp
 import pytest
+from structlog.testing import capture_logs
 
 from cli.client import Gateway
 from services.gateway.api import api
 from services.gateway.app import build_app  # noqa: F401 - registers every route
+from services.gateway.app import operator_token, ssl_context
 from services.runtime import Host
 from shared.providers.base import BootSource
+from shared.settings import Settings
 from tests.conftest import OPERATOR_TOKEN, eventually
 from tests.integration.harness import THREE_VMS, Ferry, start_ferry
+from tests.integration.tcp_proxy import TcpProxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_broker_and_db")]
 
@@ -115,6 +124,63 @@ async def test_a_vm_token_dies_when_its_vm_is_live(ferry: Ferry):
         async with http.post(f"/v1/vms/{vm_id}/messages", headers=headers,
                              json={"level": "info", "text": "still here"}) as answer:
             assert answer.status == 401
+
+
+async def test_a_retry_revokes_the_tokens_the_vm_was_booted_with_before(ferry: Ferry):
+    """A failed VM retried is booted again with a new token: the token of its earlier boot
+    now gets 401 on every VM route it opened before, the new one is answered."""
+    ids = await booted_group(ferry)
+    vm_id = ids["app1"]
+    old = ferry.token(vm_id)
+    async with aiohttp.ClientSession(ferry.settings.gateway_url) as http:
+        async with http.get(f"/v1/vms/{vm_id}/script", headers=bearer(old)) as answer:
+            assert answer.status == 200
+        async with http.post(f"/v1/vms/{vm_id}/state", headers=bearer(old),
+                             json={"state": "failed", "step": "lvm", "message": "no space"}) as answer:
+            assert answer.status == 200, await answer.text()
+        await ferry.wait_group(ids_group := (await ferry.pool.fetchval(
+            "SELECT group_id FROM vms WHERE id = $1", vm_id)), "halted")
+        async with ferry.operator.post(f"/v1/vms/{vm_id}/retry") as answer:
+            assert answer.status == 200, await answer.text()
+        async with ferry.operator.post(f"/v1/groups/{ids_group}/resume") as answer:
+            assert answer.status == 200, await answer.text()
+        await ferry.wait_booted(vm_id, BootSource.NETWORK, count=2)
+        new = ferry.token(vm_id)
+        assert new != old
+        for method, path, body in (("GET", f"/v1/vms/{vm_id}/script", None),
+                                   ("POST", f"/v1/vms/{vm_id}/messages",
+                                    {"level": "info", "text": "from the old boot"}),
+                                   ("POST", f"/v1/vms/{vm_id}/state",
+                                    {"state": "configured", "step": "done"})):
+            async with http.request(method, path, headers=bearer(old), json=body) as answer:
+                assert answer.status == 401, (method, path, await answer.text())
+        async with http.get(f"/v1/boot/{vm_id}", params={"token": old}) as answer:
+            assert answer.status == 401
+        async with http.get(f"/v1/vms/{vm_id}/script", headers=bearer(new)) as answer:
+            assert answer.status == 200
+    assert await ferry.state(vm_id) == "configuring"
+    assert await ferry.pool.fetchval(
+        "SELECT count(*) FROM vm_messages WHERE vm_id = $1 AND text = 'from the old boot'",
+        vm_id) == 0
+
+
+async def test_the_replication_password_is_handed_to_the_groups_database_vms_only(ferry: Ferry):
+    """GET /v1/vms/{vm}/replication with the VM's own token: the master and the replica get
+    the group's password, the app server is refused (403) and learns nothing of it."""
+    ids = await booted_group(ferry)
+    password = await ferry.pool.fetchval(
+        "SELECT g.replication_password FROM groups g JOIN vms v ON v.group_id = g.id"
+        " WHERE v.id = $1", ids["app1"])
+    async with aiohttp.ClientSession(ferry.settings.gateway_url) as http:
+        for name in ("db1", "db2"):
+            async with http.get(f"/v1/vms/{ids[name]}/replication",
+                                headers=bearer(ferry.token(ids[name]))) as answer:
+                assert answer.status == 200
+                assert (await answer.json())["password"] == password
+        async with http.get(f"/v1/vms/{ids['app1']}/replication",
+                            headers=bearer(ferry.token(ids["app1"]))) as answer:
+            assert answer.status == 403
+            assert password not in await answer.text()
 
 
 async def test_every_operator_route_refuses_without_the_operator_token(ferry: Ferry):
@@ -276,6 +342,8 @@ async def test_the_gateway_serves_https_with_a_configured_certificate(settings, 
             with pytest.raises(aiohttp.ClientError):
                 async with http.get("/openapi.json") as answer:
                     await answer.read()
+        with pytest.raises(ValueError, match="go together"):  # one of the two alone
+            ssl_context(settings.model_copy(update={"gateway_tls_cert": cert}))
         cli = Gateway.from_settings(secure)
         assert cli.url == base
         groups = await asyncio.to_thread(cli.call, "GET", "/v1/groups")
@@ -318,3 +386,178 @@ async def test_text_that_cannot_be_stored_is_refused_with_its_location(ferry: Fe
     assert await ferry.pool.fetchval("SELECT count(*) FROM groups") == 1
     assert await ferry.pool.fetchval("SELECT count(*) FROM vm_messages") == 0
     assert await ferry.state(vm_id) == "configuring"
+
+
+async def test_the_store_or_the_broker_away_is_answered_503_with_retry_after(settings):
+    """The gateway reaches PostgreSQL and RabbitMQ through relays the test cuts: while the
+    store is away a VM's and an operator's request get 503 with Retry-After: 5, as do the
+    routes that need the broker while it is away (each time, not only the first); once they
+    are back the same requests are answered."""
+    db, mq = urlparse(settings.database_url), urlparse(settings.amqp_url)
+    store, broker = TcpProxy(db.hostname, db.port), TcpProxy(mq.hostname, mq.port)
+    await store.start()
+    await broker.start()
+    relayed = settings.model_copy(update={"database_url": store.url(settings.database_url),
+                                          "amqp_url": broker.url(settings.amqp_url)})
+    host = Host(relayed, [], gateway=True)
+    await host.start()
+    try:
+        async with aiohttp.ClientSession(relayed.gateway_url,
+                                         timeout=aiohttp.ClientTimeout(total=20)) as http:
+            vm_route = f"/v1/vms/{uuid.uuid4()}/script"
+            for path, status in (("/v1/groups", 200), (vm_route, 401),
+                                 ("/v1/dead-letters/archiver", 200)):
+                async with http.get(path, headers=bearer(
+                        "vm-token" if path == vm_route else OPERATOR_TOKEN)) as answer:
+                    assert answer.status == status, (path, await answer.text())
+
+            async def unavailable(path: str, token: str) -> None:
+                for _ in range(3):
+                    async with http.get(path, headers=bearer(token)) as answer:
+                        assert answer.status == 503, (path, await answer.text())
+                        assert answer.headers["Retry-After"] == "5"
+                        assert "unavailable" in (await answer.json())["error"]
+
+            await store.cut()
+            await unavailable("/v1/groups", OPERATOR_TOKEN)
+            await unavailable(vm_route, "vm-token")
+            await store.restore()
+            await broker.cut()
+            await unavailable("/v1/dead-letters/archiver", OPERATOR_TOKEN)
+            await broker.restore()
+
+            async def answered(path: str) -> bool:
+                async with http.get(path, headers=bearer(OPERATOR_TOKEN)) as answer:
+                    return answer.status == 200
+            await eventually(lambda: answered("/v1/groups"), what="the store back")
+            await eventually(lambda: answered("/v1/dead-letters/archiver"), timeout=30,
+                             what="the broker back")
+    finally:
+        # Back first, whatever failed: a graceful stop needs the broker to cancel consumers.
+        await store.restore()
+        await broker.restore()
+        await host.stop()
+        await store.cut()
+        await broker.cut()
+
+
+async def test_an_unexpected_failure_is_a_500_that_reveals_nothing(ferry: Ferry):
+    """A failure nobody planned for (here the store's cutover_runs table gone) answers 500
+    with a fixed text: no traceback, no SQL, no table, no file path; the cause goes to the
+    gateway's log."""
+    await ferry.submit(THREE_VMS.format(group="shop"))
+    await ferry.pool.execute("ALTER TABLE cutover_runs RENAME TO cutover_runs_gone")
+    try:
+        with capture_logs() as logs:
+            async with ferry.operator.get("/v1/groups/shop/cutover") as answer:
+                status, body = answer.status, await answer.text()
+    finally:
+        await ferry.pool.execute("ALTER TABLE cutover_runs_gone RENAME TO cutover_runs")
+    assert status == 500
+    assert json.loads(body) == {"error": "internal error; see the gateway log", "problems": []}
+    for revealing in ("Traceback", "cutover_runs", "SELECT", "relation", ".py", "/"):
+        assert revealing not in json.loads(body)["error"], revealing
+    logged = [entry for entry in logs if entry.get("event") == "request failed"]
+    assert logged and logged[0]["path"] == "/v1/groups/shop/cutover"
+    assert logged[0].get("exc_info"), logged[0]
+
+
+async def test_a_long_poll_is_answered_at_the_cap(settings, operator):
+    """?wait= longer than FERRY_GATEWAY_LONG_POLL_MAX_S: the replica's long poll on a master
+    that is not complete is answered at the cap, with the status as it stands."""
+    capped = settings.model_copy(update={"gateway_long_poll_max_s": 1.0})
+    ferry = await start_ferry(capped, operator)
+    try:
+        group_id = await ferry.submit(THREE_VMS.format(group="shop"))
+        db2 = (await ferry.vm_ids(group_id))["db2"]
+        await ferry.wait_booted(db2, BootSource.NETWORK)
+        async with aiohttp.ClientSession(capped.gateway_url,
+                                         timeout=aiohttp.ClientTimeout(total=15)) as http:
+            started = time.monotonic()
+            async with http.get(f"/v1/vms/{db2}/master", params={"wait": "30"},
+                                headers=bearer(ferry.token(db2))) as answer:
+                assert answer.status == 200
+                status = await answer.json()
+            took = time.monotonic() - started
+        assert status["complete"] is False and status["master"] == "db1"
+        assert 1.0 <= took < 5.0, took
+    finally:
+        await ferry.host.stop()
+
+
+async def test_a_tls_1_1_client_is_refused(settings, certificate):
+    """TLS 1.2 is the minimum: a client that speaks TLS 1.1 only (and would be answered by a
+    server allowing it, which the test shows first) is refused in the handshake; TLS 1.2 is
+    answered."""
+    cert, key = certificate
+    secure = settings.model_copy(update={"gateway_tls_cert": cert, "gateway_tls_key": key})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # TLSVersion.TLSv1_1 itself
+        old_client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        old_client.minimum_version = old_client.maximum_version = ssl.TLSVersion.TLSv1_1
+        old_client.set_ciphers("DEFAULT:@SECLEVEL=0")
+        old_client.load_verify_locations(cert)
+        lax = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        lax.minimum_version = ssl.TLSVersion.TLSv1
+        lax.set_ciphers("DEFAULT:@SECLEVEL=0")
+        lax.load_cert_chain(cert, key)
+
+    async def handshake(port: int, client: ssl.SSLContext) -> str:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client)
+        version = writer.get_extra_info("ssl_object").version()
+        writer.close()
+        return version
+
+    # The client really speaks TLS 1.1: a server that allows it answers.
+    server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0, ssl=lax)
+    try:
+        assert await handshake(server.sockets[0].getsockname()[1], old_client) == "TLSv1.1"
+    finally:
+        server.close()
+        await server.wait_closed()
+
+    host = Host(secure, [], gateway=True)
+    await host.start()
+    try:
+        # Refused with an alert, or the connection dropped: either way no session.
+        with pytest.raises((ssl.SSLError, ConnectionResetError)):
+            await handshake(secure.gateway_port, old_client)
+        modern = ssl.create_default_context(cafile=str(cert))
+        assert await handshake(secure.gateway_port, modern) in ("TLSv1.2", "TLSv1.3")
+    finally:
+        await host.stop()
+    assert ssl_context(secure).minimum_version == ssl.TLSVersion.TLSv1_2
+
+
+def test_the_operator_token_file_is_made_readable_by_its_owner_only(tmp_path, monkeypatch):
+    """Without FERRY_OPERATOR_TOKEN, the token made on first use is kept in
+    FERRY_STATE_DIR/operator-token with mode 0600 (even under a permissive umask), and read
+    back from there afterwards."""
+    monkeypatch.delenv("FERRY_OPERATOR_TOKEN", raising=False)
+    settings = Settings(state_dir=tmp_path / "state", operator_token=None)
+    previous = os.umask(0)
+    try:
+        token = operator_token(settings)
+    finally:
+        os.umask(previous)
+    path = settings.operator_token_file
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert path.read_text().strip() == token and len(token) >= 32
+    assert operator_token(settings) == token
+
+
+async def test_the_gateway_stops_cleanly_while_the_broker_is_away(settings):
+    """A gateway stopped while the broker is away (its channels closed, reconnecting) still
+    stops: the live feed has nothing to cancel, and says so in the log instead of raising.
+    (A service's consumer is not covered: its cancel waits for the broker to come back.)"""
+    mq = urlparse(settings.amqp_url)
+    broker = TcpProxy(mq.hostname, mq.port)
+    await broker.start()
+    host = Host(settings.model_copy(update={"amqp_url": broker.url(settings.amqp_url)}), [],
+                gateway=True)
+    await host.start()
+    try:
+        await broker.cut()
+        await asyncio.wait_for(host.stop(), 30)
+    finally:
+        await broker.cut()

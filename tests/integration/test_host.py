@@ -61,7 +61,7 @@ async def test_stop_takes_no_new_work_anywhere_before_waiting_for_work_in_flight
     await host.bus.publish(Envelope.new(ev.GroupArchived(), group_id=group_id))
     await asyncio.wait_for(asyncio.gather(*(e.wait() for e in started.values())), 20)
     stopping = asyncio.create_task(host.stop(timeout=20))
-    await eventually(lambda: not any(c.taking_work() for c in consumers),
+    await eventually(lambda: not any(c.taking_work for c in consumers),
                      what="every consumer to stop taking work")
     assert finished == [] and not stopping.done()
     await host.bus.publish(Envelope.new(ev.GroupSubmitted(group_name="b", vm_count=1),

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import uuid
 
 import pytest
+from prometheus_client import REGISTRY
 
+from shared.events import Envelope
 from shared.providers.base import BootSource
+from services.topology import topology
+from shared.topology import routing_key
 from shared.vmclient import GatewayRefused
 from tests.conftest import eventually
 from tests.integration.harness import (THREE_VMS, Ferry, configure_vm, first_boot_app,
@@ -112,7 +117,9 @@ async def test_one_failed_vm_halts_its_siblings_until_retry_and_resume(ferry: Fe
 
 async def test_every_event_delivered_twice_leaves_the_same_state(ferry: Ferry):
     """With the relay publishing every event twice, the journey ends in the same state: three
-    VMs made once each, one announcement of each fact."""
+    VMs made once each, one announcement of each fact; and each second copy is counted as a
+    duplicate by every service bound to it."""
+    before = duplicates_seen()
     real_publish = ferry.host.bus.publish
 
     async def publish_twice(event):
@@ -129,10 +136,127 @@ async def test_every_event_delivered_twice_leaves_the_same_state(ferry: Ferry):
     for once in ("group.archived", "group.ready", "db.master.complete"):
         assert keys.count(once) == 1, (once, keys)
     assert keys.count("vm.created") == 3 and keys.count("archive.ready") == 3
-    duplicates = await ferry.pool.fetchval(
-        "SELECT count(*) FROM inbox i JOIN outbox o ON o.event_id = i.event_id"
-        " WHERE o.group_id = $1", group_id)
-    assert duplicates > 0  # the inbox did see them; each (service, event) is recorded once
+    # Each copy that came second was recognised (before its handler, or at its inbox claim, or
+    # on the retry after it lost a race with the first): one duplicate per service and event.
+    await eventually(lambda: ferry.pool.fetchval(
+        "SELECT count(*) = 0 FROM outbox WHERE published_at IS NULL"), what="an empty outbox")
+    expected = bound_services(await group_events(ferry, group_id))
+
+    def increase():
+        return duplicates_increase(before)
+    await eventually(lambda: sum(increase().values()) >= sum(expected.values()),
+                     what=f"{sum(expected.values())} duplicates counted")
+    await eventually(lambda: queues_empty(ferry), what="the services' queues empty")
+    assert increase() == dict(expected)
+
+
+def duplicates_seen() -> dict[tuple[str, str], float]:
+    """ferry_events_duplicate_total by (service, event type), as this process counts it."""
+    return {(s.labels["service"], s.labels["event_type"]): s.value
+            for family in REGISTRY.collect() if family.name == "ferry_events_duplicate"
+            for s in family.samples if s.name == "ferry_events_duplicate_total"}
+
+
+async def queues_empty(ferry: Ferry) -> bool:
+    """No message waits in any service's queue or its retry queues (all were delivered)."""
+    names = ferry.host.bus.names
+    channel = await ferry.host.bus.connection.channel()
+    try:
+        for service in topology().services:
+            queues = [names.queue(service)] + [names.retry(service, n + 1) for n in
+                                               range(len(ferry.settings.retry_delays))]
+            for name in queues:
+                queue = await channel.declare_queue(name, passive=True)
+                if queue.declaration_result.message_count:
+                    return False
+        return True
+    finally:
+        await channel.close()
+
+
+def duplicates_increase(before: dict) -> dict[tuple[str, str], float]:
+    now = duplicates_seen()
+    return {k: now[k] - before.get(k, 0.0) for k in now if now[k] != before.get(k, 0.0)}
+
+
+async def group_events(ferry: Ferry, group_id: uuid.UUID) -> list[Envelope]:
+    return [Envelope.model_validate(r["body"]) for r in await ferry.pool.fetch(
+        "SELECT body FROM outbox WHERE group_id = $1 ORDER BY id", group_id)]
+
+
+def bound_services(events: list[Envelope]) -> collections.Counter[tuple[str, str]]:
+    """(service, event type): how many of `events` each service gets (the gateway's live feed
+    excepted: it keeps no inbox and counts no duplicate)."""
+    expected: collections.Counter[tuple[str, str]] = collections.Counter()
+    for event in events:
+        key = routing_key(event.type, event.payload)
+        for service, keys in topology().bindings.items():
+            if service != "gateway" and key in keys:
+                expected[(service, event.type)] += 1
+    return expected
+
+
+async def store_snapshot(ferry: Ferry, group_id: uuid.UUID) -> dict:
+    """What a handler doing its work again would change: VM states and steps, transitions,
+    events written, inbox rows."""
+    return {
+        "vms": sorted(tuple(r) for r in await ferry.pool.fetch(
+            "SELECT name, state, step, held_state FROM vms WHERE group_id = $1", group_id)),
+        "group": await ferry.group_status(group_id),
+        "transitions": await ferry.pool.fetchval(
+            "SELECT count(*) FROM vm_transitions t JOIN vms v ON v.id = t.vm_id"
+            " WHERE v.group_id = $1", group_id),
+        "outbox": await ferry.pool.fetchval("SELECT count(*) FROM outbox"),
+        "inbox": await ferry.pool.fetchval("SELECT count(*) FROM inbox"),
+    }
+
+
+def provider_calls(provider) -> dict:
+    return {"create_calls": provider.create_calls, "created": provider.created,
+            "vms": {ref: (vm.network, vm.powered, len(vm.boots))
+                    for ref, vm in provider.vms.items()}}
+
+
+async def test_handled_events_delivered_again_are_counted_as_duplicates_and_change_nothing(
+        ferry: Ferry):
+    """Every event of a finished journey published again on the real bus, with its own id:
+    each service bound to it counts one duplicate per event (ferry_events_duplicate_total),
+    and nothing else happens: no VM moves, no transition or event is written, the provider is
+    not called."""
+    group_id = await ferry.submit(THREE_VMS.format(group="again"))
+    await play_journey(ferry, group_id)
+    await ferry.wait_group(group_id, "ready")
+    await eventually(lambda: ferry.pool.fetchval(
+        "SELECT count(*) = 0 FROM outbox WHERE published_at IS NULL"), what="an empty outbox")
+    events = await group_events(ferry, group_id)
+    expected = bound_services(events)
+    assert sum(expected.values()) >= 20 and len({s for s, _ in expected}) == 5, expected
+
+    async def handled_everything():
+        # Each (service, event) is in the inbox: the events were handled, not just published.
+        rows = await ferry.pool.fetch("SELECT service, event_id FROM inbox")
+        done = collections.Counter()
+        inbox = {(r["service"], r["event_id"]) for r in rows}
+        for event in events:
+            for service, keys in topology().bindings.items():
+                if (service, event.id) in inbox:
+                    done[(service, event.type)] += 1
+        return done == expected or None
+    await eventually(handled_everything, what="every event handled by every service bound to it")
+    before, store_before = duplicates_seen(), await store_snapshot(ferry, group_id)
+    calls_before = provider_calls(ferry.provider)
+
+    for event in events:
+        await ferry.host.bus.publish(event)
+
+    def increase():
+        return duplicates_increase(before)
+    await eventually(lambda: sum(increase().values()) >= sum(expected.values()),
+                     what=f"{sum(expected.values())} duplicates counted")
+    await eventually(lambda: queues_empty(ferry), what="the services' queues empty")
+    assert increase() == dict(expected)
+    assert await store_snapshot(ferry, group_id) == store_before
+    assert provider_calls(ferry.provider) == calls_before
 
 
 async def test_service_killed_mid_handler_finishes_after_restart(settings, operator):

@@ -1,6 +1,6 @@
 """Lab tests: real VMs under QEMU and legacy hosts in network namespaces. They need root, QEMU
 and the lab images (`deploy/local/test.sh` builds them); without those they are skipped with
-the reason, never passed."""
+the reason, never passed, and under CI=true (`.ci/run`) they fail with it (tests/ci_skips.py)."""
 
 from __future__ import annotations
 

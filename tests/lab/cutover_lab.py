@@ -6,13 +6,19 @@ Used by test_lab_journey once the example group is ready on real VMs."""
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import shlex
+import shutil
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 import aiohttp
+import asyncpg
 import dns.asyncquery
 import dns.message
 
@@ -20,12 +26,21 @@ from lab.checks import VmShell
 from lab.legacy.site import Site
 from shared.cutover_names import WINDOW_STEPS
 from shared.plan import Plan
+from shared.settings import Settings
 from tests.conftest import eventually
+from tests.service_process import ServiceProcess
 
 SIDE_FILE = "/var/www/shop/ferry-side.txt"  # "old" on the legacy host, "new" on the new VM
 STAMPS = "/data/shared/live"  # where a writer on the legacy host keeps writing in the window
 EXCLUDED = "/data/shared/tmp/ferry-excluded.txt"
 RUN_TIMEOUT_S = 900
+# The downtime of the real cutover must stay under this: not a speed target (it measured 3 s),
+# a check that the window closed and the prober saw it close.
+DOWNTIME_LIMIT_S = 60.0
+# A config-management hook that holds the step until the test lets it go (see hold_step).
+HOOK = "/etc/ferryman/config-management"
+HELD = "/run/ferry-test-hook-held"
+RELEASE = "/run/ferry-test-hook-release"
 
 
 @dataclass
@@ -59,19 +74,32 @@ class Lab:
     # --- the runs -----------------------------------------------------------------------------
 
     async def cutover(self, **body) -> dict:
+        return await self.wait_run(await self.request_run(**body))
+
+    async def request_run(self, **body) -> str:
         async with self.operator.post(f"/v1/groups/{self.group_id}/cutover",
                                       json=body) as response:
             answer = await response.json()
             assert response.status == 202, answer
-        run_id = answer["run_id"]
+        return answer["run_id"]
 
+    async def run(self, run_id: str) -> dict:
+        async with self.operator.get(f"/v1/groups/{self.group_id}/cutover") as response:
+            runs = (await response.json())["runs"]
+        return next(r for r in runs if r["id"] == run_id)
+
+    async def wait_run(self, run_id: str) -> dict:
         async def ended():
-            async with self.operator.get(f"/v1/groups/{self.group_id}/cutover") as response:
-                runs = (await response.json())["runs"]
-            run = next(r for r in runs if r["id"] == run_id)
+            run = await self.run(run_id)
             return run if run["status"] not in ("requested", "accepted", "running") else None
         return await eventually(ended, RUN_TIMEOUT_S, interval=0.5,
                                 what=f"cutover run {run_id} to end")
+
+    async def states(self) -> tuple[str, set[str]]:
+        """The group's status and its VMs' states."""
+        async with self.operator.get(f"/v1/groups/{self.group_id}") as response:
+            detail = await response.json()
+        return detail["status"], {vm["state"] for vm in detail["vms"]}
 
     # --- the legacy side ----------------------------------------------------------------------
 
@@ -132,6 +160,19 @@ async def old_site_serves(lab: Lab) -> list[str]:
     return wrong
 
 
+async def rolled_back_to(lab: Lab, run: dict, step: str) -> None:
+    """What a run that failed at `step` (or was cut off in it) must have left: every step up
+    to it undone, the group ready again with its VMs rolled_back (docs/cutover.md), and the
+    old site serving as before."""
+    assert run["status"] == "rolled_back", (step, run)
+    reached = run["steps"]
+    assert [s["name"] for s in reached] == list(WINDOW_STEPS[:WINDOW_STEPS.index(step) + 1])
+    assert all(s["status"] == "undone" for s in reached), (step, reached)
+    assert await lab.states() == ("ready", {"rolled_back"}), step
+    wrong = await old_site_serves(lab)
+    assert not wrong, (step, wrong)
+
+
 async def rehearse_every_step(lab: Lab) -> dict[str, float]:
     """A failure injected at each step in turn: every run rolls back, undoing each step it
     started, and leaves the old site serving. Returns each rehearsal's seconds."""
@@ -140,14 +181,133 @@ async def rehearse_every_step(lab: Lab) -> dict[str, float]:
         started = time.monotonic()
         run = await lab.cutover(rehearse_failure_at=step)
         seconds[step] = time.monotonic() - started
-        assert run["status"] == "rolled_back", (step, run)
         assert "rehearsed failure" in (run["reason"] or ""), (step, run["reason"])
-        reached = [s for s in run["steps"]]
-        assert [s["name"] for s in reached] == list(WINDOW_STEPS[:WINDOW_STEPS.index(step) + 1])
-        assert all(s["status"] == "undone" for s in reached), (step, reached)
-        wrong = await old_site_serves(lab)
-        assert not wrong, (step, wrong)
+        await rolled_back_to(lab, run, step)
     return seconds
+
+
+async def new_master_replicates(lab: Lab) -> bool:
+    return bool((await lab.new("db1", "mariadb -N -B -e 'SHOW SLAVE STATUS'")).strip())
+
+
+async def rehearse_database_in_replication_mode(lab: Lab) -> str:
+    """After a prepared run linked the new master to the legacy one: a rehearsed failure at
+    `database` in mode replication (the new master caught up and was promoted, its link
+    broken; then the step failed) rolls back like any other, and the next prepared run links
+    the new master again (replicate-from-legacy loads it and sets the link up)."""
+    assert await new_master_replicates(lab), "the prepared run left db1 without its link"
+    run = await lab.cutover(rehearse_failure_at="database", database_mode="replication")
+    assert "rehearsed failure" in (run["reason"] or ""), run["reason"]
+    await rolled_back_to(lab, run, "database")
+    assert not await new_master_replicates(lab), "db1 still replicates: it was not promoted"
+    prepared = await lab.cutover(prepare=True, database_mode="replication")
+    assert prepared["status"] == "completed", prepared
+    relink = next(s for s in prepared["steps"] if s["name"] == "replicate-from-legacy")
+    assert "loaded" in (relink["detail"] or ""), relink
+    assert await new_master_replicates(lab)
+    return (f"rehearsed failure at database in mode replication rolled back; "
+            f"the next prepared run: {relink['detail'].strip()}")
+
+
+# --- the cutover service killed in the middle of a run -----------------------------------------
+
+async def hold_step(lab: Lab, vm: str = "app1") -> None:
+    """Make `vm`'s config-management hook (run by the step of that name, after the window)
+    wait for a file the test writes: the runbook is then in that step for as long as the test
+    wants. The real hook is kept aside."""
+    await lab.new(vm, f"cp -p {HOOK} {HOOK}.real && rm -f {HELD} {RELEASE} && "
+                      f"printf '%s\\n' '#!/bin/sh' 'touch {HELD}' "
+                      f"'while [ ! -e {RELEASE} ]; do sleep 0.2; done' > {HOOK}")
+
+
+async def release_step(lab: Lab, vm: str = "app1") -> None:
+    await lab.new(vm, f"touch {RELEASE}")
+
+
+async def restore_hook(lab: Lab, vm: str = "app1") -> None:
+    await lab.new(vm, f"touch {RELEASE}; mv {HOOK}.real {HOOK}; rm -f {HELD} {RELEASE}")
+
+
+def ssh_control_dirs() -> set[Path]:
+    """The runbooks' shared-connection folders (services/cutover/handlers.py _runbook)."""
+    return set(Path(tempfile.gettempdir()).glob("ferry-ssh-*"))
+
+
+async def close_ssh_masters(folders: set[Path]) -> None:
+    """End the shared SSH connections a killed cutover process left (its runbook never
+    closed them), and remove their folders."""
+    for folder in folders:
+        for socket in folder.glob("*"):
+            proc = await asyncio.create_subprocess_exec(
+                "ssh", "-o", f"ControlPath={socket}", "-O", "exit", "x",
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL)
+            await asyncio.wait_for(proc.wait(), 30)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+async def killed_in_the_middle_of_a_run(lab: Lab, cutover: ServiceProcess) -> str:
+    """The cutover service's process killed -9 while a full run is in config-management
+    (after the window: maintenance page, database, DNS, forwarding and markers all done), and
+    started again: the redelivered cutover.requested finds the run `running` and rolls it back
+    from its journal, every step reached undone; the group is ready, its VMs rolled_back, and
+    the old site serves as before."""
+    step = "config-management"
+    await hold_step(lab)
+    before = ssh_control_dirs()
+    try:
+        run_id = await lab.request_run()
+        await eventually(lambda: lab.new("app1", f"test -e {HELD} && echo held || true"),
+                         RUN_TIMEOUT_S, interval=0.5, what=f"the run to reach {step}")
+        run = await lab.run(run_id)
+        assert run["status"] == "running", run
+        assert [(s["name"], s["status"]) for s in run["steps"]] == \
+            [(n, "done") for n in WINDOW_STEPS[:WINDOW_STEPS.index(step)]] + [(step, "running")]
+        assert await lab.resolve("shop.example") == "10.20.0.11"  # the window is behind it
+        killed = cutover.kill()
+        assert (await lab.run(run_id))["status"] == "running"
+    finally:
+        await release_step(lab)
+    await close_ssh_masters(ssh_control_dirs() - before)
+    restarted = cutover.start()
+    run = await lab.wait_run(run_id)
+    await restore_hook(lab)
+    assert run["reason"] == "the cutover was interrupted", run
+    await rolled_back_to(lab, run, step)
+    return (f"cutover process {killed} killed in {step}; process {restarted} rolled the run "
+            f"back from its journal ({len(run['steps'])} steps undone)")
+
+
+# --- the real cutover, from outside ----------------------------------------------------------
+
+PROBED = re.compile(r"downtime ([\d.]+)s: last good answer from the old site at ([\d.]+)s, "
+                    r"first from the new site at ([\d.]+)s")
+
+
+async def probe_summary(settings: Settings, run_id: str) -> str:
+    """The prober's summary, as cutover.completed carried it."""
+    conn = await asyncpg.connect(settings.database_url,
+                                 server_settings={"search_path": settings.database_schema})
+    try:
+        rows = await conn.fetch("SELECT body::text AS body FROM outbox"
+                                " WHERE routing_key = 'cutover.completed'")
+    finally:
+        await conn.close()
+    bodies = [json.loads(r["body"]) for r in rows]
+    return next(b["payload"]["probe"] for b in bodies if b["payload"]["run_id"] == run_id)
+
+
+def window_closed(run: dict, summary: str) -> str:
+    """The prober saw the old site answer, then the new one, and the downtime between is
+    bounded (DOWNTIME_LIMIT_S)."""
+    found = PROBED.match(summary or "")
+    assert found, f"the prober did not see the old site and then the new one: {summary!r}"
+    downtime, last_old, first_new = (float(x) for x in found.groups())
+    assert last_old < first_new, summary
+    assert run["downtime_s"] is not None and abs(run["downtime_s"] - downtime) < 0.01, \
+        (run["downtime_s"], summary)
+    assert run["downtime_s"] < DOWNTIME_LIMIT_S, summary
+    return summary
 
 
 async def mark_sides(lab: Lab) -> None:

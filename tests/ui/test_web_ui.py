@@ -15,8 +15,11 @@ import aiohttp
 import pytest
 from playwright.async_api import Page, async_playwright, expect
 
+from shared.cutover_names import WINDOW_STEPS
+from services.cutover.runbook import Journal, Step, run_steps
+from shared.events import CutoverRequested, Envelope, GroupHalted
 from shared.providers.base import BootSource
-from shared.events import Envelope, GroupHalted
+from shared.store.session import Store
 from shared.topology import Names
 from tests.conftest import OPERATOR_TOKEN
 from tests.integration.harness import THREE_VMS, Ferry, configure_vm, start_ferry
@@ -197,21 +200,93 @@ async def test_operator_follows_a_group_live_and_lifts_its_halt(ferry: Ferry, pa
     await expect(run).to_contain_text("prepare")
     await expect(run.locator(".badge")).to_have_text("failed")
     await expect(run).to_contain_text("has no address this machine reaches")
-    # A finished run (as the cutover runbook records it) shows its steps, their timings and
-    # the measured downtime.
-    done = uuid.uuid4()
-    await ferry.pool.execute(
-        "INSERT INTO cutover_runs (id, group_id, prepare, status, downtime_s, finished_at)"
-        " VALUES ($1, $2, false, 'completed', 2.4, now())", done, group_id)
-    await ferry.pool.executemany(
-        "INSERT INTO cutover_steps (run_id, position, name, status, started_at, finished_at)"
-        " VALUES ($1, $2, $3, 'completed', now() - make_interval(secs => $4), now())",
-        [(done, 1, "stop-writes", 1.0), (done, 2, "switch-dns", 65.0)])
-    finished = page.locator(f'#cutover .run[data-run="{done}"]')
+    # Runs as the runbook engine itself records them (services/cutover/runbook.py), with the
+    # real step names: each shows its steps, their statuses and timings, and the downtime.
+    completed = await engine_run(ferry, group_id)
+    await ferry.pool.execute("UPDATE cutover_steps SET seconds = 65 WHERE run_id = $1"
+                             " AND name = 'rsync-before-window'", completed)
+    await ferry.pool.execute("UPDATE cutover_runs SET status = 'completed', downtime_s = 2.4,"
+                             " finished_at = now() WHERE id = $1", completed)
+    rolled_back = await engine_run(ferry, group_id, fail_at="database",
+                                   fail_undo="maintenance-page")
+    cut_off = await engine_run(ferry, group_id, crash_in="switch-dns")
+    failed_then_cut = await engine_run(ferry, group_id, crash_after_failing="http-checks")
+    finished = page.locator(f'#cutover .run[data-run="{completed}"]')
     await expect(finished.locator(".downtime")).to_have_text("2.4s")
-    await expect(page.locator("#cutover .steps")).to_contain_text("switch-dns")
-    await expect(page.locator("#cutover .steps")).to_contain_text("1m 05s")
+    window = list(WINDOW_STEPS)
+    database = window.index("database")
+    expected = {
+        completed: [(n, "done") for n in window],
+        rolled_back: [(n, "undo_failed" if n == "maintenance-page" else "undone")
+                      for n in window[:database + 1]],
+        cut_off: [(n, "done") for n in window[:window.index("switch-dns")]]
+        + [("switch-dns", "running")],
+        failed_then_cut: [(n, "done") for n in window[:window.index("http-checks")]]
+        + [("http-checks", "failed")],
+    }
+    for run_id, steps in expected.items():
+        rows = steps_of(page, run_id)
+        await expect(rows).to_have_count(len(steps))
+        shown = [(await row.locator("td").nth(1).text_content(),
+                  await row.locator(".badge").text_content()) for row in await rows.all()]
+        assert shown == steps, run_id
+    rsync = steps_of(page, completed).nth(window.index("rsync-before-window"))
+    await expect(rsync).to_contain_text("1m 05s")
+    database_row = steps_of(page, rolled_back).nth(database)
+    await expect(database_row.locator(".error")).to_have_text("database broke")
+    maintenance = steps_of(page, rolled_back).nth(window.index("maintenance-page"))
+    await expect(maintenance.locator(".error")).to_have_text(
+        "undo: undo of maintenance-page broke")
     await shot(page, "06-ready-cutover")
+
+
+def steps_of(page: Page, run_id: uuid.UUID):
+    """The rows of one run's step table (the row after the run's own)."""
+    run = page.locator(f'#cutover .run[data-run="{run_id}"]')
+    return run.locator("xpath=following-sibling::tr[1]").locator(".steps tr:has(td)")
+
+
+async def engine_run(ferry: Ferry, group_id: uuid.UUID, *, fail_at: str | None = None,
+                     fail_undo: str | None = None, crash_in: str | None = None,
+                     crash_after_failing: str | None = None) -> uuid.UUID:
+    """A run of the window's steps (doing nothing) through the runbook engine, which records
+    them: to the end, to a rollback (`fail_at`, `fail_undo`), or cut off as a crash would
+    leave it: in the middle of `crash_in`, or after `crash_after_failing` failed and before
+    its rollback."""
+    run_id = uuid.uuid4()
+    await ferry.pool.execute("INSERT INTO cutover_runs (id, group_id, prepare, status)"
+                             " VALUES ($1, $2, false, 'running')", run_id, group_id)
+    cause = Envelope.new(CutoverRequested(run_id=str(run_id)), group_id=group_id)
+    journal = Journal(Store(ferry.pool), run_id, group_id, cause)
+
+    def do(name):
+        async def action():
+            if name == fail_at:
+                raise RuntimeError(f"{name} broke")
+            return f"{name} done"
+        return action
+
+    def undo(name):
+        async def action():
+            if name == fail_undo:
+                raise RuntimeError(f"undo of {name} broke")
+        return action
+    steps = [Step(name, do(name), undo(name)) for name in WINDOW_STEPS]
+    cut = crash_in or crash_after_failing
+    if cut is None:
+        outcome = await run_steps(steps, journal)
+        status = "completed" if outcome.completed else "rolled_back"
+        await ferry.pool.execute("UPDATE cutover_runs SET status = $2, reason = $3,"
+                                 " finished_at = now() WHERE id = $1", run_id, status,
+                                 outcome.reason)
+        return run_id
+    for position, step in enumerate(steps[:WINDOW_STEPS.index(cut) + 1]):
+        await journal.started(position, step)
+        if step.name == crash_after_failing:
+            await journal.failed(position, 0.2, f"{step.name} broke")
+        elif step.name != crash_in:
+            await journal.done(position, step, 0.1, await step.do())
+    return run_id
 
 
 async def sign_in(page: Page, url: str) -> None:

@@ -5,6 +5,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from cli.main import main
+from shared.plan import load_plan_file
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "shop.yaml"
 
@@ -49,9 +50,9 @@ def test_validate_gives_line_and_column_of_a_deeply_nested_field(tmp_path):
     bad.write_text("\n".join(lines) + "\n")
     result = CliRunner().invoke(main, ["validate", str(bad)])
     assert result.exit_code == 1, result.output
-    vm = next(i for i, line in enumerate(reversed(lines[:at])) if line.startswith("  - name:"))
-    vm_index = sum(1 for line in lines[:at] if line.startswith("  - name:")) - 1
-    assert vm >= 0
+    # The first database entry of the example is the master's: vms[1] (app1, db1, db2).
+    vm_index = [vm.name for vm in load_plan_file(EXAMPLE).vms].index("db1")
+    assert vm_index == 1
     output = " ".join(result.output.split())  # the console wraps long lines
     assert (f"bad.yaml:{at + 2}:{indent + 1}: vms[{vm_index}].databases[0].port: "
             "must be at most 65535") in output

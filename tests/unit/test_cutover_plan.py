@@ -50,14 +50,48 @@ def test_dns_server_takes_a_port():
     assert [p.split(":")[0] for p in problems(plan)] == ["cutover.dns.server"]
 
 
-def test_the_runbook_follows_the_named_order(tmp_path):
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "cutover.md"
+
+# What each step does and undoes, by the runbook's own methods (None: no undo).
+DOES = {
+    "lower-dns-ttl": ("lower_dns_ttl", None),
+    "rsync-before-window": ("rsync", None),
+    "replicate-from-legacy": ("replicate_from_legacy", None),
+    "maintenance-page": ("maintenance_on", "maintenance_off"),
+    "rsync-in-window": ("rsync", None),
+    "database": ("database", "database_undo"),
+    "start-application": ("start_application", None),
+    "http-checks": ("http_checks", None),
+    "switch-dns": ("switch_dns", "switch_dns_back"),
+    "forward-old-addresses": ("forward_on", "forward_off"),
+    "remove-migrating-marker": ("remove_marker", "restore_marker"),
+    "config-management": ("config_management", None),
+    "lift-outbound-block": ("lift_block", "block_again"),
+}
+
+
+def documented_steps() -> list[str]:
+    """The steps in the order of docs/cutover.md's runbook table (| `name` | does | undo |)."""
+    text = DOCS.read_text()
+    table = text[text.index("## The runbook"):text.index("### The database")]
+    return [line.split("`")[1] for line in table.splitlines() if line.startswith("| `")]
+
+
+def test_the_runbook_runs_the_documented_steps_in_the_documented_order(tmp_path):
+    """The runbook's steps are those of docs/cutover.md's table, in its order: the window
+    opens with the maintenance page, the databases move inside it, and DNS switches last in
+    it; a prepared run is the first three. Each step does (and undoes) what its name says."""
     book = runbook(tmp_path)
-    assert [s.name for s in book.steps(prepare=False)] == list(names.WINDOW_STEPS)
-    assert [s.name for s in book.steps(prepare=True)] == list(names.PREPARE_STEPS)
-    # What changes something outside has an undo; the window's opening one above all.
-    undone = {s.name for s in book.steps(prepare=False) if s.undo is not None}
-    assert {"maintenance-page", "database", "switch-dns", "forward-old-addresses",
-            "remove-migrating-marker", "lift-outbound-block"} <= undone
+    window = [s.name for s in book.steps(prepare=False)]
+    assert window == documented_steps()
+    assert [s.name for s in book.steps(prepare=True)] == window[:3]
+    assert window.index("maintenance-page") < window.index("rsync-in-window") \
+        < window.index("database") < window.index("switch-dns")
+    for step in book.steps(prepare=False):
+        do, undo = DOES[step.name]
+        assert step.do.__func__ is getattr(GroupRunbook, do), step.name
+        assert (step.undo.__func__ if step.undo else None) is \
+            (getattr(GroupRunbook, undo) if undo else None), step.name
 
 
 async def test_a_rehearsal_fails_its_step_after_doing_it(tmp_path):

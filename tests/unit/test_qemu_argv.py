@@ -154,18 +154,38 @@ async def test_create_needs_the_images(lab_settings, monkeypatch, tmp_path):
         await QemuProvider(settings).create_vm(spec(), idempotency_key="k")
 
 
+def tree(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` with its contents."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
 async def test_unknown_refs_and_networks(lab_settings):
+    """Another provider's ref and a VM that does not exist are refused by name; deleting a VM
+    that does not exist is fine and leaves nothing behind."""
     provider = QemuProvider(lab_settings)
     with pytest.raises(ProviderError, match="not a qemu VM reference"):
         await provider.power_off("sim-123")
     with pytest.raises(ProviderError, match="no VM"):
         await provider.boot(vm_ref("nope"), BootSource.DISK)
     await provider.delete(vm_ref("nope"))  # already gone: fine
+    vms = lab_settings.lab_dir / "vms"
+    assert not vms.exists() or not any(vms.iterdir())
 
 
-async def test_teardown_of_an_empty_lab_is_a_no_op(lab_settings):
+async def test_teardown_leaves_a_stopped_vm_folder_as_it_was(lab_settings):
+    """teardown, on a lab whose only VM is not running and with no group network, changes no
+    file (a VM folder keeps its disks and console: only processes and networks go), and can
+    be repeated."""
+    folder = lab_settings.lab_dir / "vms" / vm_ref("vm:1")
+    folder.mkdir(parents=True)
+    (folder / "vm.json").write_text('{"network": "migration"}')
+    (folder / "disk0.qcow2").write_bytes(b"QFI\xfb disk")
+    (folder / "console-disk.log").write_text("login:\n")
+    before = tree(lab_settings.lab_dir)
     await teardown(lab_settings)
     await teardown(lab_settings)
+    assert tree(lab_settings.lab_dir) == before
 
 
 def test_make_provider_builds_qemu(lab_settings):
