@@ -351,7 +351,7 @@ async def _redeliver_handled_events(amqp_url: str, db_url: str, log_dir: Path) -
             if service != "gateway" and key in keys:
                 expected[service] += len(events)
     before = _count_log_lines(log_dir, "duplicate event ignored")
-    bus = Bus(amqp_url, Names(PREFIX), ())
+    bus = Bus(amqp_url, Names(PREFIX), (), topology())
     await bus.connect()
     try:
         for events in chosen.values():
