@@ -19,7 +19,7 @@ from typing import Annotated, Literal
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field,
                       ValidationError, ValidationInfo, field_validator, model_validator)
 
-from shared.databases import engine
+from shared.databases import ENGINES, engine
 from shared.plan_errors import (Findings, PlanError, Problem, explain, read_document,
                                 worded_pattern)
 
@@ -157,10 +157,14 @@ class ArchiveSpec(_Model):
     tmp the directory too."""
 
 
+# The engines shared/databases knows, by the names a plan uses.
+EngineName = Literal[tuple(ENGINES)]  # type: ignore[valid-type]
+
+
 class DatabaseSpec(_Model):
     """A database dumped on the legacy side and restored on the new VM."""
 
-    engine: Literal["mariadb", "postgresql"]
+    engine: EngineName
     """mariadb or postgresql."""
     name: str = Field(pattern=DATABASE_NAME)
     """The database's name: letters, digits and _."""

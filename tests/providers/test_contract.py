@@ -168,3 +168,12 @@ async def test_outbound_block_twice_each_way(infra: Infra):
     for open_ in (False, False, True, True, False):
         await infra.provider.set_outbound(group, open_)
         assert infra.outbound_open(group) is (open_ if blocks else None)
+
+
+def test_every_registered_provider_is_under_contract():
+    """A provider registered without joining this suite fails here, not in production."""
+    from shared.providers import registrations
+    from tests.providers.conftest import PROVIDERS
+
+    names = {p if isinstance(p, str) else p.values[0] for p in PROVIDERS}
+    assert names == {r.name for r in registrations()}
