@@ -142,12 +142,7 @@ async def test_every_event_delivered_twice_leaves_the_same_state(ferry: Ferry):
         "SELECT count(*) = 0 FROM outbox WHERE published_at IS NULL"), what="an empty outbox")
     expected = bound_services(await group_events(ferry, group_id))
 
-    def increase():
-        return duplicates_increase(before)
-    await eventually(lambda: sum(increase().values()) >= sum(expected.values()),
-                     what=f"{sum(expected.values())} duplicates counted")
-    await eventually(lambda: queues_empty(ferry), what="the services' queues empty")
-    assert increase() == dict(expected)
+    await all_counted_as_duplicates(ferry, before, expected)
 
 
 def duplicates_seen() -> dict[tuple[str, str], float]:
@@ -172,6 +167,18 @@ async def queues_empty(ferry: Ferry) -> bool:
         return True
     finally:
         await channel.close()
+
+
+async def all_counted_as_duplicates(ferry: Ferry, before: dict, expected: collections.Counter,
+                                    ) -> None:
+    """Once every queue is drained, the duplicates counted since `before` are `expected`,
+    no more and no fewer."""
+    def increase():
+        return duplicates_increase(before)
+    await eventually(lambda: sum(increase().values()) >= sum(expected.values()),
+                     what=f"{sum(expected.values())} duplicates counted")
+    await eventually(lambda: queues_empty(ferry), what="the services' queues empty")
+    assert increase() == dict(expected)
 
 
 def duplicates_increase(before: dict) -> dict[tuple[str, str], float]:
@@ -249,12 +256,7 @@ async def test_handled_events_delivered_again_are_counted_as_duplicates_and_chan
     for event in events:
         await ferry.host.bus.publish(event)
 
-    def increase():
-        return duplicates_increase(before)
-    await eventually(lambda: sum(increase().values()) >= sum(expected.values()),
-                     what=f"{sum(expected.values())} duplicates counted")
-    await eventually(lambda: queues_empty(ferry), what="the services' queues empty")
-    assert increase() == dict(expected)
+    await all_counted_as_duplicates(ferry, before, expected)
     assert await store_snapshot(ferry, group_id) == store_before
     assert provider_calls(ferry.provider) == calls_before
 
