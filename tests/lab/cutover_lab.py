@@ -168,7 +168,8 @@ async def rolled_back_to(lab: Lab, run: dict, step: str) -> None:
     reached = run["steps"]
     assert [s["name"] for s in reached] == list(WINDOW_STEPS[:WINDOW_STEPS.index(step) + 1])
     assert all(s["status"] == "undone" for s in reached), (step, reached)
-    assert await lab.states() == ("ready", {"rolled_back"}), step
+    states = await lab.states()
+    assert states == ("ready", {"rolled_back"}), (step, states)
     wrong = await old_site_serves(lab)
     assert not wrong, (step, wrong)
 
