@@ -13,14 +13,18 @@ ensure_venv() {
         python3 -m venv "$VENV"
     fi
     # Reinstall only when the dependency list changed.
-    if [[ ! -f "$stamp" || "$REPO/pyproject.toml" -nt "$stamp" ]]; then
+    local want=test
+    pkg-config --exists libvirt 2>/dev/null && want=test,libvirt
+    if [[ ! -f "$stamp" || "$REPO/pyproject.toml" -nt "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
         say "installing Ferryman and its pinned dependencies (log: $VENV/install.log)"
+        # libvirt-python compiles against libvirt-dev (ensure_libvirt installs it).
+        local extras=$want
         if ! { "$VENV/bin/pip" install --upgrade pip &&
-               "$VENV/bin/pip" install -e "${REPO}[test]"; } >"$VENV/install.log" 2>&1; then
+               "$VENV/bin/pip" install -e "${REPO}[$extras]"; } >"$VENV/install.log" 2>&1; then
             tail -n 30 "$VENV/install.log" >&2
             say "installing the dependencies failed"; return 1
         fi
-        touch "$stamp"
+        echo "$want" >"$stamp"
     fi
 }
 
@@ -92,4 +96,51 @@ ensure_lab() {
         tail -n 30 /tmp/ferry-lab-build.log >&2
         say "preparing the lab failed"; return 1
     fi
+}
+
+# Install Debian packages without starting their services (there is no systemd here; the
+# project starts what it needs itself).
+apt_no_services() {
+    local guard=/usr/sbin/policy-rc.d made=0
+    if [[ ! -e $guard ]]; then
+        printf '#!/bin/sh\nexit 101\n' >"$guard"; chmod +x "$guard"; made=1
+    fi
+    local rc=0
+    { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@"; } || rc=$?
+    ((made)) && rm -f "$guard"
+    return $rc
+}
+
+# The libvirt destination: libvirtd and virtlogd from Debian, started by hand (no systemd), and
+# the headers libvirt-python compiles against. openssh-server serves the qemu+ssh:// tests.
+ensure_libvirt() {
+    if [[ $(id -u) -ne 0 ]]; then
+        say "libvirt needs root here: the libvirt tests will be skipped (with CI=true: fail)"
+        return 0
+    fi
+    local need=()
+    command -v libvirtd >/dev/null || need+=(libvirt-daemon-system libvirt-clients)
+    command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86 qemu-utils)
+    command -v dnsmasq >/dev/null || [[ -x /usr/sbin/dnsmasq ]] || need+=(dnsmasq-base)
+    pkg-config --exists libvirt 2>/dev/null || need+=(libvirt-dev pkg-config)
+    [[ -x /usr/sbin/sshd ]] || need+=(openssh-server)
+    command -v ebtables >/dev/null || need+=(ebtables)
+    if ((${#need[@]})); then
+        say "installing ${need[*]} from Debian (log: /tmp/ferry-libvirt.log)"
+        if ! apt_no_services "${need[@]}" >/tmp/ferry-libvirt.log 2>&1; then
+            tail -n 30 /tmp/ferry-libvirt.log >&2
+            say "installing libvirt failed"; return 1
+        fi
+    fi
+    pgrep -x virtlogd >/dev/null || virtlogd -d
+    if ! pgrep -x libvirtd >/dev/null; then
+        say "starting libvirtd"
+        libvirtd -d
+    fi
+    local tries=60
+    until virsh -c qemu:///system version >/dev/null 2>&1; do
+        tries=$((tries - 1))
+        if ((tries == 0)); then say "libvirtd does not answer on qemu:///system"; return 1; fi
+        sleep 0.5
+    done
 }

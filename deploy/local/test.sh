@@ -4,6 +4,7 @@
 set -o errexit -o nounset -o pipefail
 # shellcheck source=deploy/local/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+ensure_libvirt
 ensure_venv
 ensure_services
 ensure_browser
