@@ -1,8 +1,8 @@
 """`ferry demo`: the example group's whole journey on this machine, with every service as its
 own process.
 
-With the `qemu` provider (the default) it is the real thing: the example legacy hosts run in
-network namespaces and are archived over SSH, the VMs are QEMU VMs rebuilt by their scripts and
+With the `libvirt` provider (the default) it is the real thing: the example legacy hosts run in
+network namespaces and are archived over SSH, the VMs are libvirt domains rebuilt by their scripts and
 booted from their own disks, and at the end the demo looks at the VMs themselves. With `sim`
 the VMs are processes that only speak the gateway's protocol (fast, for a machine without the
 lab), and it says so.
@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 console = Console()
 
 # The sim demo reads the example hosts' trees as local folders (its VMs are not real anyway).
-PLANS = {"qemu": REPO / "examples" / "shop.yaml",
+PLANS = {"libvirt": REPO / "examples" / "shop.yaml",
          "sim": REPO / "tests" / "fixtures" / "shop-local.yaml"}
 DEMO_ENV = {
     "FERRY_DATABASE_SCHEMA": "ferry_demo",
@@ -43,11 +43,12 @@ DEMO_ENV = {
 
 
 @click.command("demo")
-@click.option("--provider", type=click.Choice(["qemu", "sim"]), default="qemu",
-              show_default=True, help="qemu: real VMs (needs root); sim: simulated VMs")
+@click.option("--provider", type=click.Choice(["libvirt", "sim"]), default="libvirt",
+              show_default=True, help="libvirt: real VMs (needs root and libvirtd); "
+              "sim: simulated VMs")
 @click.option("--plan", type=click.Path(exists=True, path_type=Path),
-              help="default: examples/shop.yaml (qemu) or tests/fixtures/shop-local.yaml (sim)")
-@click.option("--timeout", type=float, help="seconds to reach ready [default: 3600 qemu, 300 sim]")
+              help="default: examples/shop.yaml (libvirt) or tests/fixtures/shop-local.yaml (sim)")
+@click.option("--timeout", type=float, help="seconds to reach ready [default: 3600 libvirt, 300 sim]")
 @click.option("--keep", is_flag=True, help="leave the VMs and legacy hosts running "
               "(then `ferry lab down` stops them)")
 def demo(provider: str, plan: Path | None, timeout: float | None, keep: bool) -> None:
@@ -55,13 +56,21 @@ def demo(provider: str, plan: Path | None, timeout: float | None, keep: bool) ->
     # The demo's own schema, queue prefix and state folder, unless the environment says.
     env = {"FERRY_STATE_DIR": str(REPO / ".ferry" / "demo"), **DEMO_ENV,
            "FERRY_PROVIDER": provider, **os.environ}
-    state_dir = Path(env["FERRY_STATE_DIR"])
     os.environ.update(env)
     from shared.settings import Settings
 
     settings = Settings()
+    if provider == "libvirt":  # the lab's networks (lab.control.lab_settings), unless set
+        from lab.control import lab_settings
+
+        lab = lab_settings(settings)
+        for name in ("gateway_host", "libvirt_group_forward_dev"):
+            env.setdefault(f"FERRY_{name.upper()}", str(getattr(lab, name)))
+        os.environ.update(env)
+        settings = Settings()
+    state_dir = Path(env["FERRY_STATE_DIR"])
     plan = plan or PLANS[provider]
-    timeout = timeout or (3600.0 if provider == "qemu" else 300.0)
+    timeout = timeout or (3600.0 if provider == "libvirt" else 300.0)
     console.rule(f"[bold]Ferryman demo ({provider})")
     if provider == "sim":
         console.print("[yellow]The VMs here are SIMULATED (provider 'sim'): each is a process "
@@ -69,13 +78,13 @@ def demo(provider: str, plan: Path | None, timeout: float | None, keep: bool) ->
                       "partitioned, unpacked or booted. Archives and database dumps are real."
                       "[/yellow]")
     else:
-        console.print("Real VMs under QEMU; the legacy hosts run in network namespaces and are "
+        console.print("Real VMs through libvirt; the legacy hosts run in network namespaces and are "
                       "archived over SSH. Under TCG (no usable KVM) this takes a while.")
-    if provider == "qemu":
+    if provider == "libvirt":
         _lab_down(settings, keep=False)  # whatever an earlier run left, before its folder goes
     _reset(settings, state_dir)
     parsed = load_plan_file(plan)
-    site = _legacy_up(settings) if provider == "qemu" else _seed_legacy_database()
+    site = _legacy_up(settings) if provider == "libvirt" else _seed_legacy_database()
     logs = state_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     processes = _start_services(env, logs)
@@ -97,7 +106,7 @@ def demo(provider: str, plan: Path | None, timeout: float | None, keep: bool) ->
             sys.exit(1)
     finally:
         _stop_services(processes)
-        if provider == "qemu":
+        if provider == "libvirt":
             _lab_down(settings, keep)
 
 
@@ -143,14 +152,14 @@ def _cut_over(gateway: Gateway, group: str) -> bool:
 def _check_vms(settings, plan: Plan, site) -> bool:
     """What the VMs themselves hold, printed; False if any check failed."""
     from lab.checks import check_group
-    from shared.providers.qemu import group_namespace
+    from lab.control import vm_gateway_url
 
     async def legacy_run(host: str, argv: list[str]) -> str:
         return await site.run(host, *argv)
 
     outside = [f"{site.address(host)}:22" for host in site.hosts]
-    checks = asyncio.run(check_group(plan, group_namespace(plan.group), settings.ssh_identity,
-                                     legacy_run, outside))
+    checks = asyncio.run(check_group(plan, settings.ssh_identity, legacy_run,
+                                     vm_gateway_url(settings), outside))
     table = Table(title="Checked on the VMs themselves (over SSH in the group's network)")
     for column in ("VM", "check", "", "found"):
         table.add_column(column)

@@ -1,7 +1,7 @@
-"""What the lab checks on the rebuilt VMs themselves, over SSH inside their group's network.
+"""What the lab checks on the rebuilt VMs themselves, over SSH on their group's network.
 
-The VMs are reached as an operator would reach them: `ssh root@<planned address>`, from inside
-the group's network namespace (the only place that network exists), with the identity the
+The VMs are reached as an operator would reach them: `ssh root@<planned address>` from this
+machine (the hypervisor holds the group network's gateway address), with the identity the
 archiver used on the legacy hosts: its public key travelled in the legacy root archives.
 Every check compares what the VM has with what the plan asked for or what the legacy host has.
 """
@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Awaitable, Callable
 
 from shared.plan import VM, Plan, Role
-from shared.providers.base import ProviderError
-from shared.providers.qemu_proc import run
+from shared.proc import CommandError, run
 
 # Runs argv on a legacy host (the lab's legacy site) and returns its stdout.
 LegacyRun = Callable[[str, list[str]], Awaitable[str]]
@@ -42,29 +41,29 @@ class CheckFailed(Exception):
 
 
 class VmShell:
-    """Commands on one rebuilt VM, through `ip netns exec <group namespace> ssh`."""
+    """Commands on one rebuilt VM, over `ssh root@<address>`."""
 
-    def __init__(self, namespace: str, address: str, identity: Path):
-        self.namespace = namespace
+    def __init__(self, address: str, identity: Path):
         self.address = address
         self.identity = identity
 
     def argv(self, command: str) -> list[str]:
         # The VMs are new and their host keys were made on first boot: there is nothing to
-        # pin them to, and the namespace is reachable from this machine only.
-        return ["ip", "netns", "exec", self.namespace, "ssh", "-i", str(self.identity),
+        # pin them to, and the group's network is reachable from this machine only.
+        return ["ssh", "-i", str(self.identity),
                 "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
                 "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
                 "-o", "ConnectTimeout=10", f"root@{self.address}", command]
 
     async def run(self, command: str, timeout: float = SSH_TIMEOUT_S) -> str:
         try:
-            code, out, err = await run(*self.argv(command), check=False, timeout=timeout)
-        except ProviderError as exc:  # ssh missing, or the command outran its timeout
+            done = await run(self.argv(command), check=False, timeout=timeout, what="ssh")
+        except (CommandError, OSError) as exc:  # ssh missing, or the command outran its timeout
             raise CheckFailed(f"{self.address}: {exc}") from None
-        if code != 0:
-            raise CheckFailed(f"{self.address}: `{command}` exited {code}: {err.strip()[-400:]}")
-        return out
+        if done.returncode != 0:
+            raise CheckFailed(f"{self.address}: `{command}` exited {done.returncode}: "
+                              f"{done.stderr_tail(400)}")
+        return done.stdout.decode(errors="replace")
 
 
 # --- the checks --------------------------------------------------------------------------------
@@ -213,13 +212,12 @@ async def replication(master: VmShell, replica: VmShell) -> str:
     raise CheckFailed(f"row {tag} not on the replica after {REPLICATION_WAIT_S}s: {status}")
 
 
-GATEWAY_PROBE = "curl -s -o /dev/null -w '%{http_code}' --max-time 10 http://10.0.2.100/openapi.json"
-
-
-async def isolation(shell: VmShell, outside: list[str]) -> str:
-    """Until cutover the VM reaches the migration service and nothing outside its group: each
-    `host:port` of `outside` (the legacy hosts' sshd, say) must be unreachable from it."""
-    status = (await shell.run(GATEWAY_PROBE)).strip()
+async def isolation(shell: VmShell, gateway_url: str, outside: list[str]) -> str:
+    """Until cutover the VM reaches the migration service (at `gateway_url`, as the VMs see it)
+    and nothing outside its group: each `host:port` of `outside` (the legacy hosts' sshd, say)
+    must be unreachable from it."""
+    probe = f"curl -s -o /dev/null -w '%{{http_code}}' --max-time 10 {gateway_url}/openapi.json"
+    status = (await shell.run(probe)).strip()
     if status != "200":
         raise CheckFailed(f"the migration service answered {status!r}, not 200")
     reached = []
@@ -236,11 +234,11 @@ async def isolation(shell: VmShell, outside: list[str]) -> str:
 
 # --- all of them -------------------------------------------------------------------------------
 
-async def check_group(plan: Plan, namespace: str, identity: Path, legacy_run: LegacyRun,
+async def check_group(plan: Plan, identity: Path, legacy_run: LegacyRun, gateway_url: str,
                       outside: list[str] = ()) -> list[Check]:
     """Run every check on every VM of the group; a failing check is reported, not raised.
     `outside`: `host:port`s beyond the group that no VM may reach before cutover."""
-    shells = {vm.name: VmShell(namespace, str(vm.network.address.ip), identity)
+    shells = {vm.name: VmShell(str(vm.network.address.ip), identity)
               for vm in plan.vms}
     results: list[Check] = []
 
@@ -256,7 +254,7 @@ async def check_group(plan: Plan, namespace: str, identity: Path, legacy_run: Le
         await record(vm.name, "filesystems", filesystems(shell, vm))
         await record(vm.name, "migrating marker", migrating_marker(shell, vm))
         if outside:
-            await record(vm.name, "isolation", isolation(shell, list(outside)))
+            await record(vm.name, "isolation", isolation(shell, gateway_url, list(outside)))
         await record(vm.name, "data tree", data_tree(shell, vm, legacy_run))
         master = vm.name if vm.role == Role.DB_MASTER else vm.replica_of
         if master:

@@ -56,9 +56,24 @@ class Settings(BaseSettings):
 
     state_dir: Path = Field(default_factory=_state_dir)
     archive_dir: Path | None = None
-    provider: str = "qemu"  # real VMs on this machine; "sim" for simulated ones
-    # The qemu provider: "auto" probes KVM briefly and falls back to TCG; "kvm" or "tcg" decide.
-    qemu_accel: str = "auto"
+    provider: str = "libvirt"  # real VMs through libvirt; "sim" for simulated ones
+    # The libvirt provider (docs/providers.md). Hosts: connection URIs, comma-separated
+    # (qemu:///system, qemu+ssh://root@host/system); a new VM goes to the one with the most
+    # free memory that fits it.
+    libvirt_uris: str = "qemu:///system"
+    # "auto" probes KVM briefly and falls back to TCG (<domain type='qemu'>); "kvm" or "qemu".
+    libvirt_domain_type: str = "auto"
+    # The storage pool of the VMs' disks, made (a directory pool at this path) if missing.
+    libvirt_pool: str = "ferry"
+    libvirt_pool_path: Path = Path("/var/lib/libvirt/images/ferry")
+    # The migration network (isolated, its DHCP answers PXE); the host holds its first address.
+    libvirt_migration_subnet: str = "10.215.0.0/24"
+    # The boot URL iPXE gets by DHCP; ${uuid} and ${serial} are iPXE's (the VM id and its boot
+    # token). Default: the gateway at the migration network's host address and gateway_port.
+    libvirt_boot_url: str | None = None
+    # Group networks route only to this host device (the lab: its legacy site's veth); empty:
+    # routed by the host's own routes.
+    libvirt_group_forward_dev: str = ""
     # Where deploy/lab/build-images.sh caches its chroots and images (images-<hash>/, latest).
     lab_cache: Path = Field(default_factory=_lab_cache)
     # The image folder to use; default: the newest build in lab_cache.
@@ -71,6 +86,10 @@ class Settings(BaseSettings):
     metrics_port: int = 0
     log_format: str = "auto"  # auto | json | console
     log_level: str = "info"
+
+    @property
+    def libvirt_hosts(self) -> list[str]:
+        return [uri.strip() for uri in self.libvirt_uris.split(",") if uri.strip()]
 
     @property
     def archive_root(self) -> Path:

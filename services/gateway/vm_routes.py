@@ -33,8 +33,8 @@ async def boot_script(request: web.Request) -> web.Response:
         owner = await vm_from_token(db, request.query.get("token"))
     if owner != path_uuid(request, "vm_id"):
         raise problem(web.HTTPForbidden, "this token belongs to another VM")
-    # The gateway as this VM reached it: behind slirp's guestfwd or a namespace relay the VM
-    # knows an address that only exists on its own network, and that is what it must call.
+    # The gateway as this VM reached it (the migration network's host address, say): the
+    # address it must call, whatever the gateway's own settings name.
     gw = f"{request.scheme}://{request.host}"
     token = request.query["token"]
     args = f"ferry.gateway={gw} ferry.vm={owner} ferry.token={token} console=ttyS0"

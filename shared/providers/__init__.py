@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
-# Imported for annotations only, and every provider is imported by its factory when built: QEMU
-# runs `python -m shared.providers.guestfwd` once per guest connection, and importing pydantic
-# here would add ~0.3 s to each of them.
+# Imported for annotations only, and every provider is imported by its factory when built: the
+# sim's VM processes import this package, and importing pydantic here would slow each of them.
 if TYPE_CHECKING:
     from shared.providers.base import Provider
     from shared.settings import Settings
@@ -23,8 +22,8 @@ class Registration(NamedTuple):  # not a dataclass: `dataclasses` imports `inspe
     # What it does beyond the Protocol's promises (tests/providers checks both ways):
     # addresses() gives a VM on its group's network its planned address; else always [].
     reports_addresses: bool = False
-    # set_outbound() keeps each group's outbound open or blocked (qemu: a firewall on the
-    # group's network; the fake: in memory); else it is accepted and ignored.
+    # set_outbound() keeps each group's outbound open or blocked (libvirt: a network filter
+    # on its VMs' interfaces; the fake: in memory); else it is accepted and ignored.
     blocks_outbound: bool = False
     # Built by tests only; no setting can choose it.
     test_double: bool = False
@@ -84,11 +83,11 @@ def _sim(settings: Settings) -> Provider:
     return SimProvider(settings.state_dir / "sim")
 
 
-@register("qemu", reports_addresses=True, blocks_outbound=True)
-def _qemu(settings: Settings) -> Provider:
-    from shared.providers.qemu import QemuProvider
+@register("libvirt", reports_addresses=True, blocks_outbound=True)
+def _libvirt(settings: Settings) -> Provider:
+    from shared.providers.libvirt import LibvirtProvider
 
-    return QemuProvider(settings)
+    return LibvirtProvider(settings)
 
 
 @register("fake", blocks_outbound=True, test_double=True)

@@ -22,6 +22,27 @@ def group_network(group: str) -> str:
     return f"group:{group}"
 
 
+class DiskBus(StrEnum):
+    VIRTIO = "virtio"
+    SCSI = "scsi"
+    SATA = "sata"
+
+
+def disk_serial(vm_id: uuid.UUID, index: int) -> str:
+    """The serial number the guest sees on the VM's disk `index` (≤ 20 characters: SATA's and
+    virtio-blk's limit); the configuration script finds its disks by it."""
+    return f"fm{vm_id.hex[:12]}d{index}"
+
+
+class ProviderDisk(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    index: int
+    size_gb: int
+    bus: DiskBus
+    serial: str
+
+
 class VmSpec(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -36,6 +57,14 @@ class VmSpec(BaseModel):
     # providers that build that network (qemu) need them, others may ignore them.
     address: str | None = None
     gateway: str | None = None
+    # Per disk (plan order); missing: virtio.
+    disk_buses: list[DiskBus] = []
+
+
+def planned_disks(spec: VmSpec) -> list[ProviderDisk]:
+    buses = list(spec.disk_buses) + [DiskBus.VIRTIO] * (len(spec.disks_gb) - len(spec.disk_buses))
+    return [ProviderDisk(index=n, size_gb=size, bus=bus, serial=disk_serial(spec.vm_id, n))
+            for n, (size, bus) in enumerate(zip(spec.disks_gb, buses))]
 
 
 class ProviderVm(BaseModel):

@@ -1,5 +1,5 @@
 """The whole journey on real VMs: the example group (app, db-master, db-replica) is archived
-over SSH from legacy hosts in network namespaces, created as QEMU VMs, PXE-booted into the
+over SSH from legacy hosts in network namespaces, created as libvirt domains, PXE-booted into the
 migration image, rebuilt by its rendered script, booted from its own disks on the group's
 network, loaded and replicating; then the VMs themselves are checked over SSH, verified, and
 cut over: a rehearsed failure at every step rolls back, the cutover service's process is
@@ -17,10 +17,10 @@ import pytest
 
 from lab import legacy
 from lab.checks import VmShell, check_group
-from lab.control import down
+from lab.control import down, vm_gateway_url
 from services.runtime import SERVICES, Host
 from shared.plan import load_plan_file
-from shared.providers.qemu import QemuProvider, group_namespace
+from shared.providers.libvirt import LibvirtProvider
 from tests.conftest import eventually
 from tests.lab import cutover_lab
 from tests.service_process import ServiceProcess
@@ -34,11 +34,11 @@ JOURNEY_TIMEOUT_S = 2400  # under TCG on 2 cores the whole group takes minutes p
 
 @pytest.fixture
 async def site(lab_settings):
-    """The legacy site up, Ferryman running in this process with the qemu provider (all but
+    """The legacy site up, Ferryman running in this process with the libvirt provider (all but
     the cutover, see `cutover_process`); after the test nothing of the lab is left running."""
     site = await legacy.up(lab_settings)
     host = Host(lab_settings, [s for s in SERVICES if s != "cutover"],
-                provider=QemuProvider(lab_settings), gateway=True)
+                provider=LibvirtProvider(lab_settings), gateway=True)
     try:
         await host.start()
         yield site
@@ -49,7 +49,7 @@ async def site(lab_settings):
 
 @pytest.fixture
 def cutover_process(site, lab_settings):
-    """The cutover service as its own process (`python -m services.cutover`, the qemu
+    """The cutover service as its own process (`python -m services.cutover`, the libvirt
     provider, the test's settings), as it runs in production: the test kills it for real.
     Its log: test-artifacts/lab/cutover.log."""
     log = REPO / "test-artifacts" / "lab" / "cutover.log"
@@ -119,8 +119,8 @@ async def test_example_group_is_rebuilt_on_real_vms(site, cutover_process, lab_s
         return await site.run(host, *argv)
 
     outside = [f"{site.address(host)}:22" for host in site.hosts]
-    checks = await check_group(plan, group_namespace(plan.group), lab_settings.ssh_identity,
-                               legacy_run, outside)
+    checks = await check_group(plan, lab_settings.ssh_identity, legacy_run,
+                               vm_gateway_url(lab_settings), outside)
     async with operator.get(f"/v1/groups/{group_id}/timeline") as response:
         timeline = await response.json()
     spent = phase_seconds(timeline)
@@ -143,9 +143,8 @@ async def test_example_group_is_rebuilt_on_real_vms(site, cutover_process, lab_s
 
 async def cut_over(operator, group_id: str, plan, site, settings, cutover_process,
                    capsys) -> None:
-    namespace = group_namespace(plan.group)
     lab = cutover_lab.Lab(operator, group_id, plan, site, {
-        vm.name: VmShell(namespace, str(vm.network.address.ip), settings.ssh_identity)
+        vm.name: VmShell(str(vm.network.address.ip), settings.ssh_identity)
         for vm in plan.vms})
     async with operator.get(f"/v1/groups/{group_id}/verify") as response:
         verification = await response.json()

@@ -40,7 +40,7 @@ PSEUDO = ("proc", "sys", "dev", "run", "tmp")
 @pytest.fixture(scope="module")
 def lab() -> Settings:
     settings = Settings()
-    reason = lab_missing(settings, qemu=False)
+    reason = lab_missing(settings, vms=False)
     if reason:
         pytest.skip(reason)
     return settings

@@ -1,4 +1,4 @@
-"""The providers under contract: fake and sim in every run, qemu with the lab (root, images).
+"""The providers under contract: fake and sim in every run, libvirt with the lab (root, libvirtd).
 
 Where the VMs look for the gateway, a silent one notes their requests and never answers: the
 suite checks what a provider itself promises (a VM booted from the network with its kernel
@@ -13,25 +13,19 @@ import pytest
 
 from shared.providers import registration
 from shared.settings import Settings
-from tests.lab.conftest import lab_missing
-from tests.lab.test_qemu_provider import provider as qemu_provider  # noqa: F401 (a fixture)
+from tests.lab.conftest import libvirt_missing
 from tests.providers.infra import (
-    FakeInfra, Infra, QemuInfra, SilentGateway, SimInfra, live_processes,
+    FakeInfra, Infra, LibvirtInfra, SilentGateway, SimInfra, live_processes,
 )
 
-PROVIDERS = ["fake", "sim", pytest.param("qemu", marks=pytest.mark.lab)]
-
-
-@pytest.fixture
-def settings(settings: Settings) -> Settings:
-    """The test's settings; for qemu TCG, as the suite has nothing to gain from a KVM probe."""
-    return settings.model_copy(update={"qemu_accel": "tcg"})
+PROVIDERS = ["fake", "sim", pytest.param("libvirt", marks=pytest.mark.lab)]
 
 
 @pytest.fixture
 async def gateway(settings: Settings):
-    """The silent gateway at the settings' gateway address (where qemu's guestfwd and relay go)."""
-    silent = SilentGateway("127.0.0.1", settings.gateway_port)
+    """The silent gateway at the settings' gateway port, on every address: the sim's VMs call
+    it on loopback, libvirt's at the migration network's host address."""
+    silent = SilentGateway("0.0.0.0", settings.gateway_port)
     await silent.start()
     yield silent
     await silent.stop()
@@ -40,7 +34,7 @@ async def gateway(settings: Settings):
 @pytest.fixture(params=PROVIDERS)
 def infra(request: pytest.FixtureRequest) -> Infra:
     """A provider under contract, with a view of its infrastructure (fake and sim built from
-    their registrations, qemu by tests/lab's fixture)."""
+    their registrations, libvirt with TCG domains: the suite gains nothing from a KVM probe)."""
     return request.getfixturevalue(f"{request.param}_infra")
 
 
@@ -62,10 +56,14 @@ async def sim_infra(settings: Settings):
 
 
 @pytest.fixture
-def qemu_infra(settings: Settings, request: pytest.FixtureRequest):
-    reason = lab_missing(settings)
+async def libvirt_infra(settings: Settings):
+    from shared.providers.libvirt import teardown
+
+    settings = settings.model_copy(update={"provider": "libvirt", "libvirt_domain_type": "qemu"})
+    reason = libvirt_missing(settings)
     if reason:
         pytest.skip(reason)
-    # tests/lab's fixture: QemuProvider(settings), closed and torn down (every QEMU, relay and
-    # namespace under the test's lab_dir) afterwards.
-    return QemuInfra(registration("qemu"), request.getfixturevalue("qemu_provider"), settings)
+    made = registration("libvirt").build(settings)
+    yield LibvirtInfra(registration("libvirt"), made, settings)
+    await made.close()
+    await teardown(settings)  # what a failed test left: domains, volumes, networks, filters

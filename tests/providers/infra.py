@@ -2,28 +2,22 @@
 
 The contract suite asks a provider to act, then looks here to see that it did: a provider's own
 answers are not evidence. For the fake that is its memory; for sim its records and processes;
-for qemu its run folders, QEMU's command lines and the group namespaces."""
+for libvirt what libvirtd itself reports (a connection of the suite's own) and QEMU's processes."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import re
-import subprocess
 from pathlib import Path
 from typing import Protocol
-from urllib.parse import parse_qs, unquote, urlsplit
+from xml.etree import ElementTree as ET
 
 from shared.providers import Registration
-from shared.providers.base import BootSource, Provider, group_network
+from shared.providers.base import MIGRATION_NETWORK, BootSource, Provider, group_network
 from shared.providers.fake import FakeProvider
-from shared.providers.qemu import group_namespace
-from shared.providers.qemu_net import tap_name
-from shared.providers.qemu_uplink import OUTBOUND_CHAIN
 from shared.providers.sim import SimProvider
 from shared.settings import Settings
 from tests.conftest import eventually
-from tests.lab.test_qemu_provider import lab_processes, namespace_exists, ns_json, qemu_pid
 
 
 class SilentGateway:
@@ -173,51 +167,61 @@ class SimInfra:
         return None  # simulated VMs are processes on this machine's loopback
 
 
-class QemuInfra:
+class LibvirtInfra:
     reaches_gateway_within = 180.0  # SeaBIOS, then iPXE's DHCP and boot URL, under TCG
+    GROUPS = "contract-"  # the suite's groups: other domains on the host are not its own
 
     def __init__(self, registration: Registration, provider, settings: Settings):
-        self.registration, self.provider, self.settings = registration, provider, settings
-        self.vm_folders = settings.lab_dir / "vms"
+        import libvirt
 
-    def _argv(self, ref: str) -> list[str]:
-        pid = qemu_pid(self.settings, ref)
-        return cmdline(pid) if pid else []
+        self.registration, self.provider, self.settings = registration, provider, settings
+        self.uri = settings.libvirt_hosts[0]
+        self.conn = libvirt.open(self.uri)
+
+    def _domain(self, ref: str):
+        return self.conn.lookupByUUIDString(ref.partition("@")[0])
+
+    def _xml(self, ref: str, live: bool = True) -> ET.Element:
+        import libvirt
+
+        flags = 0 if live else libvirt.VIR_DOMAIN_XML_INACTIVE
+        return ET.fromstring(self._domain(ref).XMLDesc(flags))
 
     def vms(self) -> set[str]:
-        return {path.parent.name for path in self.vm_folders.glob("qemu-*/vm.json")}
+        return {f"{d.UUIDString()}@{self.uri}" for d in self.conn.listAllDomains(0)
+                if d.name().split(".", 1)[-1].startswith(self.GROUPS)}
 
     def network(self, ref: str) -> str:
-        network = json.loads((self.vm_folders / ref / "vm.json").read_text())["network"]
-        group = network.removeprefix(group_network(""))
-        if network != group:  # on a group network: its tap must be on the group's bridge
-            namespace = group_namespace(group)
-            links = {link["ifname"]: link for link in ns_json(namespace, "link")} \
-                if namespace_exists(namespace) else {}
-            if links.get(tap_name(ref), {}).get("master") != "br0":
-                return f"{network}, without its tap on the bridge"
-        return network
+        """The network the domain's interface is on; a group network must exist and run."""
+        name = self._xml(ref, live=False).find("devices/interface/source").get("network")
+        if name == "ferry-migration":
+            return MIGRATION_NETWORK
+        group = name.removeprefix("ferry-g-")
+        if not any(n.name() == name and n.isActive() for n in self.conn.listAllNetworks(0)):
+            return f"{group_network(group)}, whose libvirt network does not run"
+        return group_network(group)
 
     def running(self, ref: str) -> BootSource | None:
-        boot = option(self._argv(ref), "-boot")
-        return {"n": BootSource.NETWORK, "c": BootSource.DISK}.get(boot or "")
+        if not self._domain(ref).isActive():
+            return None
+        nic_boot = self._xml(ref).find("devices/interface/boot")
+        return BootSource.NETWORK if nic_boot is not None else BootSource.DISK
 
     def kernel_args(self, ref: str) -> dict[str, str]:
-        """The VM id and token of the boot URL QEMU's DHCP hands to iPXE (ferry.gateway is
-        not passed: the VM reaches the gateway as 10.0.2.100)."""
-        netdev = option(self._argv(ref), "-netdev") or ""
-        found = re.search(r"bootfile=((?:[^,]|,,)*)", netdev)
-        if not found:
+        """What iPXE fills into the migration network's one boot URL: ${uuid} is the domain's
+        UUID, ${serial} its SMBIOS serial."""
+        bootp = ET.fromstring(self.conn.networkLookupByName("ferry-migration").XMLDesc(0)) \
+            .find("ip/dhcp/bootp").get("file")
+        if "${uuid}" not in bootp or "token=${serial}" not in bootp:
             return {}
-        url = urlsplit(found.group(1).replace(",,", ","))
-        return {"ferry.vm": unquote(url.path.rsplit("/", 1)[-1]),
-                "ferry.token": parse_qs(url.query)["token"][0]}
+        serial = self._xml(ref).find("sysinfo/system/entry[@name='serial']").text
+        return {"ferry.vm": self._domain(ref).UUIDString(), "ferry.token": serial}
 
     def processes(self) -> list[str]:
-        return lab_processes(self.settings)
+        # QEMU's argv names the guest: -name guest=<vm>.<group>,...
+        return [" ".join(argv) for argv in live_processes("qemu-system", "guest=").values()
+                if f".{self.GROUPS}" in " ".join(argv)]
 
     def outbound_open(self, group: str) -> bool | None:
-        namespace = group_namespace(group)
-        rules = subprocess.run(["ip", "netns", "exec", namespace, "iptables", "-S", OUTBOUND_CHAIN],
-                               capture_output=True, text=True, check=True).stdout
-        return "REJECT" not in rules
+        text = self.conn.nwfilterLookupByName(f"ferry-out-{group}").XMLDesc(0)
+        return "action='reject'" not in text and 'action="reject"' not in text

@@ -13,7 +13,6 @@ from services.cutover.scripts import forward_script
 from services.cutover.steps import GroupRunbook, Machine
 from shared import cutover_names as names
 from shared.plan import load_plan_file
-from shared.providers import qemu_uplink
 from shared.providers.fake import FakeProvider
 from shared.site_checks import run_checks
 from shared.ssh import Remote
@@ -120,17 +119,6 @@ def test_forwarding_is_undone_before_it_is_done_again():
     assert script.index("-D PREROUTING -j FERRY-FORWARD") < script.index("-N FERRY-FORWARD")
     assert "-d 203.0.113.11 -j DNAT --to-destination 10.20.0.11" in script
     assert "-d 10.20.0.11 -j MASQUERADE" in script
-
-
-def test_the_outbound_block_refuses_new_connections_and_lets_answers_through():
-    blocked = qemu_uplink.firewall_rules(blocked=True)
-    assert "--ctstate ESTABLISHED,RELATED -j ACCEPT" in blocked
-    assert "-A FERRY-OUTBOUND -p tcp -j REJECT --reject-with tcp-reset" in blocked
-    assert "REJECT" not in qemu_uplink.firewall_rules(blocked=False)
-    outer, inner = qemu_uplink.link_addresses("fm-8d9001d3")
-    assert outer.startswith("10.214.") and int(inner.split(".")[-1]) == \
-        int(outer.split(".")[-1]) + 1
-    assert qemu_uplink.root_link("fm-8d9001d3") == "fmu-8d9001d3"
 
 
 async def test_site_checks_send_the_site_name_and_judge_status_and_body():
