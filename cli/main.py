@@ -211,18 +211,19 @@ def _vm_id(ref: str) -> str:
 
 @main.group()
 def lab() -> None:
-    """The lab on this machine: real VMs under QEMU and the example legacy hosts."""
+    """The lab on this machine: real VMs through libvirt and the example legacy hosts."""
 
 
 @lab.command("down")
 def lab_down() -> None:
-    """Stop every lab VM, group network and legacy host (what `ferry demo --keep` leaves)."""
+    """Remove every lab VM (domain and disks), network and filter, and stop the legacy hosts
+    (what `ferry demo --keep` leaves)."""
     import asyncio
 
     from lab.control import down
 
     asyncio.run(down(Settings()))
-    console.print("the lab is down: no VM, group network or legacy host left running")
+    console.print("the lab is down: no VM, network, filter or legacy host left")
 
 
 if __name__ == "__main__":

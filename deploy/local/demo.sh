@@ -1,7 +1,7 @@
 #!/bin/bash
 # The demo migration: sets up, makes sure PostgreSQL, RabbitMQ and MariaDB run, builds the lab
 # images (cached), starts every service as its own process and takes the example group to
-# ready on real VMs under QEMU (`--provider sim` for simulated VMs).
+# ready on real VMs through libvirt (`--provider sim` for simulated VMs).
 set -o errexit -o nounset -o pipefail
 # shellcheck source=deploy/local/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"

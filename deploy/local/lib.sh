@@ -84,7 +84,7 @@ ensure_browser() {
     fi
 }
 
-# The lab (real VMs under QEMU, legacy hosts in network namespaces) needs root, the host's QEMU
+# The lab (real VMs through libvirt, legacy hosts in network namespaces) needs root, QEMU
 # and the images: build-images.sh installs the host packages it lacks and builds the images
 # (cached; about a second when nothing changed).
 ensure_lab() {

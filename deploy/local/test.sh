@@ -1,6 +1,6 @@
 #!/bin/bash
 # Run Ferryman's tests against this machine's real PostgreSQL, RabbitMQ and MariaDB, and the
-# lab's tests with real VMs under QEMU (the lab images are built first, or reused from the cache).
+# lab's tests with real VMs through libvirt (the lab images are built first, or reused from the cache).
 set -o errexit -o nounset -o pipefail
 # shellcheck source=deploy/local/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
