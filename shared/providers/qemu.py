@@ -31,11 +31,12 @@ from pathlib import Path
 
 from shared.logging import get_logger
 from shared.providers.base import (
-    MIGRATION_NETWORK, BootSource, ProviderError, ProviderVm, VmSpec, group_network,
+    MIGRATION_NETWORK, BootSource, DiskBus, ProviderDisk, ProviderError, ProviderVm, VmSpec,
+    group_network, planned_disks,
 )
 from shared.providers.qemu_argv import (
-    GUEST_GATEWAY_URL, QEMU, boot_url, opt_value, qemu_argv, slirp_netdev, tap_netdev, vm_mac,
-    vm_ref,
+    GUEST_GATEWAY_URL, QEMU, DiskFile, boot_url, opt_value, qemu_argv, slirp_netdev, tap_netdev,
+    vm_mac, vm_ref,
 )
 from shared.providers.qemu_net import GroupNetworks, group_namespace, tap_name
 from shared.providers.qemu_proc import (
@@ -174,6 +175,12 @@ class QemuProvider:
     # --- the protocol ---
 
     async def create_vm(self, spec: VmSpec, *, idempotency_key: str) -> ProviderVm:
+        planned = planned_disks(spec)
+        for disk in planned:
+            if disk.bus != DiskBus.VIRTIO:
+                raise ProviderError(f"qemu: VM {spec.name}, disk {disk.index}: planned on "
+                                    f"{disk.bus.value}, but the qemu provider attaches virtio "
+                                    "disks only")
         ref = vm_ref(idempotency_key)
         folder = self._folder(ref)
         async with self._lock(ref):
@@ -196,6 +203,7 @@ class QemuProvider:
                 disks.append(disk.name)
             record = {"ref": ref, "key": idempotency_key, "spec": spec.model_dump(mode="json"),
                       "mac": vm_mac(ref), "network": MIGRATION_NETWORK, "disks": disks,
+                      "planned_disks": [d.model_dump(mode="json") for d in planned],
                       "boot": None, "pid": None}
             self._save(ref, record)
         log.info("qemu: VM created", ref=ref, vm=spec.name, disks_gb=spec.disks_gb)
@@ -264,7 +272,9 @@ class QemuProvider:
             cpus = max(1, min(spec.cpus, os.cpu_count() or 1))
             argv = prefix + qemu_argv(
                 folder=folder, name=f"{spec.name}-{ref}", accel=accel, cpus=cpus,
-                memory_mb=spec.memory_mb, disks=[folder / d for d in record["disks"]],
+                memory_mb=spec.memory_mb,
+                disks=[DiskFile(folder / file, disk.serial)
+                       for file, disk in zip(record["disks"], self._disks(record), strict=True)],
                 mac=record["mac"], source=source, netdev=netdev)
             record["boot"], record["pid"] = wanted, None
             self._save(ref, record)
@@ -315,6 +325,15 @@ class QemuProvider:
         if _group_of(record["network"]) is None or not address:
             return []
         return [str(ip_interface(address).ip)]
+
+    async def disks(self, ref: str) -> list[ProviderDisk]:
+        return self._disks(self._load(ref))
+
+    @staticmethod
+    def _disks(record: dict) -> list[ProviderDisk]:
+        if "planned_disks" not in record:  # made before disks had serials: as planned now
+            return planned_disks(VmSpec.model_validate(record["spec"]))
+        return [ProviderDisk.model_validate(d) for d in record["planned_disks"]]
 
     async def set_outbound(self, group: str, open_: bool) -> None:
         namespace = group_namespace(group)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import shlex
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import quote
 
 from shared.providers.base import BootSource, ProviderError
@@ -57,6 +58,13 @@ def tap_netdev(tap: str) -> str:
     return f"tap,id=n0,ifname={tap},script=no,downscript=no"
 
 
+class DiskFile(NamedTuple):
+    """A VM's disk image and the serial its guest reads from the disk."""
+
+    path: Path
+    serial: str
+
+
 def accel_args(accel: str) -> list[str]:
     if accel == "kvm":
         return ["-accel", "kvm", "-cpu", "host"]
@@ -65,7 +73,7 @@ def accel_args(accel: str) -> list[str]:
 
 
 def qemu_argv(*, folder: Path, name: str, accel: str, cpus: int, memory_mb: int,
-              disks: list[Path], mac: str, source: BootSource, netdev: str) -> list[str]:
+              disks: list[DiskFile], mac: str, source: BootSource, netdev: str) -> list[str]:
     """QEMU's command line; it runs with `folder` as its working directory (qmp.sock is
     relative, so deep folders do not hit the 108-byte unix socket path limit)."""
     argv = [QEMU, "-name", opt_value(name), "-machine", "pc", *accel_args(accel),
@@ -75,10 +83,13 @@ def qemu_argv(*, folder: Path, name: str, accel: str, cpus: int, memory_mb: int,
             "-serial", "chardev:console",
             "-qmp", "unix:qmp.sock,server=on,wait=off",
             "-pidfile", str(folder / "qemu.pid")]
-    for disk in disks:
+    for n, disk in enumerate(disks):
         # Default cache (writeback): cache=unsafe is no faster here (docs/lab-notes.md), so the
-        # safer default stays.
-        argv += ["-drive", f"file={opt_value(str(disk))},if=virtio,format=qcow2,discard=unmap"]
+        # safer default stays. A device of its own, not if=virtio, to carry the serial the
+        # configuration script finds the disk by.
+        argv += ["-drive", f"file={opt_value(str(disk.path))},if=none,id=d{n},format=qcow2,"
+                           "discard=unmap",
+                 "-device", f"virtio-blk-pci,drive=d{n},serial={opt_value(disk.serial)}"]
     # No romfile=: QEMU patches the PCI id only into its default ROM (lab notes, pitfall 1).
     argv += ["-netdev", netdev, "-device", f"virtio-net-pci,netdev=n0,mac={mac}"]
     if source == BootSource.NETWORK:

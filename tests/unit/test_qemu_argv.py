@@ -10,10 +10,10 @@ import pytest
 
 from shared.providers import make_provider
 from shared.providers import qemu
-from shared.providers.base import BootSource, ProviderError, VmSpec
+from shared.providers.base import BootSource, DiskBus, ProviderError, VmSpec
 from shared.providers.qemu import QemuProvider, group_namespace, teardown
 from shared.providers.qemu_argv import (
-    GUEST_GATEWAY_URL, boot_url, qemu_argv, slirp_netdev, tap_netdev, vm_mac, vm_ref,
+    GUEST_GATEWAY_URL, DiskFile, boot_url, qemu_argv, slirp_netdev, tap_netdev, vm_mac, vm_ref,
 )
 from shared.providers.qemu_net import tap_name
 from shared.settings import Settings
@@ -89,7 +89,9 @@ def test_slirp_netdev_quotes_the_command_for_libslirp():
 
 def argv_for(source: BootSource, accel: str = "tcg", folder: Path = Path("/lab/vms/x,y")):
     return qemu_argv(folder=folder, name="app1-qemu-1", accel=accel, cpus=2, memory_mb=1024,
-                     disks=[folder / "disk0.qcow2", folder / "disk1.qcow2"], mac="52:54:00:01:02:03",
+                     disks=[DiskFile(folder / "disk0.qcow2", "fm0123456789abd0"),
+                            DiskFile(folder / "disk1.qcow2", "fm0123456789abd1")],
+                     mac="52:54:00:01:02:03",
                      source=source, netdev=tap_netdev("fmt0123456789"))
 
 
@@ -106,8 +108,13 @@ def test_network_boot_argv():
     assert "path=/lab/vms/x,y/console-network.log" in console
     drives = [qemu_opts(d) for d in option(argv, "-drive")]
     assert [d[0] for d in drives] == ["file=/lab/vms/x,y/disk0.qcow2", "file=/lab/vms/x,y/disk1.qcow2"]
-    assert all("if=virtio" in d and "format=qcow2" in d for d in drives)
-    assert option(argv, "-device") == ["virtio-net-pci,netdev=n0,mac=52:54:00:01:02:03"]
+    assert all("if=none" in d and "format=qcow2" in d for d in drives)
+    assert [d[2] for d in drives] == ["id=d0", "id=d1"]
+    # Each disk a virtio-blk device with its serial, in plan order (the guest finds it by it).
+    assert option(argv, "-device") == [
+        "virtio-blk-pci,drive=d0,serial=fm0123456789abd0",
+        "virtio-blk-pci,drive=d1,serial=fm0123456789abd1",
+        "virtio-net-pci,netdev=n0,mac=52:54:00:01:02:03"]
     assert not any("romfile" in a for a in argv)  # it silently disables PXE
 
 
@@ -128,9 +135,21 @@ def lab_settings(tmp_path: Path) -> Settings:
     return Settings(state_dir=tmp_path / "state", lab_images=images, provider="qemu")
 
 
-def spec() -> VmSpec:
-    return VmSpec(vm_id=uuid.uuid4(), group="g", name="a", role="app", cpus=1, memory_mb=512,
+def spec(**changes) -> VmSpec:
+    fields = dict(vm_id=uuid.uuid4(), group="g", name="a", role="app", cpus=1, memory_mb=512,
                   disks_gb=[1], address="10.20.0.11/24", gateway="10.20.0.1")
+    return VmSpec(**{**fields, **changes})
+
+
+@pytest.mark.parametrize("bus", [DiskBus.SCSI, DiskBus.SATA])
+async def test_create_refuses_disks_on_other_buses(lab_settings, bus):
+    """The qemu provider attaches virtio disks only: a plan asking for SCSI or SATA is refused
+    by name (the VM, the disk, the bus) before anything is made."""
+    asked = spec(disks_gb=[10, 20], disk_buses=[DiskBus.VIRTIO, bus])
+    with pytest.raises(ProviderError, match=f"VM a, disk 1: planned on {bus}, but the qemu "
+                                            "provider attaches virtio disks only"):
+        await QemuProvider(lab_settings).create_vm(asked, idempotency_key="k")
+    assert not (lab_settings.lab_dir / "vms").exists()
 
 
 async def test_create_needs_root(lab_settings, monkeypatch):
