@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import re
 import shlex
 import time
 import uuid
@@ -83,9 +84,14 @@ async def lvm_layout(shell: VmShell, vm: VM) -> str:
     return ", ".join(f"{n} {found[n]:.0f}M" for n in sorted(found))
 
 
+# /boot: the first partition of a disk on virtio (vdX) or on SCSI or SATA (sdX), whichever
+# the first planned disk is (fstab names it by UUID).
+BOOT_PARTITION = re.compile(r"^/dev/(vd|sd)[a-z]+1$")
+
+
 async def filesystems(shell: VmShell, vm: VM) -> str:
     """Every planned filesystem mounted where planned, with its type, on its LV (or /boot on
-    the first partition), and swap in use."""
+    a first partition), and swap in use."""
     out = await shell.run("findmnt -rn -o TARGET,SOURCE,FSTYPE; echo ---; "
                           "swapon --noheadings --show=NAME; echo ---; "
                           "readlink -f /dev/local/swap 2>/dev/null || true")
@@ -101,12 +107,15 @@ async def filesystems(shell: VmShell, vm: VM) -> str:
             seen.append("swap")
             continue
         source, fstype = mounts.get(fs.mount, (None, None))
-        # An LV has two names: the kernel's root= gives /dev/local/root, fstab the mapper name.
-        expected = ({"/dev/vda1"} if fs.mount == "/boot" else
-                    {f"/dev/local/{fs.lv_name}", f"/dev/mapper/local-{fs.lv_name}"})
-        if fstype != fs.type or source not in expected:
-            raise CheckFailed(f"{fs.mount}: {source} {fstype}, planned "
-                              f"{' or '.join(sorted(expected))} {fs.type}")
+        if fs.mount == "/boot":
+            planned = "/dev/vdX1 or /dev/sdX1"
+            where = bool(source and BOOT_PARTITION.match(source))
+        else:
+            # An LV has two names: the kernel's root= gives /dev/local/root, fstab the mapper name.
+            names = {f"/dev/local/{fs.lv_name}", f"/dev/mapper/local-{fs.lv_name}"}
+            planned, where = " or ".join(sorted(names)), source in names
+        if fstype != fs.type or not where:
+            raise CheckFailed(f"{fs.mount}: {source} {fstype}, planned {planned} {fs.type}")
         seen.append(f"{fs.mount} {fstype}")
     return ", ".join(seen)
 

@@ -108,11 +108,16 @@ class Role(str, Enum):
 
 
 class Disk(_Model):
-    """A blank disk of the new VM; disks are attached in plan order as /dev/vda, /dev/vdb ..."""
+    """A blank disk of the new VM. Its device name depends on its bus (vdX, sdX): the
+    configuration script finds each disk by the serial the provider gave it, in plan order, and
+    the first one gets /boot."""
 
-    # No device name: disks are attached in plan order as /dev/vda, /dev/vdb ...
+    # No device name: the bus decides it, and the script finds the disk by its serial.
     size_gb: Annotated[WholeNumber, Field(gt=0)]
     """Size in whole GB (more than 0)."""
+    bus: Literal["virtio", "scsi", "sata"] = "virtio"
+    """virtio, scsi or sata: how the disk is attached (default virtio; not every provider
+    attaches on every bus)."""
 
 
 class Filesystem(_Model):
@@ -260,7 +265,8 @@ class VM(_Model):
     memory_mb: Annotated[WholeNumber, Field(ge=256, le=1048576)]
     """Memory in MB, 256 to 1048576."""
     disks: list[Disk] = Field(min_length=1)
-    """The blank disks, at least one, attached in order as /dev/vda, /dev/vdb ..."""
+    """The blank disks, at least one; the first holds /boot, and all are LVM physical
+    volumes."""
     filesystems: list[Filesystem] = Field(min_length=1)
     """The filesystems, at least one, with exactly one /; they must fit in the disks."""
     archives: list[ArchiveSpec] = []

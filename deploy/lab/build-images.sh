@@ -60,9 +60,12 @@ INITRD_LINKS=(
 )
 LVM_CMDS=(pvcreate pvremove pvs pvscan pvdisplay vgcreate vgremove vgchange vgs vgscan vgdisplay
     vgextend lvcreate lvremove lvchange lvs lvscan lvdisplay lvextend lvresize)
-# Kernel modules for the migration image (dependencies are added by modprobe --show-depends).
-INITRD_MODULES=(virtio_pci virtio_net virtio_blk virtio_scsi sd_mod af_packet dm_mod xfs ext4
-    crc32c_generic crc32c_intel libcrc32c)
+# Kernel modules for the migration image (dependencies are added by modprobe --show-depends,
+# which skips a name it does not know: each of these is a module of Debian 12's 6.1 kernel).
+# Disks on virtio (virtio_blk), SCSI (virtio_scsi, sd_mod) and SATA, whose AHCI controller on
+# QEMU's q35 and pc machines needs ahci and libata, SCSI's core (scsi_mod) and sd_mod again.
+INITRD_MODULES=(virtio_pci virtio_net virtio_blk virtio_scsi scsi_mod sd_mod ahci libahci libata
+    af_packet dm_mod xfs ext4 crc32c_generic crc32c_intel libcrc32c)
 
 say() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'build-images: %s\n' "$*" >&2; exit 1; }

@@ -18,6 +18,8 @@ router = Router("configurator")
 
 # The step a VM is in from the moment it is booted until its script first reports.
 PXE_BOOT = "pxe-boot"
+# Asking the provider for the VM's disks (bus, serial), which the script finds them by.
+LIST_DISKS = "list-disks"
 
 
 @router.on(ev.VmCreated)
@@ -47,9 +49,14 @@ async def _boot_for_configuration(ctx: Context, vm_id: uuid.UUID) -> None:
         group = await tx.groups.get(vm.group_id)
         plan = group.parsed_plan()
         try:
+            disks = await ctx.provider.disks(vm.provider_ref)
+        except ProviderError as exc:
+            await journey.transition(tx, vm, VmState.FAILED, step=LIST_DISKS, message=str(exc))
+            return
+        try:
             script = render_script(plan, plan.vm(vm.name),
                                    [_archive_ref(a) for a in await tx.archives.for_vm(vm.id)],
-                                   support=support_hashes(ctx.settings.images_dir))
+                                   disks=disks, support=support_hashes(ctx.settings.images_dir))
         except RenderError as exc:
             await journey.transition(tx, vm, VmState.FAILED, step="render", message=str(exc))
             return

@@ -19,7 +19,6 @@ import io
 import ipaddress
 import re
 import shlex
-import string
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -30,6 +29,7 @@ import chevron
 from shared import databases
 from shared.databases import Engine
 from shared.plan import VM, Filesystem, Plan
+from shared.providers.base import ProviderDisk
 
 __all__ = [
     "ArchiveRef", "RenderError", "build_context", "build_local_start_context",
@@ -39,14 +39,15 @@ __all__ = [
 TEMPLATES = Path(__file__).parent / "templates"
 SCRIPT_TEMPLATE = "configure.sh.mustache"
 LOCAL_START_TEMPLATE = "local-start.sh.mustache"
-PARTIALS = ("reporting.sh",)  # {{> reporting.sh}} is templates/reporting.sh.mustache
+PARTIALS = ("reporting.sh", "disks.sh")  # {{> disks.sh}} is templates/disks.sh.mustache
 
 VOLUME_GROUP = "local"  # the root LV is /dev/local/root, which GRUB and the initrd are told
 DUMP_SUFFIX = ".sql.zst"
 
 _ARCHIVE_ID = re.compile(r"^[A-Za-z0-9_.-]+$")  # one URL path segment, as is
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# What a guest reads back whole: SATA and virtio-blk keep 20 bytes; the script trims spaces.
+_SERIAL = re.compile(r"^[!-~]{1,20}$")
 # Characters fstab (getmntent) cannot hold as they are, with their octal escapes.
 _FSTAB_ESCAPES = {" ": "\\040", "\t": "\\011", "\n": "\\012", "\\": "\\134"}
 
@@ -69,24 +70,24 @@ class ArchiveRef:
 
 # --- the configuration script --------------------------------------------------------------------
 
-def render_script(plan: Plan, vm: VM, archives: list[ArchiveRef],
-                  disk_devices: list[str] | None = None,
-                  support: dict[str, str] | None = None) -> str:
+def render_script(plan: Plan, vm: VM, archives: list[ArchiveRef], *,
+                  disks: list[ProviderDisk], support: dict[str, str] | None = None) -> str:
     """The configuration script the migration image runs for `vm`."""
-    return _render(SCRIPT_TEMPLATE, build_context(plan, vm, archives, disk_devices, support))
+    return _render(SCRIPT_TEMPLATE, build_context(plan, vm, archives, disks=disks,
+                                                  support=support))
 
 
-def build_context(plan: Plan, vm: VM, archives: list[ArchiveRef],
-                  disk_devices: list[str] | None = None,
-                  support: dict[str, str] | None = None) -> dict:
+def build_context(plan: Plan, vm: VM, archives: list[ArchiveRef], *,
+                  disks: list[ProviderDisk], support: dict[str, str] | None = None) -> dict:
     """The configuration script's template values, every one already shell-quoted.
 
-    `disk_devices` are the VM's disks in plan order; by default /dev/vda, /dev/vdb ...
-    `support` maps support files (base-image.tar.zst, kernel.tar.zst) to their sha256, which
-    the script then checks; without it they are taken unchecked.
+    `disks` are the VM's disks as its provider attached them, in plan order: the script finds
+    each by its serial, whatever its bus made of its name. `support` maps support files
+    (base-image.tar.zst, kernel.tar.zst) to their sha256, which the script then checks;
+    without it they are taken unchecked.
     """
     support = support or {}
-    devices = _disk_devices(vm, disk_devices)
+    _check_disks(vm, disks)
     paths = [a for a in archives if a.kind == "path"]
     dumps = [a for a in archives if a.kind == "database"]
     for archive in archives:
@@ -97,16 +98,13 @@ def build_context(plan: Plan, vm: VM, archives: list[ArchiveRef],
         "group": q(plan.group),
         "vm_name": q(vm.name),
         "role": q(_role(vm)),
-        "disks": [{"device": q(device)} for device in devices],
-        "first_disk": q(devices[0]),
-        "boot_device": q(partition(devices[0], 1)),
-        "pv_device": q(partition(devices[0], 2)),
+        "disks": [{"serial": q(disk.serial), "bus": q(disk.bus.value)} for disk in disks],
         "boot_mib": q(_mib(boot.size_gb)),
         "boot_type": q(fs_type(boot)),
         "data_dir": q(_absolute(vm.database_data_dir, "database_data_dir")),
         "volume_group": q(VOLUME_GROUP),
         "volumes": [_volume(fs) for fs in volumes],
-        "mounts": _mounts(volumes, boot, partition(devices[0], 1)),
+        "mounts": _mounts(volumes),
         "has_root_archive": any(a.source == "/" for a in paths),
         "base_image_sha256": q(_sha256_or_empty(support.get(BASE_IMAGE))),
         "kernel_sha256": q(_sha256_or_empty(support.get(KERNEL_BUNDLE))),
@@ -139,11 +137,6 @@ def _sha256_or_empty(value: str | None) -> str:
 def q(value: object) -> str:
     """One shell word that stands for exactly `value`."""
     return shlex.quote(str(value))
-
-
-def partition(device: str, number: int) -> str:
-    """/dev/vda + 1 -> /dev/vda1; /dev/nvme0n1 + 1 -> /dev/nvme0n1p1 (names ending in a digit)."""
-    return f"{device}p{number}" if device[-1:].isdigit() else f"{device}{number}"
 
 
 def fs_type(fs: Filesystem) -> str:
@@ -206,25 +199,18 @@ def resolv_conf(vm: VM) -> str:
     return "\n".join(lines)
 
 
-def _disk_devices(vm: VM, given: list[str] | None) -> list[str]:
-    devices = list(given) if given is not None else [
-        f"/dev/vd{_disk_letters(i)}" for i in range(len(vm.disks))]
-    if len(devices) != len(vm.disks) or not devices:
-        raise RenderError(f"{len(vm.disks)} disk(s) in the plan but {len(devices)} device(s)")
-    for device in devices:
-        if not device.startswith("/dev/") or _CONTROL.search(device):
-            raise RenderError(f"disk device {device!r} is not a /dev path")
-    return devices
-
-
-def _disk_letters(index: int) -> str:
-    """0 -> a, 25 -> z, 26 -> aa: the kernel's virtio disk names."""
-    letters = ""
-    index += 1
-    while index:
-        index, rest = divmod(index - 1, 26)
-        letters = string.ascii_lowercase[rest] + letters
-    return letters
+def _check_disks(vm: VM, disks: list[ProviderDisk]) -> None:
+    """The provider's disks are the plan's, in its order, each with a serial the guest can
+    read back whole."""
+    if len(disks) != len(vm.disks) or not disks:
+        raise RenderError(f"{len(vm.disks)} disk(s) in the plan but the provider reports "
+                          f"{len(disks)}")
+    for index, disk in enumerate(disks):
+        if disk.index != index:
+            raise RenderError(f"the provider reports disk {disk.index} as disk {index}")
+        if not _SERIAL.match(disk.serial):
+            raise RenderError(f"disk {index}: serial {disk.serial!r} is not 1 to 20 printable "
+                              "characters without spaces")
 
 
 def _role(vm: VM) -> str:
@@ -256,12 +242,12 @@ def _volume(fs: Filesystem) -> dict:
             "device": q(_lv_device(fs))}
 
 
-def _mounts(volumes: list[Filesystem], boot: Filesystem, boot_device: str) -> list[dict]:
-    """Parents before children: "/" first, then /boot, then the rest (already in that order)."""
-    entries = [{"device": q(_lv_device(fs)), "mount": q(fs.mount), "type": q(fs_type(fs))}
-               for fs in volumes if fs.mount != "swap"]
-    boot_entry = {"device": q(boot_device), "mount": q("/boot"), "type": q(fs_type(boot))}
-    return entries[:1] + [boot_entry] + entries[1:]
+def _mounts(volumes: list[Filesystem]) -> list[dict]:
+    """The LVs to mount, parents before children: "/" first (the script mounts /boot, whose
+    device it finds, right after it), then the rest (already in that order)."""
+    return [{"device": q(_lv_device(fs)), "mount": q(fs.mount), "type": q(fs_type(fs)),
+             "is_root": fs.mount == "/"}
+            for fs in volumes if fs.mount != "swap"]
 
 
 def _fstab_volume(fs: Filesystem) -> str:

@@ -69,6 +69,7 @@ async def _create(ctx: Context, plan: Plan, vm_id: uuid.UUID) -> None:
         spec = VmSpec(
             vm_id=vm.id, group=plan.group, name=vm.name, role=vm.role, cpus=planned.cpus,
             memory_mb=planned.memory_mb, disks_gb=[d.size_gb for d in planned.disks],
+            disk_buses=[d.bus for d in planned.disks],
             address=str(planned.network.address),
             gateway=str(planned.network.gateway) if planned.network.gateway else None,
         )

@@ -6,7 +6,7 @@ import uuid
 from enum import StrEnum
 from typing import Protocol
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 
 class BootSource(StrEnum):
@@ -17,30 +17,30 @@ class BootSource(StrEnum):
 MIGRATION_NETWORK = "migration"
 
 
-def group_network(group: str) -> str:
-    """The final network of a group: its VMs reach each other and the gateway, nothing else."""
-    return f"group:{group}"
-
-
 class DiskBus(StrEnum):
+    """The bus a disk is attached on, which decides its name inside the VM (vdX or sdX)."""
+
     VIRTIO = "virtio"
     SCSI = "scsi"
     SATA = "sata"
 
 
+# SATA's IDENTIFY data and virtio-blk's ID both hold 20 bytes of serial: a longer one is cut.
+SERIAL_MAX = 20
+
+
 def disk_serial(vm_id: uuid.UUID, index: int) -> str:
-    """The serial number the guest sees on the VM's disk `index` (≤ 20 characters: SATA's and
-    virtio-blk's limit); the configuration script finds its disks by it."""
-    return f"fm{vm_id.hex[:12]}d{index}"
+    """The serial of a VM's disk number `index` (plan order): the guest finds the disk by it,
+    whatever its bus and name. Unique per VM and disk, at most SERIAL_MAX ASCII characters."""
+    serial = f"fm{vm_id.hex[:12]}d{index}"
+    if len(serial) > SERIAL_MAX:
+        raise ValueError(f"disk index {index}: serial {serial!r} is longer than {SERIAL_MAX}")
+    return serial
 
 
-class ProviderDisk(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    index: int
-    size_gb: int
-    bus: DiskBus
-    serial: str
+def group_network(group: str) -> str:
+    """The final network of a group: its VMs reach each other and the gateway, nothing else."""
+    return f"group:{group}"
 
 
 class VmSpec(BaseModel):
@@ -53,18 +53,37 @@ class VmSpec(BaseModel):
     cpus: int
     memory_mb: int
     disks_gb: list[int]
+    # The bus of each disk, in the order of disks_gb; empty: every disk on virtio.
+    disk_buses: list[DiskBus] = []
     # The VM's final address on its group's network ("10.20.0.11/24") and its gateway there;
-    # providers that build that network (qemu) need them, others may ignore them.
+    # providers that build that network (libvirt) need them, others may ignore them.
     address: str | None = None
     gateway: str | None = None
-    # Per disk (plan order); missing: virtio.
-    disk_buses: list[DiskBus] = []
+
+    @model_validator(mode="after")
+    def _a_bus_per_disk(self) -> VmSpec:
+        if self.disk_buses and len(self.disk_buses) != len(self.disks_gb):
+            raise ValueError(f"VM {self.name}: {len(self.disk_buses)} disk bus(es) for "
+                             f"{len(self.disks_gb)} disk(s)")
+        return self
+
+
+class ProviderDisk(BaseModel):
+    """One disk of a VM as the provider attached it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    index: int  # in plan order, from 0
+    size_gb: int
+    bus: DiskBus
+    serial: str  # what the guest reads (virtio-blk serial, SCSI/SATA unit serial number)
 
 
 def planned_disks(spec: VmSpec) -> list[ProviderDisk]:
-    buses = list(spec.disk_buses) + [DiskBus.VIRTIO] * (len(spec.disks_gb) - len(spec.disk_buses))
-    return [ProviderDisk(index=n, size_gb=size, bus=bus, serial=disk_serial(spec.vm_id, n))
-            for n, (size, bus) in enumerate(zip(spec.disks_gb, buses))]
+    """The disks a provider attaches for `spec`, in plan order."""
+    buses = spec.disk_buses or [DiskBus.VIRTIO] * len(spec.disks_gb)
+    return [ProviderDisk(index=i, size_gb=size, bus=bus, serial=disk_serial(spec.vm_id, i))
+            for i, (size, bus) in enumerate(zip(spec.disks_gb, buses, strict=True))]
 
 
 class ProviderVm(BaseModel):
@@ -102,6 +121,9 @@ class Provider(Protocol):
 
     async def addresses(self, ref: str) -> list[str]:
         """The VM's current addresses, as the infrastructure sees them."""
+
+    async def disks(self, ref: str) -> list[ProviderDisk]:
+        """The VM's disks in plan order, each with its bus and the serial the guest sees."""
 
     async def set_outbound(self, group: str, open_: bool) -> None:
         """Open the group network's outbound traffic (cutover), or block it again (its undo).

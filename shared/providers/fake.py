@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 from dataclasses import dataclass, field
-from shared.providers.base import BootSource, ProviderError, ProviderVm, VmSpec
+from shared.providers.base import (
+    BootSource, ProviderDisk, ProviderError, ProviderVm, VmSpec, planned_disks,
+)
 
 
 @dataclass
@@ -70,6 +72,9 @@ class FakeProvider:
 
     async def addresses(self, ref: str) -> list[str]:
         return []
+
+    async def disks(self, ref: str) -> list[ProviderDisk]:
+        return planned_disks(self._vm(ref).spec)
 
     async def set_outbound(self, group: str, open_: bool) -> None:
         self.outbound_open[group] = open_

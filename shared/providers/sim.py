@@ -11,7 +11,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from shared.providers.base import BootSource, ProviderError, ProviderVm, VmSpec
+from shared.providers.base import (
+    BootSource, ProviderDisk, ProviderError, ProviderVm, VmSpec, planned_disks,
+)
 
 # Every create_vm call, one JSON line each (see SimProvider._log_create_call).
 CREATE_CALLS = "create-calls.log"
@@ -107,6 +109,9 @@ class SimProvider:
 
     async def addresses(self, ref: str) -> list[str]:
         return []
+
+    async def disks(self, ref: str) -> list[ProviderDisk]:
+        return planned_disks(VmSpec.model_validate(self._load(ref)["spec"]))
 
     async def set_outbound(self, group: str, open_: bool) -> None:
         pass  # a simulated VM is a process on this machine's loopback: no network to block

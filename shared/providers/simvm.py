@@ -18,7 +18,7 @@ from shared.vmclient import VmClient
 
 # The steps the configuration script reports, in its order.
 SCRIPT_STEPS = (
-    "partition", "lvm", "filesystems", "mount", "unpack-archives", "database-dumps",
+    "find-disks", "partition", "lvm", "filesystems", "mount", "unpack-archives", "database-dumps",
     "kernel", "initrd", "bootloader", "fstab", "network", "config-management", "first-boot",
 )
 SYNTAX_CHECK_S = 60.0

@@ -13,7 +13,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_broker_and
 
 
 class MachinesProvider(FakeProvider):
-    """The fake, declaring real machines (what the qemu provider declares)."""
+    """The fake, declaring real machines (what the libvirt provider declares)."""
 
     name = "machines"
     simulated = False

@@ -9,7 +9,8 @@ import uuid
 import pytest
 
 from shared.providers.base import (
-    MIGRATION_NETWORK, BootSource, ProviderError, ProviderVm, VmSpec, group_network,
+    MIGRATION_NETWORK, BootSource, DiskBus, ProviderDisk, ProviderError, ProviderVm, VmSpec,
+    disk_serial, group_network,
 )
 from tests.conftest import eventually
 from tests.providers.infra import Infra, SilentGateway
@@ -21,9 +22,11 @@ def a_group() -> str:
     return f"contract-{uuid.uuid4().hex[:8]}"
 
 
-def spec(group: str, name: str = "a", host: int = 11) -> VmSpec:
+def spec(group: str, name: str = "a", host: int = 11, disks_gb: tuple[int, ...] = (1,),
+         disk_buses: tuple[DiskBus, ...] = ()) -> VmSpec:
     return VmSpec(vm_id=uuid.uuid4(), group=group, name=name, role="app", cpus=1, memory_mb=256,
-                  disks_gb=[1], address=f"10.29.0.{host}/24", gateway="10.29.0.1")
+                  disks_gb=list(disks_gb), disk_buses=list(disk_buses),
+                  address=f"10.29.0.{host}/24", gateway="10.29.0.1")
 
 
 async def create(infra: Infra, vm: VmSpec) -> ProviderVm:
@@ -141,6 +144,8 @@ async def test_delete_twice_is_fine_and_the_vm_is_gone(infra: Infra, gateway):
         await infra.provider.attach(made.ref, group_network(group))
     with pytest.raises(ProviderError):
         await infra.provider.power_off(made.ref)
+    with pytest.raises(ProviderError):
+        await infra.provider.disks(made.ref)
 
 
 async def test_addresses_per_network(infra: Infra):
@@ -155,6 +160,28 @@ async def test_addresses_per_network(infra: Infra):
     assert isinstance(found, list) and all(ipaddress.ip_address(a) for a in found)
     planned = str(ipaddress.ip_interface(vm.address).ip)
     assert found == ([planned] if infra.registration.reports_addresses else [])
+
+
+async def test_disks_are_reported_as_planned(infra: Infra):
+    """disks() gives a created VM's disks in plan order, each with its planned size and bus and
+    the serial the guest finds it by; without planned buses every disk is on virtio. A bus the
+    provider does not attach on is refused at create, and no VM is made."""
+    group = a_group()
+    buses = [DiskBus(bus) for bus in infra.registration.disk_buses]
+    wanted = [buses[i % len(buses)] for i in range(3)]
+    vm = spec(group, "a", 11, disks_gb=(1, 3, 2), disk_buses=tuple(wanted))
+    made = await create(infra, vm)
+    assert await infra.provider.disks(made.ref) == [
+        ProviderDisk(index=i, size_gb=size, bus=bus, serial=disk_serial(vm.vm_id, i))
+        for i, (size, bus) in enumerate(zip((1, 3, 2), wanted))]
+    plain = spec(group, "b", 12, disks_gb=(1, 1))
+    found = await infra.provider.disks((await create(infra, plain)).ref)
+    assert [(d.bus, d.serial) for d in found] == [(DiskBus.VIRTIO, disk_serial(plain.vm_id, i))
+                                                  for i in range(2)]
+    for bus in sorted(set(DiskBus) - set(buses)):
+        with pytest.raises(ProviderError, match=bus.value):
+            await create(infra, spec(group, f"c{bus}", 13, disk_buses=(bus,)))
+    assert len(infra.vms()) == 2
 
 
 async def test_outbound_block_twice_each_way(infra: Infra):

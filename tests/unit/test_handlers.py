@@ -14,7 +14,7 @@ from services.gateway import reports
 from shared import events as ev
 from shared import journey
 from shared.plan import load_plan
-from shared.providers.base import BootSource
+from shared.providers.base import BootSource, DiskBus, ProviderError, disk_serial
 from shared.providers.fake import FakeProvider
 from shared.service import Deps
 from shared.settings import Settings
@@ -75,6 +75,35 @@ class World:
 @pytest.fixture
 def world(tmp_path) -> World:
     return World(tmp_path)
+
+
+async def test_the_script_finds_the_disks_the_provider_attached(world):
+    """The planned buses reach the provider, and the VM's script looks for the disks by the
+    serials the provider reports, with their buses."""
+    plan = THREE_VMS.format(group="shop").replace(
+        "disks: [{size_gb: 10}]", "disks: [{size_gb: 10}, {size_gb: 5, bus: scsi}]", 1)
+    await world.submit(plan)
+    app1 = world.vm("app1")
+    assert world.provider.by_vm_id(app1.id).spec.disk_buses == [DiskBus.VIRTIO, DiskBus.SCSI]
+    script = world.store.tables.scripts[app1.id]
+    assert f"DISK_SERIALS=(\n    {disk_serial(app1.id, 0)}\n    {disk_serial(app1.id, 1)}\n)" \
+        in script
+    assert "DISK_BUSES=(\n    virtio\n    scsi\n)" in script
+
+
+async def test_a_provider_that_cannot_list_the_disks_fails_the_vm(world, monkeypatch):
+    """When the provider cannot say which disks it attached, the VM fails at list-disks with
+    the provider's words, is not booted, and its group halts."""
+    async def cannot(ref: str):
+        raise ProviderError(f"fake: {ref} has no disk records")
+
+    monkeypatch.setattr(world.provider, "disks", cannot)
+    await world.submit()
+    app1 = world.vm("app1")
+    assert (app1.state, app1.step) == (S.FAILED, "list-disks")
+    assert app1.message == f"fake: {app1.provider_ref} has no disk records"
+    assert world.provider.by_vm_id(app1.id).boots == []
+    assert world.group().status == GroupStatus.HALTED
 
 
 async def test_a_group_travels_from_submitted_to_ready(world):

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lab.checks import VmShell, _excluded, _listing
+import pytest
+
+from lab.checks import CheckFailed, VmShell, _excluded, _listing, filesystems
+from shared.plan import load_plan_file
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_a_sha256sum_listing_keeps_names_with_spaces():
@@ -31,3 +36,27 @@ def test_commands_reach_the_vm_at_its_planned_address():
     assert argv[0] == "ssh"
     assert argv[argv.index("-i") + 1] == "/k/id"
     assert "BatchMode=yes" in argv and argv[-2:] == ["root@10.20.0.11", "lvs"]
+
+
+class AnsweringShell:
+    """A VM that answers every command with the same text."""
+
+    def __init__(self, answer: str):
+        self.answer = answer
+
+    async def run(self, command: str, timeout: float = 0) -> str:
+        return self.answer
+
+
+async def test_boot_may_be_on_a_virtio_scsi_or_sata_disk():
+    """/boot is the first partition of the first planned disk, vdX1 or sdX1 by its bus; the
+    LVs are checked by name; anything else for /boot is refused, naming what was found."""
+    vm = load_plan_file(REPO / "examples" / "shop.yaml").vm("app1")
+    lvs = ("/ /dev/mapper/local-root xfs\n/data /dev/mapper/local-data xfs\n---\n"
+           "/dev/dm-2\n---\n/dev/dm-2\n")
+    for device in ("/dev/vda1", "/dev/sda1", "/dev/sdb1"):
+        found = await filesystems(AnsweringShell(f"/boot {device} ext3\n" + lvs), vm)
+        assert found == "/boot ext3, / xfs, /data xfs, swap"
+    for device in ("/dev/vda2", "/dev/local/boot", "/dev/nvme0n1p1"):
+        with pytest.raises(CheckFailed, match=f"/boot: {device} ext3, planned /dev/vdX1 or "):
+            await filesystems(AnsweringShell(f"/boot {device} ext3\n" + lvs), vm)

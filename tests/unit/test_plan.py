@@ -115,6 +115,25 @@ def test_errors_carry_line_and_column_of_the_field():
         f"shop.yaml:{index + 1}:9: vms[2].disks[0].size_gb: must be greater than 0")
 
 
+def test_a_disk_bus_is_one_the_providers_know_and_is_located():
+    """A disk's bus is virtio, scsi or sata (the providers' DiskBus), virtio when not written;
+    another one is refused at its line and column, naming the ones allowed."""
+    from shared.providers.base import DiskBus
+
+    assert [bus.value for bus in DiskBus] == ["virtio", "scsi", "sata"]
+    plan = load_plan_file(EXAMPLE)
+    assert {vm.name: [d.bus for d in vm.disks] for vm in plan.vms} == {
+        "app1": ["virtio", "sata"], "db1": ["virtio", "virtio"], "db2": ["scsi", "scsi"]}
+    text = EXAMPLE.read_text()
+    lines = text.splitlines()
+    index = lines.index("        bus: sata                  # sdX in the VM, not vdX")
+    lines[index] = "        bus: ide"
+    with pytest.raises(PlanError) as caught:
+        load_plan("\n".join(lines), source="shop.yaml")
+    assert str(caught.value) == (
+        f"shop.yaml:{index + 1}:9: vms[0].disks[1].bus: must be one of: virtio, scsi, sata")
+
+
 def test_missing_field_points_at_the_mapping_that_lacks_it():
     """A missing field is located at the mapping where it should have been written."""
     with pytest.raises(PlanError) as caught:

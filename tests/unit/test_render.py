@@ -23,6 +23,9 @@ from services.configurator.render import (TEMPLATES, ArchiveRef, RenderError, bu
                                           render_local_start, render_script)
 from shared.plan import (VM, ArchiveSpec, CutoverSettings, DatabaseSpec, Disk, Filesystem,
                          Network, Plan, Role, load_plan_file)
+from shared.providers.base import ProviderDisk, disk_serial
+from shared.providers.simvm import SCRIPT_STEPS
+from tests.unit.test_disks import VM_ID, fake_sysfs
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE_PLAN = REPO / "examples" / "shop.yaml"
@@ -51,7 +54,7 @@ STUBBED = (
 )
 # Real commands the scripts use (and `touch`, so an injected command would really run).
 REAL = ("mkdir", "cat", "cp", "chmod", "ln", "rm", "mv", "mktemp", "mkfifo", "tee", "sha256sum",
-        "date", "sleep", "grep", "touch")
+        "date", "sleep", "grep", "touch", "tail", "tr", "readlink")
 
 STUB = r'''#!{python} -S
 import json, os, sys
@@ -184,8 +187,9 @@ class Run:
 
 
 def run_under_stubs(script: str, tmp_path: Path, *, env: dict | None = None,
-                    fail: str = "") -> Run:
-    """Run `script` with bash, every system command replaced by a recorder stub."""
+                    fail: str = "", disks: list[ProviderDisk] = ()) -> Run:
+    """Run `script` with bash, every system command replaced by a recorder stub, and `disks`
+    in a fake sysfs where the script looks for them."""
     stubs = tmp_path / "bin"
     stubs.mkdir(parents=True, exist_ok=True)
     source = STUB.format(python=sys.executable, replication=REPLICATION, log_file=MASTER_LOG[0],
@@ -214,12 +218,33 @@ def run_under_stubs(script: str, tmp_path: Path, *, env: dict | None = None,
         "FERRY_GATEWAY": GATEWAY, "FERRY_VM_ID": "5b0c7d1e-vm", "FERRY_TOKEN": "token-1",
         "FERRY_NEWROOT": str(tmp_path / "newroot"),
         "FERRY_IMAGE_ETC": str(tmp_path / "image-etc"),
+        "FERRY_SYSFS": str(fake_sysfs(tmp_path / "sys", list(disks))),
+        "FERRY_DISK_BY_ID": str(tmp_path / "no-by-id"), "FERRY_DISK_WAIT_S": "0",
         **(env or {}),
     }
     done = subprocess.run([BASH, str(path)], cwd=cwd, env=full_env, capture_output=True,
                           text=True, timeout=120)
     calls = [json.loads(line) for line in log.read_text().splitlines()]
     return Run(done.returncode, done.stderr, calls)
+
+
+def disks_of(vm: VM) -> list[ProviderDisk]:
+    """The VM's disks as a provider attaches them: its planned sizes and buses, and serials."""
+    return [ProviderDisk(index=i, size_gb=d.size_gb, bus=d.bus, serial=disk_serial(VM_ID, i))
+            for i, d in enumerate(vm.disks)]
+
+
+def script_for(plan: Plan, vm: VM, archives: list[ArchiveRef] | None = None, **kwargs) -> str:
+    """The VM's configuration script, with its archives (all of them by default) and disks."""
+    archives = archive_refs(vm) if archives is None else archives
+    return render_script(plan, vm, archives, disks=disks_of(vm), **kwargs)
+
+
+def run_script(plan: Plan, vm: VM, tmp_path: Path, archives: list[ArchiveRef] | None = None, *,
+               support: dict[str, str] | None = None, **kwargs) -> Run:
+    """The VM's configuration script run under the stubs, its disks where it looks for them."""
+    return run_under_stubs(script_for(plan, vm, archives, support=support), tmp_path,
+                           disks=disks_of(vm), **kwargs)
 
 
 def pwned_files(*roots: Path) -> list[Path]:
@@ -246,7 +271,7 @@ def shop() -> Plan:
 def test_example_scripts_pass_bash_and_shellcheck(shop: Plan, name: str, tmp_path: Path):
     """The example plan's script for each VM, and its local.start, parse and pass shellcheck."""
     vm = shop.vm(name)
-    script = render_script(shop, vm, archive_refs(vm))
+    script = script_for(shop, vm)
     check_script(script, tmp_path, f"{name}-configure.sh")
     check_script(render_local_start(shop, vm, archive_refs(vm)), tmp_path,
                  f"{name}-local.start")
@@ -255,25 +280,32 @@ def test_example_scripts_pass_bash_and_shellcheck(shop: Plan, name: str, tmp_pat
 
 
 def test_example_script_lays_out_the_planned_disks(shop: Plan):
-    """The example app server gets /boot and an LVM PV on vda, vdb whole, and one LV per filesystem."""
+    """The example app server's disks go in by serial and bus, in plan order (no device names:
+    the script finds them), and it gets one LV per filesystem, "/" mounted first."""
     vm = shop.vm("app1")
-    context = build_context(shop, vm, archive_refs(vm))
-    assert context["boot_device"] == "/dev/vda1" and context["pv_device"] == "/dev/vda2"
-    assert [d["device"] for d in context["disks"]] == ["/dev/vda", "/dev/vdb"]
+    context = build_context(shop, vm, archive_refs(vm), disks=disks_of(vm))
+    assert context["disks"] == [{"serial": disk_serial(VM_ID, 0), "bus": "virtio"},
+                                {"serial": disk_serial(VM_ID, 1), "bus": "sata"}]
     assert [(v["lv_name"], v["size_mib"], v["type"]) for v in context["volumes"]] == [
         ("root", "6144", "xfs"), ("data", "15360", "xfs"), ("swap", "1024", "swap")]
-    assert [m["mount"] for m in context["mounts"]] == ["/", "/boot", "/data"]
+    assert [(m["mount"], m["is_root"]) for m in context["mounts"]] == [("/", True),
+                                                                       ("/data", False)]
     assert not context["dumps"] and context["has_root_archive"]
 
 
-def test_disk_devices_can_be_named(shop: Plan):
-    """Given device names are used as they are, with NVMe-style partition names."""
+def test_the_providers_disks_must_be_the_plans(shop: Plan):
+    """Disks that are not the plan's (fewer, out of order) or a serial the guest cannot read
+    back whole are refused when rendering."""
     vm = shop.vm("db1")
-    context = build_context(shop, vm, archive_refs(vm), ["/dev/nvme0n1", "/dev/nvme1n1"])
-    assert context["boot_device"] == "/dev/nvme0n1p1"
-    assert context["pv_device"] == "/dev/nvme0n1p2"
-    with pytest.raises(RenderError):
-        build_context(shop, vm, archive_refs(vm), ["/dev/vda"])
+    disks = disks_of(vm)
+    for bad, why in ((disks[:1], "2 disk(s) in the plan but the provider reports 1"),
+                     (disks[::-1], "the provider reports disk 1 as disk 0"),
+                     ([disks[0], disks[1].model_copy(update={"serial": "has space"})],
+                      "disk 1: serial 'has space' is not 1 to 20 printable"),
+                     ([disks[0], disks[1].model_copy(update={"serial": "x" * 21})],
+                      "disk 1: serial 'xxxxxxxxxxxxxxxxxxxxx' is not")):
+        with pytest.raises(RenderError, match=re.escape(why)):
+            render_script(shop, vm, archive_refs(vm), disks=bad)
 
 
 def test_templates_never_html_escape():
@@ -292,7 +324,7 @@ def test_unsafe_archive_records_are_refused(shop: Plan):
                 ArchiveRef("a1", "path", "/data", "not-a-sha", 0),
                 ArchiveRef("d1", "database", "a/b", EMPTY_SHA256, 0, "mariadb")):
         with pytest.raises(RenderError):
-            render_script(shop, vm, [bad])
+            script_for(shop, vm, [bad])
 
 
 # --- hostile values ------------------------------------------------------------------------------
@@ -333,7 +365,7 @@ def hostile_plan() -> tuple[Plan, VM, list[ArchiveRef]]:
 def test_hostile_values_pass_bash_and_shellcheck(tmp_path: Path):
     """Quotes, $(), backticks, semicolons and newlines in plan values still give clean scripts."""
     plan, vm, archives = hostile_plan()
-    check_script(render_script(plan, vm, archives), tmp_path, "hostile-configure.sh")
+    check_script(script_for(plan, vm, archives), tmp_path, "hostile-configure.sh")
     check_script(render_local_start(plan, vm, archives), tmp_path, "hostile-local.start")
 
 
@@ -342,8 +374,7 @@ def test_hostile_values_are_never_executed_and_arrive_intact(tmp_path: Path):
     plan, vm, archives = hostile_plan()
     newroot = tmp_path / "newroot"
     token = "tok'$(touch PWNED5)\"`x`"
-    run = run_under_stubs(render_script(plan, vm, archives), tmp_path,
-                          env={"FERRY_TOKEN": token})
+    run = run_script(plan, vm, tmp_path, archives, env={"FERRY_TOKEN": token})
 
     assert run.returncode == 0, run.stderr
     assert not pwned_files(tmp_path)
@@ -386,14 +417,15 @@ def test_hostile_values_are_never_executed_and_arrive_intact(tmp_path: Path):
 def test_script_runs_the_planned_steps_in_order(shop: Plan, tmp_path: Path):
     """The example database master's script partitions, builds LVM, unpacks and boots, in order."""
     vm = shop.vm("db1")
-    run = run_under_stubs(render_script(shop, vm, archive_refs(vm)), tmp_path)
+    run = run_script(shop, vm, tmp_path)
     newroot = tmp_path / "newroot"
 
     assert run.returncode == 0, run.stderr
     steps = [step for state, step in run.states() if state == "configuring"]
-    assert steps == ["start", "partition", "lvm", "filesystems", "mount", "unpack-archives",
-                     "database-dumps", "kernel", "initrd", "bootloader", "fstab", "network",
-                     "config-management", "first-boot", "unmount"]
+    assert steps == ["start", "find-disks", "partition", "lvm", "filesystems", "mount",
+                     "unpack-archives", "database-dumps", "kernel", "initrd", "bootloader",
+                     "fstab", "network", "config-management", "first-boot", "unmount"]
+    assert steps[1:-1] == list(SCRIPT_STEPS)  # what a simulated VM reports
     assert "label: dos\nstart=2048, size=512MiB, type=83, bootable\ntype=8e\n" == \
         run.of("sfdisk")[0]["stdin"]
     assert run.of("vgcreate")[0]["args"] == ["local", "/dev/vda2", "/dev/vdb"]
@@ -425,11 +457,47 @@ def test_script_runs_the_planned_steps_in_order(shop: Plan, tmp_path: Path):
         f"{newroot}/db", f"{newroot}/boot", str(newroot)]
 
 
+def test_disks_on_scsi_are_found_by_serial_whatever_their_names(shop: Plan, tmp_path: Path):
+    """The replica's disks are on SCSI, and the kernel named them in the reverse of plan order:
+    the script still partitions the first planned disk, puts GRUB on it, mounts /boot from it
+    and writes fstab with /boot's UUID, not a device name."""
+    vm = shop.vm("db2")
+    disks = disks_of(vm)
+    sysfs = fake_sysfs(tmp_path / "reversed", disks, names=["sdb", "sda"])
+    run = run_under_stubs(script_for(shop, vm), tmp_path, env={"FERRY_SYSFS": str(sysfs)})
+    newroot = tmp_path / "newroot"
+    assert run.returncode == 0, run.stderr
+    assert f"disk 0 (scsi, serial {disks[0].serial}) is /dev/sdb" in run.texts()
+    assert f"disk 1 (scsi, serial {disks[1].serial}) is /dev/sda" in run.texts()
+    assert run.of("sfdisk")[0]["args"][-1] == "/dev/sdb"
+    assert run.of("vgcreate")[0]["args"] == ["local", "/dev/sdb2", "/dev/sda"]
+    assert run.of("grub-install")[0]["args"][-1] == "/dev/sdb"
+    assert ["-t", "ext3", "/dev/sdb1", f"{newroot}/boot"] in [c["args"] for c in run.of("mount")]
+    fstab = (newroot / "etc/fstab").read_text()
+    assert f"UUID={BOOT_UUID}\t/boot\text3\tdefaults\t0\t2" in fstab and "/dev/sd" not in fstab
+    assert f"search --no-floppy --fs-uuid --set=root {BOOT_UUID}" in \
+        (newroot / "boot/grub/grub.cfg").read_text()
+
+
+def test_a_missing_disk_fails_the_script_before_anything_is_touched(shop: Plan, tmp_path: Path):
+    """When a planned disk never shows up, the script fails at find-disks, saying which serial
+    on which bus it looked for and which disks it saw, and partitions nothing."""
+    vm = shop.vm("app1")
+    disks = disks_of(vm)
+    sysfs = fake_sysfs(tmp_path / "one-disk", disks[:1])
+    run = run_under_stubs(script_for(shop, vm), tmp_path, env={"FERRY_SYSFS": str(sysfs)})
+    assert run.returncode != 0
+    assert [b["step"] for b in run.posted("state") if b["state"] == "failed"] == ["find-disks"]
+    assert (f"disk 1: no disk with serial {disks[1].serial} (planned on sata) after 0 s; "
+            f"disks seen: vda (virtio, serial '{disks[0].serial}')") in run.texts()
+    assert not run.of("sfdisk") and not run.of("wipefs")
+
+
 def test_a_vm_without_root_archive_gets_the_base_image(shop: Plan, tmp_path: Path):
     """Without a root archive the base image is unpacked into the new root before other archives."""
     vm = shop.vm("app1")
     archives = [a for a in archive_refs(vm) if a.source != "/"]
-    run = run_under_stubs(render_script(shop, vm, archives), tmp_path)
+    run = run_script(shop, vm, tmp_path, archives)
     assert run.returncode == 0, run.stderr
     downloads = [c["url"] for c in run.of("curl") if "body" not in c]
     assert downloads[:2] == [f"{GATEWAY}/v1/support/base-image.tar.zst",
@@ -443,10 +511,9 @@ def test_support_data_is_checked_against_the_manifest_sha256(shop: Plan, tmp_pat
     archives = [a for a in archive_refs(vm) if a.source != "/"]
     good = hashlib.sha256(b"support data").hexdigest()
     support = {"base-image.tar.zst": good, "kernel.tar.zst": good}
-    assert run_under_stubs(render_script(shop, vm, archives, support=support),
-                           tmp_path / "good").returncode == 0
+    assert run_script(shop, vm, tmp_path / "good", archives, support=support).returncode == 0
     support["base-image.tar.zst"] = "0" * 64
-    run = run_under_stubs(render_script(shop, vm, archives, support=support), tmp_path / "bad")
+    run = run_script(shop, vm, tmp_path / "bad", archives, support=support)
     assert run.returncode != 0
     assert run.posted("state")[-1]["step"] == "unpack-archives"
     assert f"sha256 is {good}" in run.texts()
@@ -456,12 +523,11 @@ def test_the_initrd_that_came_with_the_kernel_is_used(shop: Plan, tmp_path: Path
     """A kernel bundle with its own initrd is not given another one (update-initramfs in the
     new root takes minutes under emulation); without one, the new root builds it."""
     vm = shop.vm("app1")
-    bundled = run_under_stubs(render_script(shop, vm, archive_refs(vm)), tmp_path / "bundled",
-                              env={"FERRY_STUB_BUNDLED_INITRD": "1"})
+    bundled = run_script(shop, vm, tmp_path / "bundled", env={"FERRY_STUB_BUNDLED_INITRD": "1"})
     assert bundled.returncode == 0, bundled.stderr
     assert not [c for c in bundled.of("chroot") if "update-initramfs" in c["args"]]
     assert "using the initrd that came with kernel" in bundled.texts()
-    built = run_under_stubs(render_script(shop, vm, archive_refs(vm)), tmp_path / "built")
+    built = run_script(shop, vm, tmp_path / "built")
     assert [c for c in built.of("chroot") if "update-initramfs" in c["args"]]
 
 
@@ -469,7 +535,7 @@ def test_a_root_archive_brings_its_users_before_it_is_unpacked(shop: Plan, tmp_p
     """The legacy root's passwd and group, read from the head of its archive, replace the
     migration image's before the archive is unpacked (so ACLs stored by name resolve)."""
     vm = shop.vm("app1")
-    run = run_under_stubs(render_script(shop, vm, archive_refs(vm)), tmp_path)
+    run = run_script(shop, vm, tmp_path)
     assert run.returncode == 0, run.stderr
     assert (tmp_path / "image-etc" / "passwd").read_text() == "legacy passwd\n"
     assert (tmp_path / "image-etc" / "group").read_text() == "legacy group\n"
@@ -486,8 +552,7 @@ def test_firstboot_rebuilds_the_module_index_only_when_it_is_missing(shop: Plan,
                                                                      tmp_path: Path):
     """firstboot.sh runs depmod when the kernel's modules.dep is missing, not when the kernel
     bundle brought it (a minute saved per VM under emulation); a second run does nothing."""
-    firstboot = heredoc(render_script(shop, shop.vm("app1"), archive_refs(shop.vm("app1"))),
-                        "FIRSTBOOT")
+    firstboot = heredoc(script_for(shop, shop.vm("app1")), "FIRSTBOOT")
     for case, has_index in (("missing", False), ("bundled", True)):
         root = tmp_path / case / "root"
         (root / "etc/ferryman").mkdir(parents=True)
@@ -506,11 +571,10 @@ def test_firstboot_rebuilds_the_module_index_only_when_it_is_missing(shop: Plan,
 def test_an_existing_rc_local_keeps_its_lines(shop: Plan, tmp_path: Path):
     """A legacy rc.local gets the local.start line after its #! line, its own lines kept."""
     vm = shop.vm("app1")
-    script = render_script(shop, vm, archive_refs(vm))
     rc_local = tmp_path / "newroot/etc/rc.local"
     rc_local.parent.mkdir(parents=True)
     rc_local.write_text("#!/bin/sh -e\necho legacy\nexit 0\n")
-    assert run_under_stubs(script, tmp_path).returncode == 0
+    assert run_script(shop, vm, tmp_path).returncode == 0
     lines = rc_local.read_text().splitlines()
     assert lines[0] == "#!/bin/sh -e" and "ferryman-local-start" in lines[1]
     assert lines[2:] == ["echo legacy", "exit 0"]
@@ -521,7 +585,7 @@ def test_an_existing_rc_local_keeps_its_lines(shop: Plan, tmp_path: Path):
 def test_a_failing_command_is_reported_with_its_step(shop: Plan, tmp_path: Path):
     """When lvcreate fails the script reports state failed at step lvm, and exits non-zero."""
     vm = shop.vm("app1")
-    run = run_under_stubs(render_script(shop, vm, archive_refs(vm)), tmp_path, fail="lvcreate")
+    run = run_script(shop, vm, tmp_path, fail="lvcreate")
     assert run.returncode != 0
     failed = [body for body in run.posted("state") if body["state"] == "failed"]
     assert len(failed) == 1
@@ -534,7 +598,7 @@ def test_a_corrupt_archive_fails_its_step(shop: Plan, tmp_path: Path):
     """An archive whose sha256 does not match fails the unpack-archives step."""
     vm = shop.vm("app1")
     archives = [ArchiveRef(a.id, a.kind, a.source, "0" * 64, a.size) for a in archive_refs(vm)]
-    run = run_under_stubs(render_script(shop, vm, archives), tmp_path)
+    run = run_script(shop, vm, tmp_path, archives)
     assert run.returncode != 0
     assert [b["step"] for b in run.posted("state") if b["state"] == "failed"] == \
         ["unpack-archives"]
