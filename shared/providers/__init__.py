@@ -12,8 +12,6 @@ if TYPE_CHECKING:
     from shared.settings import Settings
 
 Factory = Callable[["Settings"], "Provider"]
-# Every DiskBus, by value (shared.providers.base imports pydantic, which this module must not).
-ALL_DISK_BUSES = ("virtio", "scsi", "sata")
 
 
 class Registration(NamedTuple):  # not a dataclass: `dataclasses` imports `inspect` (~8 ms)
@@ -29,23 +27,20 @@ class Registration(NamedTuple):  # not a dataclass: `dataclasses` imports `inspe
     blocks_outbound: bool = False
     # Built by tests only; no setting can choose it.
     test_double: bool = False
-    # The buses it attaches disks on; create_vm refuses a VM with a disk on any other.
-    disk_buses: tuple[str, ...] = ALL_DISK_BUSES
 
 
 _REGISTRY: dict[str, Registration] = {}
 
 
 def register(name: str, *, reports_addresses: bool = False, blocks_outbound: bool = False,
-             test_double: bool = False, disk_buses: tuple[str, ...] = ALL_DISK_BUSES,
-             ) -> Callable[[Factory], Factory]:
+             test_double: bool = False) -> Callable[[Factory], Factory]:
     """Register the decorated factory (Settings -> provider) under `name`."""
 
     def add(build: Factory) -> Factory:
         if name in _REGISTRY:
             raise ValueError(f"provider {name!r} is registered twice")
         _REGISTRY[name] = Registration(name, build, reports_addresses, blocks_outbound,
-                                       test_double, disk_buses)
+                                       test_double)
         return build
 
     return add

@@ -67,12 +67,3 @@ def test_importing_the_registry_imports_no_provider_and_no_pydantic():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "['shared', 'shared.providers']"
-
-
-def test_the_registry_knows_every_disk_bus():
-    """A registration's default disk buses are every DiskBus (spelt out: no pydantic here)."""
-    from shared.providers import ALL_DISK_BUSES
-    from shared.providers.base import DiskBus
-
-    assert ALL_DISK_BUSES == tuple(DiskBus)
-    assert registration("qemu").disk_buses == ("virtio",)
