@@ -84,6 +84,33 @@ async def lvm_layout(shell: VmShell, vm: VM) -> str:
     return ", ".join(f"{n} {found[n]:.0f}M" for n in sorted(found))
 
 
+# Ferryman's disk serials (shared.providers.base.disk_serial): fm<12 hex of the VM id>d<index>.
+DISK_SERIAL = re.compile(r"^fm[0-9a-f]{12}d(\d+)$")
+DEVICE_PREFIX = {"virtio": "vd", "scsi": "sd", "sata": "sd"}
+
+
+async def planned_disks(shell: VmShell, vm: VM) -> str:
+    """Each planned disk is in the VM, by its serial, in plan order, with its planned size and
+    named as its bus names disks (vdX on virtio, sdX on SCSI and SATA)."""
+    out = await shell.run("lsblk -dnbo NAME,SIZE,SERIAL")
+    found = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and (serial := DISK_SERIAL.match(parts[2])):
+            found[int(serial.group(1))] = (parts[0], int(parts[1]))
+    if sorted(found) != list(range(len(vm.disks))):
+        raise CheckFailed(f"disks with Ferryman's serials: {sorted(found)}, planned "
+                          f"{len(vm.disks)}: {out.strip()}")
+    seen = []
+    for index, disk in enumerate(vm.disks):
+        name, size = found[index]
+        if not name.startswith(DEVICE_PREFIX[disk.bus]) or size != disk.size_gb * 1024 ** 3:
+            raise CheckFailed(f"disk {index} is {name} of {size} bytes, planned {disk.size_gb} "
+                              f"GiB on {disk.bus}")
+        seen.append(f"{name} ({disk.bus}, {disk.size_gb}G)")
+    return ", ".join(seen)
+
+
 # /boot: the first partition of a disk on virtio (vdX) or on SCSI or SATA (sdX), whichever
 # the first planned disk is (fstab names it by UUID).
 BOOT_PARTITION = re.compile(r"^/dev/(vd|sd)[a-z]+1$")
@@ -259,6 +286,7 @@ async def check_group(plan: Plan, identity: Path, legacy_run: LegacyRun, gateway
 
     for vm in plan.vms:
         shell = shells[vm.name]
+        await record(vm.name, "disks", planned_disks(shell, vm))
         await record(vm.name, "LVM layout", lvm_layout(shell, vm))
         await record(vm.name, "filesystems", filesystems(shell, vm))
         await record(vm.name, "migrating marker", migrating_marker(shell, vm))

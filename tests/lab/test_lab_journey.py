@@ -9,6 +9,7 @@ while a prober outside measures the downtime."""
 
 from __future__ import annotations
 
+import subprocess
 import time
 from datetime import datetime
 from pathlib import Path
@@ -35,7 +36,8 @@ JOURNEY_TIMEOUT_S = 2400  # under TCG on 2 cores the whole group takes minutes p
 @pytest.fixture
 async def site(lab_settings):
     """The legacy site up, Ferryman running in this process with the libvirt provider (all but
-    the cutover, see `cutover_process`); after the test nothing of the lab is left running."""
+    the cutover, see `cutover_process`); after the test nothing of the lab is left: libvirt
+    lists none of the group's domains."""
     site = await legacy.up(lab_settings)
     host = Host(lab_settings, [s for s in SERVICES if s != "cutover"],
                 provider=LibvirtProvider(lab_settings), gateway=True)
@@ -45,6 +47,14 @@ async def site(lab_settings):
     finally:
         await host.stop()
         await down(lab_settings)
+    assert not [d for d in virsh_domains("--all") if d.endswith(".shop")]
+
+
+def virsh_domains(*flags: str) -> list[str]:
+    """What an operator sees: `virsh list --all --name` (or with other flags)."""
+    out = subprocess.run(["virsh", "-c", "qemu:///system", "list", "--name", *flags],
+                         capture_output=True, text=True, check=True).stdout
+    return out.split()
 
 
 @pytest.fixture
@@ -114,6 +124,7 @@ async def test_example_group_is_rebuilt_on_real_vms(site, cutover_process, lab_s
     detail = await eventually(settled, JOURNEY_TIMEOUT_S, interval=2, what="the group to settle")
     wall = time.monotonic() - started
     assert detail["status"] == "ready", detail.get("halted_reason") or detail
+    assert {"app1.shop", "db1.shop", "db2.shop"} <= set(virsh_domains("--state-running"))
 
     async def legacy_run(host: str, argv: list[str]) -> str:
         return await site.run(host, *argv)
@@ -135,7 +146,7 @@ async def test_example_group_is_rebuilt_on_real_vms(site, cutover_process, lab_s
             print(f"  {'ok ' if check.ok else 'FAILED'} {check.vm} {check.what}: {check.detail}")
     failed = [c for c in checks if not c.ok]
     assert not failed, failed
-    assert {c.what for c in checks} >= {"LVM layout", "filesystems", "migrating marker",
+    assert {c.what for c in checks} >= {"disks", "LVM layout", "filesystems", "migrating marker",
                                          "isolation", "data tree", "database rows",
                                          "replication"}
     await cut_over(operator, group_id, plan, site, lab_settings, cutover_process, capsys)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lab.checks import CheckFailed, VmShell, _excluded, _listing, filesystems
+from lab.checks import CheckFailed, VmShell, _excluded, _listing, filesystems, planned_disks
 from shared.plan import load_plan_file
 
 REPO = Path(__file__).resolve().parents[2]
@@ -60,3 +60,16 @@ async def test_boot_may_be_on_a_virtio_scsi_or_sata_disk():
     for device in ("/dev/vda2", "/dev/local/boot", "/dev/nvme0n1p1"):
         with pytest.raises(CheckFailed, match=f"/boot: {device} ext3, planned /dev/vdX1 or "):
             await filesystems(AnsweringShell(f"/boot {device} ext3\n" + lvs), vm)
+
+
+async def test_the_planned_disks_are_found_by_serial_named_by_their_bus():
+    """app1's disks as lsblk shows them on the rebuilt VM (its second disk on SATA, so sda),
+    then the same with the SATA disk showing up as virtio, and with one disk missing."""
+    vm = load_plan_file(REPO / "examples" / "shop.yaml").vm("app1")
+    lsblk = "sda  21474836480 fma7d4936f609fd1\nvda  10737418240 fma7d4936f609fd0\nsr0 1 QM1\n"
+    assert await planned_disks(AnsweringShell(lsblk), vm) == "vda (virtio, 10G), sda (sata, 20G)"
+    with pytest.raises(CheckFailed, match="disk 1 is vdb of 21474836480 bytes, planned 20 GiB "
+                                          "on sata"):
+        await planned_disks(AnsweringShell(lsblk.replace("sda ", "vdb ")), vm)
+    with pytest.raises(CheckFailed, match=r"Ferryman's serials: \[0\], planned 2"):
+        await planned_disks(AnsweringShell(lsblk.splitlines()[1]), vm)
