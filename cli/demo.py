@@ -124,7 +124,7 @@ def _lab_down(settings, keep: bool) -> None:
     from lab.control import down
 
     asyncio.run(down(settings))
-    console.print("VMs, group networks and legacy hosts stopped")
+    console.print("VMs, their networks and the legacy hosts removed")
 
 
 def _cut_over(gateway: Gateway, group: str) -> bool:

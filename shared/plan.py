@@ -116,8 +116,8 @@ class Disk(_Model):
     size_gb: Annotated[WholeNumber, Field(gt=0)]
     """Size in whole GB (more than 0)."""
     bus: Literal["virtio", "scsi", "sata"] = "virtio"
-    """virtio, scsi or sata: how the disk is attached (default virtio; not every provider
-    attaches on every bus)."""
+    """virtio, scsi or sata: how the disk is attached (default virtio); the VM names it vdX on
+    virtio, sdX on SCSI and SATA."""
 
 
 class Filesystem(_Model):

@@ -33,6 +33,16 @@ def libvirt_missing(settings: Settings) -> str | None:
     return None
 
 
+def libvirt_test_settings(settings: Settings) -> Settings:
+    """`settings` for the libvirt provider with TCG domains (a test gains nothing from a KVM
+    probe); skips when libvirt cannot make VMs here."""
+    settings = settings.model_copy(update={"provider": "libvirt", "libvirt_domain_type": "qemu"})
+    reason = libvirt_missing(settings)
+    if reason:
+        pytest.skip(reason)
+    return settings
+
+
 def lab_missing(settings: Settings, vms: bool = True) -> str | None:
     """Why the lab (with its VMs, or only its legacy hosts) cannot run here, or None."""
     if os.geteuid() != 0:

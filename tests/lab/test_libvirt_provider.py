@@ -5,6 +5,7 @@ The provider's contract (create, networks, boots, delete) is tests/providers' su
 
 from __future__ import annotations
 
+import asyncio
 import re
 import subprocess
 import uuid
@@ -18,7 +19,7 @@ from shared.providers.libvirt import LibvirtProvider, teardown
 from shared.settings import Settings
 from tests.conftest import eventually, free_port
 from tests.integration.harness import THREE_VMS, Ferry
-from tests.lab.conftest import libvirt_missing
+from tests.lab.conftest import libvirt_test_settings
 
 pytestmark = [pytest.mark.lab]
 
@@ -27,10 +28,7 @@ LOCAL = "qemu:///system"
 
 @pytest.fixture
 async def settings(settings: Settings):
-    settings = settings.model_copy(update={"provider": "libvirt", "libvirt_domain_type": "qemu"})
-    reason = libvirt_missing(settings)
-    if reason:
-        pytest.skip(reason)
+    settings = libvirt_test_settings(settings)
     yield settings
     await teardown(settings)
 
@@ -199,3 +197,26 @@ async def test_a_provider_error_fails_the_vm_and_halts_its_group(settings, opera
         await host.stop()
     await teardown(settings)
     assert name in virsh("list", "--all", "--name")
+
+
+async def test_the_kvm_probe_says_why_and_decides_once_per_host(settings, tmp_path):
+    """FERRY_LIBVIRT_DOMAIN_TYPE=auto: the probe asks the host for KVM and boots the migration
+    kernel under it; whichever way it goes it says why, leaves no domain behind, and its
+    verdict is cached (a probe costs seconds)."""
+    import libvirt
+
+    from shared.providers.kvm_probe import PROBE_DOMAIN, kvm_verdict
+
+    vmlinuz = settings.images_dir / "migration-vmlinuz"
+    if not vmlinuz.is_file():
+        pytest.skip(f"no migration kernel in {settings.images_dir} (deploy/lab/build-images.sh)")
+    conn = libvirt.open(LOCAL)
+    try:
+        cache = tmp_path / "kvm.json"
+        kind, why = await asyncio.to_thread(kvm_verdict, conn, LOCAL, vmlinuz, cache)
+        assert kind in ("kvm", "qemu") and why.startswith("probe: ") and len(why) > 10
+        assert PROBE_DOMAIN not in virsh("list", "--name")
+        again = await asyncio.to_thread(kvm_verdict, conn, LOCAL, vmlinuz, cache)
+        assert again == (kind, "cached probe: " + why.removeprefix("probe: "))
+    finally:
+        conn.close()

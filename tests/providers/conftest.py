@@ -13,7 +13,7 @@ import pytest
 
 from shared.providers import registration
 from shared.settings import Settings
-from tests.lab.conftest import libvirt_missing
+from tests.lab.conftest import libvirt_test_settings
 from tests.providers.infra import (
     FakeInfra, Infra, LibvirtInfra, SilentGateway, SimInfra, live_processes,
 )
@@ -34,7 +34,7 @@ async def gateway(settings: Settings):
 @pytest.fixture(params=PROVIDERS)
 def infra(request: pytest.FixtureRequest) -> Infra:
     """A provider under contract, with a view of its infrastructure (fake and sim built from
-    their registrations, libvirt with TCG domains: the suite gains nothing from a KVM probe)."""
+    their registrations, libvirt with TCG domains)."""
     return request.getfixturevalue(f"{request.param}_infra")
 
 
@@ -59,10 +59,7 @@ async def sim_infra(settings: Settings):
 async def libvirt_infra(settings: Settings):
     from shared.providers.libvirt import teardown
 
-    settings = settings.model_copy(update={"provider": "libvirt", "libvirt_domain_type": "qemu"})
-    reason = libvirt_missing(settings)
-    if reason:
-        pytest.skip(reason)
+    settings = libvirt_test_settings(settings)
     made = registration("libvirt").build(settings)
     yield LibvirtInfra(registration("libvirt"), made, settings)
     await made.close()
