@@ -25,6 +25,7 @@ class Gateway:
     token: str
     # With TLS: the certificate to trust (the gateway's own, when it is self-signed).
     cafile: str | None = None
+    timeout_s: float = 30.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Gateway:
@@ -44,7 +45,7 @@ class Gateway:
         )
         try:
             context = ssl.create_default_context(cafile=self.cafile) if self.cafile else None
-            with urllib.request.urlopen(request, timeout=30, context=context) as response:
+            with urllib.request.urlopen(request, timeout=self.timeout_s, context=context) as response:
                 return json.loads(response.read() or b"{}")
         except urllib.error.HTTPError as exc:
             raw = exc.read()
@@ -55,3 +56,8 @@ class Gateway:
             raise GatewayError(exc.code, payload) from None
         except urllib.error.URLError as exc:
             raise GatewayError(0, {"error": f"cannot reach the gateway at {self.url}: {exc.reason}"}) from None
+        except (TimeoutError, ConnectionError) as exc:  # after connecting: no URLError wraps it
+            reason = (f"did not answer within {self.timeout_s:g} s"
+                      if isinstance(exc, TimeoutError) else str(exc))
+            raise GatewayError(0, {"error": f"{method} {path}: the gateway at {self.url} "
+                                            f"{reason}"}) from None

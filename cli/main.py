@@ -180,8 +180,10 @@ def dead_letters(service: str, replay: bool) -> None:
         console.print(f"{moved} replayed")
         return
     for letter in _call("GET", f"/v1/dead-letters/{service}")["messages"]:
+        replays = f", replayed {letter['replays']}x" if letter.get("replays") else ""
         console.print(f"{letter['failed_at']} {letter['type']} {letter['message_id']}\n"
-                      f"    {letter['error']}", highlight=False, markup=False)
+                      f"    after {letter['attempts']} attempt(s){replays}: {letter['error']}",
+                      highlight=False, markup=False)
 
 
 @main.command("run-all")

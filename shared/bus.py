@@ -26,6 +26,8 @@ log = get_logger(__name__)
 Handler = Callable[[Envelope, Payload], Awaitable[None]]
 
 ATTEMPT_HEADER = "x-ferry-attempt"
+# How many times an operator replayed the message from the DLQ; it travels with every retry.
+REPLAYS_HEADER = "x-ferry-replays"
 
 
 class Bus:
@@ -226,7 +228,8 @@ class Consumer:
             log.warning("handler failed, will retry", attempt=attempt, error=error)
             await self.bus.send_to_queue(
                 self.bus.names.retry(self.service, attempt), message.body,
-                {ATTEMPT_HEADER: attempt, "x-ferry-last-error": error[:1000]}, message,
+                {ATTEMPT_HEADER: attempt, "x-ferry-last-error": error[:1000],
+                 REPLAYS_HEADER: _replays(message)}, message,
             )
             await message.ack()
         else:
@@ -238,6 +241,7 @@ class Consumer:
         headers = {
             "x-ferry-error": error[:2000],
             "x-ferry-attempts": attempts,
+            REPLAYS_HEADER: _replays(message),
             "x-ferry-routing-key": message.routing_key or "",
             "x-ferry-failed-at": datetime.now(timezone.utc).isoformat(),
         }
@@ -275,19 +279,26 @@ async def dead_letters(bus: Bus, service: str, limit: int = 100) -> list[dict]:
         await channel.close()
 
 
+def _replays(message: AbstractIncomingMessage) -> int:
+    return int((message.headers or {}).get(REPLAYS_HEADER, 0))
+
+
 async def replay_dead_letters(bus: Bus, service: str, event_id: str | None = None) -> int:
-    """Move dead letters (all, or the one with `event_id`) back to the service's queue."""
+    """Move dead letters (all, or the one with `event_id`) back to the service's queue, each
+    once: only the messages in the DLQ when the replay starts are read, so one that fails
+    again and comes back behind them is not replayed again by the same call."""
     channel = await _channel(bus)
     moved = 0
     try:
         queue = await channel.get_queue(bus.names.dead_letters(service))
-        while True:
+        for _ in range(queue.declaration_result.message_count):
             message = await queue.get(no_ack=False, fail=False)
             if message is None:
                 break
             if event_id and message.message_id != event_id:
-                continue
-            await bus.send_to_queue(bus.names.queue(service), message.body, {ATTEMPT_HEADER: 0},
+                continue  # unacked: back in the DLQ, in its place, when the channel closes
+            await bus.send_to_queue(bus.names.queue(service), message.body,
+                                    {ATTEMPT_HEADER: 0, REPLAYS_HEADER: _replays(message) + 1},
                                     message)
             await message.ack()
             moved += 1
@@ -307,6 +318,7 @@ def _describe(message: AbstractIncomingMessage) -> dict:
         "type": message.type,
         "error": headers.get("x-ferry-error"),
         "attempts": headers.get("x-ferry-attempts"),
+        "replays": headers.get(REPLAYS_HEADER, 0),
         "failed_at": headers.get("x-ferry-failed-at"),
         "body": body,
     }

@@ -137,6 +137,7 @@ class DeadLetter(BaseModel):
     type: str | None
     error: str | None
     attempts: int | None
+    replays: int = Field(0, description="times an operator replayed it before it failed again")
     failed_at: str | None
     body: Any
 

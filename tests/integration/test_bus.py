@@ -110,3 +110,26 @@ async def test_graceful_stop_lets_the_handler_in_flight_finish_and_ack(bus, sett
     queue = await channel.declare_queue(queue_name, passive=True)
     assert queue.declaration_result.message_count == 1
     await channel.close()
+
+
+async def test_replaying_a_letter_that_fails_again_puts_it_back_once(bus):
+    """A replayed message that fails again goes back to the DLQ once, counted as replayed, and
+    the replay that moved it reads it once and says 1. A poison message shows it best: it is
+    dead-lettered again at once, while the replay is still reading the DLQ (which used to read
+    it again and again until the request timed out)."""
+    consumer = Consumer(bus, "creator", lambda event, payload: None)
+    await consumer.start()
+    await bus.send_to_queue(bus.names.queue("creator"), b'{"not": "an event"}', {})
+
+    async def parked(replays: int):
+        letters = await dead_letters(bus, "creator")
+        return letters if letters and letters[0]["replays"] == replays else None
+    await eventually(lambda: parked(0), what="the poison message in the DLQ")
+    for replay in (1, 2):
+        moved = await asyncio.wait_for(replay_dead_letters(bus, "creator"), timeout=10)
+        assert moved == 1
+        letters = await eventually(lambda: parked(replay), what="the letter back in the DLQ")
+        assert len(letters) == 1 and letters[0]["error"].startswith("malformed event")
+    assert await replay_dead_letters(bus, "creator", event_id="no-such-id") == 0
+    assert len(await dead_letters(bus, "creator")) == 1  # a filtered replay leaves it in place
+    await consumer.stop()

@@ -149,3 +149,21 @@ def test_a_group_of_simulated_vms_says_so_in_every_view():
             console = Console(record=True, width=160, color_system=None)
             console.print(render([group]))
             assert (SIMULATED in console.export_text()) is marked, render.__name__
+
+
+def test_a_gateway_that_never_answers_is_an_error_not_a_traceback():
+    """The gateway accepts the connection, then says nothing (a long replay, a stuck proxy):
+    the client's time-out is a GatewayError naming the request, which `ferry` prints as its
+    other errors."""
+    import socket
+
+    import pytest
+
+    from cli.client import Gateway, GatewayError
+
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        port = silent.getsockname()[1]
+        gateway = Gateway(f"http://127.0.0.1:{port}", "token", timeout_s=0.3)
+        with pytest.raises(GatewayError, match=r"POST /v1/dead-letters/archiver/replay: the "
+                                               r"gateway at .* did not answer within 0.3 s"):
+            gateway.call("POST", "/v1/dead-letters/archiver/replay")
