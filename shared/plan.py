@@ -120,6 +120,7 @@ def _address_text(value: object) -> object:
 
 
 WholeNumber = Annotated[int, BeforeValidator(_not_bool)]
+MAX_DISK_GB = 1024 * 1024
 Address = Annotated[ipaddress.IPv4Address, BeforeValidator(_address_text)]
 Size = Annotated[float, BeforeValidator(_not_bool), Field(gt=0, allow_inf_nan=False)]
 Port = Annotated[WholeNumber, Field(ge=1, le=65535)]
@@ -143,8 +144,9 @@ class Disk(_Model):
     the first one gets /boot."""
 
     # No device name: the bus decides it, and the script finds the disk by its serial.
-    size_gb: Annotated[WholeNumber, Field(gt=0)]
-    """Size in whole GB (more than 0)."""
+    # Bounded so that sizes stay numbers a float holds (the space check, the MiB of the script).
+    size_gb: Annotated[WholeNumber, Field(gt=0, le=MAX_DISK_GB)]
+    """Size in whole GB, 1 to 1048576 (1 PiB)."""
     bus: Literal["virtio", "scsi", "sata"] = "virtio"
     """virtio, scsi or sata: how the disk is attached (default virtio); the VM names it vdX on
     virtio, sdX on SCSI and SATA."""

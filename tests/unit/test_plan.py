@@ -288,6 +288,10 @@ RULES = {
         lambda d: d["vms"][0]["filesystems"][3].update(size_gb=0.0001),
         "vms[0].filesystems[3].size_gb: 0.0001 GB is less than 1 MiB, the least a filesystem "
         "can have"),
+    # Found by the property test: a bigger disk crashed the space check (int to float).
+    "disk beyond a float": (
+        lambda d: d["vms"][0]["disks"][1].update(size_gb=10 ** 309),
+        "vms[0].disks[1].size_gb: must be at most 1048576"),
     "relative shared path": (
         lambda d: d["cutover"]["shared_paths"].append("data/x"),
         "cutover.shared_paths[1]: must be an absolute path, starting with '/'"),
