@@ -27,7 +27,7 @@ __all__ = [
     "ArchiveSpec", "CutoverSettings", "DatabaseSpec", "Disk", "DnsSettings", "Filesystem",
     "HttpCheck",
     "Network", "Plan", "PlanError", "Problem", "Role", "Source", "VM", "load_plan",
-    "load_plan_file",
+    "load_plan_file", "plain_absolute_path", "size_mib",
 ]
 
 LABEL = worded_pattern(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$",
@@ -48,12 +48,42 @@ def _not_bool(value: object) -> object:
     return value
 
 
-def _absolute_path(value: str) -> str:
+def plain_absolute_path(value: str) -> str:
+    """The rule for every path of the plan; the configurator's renderer applies it again."""
     if not value.startswith("/"):
         raise ValueError("must be an absolute path, starting with '/'")
-    # One spelling per directory, so duplicates are caught and names derived from it are stable.
+    # One spelling per directory, so duplicates are caught and names derived from it are stable;
+    # no '..', so a path prefixed with the new VM's root stays inside it.
     if "//" in value or posixpath.normpath(value) != value:
         raise ValueError("must be a plain absolute path (no trailing '/', '//', '.' or '..')")
+    if "\0" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+def size_mib(size_gb: float) -> int:
+    """A filesystem's size in whole MiB, as the configuration script creates it; the rule for
+    the plan's sizes and the renderer's one conversion."""
+    try:
+        mib = round(size_gb * 1024)
+    except OverflowError:
+        raise ValueError(f"{size_gb:g} GB is too large") from None
+    if mib < 1:
+        raise ValueError(f"{size_gb:g} GB is less than 1 MiB, the least a filesystem can have")
+    return mib
+
+
+def _filesystem_size(value: float) -> float:
+    size_mib(value)
+    return value
+
+
+def _database_data_dir(value: str) -> str:
+    # The path goes into the configuration of the database server each rebuilt database VM
+    # gets: what its engine cannot write there is refused now, not when the VM is configured.
+    for server in ENGINES.values():
+        if server.restores:
+            server.data_dir(value)
     return value
 
 
@@ -62,7 +92,7 @@ def _mount_point(value: str) -> str:
         return value
     if not value.startswith("/"):
         raise ValueError("must be an absolute path like /data, or the word swap")
-    return _absolute_path(value)
+    return plain_absolute_path(value)
 
 
 def _hostname(value: str) -> str:
@@ -90,10 +120,11 @@ def _address_text(value: object) -> object:
 
 
 WholeNumber = Annotated[int, BeforeValidator(_not_bool)]
+MAX_DISK_GB = 1024 * 1024
 Address = Annotated[ipaddress.IPv4Address, BeforeValidator(_address_text)]
 Size = Annotated[float, BeforeValidator(_not_bool), Field(gt=0, allow_inf_nan=False)]
 Port = Annotated[WholeNumber, Field(ge=1, le=65535)]
-AbsolutePath = Annotated[str, AfterValidator(_absolute_path)]
+AbsolutePath = Annotated[str, AfterValidator(plain_absolute_path)]
 
 
 class _Model(BaseModel):
@@ -113,8 +144,9 @@ class Disk(_Model):
     the first one gets /boot."""
 
     # No device name: the bus decides it, and the script finds the disk by its serial.
-    size_gb: Annotated[WholeNumber, Field(gt=0)]
-    """Size in whole GB (more than 0)."""
+    # Bounded so that sizes stay numbers a float holds (the space check, the MiB of the script).
+    size_gb: Annotated[WholeNumber, Field(gt=0, le=MAX_DISK_GB)]
+    """Size in whole GB, 1 to 1048576 (1 PiB)."""
     bus: Literal["virtio", "scsi", "sata"] = "virtio"
     """virtio, scsi or sata: how the disk is attached (default virtio); the VM names it vdX on
     virtio, sdX on SCSI and SATA."""
@@ -126,8 +158,8 @@ class Filesystem(_Model):
 
     mount: Annotated[str, AfterValidator(_mount_point)]
     """Absolute mount point written plainly (/data, not /data/), or the word swap."""
-    size_gb: Size
-    """Size in GB (fractions allowed, more than 0)."""
+    size_gb: Annotated[Size, AfterValidator(_filesystem_size)]
+    """Size in GB (fractions allowed, at least 1 MiB)."""
     type: Literal["xfs", "ext3", "ext4", "swap"] | None = Field(None, validate_default=True)
     """xfs, ext3, ext4 or swap; default: swap for swap, ext3 for /boot, else xfs. Only swap has
     type swap."""
@@ -273,8 +305,9 @@ class VM(_Model):
     """What to copy from the legacy host."""
     databases: list[DatabaseSpec] = []
     """Databases dumped on the legacy side, restored on the new VM."""
-    database_data_dir: AbsolutePath = "/db"
-    """Where restored databases live on the new VM."""
+    database_data_dir: Annotated[AbsolutePath, AfterValidator(_database_data_dir)] = "/db"
+    """Where restored databases live on the new VM: an absolute path without '"', '\\' or
+    control characters (the database server's configuration holds it)."""
     replica_of: str | None = None
     """For a db-replica (required there, refused elsewhere): the name of a db-master of this
     group."""

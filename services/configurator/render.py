@@ -10,6 +10,8 @@ written by the script with `printf '%s\\n' "$VAR"`, so no value is ever interpre
 What cannot be written safely at all (a relative or `..` path, a database name with a `/`, an
 archive id that would change the download URL) is refused with a RenderError, even though a
 validated plan never holds one: the renderer does not rely on the plan's validation for safety.
+Where it refuses a plan's value it applies the plan's own rule (shared.plan, the database
+engines), so that a plan `ferry validate` accepts always renders.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import chevron
 
 from shared import databases
 from shared.databases import Engine
-from shared.plan import VM, Filesystem, Plan
+from shared.plan import VM, Filesystem, Plan, plain_absolute_path, size_mib
 from shared.providers.base import ProviderDisk
 
 __all__ = [
@@ -218,10 +220,10 @@ def _role(vm: VM) -> str:
 
 
 def _mib(size_gb: float) -> int:
-    mib = round(size_gb * 1024)
-    if mib < 1:
-        raise RenderError(f"size {size_gb} GB is less than 1 MiB")
-    return mib
+    try:
+        return size_mib(size_gb)
+    except ValueError as exc:
+        raise RenderError(f"size: {exc}") from None
 
 
 def _root(volumes: list[Filesystem]) -> Filesystem:
@@ -293,10 +295,10 @@ def dump_file(archive: ArchiveRef, vm: VM) -> str:
 
 def _absolute(path: str, what: str) -> str:
     """An absolute path that stays inside the new root once prefixed with it."""
-    parts = path.split("/")
-    if not path.startswith("/") or "\0" in path or ".." in parts or "." in parts:
-        raise RenderError(f"{what} {path!r} is not a plain absolute path")
-    return path
+    try:
+        return plain_absolute_path(path)
+    except ValueError as exc:
+        raise RenderError(f"{what} {path!r} {exc}") from None
 
 
 def _short_hostname(vm: VM) -> str:
@@ -317,7 +319,8 @@ def build_local_start_context(plan: Plan, vm: VM, archives: list[ArchiveRef]) ->
     for archive in dumps:
         _check_archive(archive)
     server = databases.rebuild_engine(vm, plan)
-    datadir = _engine_value(server.data_dir, _absolute(vm.database_data_dir, "database_data_dir"))
+    data_dir = _absolute(vm.database_data_dir, "database_data_dir")
+    datadir = _engine_value(server.data_dir, data_dir, what=f"database_data_dir {data_dir!r}")
     config = server.server_config(
         data_dir=datadir, address=str(ipaddress.ip_interface(str(vm.network.address)).ip),
         memory_mb=vm.memory_mb, replica=_role(vm) == "db-replica")
@@ -348,12 +351,12 @@ def _local_dump(archive: ArchiveRef, vm: VM, server: Engine) -> dict:
     }
 
 
-def _engine_value(function, *args):
-    """What the engine makes of a value, or a RenderError saying why it cannot."""
+def _engine_value(function, *args, what: str = ""):
+    """What the engine makes of a value, or a RenderError saying why it cannot (about `what`)."""
     try:
         return function(*args)
     except (ValueError, databases.Unsupported) as exc:
-        raise RenderError(str(exc)) from None
+        raise RenderError(f"{what} {exc}" if what else str(exc)) from None
 
 
 # --- rendering -----------------------------------------------------------------------------------

@@ -95,10 +95,12 @@ class MariaDB(Engine):
 
     def data_dir(self, database_data_dir: str) -> str:
         """<database_data_dir>/mysql: the volume planned for databases."""
+        # The plan's validation asks this too (shared/plan.py): one rule, so a plan that
+        # validates always renders.
         if any(c in database_data_dir for c in '"\\') or any(
                 ord(c) < 0x20 or c == "\x7f" for c in database_data_dir):
-            raise ValueError(f"database_data_dir {database_data_dir!r} cannot be written into "
-                             "my.cnf")
+            raise ValueError("cannot be written into my.cnf: it must not hold '\"', '\\' or "
+                             "control characters")
         return f"{database_data_dir.rstrip('/')}/mysql"
 
     def server_config(self, *, data_dir: str, address: str, memory_mb: int,

@@ -167,3 +167,19 @@ def test_a_gateway_that_never_answers_is_an_error_not_a_traceback():
         with pytest.raises(GatewayError, match=r"POST /v1/dead-letters/archiver/replay: the "
                                                r"gateway at .* did not answer within 0.3 s"):
             gateway.call("POST", "/v1/dead-letters/archiver/replay")
+
+
+def test_validate_refuses_what_would_fail_at_render(tmp_path):
+    """A database_data_dir the database server's my.cnf cannot hold is a plan error at its
+    line, not a VM failed at render after archiving (issue 22)."""
+    bad = tmp_path / "bad.yaml"
+    text = EXAMPLE.read_text().replace("database_data_dir: /db\n",
+                                       "database_data_dir: '/db\"s'\n", 1)
+    assert text != EXAMPLE.read_text()
+    bad.write_text(text)
+    line = text.splitlines().index("    database_data_dir: '/db\"s'") + 1
+    result = CliRunner().invoke(main, ["validate", str(bad)])
+    assert result.exit_code == 1, result.output
+    output = " ".join(result.output.split())  # the console wraps long lines
+    assert (f"bad.yaml:{line}:5: vms[1].database_data_dir: cannot be written into my.cnf: "
+            "it must not hold '\"', '\\' or control characters") in output

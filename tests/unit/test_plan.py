@@ -275,6 +275,23 @@ RULES = {
     "address without prefix": (
         lambda d: d["vms"][0]["network"].update(address="10.20.0.11"),
         "vms[0].network.address: needs its prefix length, e.g. 10.20.0.11/24"),
+    # What validates, renders (issue 22): the renderer's own refusals, refused here first.
+    "data dir my.cnf cannot hold": (
+        lambda d: d["vms"][1].update(database_data_dir='/db"x'),
+        "vms[1].database_data_dir: cannot be written into my.cnf: it must not hold '\"', '\\' "
+        "or control characters"),
+    "data dir with a newline": (
+        lambda d: d["vms"][1].update(database_data_dir="/db\nx"),
+        "vms[1].database_data_dir: cannot be written into my.cnf: it must not hold '\"', '\\' "
+        "or control characters"),
+    "filesystem under 1 MiB": (
+        lambda d: d["vms"][0]["filesystems"][3].update(size_gb=0.0001),
+        "vms[0].filesystems[3].size_gb: 0.0001 GB is less than 1 MiB, the least a filesystem "
+        "can have"),
+    # Found by the property test: a bigger disk crashed the space check (int to float).
+    "disk beyond a float": (
+        lambda d: d["vms"][0]["disks"][1].update(size_gb=10 ** 309),
+        "vms[0].disks[1].size_gb: must be at most 1048576"),
     "relative shared path": (
         lambda d: d["cutover"]["shared_paths"].append("data/x"),
         "cutover.shared_paths[1]: must be an absolute path, starting with '/'"),

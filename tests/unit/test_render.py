@@ -327,6 +327,24 @@ def test_unsafe_archive_records_are_refused(shop: Plan):
             script_for(shop, vm, [bad])
 
 
+def test_the_renderer_refuses_by_the_plans_own_rules(shop: Plan):
+    """What the renderer refuses in a plan it refuses by the rule the plan's validation applies
+    (shared.plan, the database engine), with its words: the two cannot drift apart, so what
+    validates renders (issue 22). The VMs are changed without validation."""
+    db1 = shop.vm("db1")
+    for update, why in (
+            ({"database_data_dir": "/db\nx"}, "database_data_dir '/db\\nx' cannot be written "
+                                               "into my.cnf"),
+            ({"database_data_dir": "/db/../x"}, "database_data_dir '/db/../x' must be a plain "
+                                                "absolute path"),
+            ({"filesystems": [fs.model_copy(update={"size_gb": 0.0001}) if fs.mount == "/db"
+                              else fs for fs in db1.filesystems]},
+             "size: 0.0001 GB is less than 1 MiB")):
+        vm = db1.model_copy(update=update)
+        with pytest.raises(RenderError, match=re.escape(why)):
+            script_for(shop, vm)
+
+
 # --- hostile values ------------------------------------------------------------------------------
 
 HOSTILE_MOUNTS = [f"/srv/my data {HOSTILE}", "/srv/tab\there"]
