@@ -106,9 +106,10 @@ class Host:
     async def _start_gateway(self, deps: Deps) -> None:
         from services.gateway.app import build_app, ssl_context
         from services.gateway.live import start_live_feed
+        from services.gateway.protocol import GatewayRunner
 
         self.gateway_app = build_app(deps, self.bus)
-        self._site_runner = web.AppRunner(self.gateway_app, access_log=None)
+        self._site_runner = GatewayRunner(self.gateway_app, access_log=None)
         await self._site_runner.setup()
         self._closing.push_async_callback(self._site_runner.cleanup)
         site = web.TCPSite(self._site_runner, self.settings.gateway_host, self.settings.gateway_port,

@@ -380,8 +380,9 @@ class HttpCheck(_Model):
 
     path: str = Field("/", pattern=worded_pattern(r"^/", "a URL path starting with '/'"))
     """URL path, starting with /."""
-    host: str | None = None
-    """Host header to send (default: the VM's hostname)."""
+    # A hostname, checked: `ferry verify` prints it in hosts-file and curl lines to paste.
+    host: Annotated[str, AfterValidator(_hostname)] | None = None
+    """Host header to send (default: the VM's hostname); a hostname like shop.example."""
     vm: str | None = None
     """The VM to check (default: every app VM of the group)."""
     expect_status: Annotated[WholeNumber, Field(ge=100, le=599)] = 200

@@ -15,7 +15,7 @@ from services.gateway import metrics_routes  # noqa: F401 - registers /metrics
 from services.gateway import ui_routes  # noqa: F401 - registers the web UI at /
 from services.gateway import verify_routes  # noqa: F401 - registers ferry verify's route
 from services.gateway.api import api
-from services.gateway.errors import UNSTORABLE, problem, storable
+from services.gateway.errors import UNSTORABLE, problem, storable, unreadable_body
 from services.gateway.keys import BUS, DEPS, LIMITER, LIVE, OPERATOR_TOKEN
 from services.gateway.broadcast import Broadcaster
 from services.gateway.failures import FailureLimiter
@@ -70,6 +70,8 @@ async def json_errors(request: web.Request, handler):
         return await handler(request)
     except web.HTTPRequestEntityTooLarge:
         raise _too_large(request) from None
+    except web.RequestPayloadError:  # a handler that read the body without read_body
+        raise unreadable_body() from None
     except web.HTTPException as exc:
         if exc.status >= 400 and exc.content_type != "application/json":
             return web.Response(status=exc.status, content_type="application/json",
@@ -133,6 +135,12 @@ async def guard(request: web.Request, handler):
             limiter.failed(address)
         raise
     except TimeoutError:
+        if request.body_exists and not request.content.is_eof():
+            # The client's fault, not the gateway's: it promised more body than it sent.
+            raise problem(web.HTTPRequestTimeout, f"the request body did not all arrive in "
+                          f"{settings.gateway_request_timeout_s:g} s",
+                          [{"location": "(body)", "message": "shorter than its Content-Length "
+                            "says, or sent too slowly"}]) from None
         log.warning("request timed out", path=request.path, method=request.method,
                     timeout_s=settings.gateway_request_timeout_s)
         raise problem(web.HTTPServiceUnavailable, f"the request took longer than "
@@ -148,8 +156,11 @@ async def _openapi(request: web.Request) -> web.Response:
 
 def build_app(deps: Deps, bus: Bus | None) -> web.Application:
     settings = deps.settings
+    # auto_decompress off: aiohttp's parser would otherwise inflate a body as it arrives,
+    # before any handler has checked a token; errors.read_body refuses encoded bodies instead.
     app = web.Application(client_max_size=settings.gateway_max_body_bytes,
-                          middlewares=[http_metrics, json_errors, guard])
+                          middlewares=[http_metrics, json_errors, guard],
+                          handler_args={"auto_decompress": False})
     app[DEPS] = deps
     if bus is not None:
         app[BUS] = bus

@@ -66,6 +66,8 @@ def _responses(route, refs) -> dict:
         ok["content"] = {"application/json": {"schema": refs[(route.response, "validation")]}}
     answers = {"200": ok, "401": {"description": "no or invalid token"},
                "403": {"description": "the token is not for this"}}
+    if route.body or route.body_schema:
+        answers["415"] = {"description": "the body is encoded (Content-Encoding): send it as is"}
     for status, text in route.responses.items():
         answers[str(status)] = {"description": text}
     return answers

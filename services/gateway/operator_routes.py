@@ -10,7 +10,7 @@ from aiohttp import web
 from services.gateway import models as m
 from services.gateway.api import api
 from services.gateway.auth import path_uuid, require_operator
-from services.gateway.errors import json_response, parse_body, problem
+from services.gateway.errors import json_response, parse_body, problem, read_body
 from services.gateway.keys import BUS, DEPS
 from services.gateway.vm_routes import vm_view
 from shared import events as ev
@@ -35,7 +35,7 @@ RUNS_LISTED = 100
            body_schema=Plan)
 async def submit(request: web.Request) -> web.Response:
     require_operator(request)
-    raw = await request.read()
+    raw = await read_body(request)
     try:
         plan = load_plan(raw.decode("utf-8", errors="replace"), source="plan")
     except PlanError as exc:

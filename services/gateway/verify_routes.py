@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import shlex
+
 from aiohttp import web
 
 from services.gateway import models as m
@@ -50,5 +52,13 @@ def _sites(plan: Plan, addresses: dict[str, str]) -> list[m.SiteView]:
         sites.append(m.SiteView(
             vm=vm.name, address=address, names=found,
             hosts_line=f"{address} {' '.join(found)}",
-            curl=[f"curl --resolve {name}:80:{address} http://{name}/" for name in found]))
+            curl=[curl_line(name, address) for name in found]))
     return sites
+
+
+def curl_line(name: str, address: str) -> str:
+    """A `curl --resolve` line to paste. The names are hostnames (the plan checks them), but
+    each argument is shell-quoted all the same: a line made for pasting must not depend on
+    every value upstream having been checked."""
+    argv = ["curl", "--resolve", f"{name}:80:{address}", f"http://{name}/"]
+    return " ".join(shlex.quote(arg) for arg in argv)

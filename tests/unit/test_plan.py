@@ -335,6 +335,13 @@ MESSAGES = {
     "hostname": (lambda d: d["vms"][0]["network"].update(hostname="-bad-.example"),
                  "vms[0].network.hostname: must be a hostname like app1.shop.example (letters, "
                  "digits and '-' between dots, each part at most 63 characters)"),
+    # `ferry verify` prints a check's host in hosts-file and curl lines for a person to paste.
+    **{f"check host {host!r}": (
+        lambda d, host=host: d["cutover"]["checks"][0].update(host=host),
+        "cutover.checks[0].host: must be a hostname like app1.shop.example (letters, digits "
+        "and '-' between dots, each part at most 63 characters)")
+       for host in ("a.example; rm -rf /", "$(x)", "`id`.example", "a.example b.example",
+                    "shop.example\nevil", "shop.example:8080")},
     "empty list": (lambda d: d["vms"][0].update(disks=[]),
                    "vms[0].disks: must list at least 1 item(s)"),
     # A refused key is named as the entry, not with pydantic's "[key]" after it (found by the
