@@ -204,11 +204,14 @@ class GroupRunbook:
             if not paths:
                 continue
             legacy = self._legacy(machine, "rsync")
-            present = (await legacy.run(
-                " ; ".join(f"test -d {shlex.quote(p)} && echo {shlex.quote(p)} || true"
-                           for p in paths), what="looking for the shared paths")).split()
-            for path in paths:
-                if path not in present:
+            # The host answers with the paths' numbers, never their names: a path is data,
+            # whatever its bytes (a space in one split a listing of names).
+            present = {int(n) for n in (await legacy.run(
+                " ; ".join(f"test -d {shlex.quote(p)} && echo {n} || true"
+                           for n, p in enumerate(paths)), what="looking for the shared paths"
+            )).split()}
+            for n, path in enumerate(paths):
+                if n not in present:
                     done.append(f"{machine.name}: no {path} on the legacy host")
                     continue
                 copied = await self._rsync_path(machine, legacy, path)

@@ -239,6 +239,55 @@ async def test_unreachable_host_refused_key_and_remote_failure_are_told_apart(si
         await impostor.probe()
 
 
+# Names that split a listing, start an option, quote, or are no UTF-8 at all.
+AWKWARD_NAMES = [b"two words.txt", b"line\nbreak", b"it's \"quoted\"", b"-starts-with-dash",
+                 b"caf\xe9 latin-1", b"$(touch pwned)", b" leading space", b"tab\there"]
+
+
+def awkward_tree(base: Path) -> None:
+    for n, name in enumerate(AWKWARD_NAMES):
+        folder = base / os.fsdecode(name) if n % 2 else base
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / os.fsdecode(name)).write_bytes(name * (n + 1))
+
+
+async def test_paths_are_data_whatever_their_bytes(site, lab, tmp_path):
+    """A shared path with a space, holding names with newlines, quotes, a leading '-', shell
+    syntax and bytes that are no UTF-8, arrives byte-identical: in app1's archive, and through
+    the cutover's two rsync passes (legacy app1 -> this machine -> db2, standing in for the
+    new VM), with nothing run that a name spelled."""
+    from services.cutover.steps import GroupRunbook, Machine
+    from shared.providers.fake import FakeProvider
+    from shared.ssh import Remote
+
+    shared = "/data/shared dir"
+    source = site.hosts["app1"].root / shared.lstrip("/")
+    target = site.hosts["db2"].root / shared.lstrip("/")
+    awkward_tree(source)
+    try:
+        results = await _take_archives(vm("app1", archives=[ArchiveSpec(path=shared)]),
+                                       tmp_path / "archives", uuid.uuid4(), lab)
+        assert dict(archive_entries(results[0].file)) == host_tree(source)
+
+        def remote(name: str) -> Remote:
+            return Remote(f"legacy {name}", site.address(name), 22, "root", lab.ssh_identity,
+                          lab.ssh_known_hosts)
+        machine = Machine(PLAN.vm("app1"), uuid.uuid4(), site.address("db2"), remote("db2"),
+                          remote("app1"))
+        book = GroupRunbook(PLAN, [machine], FakeProvider(), None, tmp_path / "staging")
+        book.settings = book.settings.model_copy(update={"shared_paths": [shared],
+                                                         "excludes": []})
+        done = await book.rsync()
+        assert done == f"app1 {shared}: {len(AWKWARD_NAMES)} files from the legacy host, " \
+                       f"{len(AWKWARD_NAMES)} to the new VM", done
+        assert host_tree(target) == host_tree(source)
+        assert not list(site.hosts["db2"].root.rglob("pwned")) and \
+            not list(site.hosts["app1"].root.rglob("pwned"))
+        await book.close()
+    finally:
+        subprocess.run(["rm", "-rf", "--one-file-system", str(source), str(target)], check=True)
+
+
 async def test_up_again_is_a_check_and_down_leaves_nothing(site, lab):
     """A second `up` finds the site up and returns at once; `down` stops every process it
     started or that runs in the hosts, unmounts, and removes the namespaces and the veth;
