@@ -109,7 +109,10 @@ async def test_boot_from_disk_on_the_group_network(infra: Infra, gateway):
     await infra.provider.power_off(made.ref)
     await infra.provider.attach(made.ref, group_network(group))
     await infra.provider.boot(made.ref, BootSource.DISK)
-    assert infra.running(made.ref) == BootSource.DISK
+    # Polled: a process just started may show no command line for a moment (a vfork'd child's
+    # parent resumes before exec has set up its arguments), which reads as not running.
+    await eventually(lambda: infra.running(made.ref) == BootSource.DISK, timeout=10,
+                     interval=0.05, what="the VM running from its disk")
     assert infra.network(made.ref) == group_network(group)
 
 
