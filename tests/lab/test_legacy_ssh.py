@@ -281,8 +281,12 @@ async def test_paths_are_data_whatever_their_bytes(site, lab, tmp_path):
         assert done == f"app1 {shared}: {len(AWKWARD_NAMES)} files from the legacy host, " \
                        f"{len(AWKWARD_NAMES)} to the new VM", done
         assert host_tree(target) == host_tree(source)
-        assert not list(site.hosts["db2"].root.rglob("pwned")) and \
-            not list(site.hosts["app1"].root.rglob("pwned"))
+        # Where a name run as a command would have left its file: the remote shells' and this
+        # process's working folders, and the folders the names live in (not a walk of the
+        # roots: their /proc is mounted).
+        places = [Path.cwd(), tmp_path, *[site.hosts[h].root / sub for h in ("app1", "db2")
+                                          for sub in ("", "root", shared.lstrip("/"))]]
+        assert not [p for p in places if (p / "pwned").exists()]
         await book.close()
     finally:
         subprocess.run(["rm", "-rf", "--one-file-system", str(source), str(target)], check=True)
