@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import sys
+import time
 import uuid
 from ipaddress import ip_interface, ip_network
 from typing import Any
@@ -280,8 +281,6 @@ class LibvirtProvider:
         """ACPI power button first (a clean shutdown), then pulled plug."""
 
         def stop(conn: Any) -> None:
-            import time
-
             domain = conn.lookupByUUIDString(vm_id)
             if not domain.isActive():
                 return
@@ -470,15 +469,11 @@ def _delete_domain(conn: Any, vm_id: str) -> xml.Record | None:
                          | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE)
     for disk in record.disks:
         try:
-            pool = conn.storagePoolLookupByName(_pool_of(disk, record))
+            pool = conn.storagePoolLookupByName(record.extra["pool"])
             pool.storageVolLookupByName(disk["volume"]).delete(0)
         except libvirt.libvirtError:
             pass  # already gone
     return record
-
-
-def _pool_of(disk: dict, record: xml.Record) -> str:
-    return disk.get("pool") or record.extra.get("pool") or "ferry"
 
 
 # --- teardown ------------------------------------------------------------------------------------
