@@ -34,6 +34,10 @@ class Vm:
     detail: dict[str, Any] | None = None
     provider: str | None = None  # the provider that made it
     simulated: bool = False  # made by a provider of simulated VMs (sim), not a real machine
+    # The legacy host's system as read from its root (shared/systems.HostSystem as JSON); None
+    # until archived, and for a VM without a root archive.
+    legacy_system: dict[str, Any] | None = None
+    mac: str | None = None  # its NIC's, as the provider made it
 
 
 @dataclass(frozen=True)

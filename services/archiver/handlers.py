@@ -22,6 +22,8 @@ from services.archiver.archive import (
 from services.archiver.dumps import DumpError, dump_database
 from services.archiver.manifest import write_manifest
 from services.archiver.ssh import SshTree, dump_database_over_ssh
+from services.archiver.system import read_host_system
+from shared.systems import HostSystem
 
 router = Router("archiver")
 log = get_logger(__name__)
@@ -60,8 +62,8 @@ async def archive_vm(event: ev.ArchiveRequested, ctx: Context) -> None:
         return  # archived already, held by a halt, or failed: nothing to do here
     planned = group.parsed_plan().vm(vm.name)
     try:
-        results = await _take_archives(planned, _vm_dir(ctx, group.id, vm.name), vm.id,
-                                       ctx.settings)
+        results, system = await _take_archives(planned, _vm_dir(ctx, group.id, vm.name), vm.id,
+                                               ctx.settings)
     except (ArchiveError, DumpError) as exc:
         async with ctx.transaction() as tx:
             vm = await tx.vms.get(vm.id, lock=True)
@@ -74,6 +76,9 @@ async def archive_vm(event: ev.ArchiveRequested, ctx: Context) -> None:
         if vm.state != VmState.ARCHIVING:
             return  # a duplicate delivery got here first
         items = [await _record(tx, vm.id, result) for result in results]
+        if system is not None:
+            await tx.vms.record_system(vm.id, system.model_dump(mode="json"))
+            await journey.add_message(tx, vm.id, "info", f"legacy system: {system.summary()}")
         for result in results:
             for warning in result.warnings:
                 # Where the operator looks (the VM's messages), not only in the service log.
@@ -96,11 +101,11 @@ def archive_id(vm_id: uuid.UUID, kind: str, source: str) -> str:
 
 
 async def _take_archives(planned: VM, folder: Path, vm_id: uuid.UUID,
-                         settings: Settings) -> list[ArchiveResult]:
-    """Every planned archive and dump of one VM; an error names the VM (and, from the source,
-    the host and the cause)."""
+                         settings: Settings) -> tuple[list[ArchiveResult], HostSystem | None]:
+    """Every planned archive and dump of one VM, and the system of its root when the root is
+    archived; an error names the VM (and, from the source, the host and the cause)."""
     if planned.source is None:
-        return []  # a new VM: nothing to carry over
+        return [], None  # a new VM: nothing to carry over
     try:
         return await _archive_source(planned, folder, vm_id, settings)
     except (ArchiveError, DumpError) as exc:
@@ -108,7 +113,7 @@ async def _take_archives(planned: VM, folder: Path, vm_id: uuid.UUID,
 
 
 async def _archive_source(planned: VM, folder: Path, vm_id: uuid.UUID,
-                          settings: Settings) -> list[ArchiveResult]:
+                          settings: Settings) -> tuple[list[ArchiveResult], HostSystem | None]:
     source = planned.source
     over_ssh = source.kind == "ssh"
     tree: TreeSource
@@ -117,6 +122,9 @@ async def _archive_source(planned: VM, folder: Path, vm_id: uuid.UUID,
         tree = await SshTree.for_source(source, settings).probe()
     else:
         tree = LocalTree(Path(source.root or "/"))
+    # Read before anything is archived: a system Ferryman cannot rebuild stops here.
+    system = (await read_host_system(tree)
+              if any(spec.path == "/" for spec in planned.archives) else None)
     results: list[ArchiveResult] = []
     for spec in planned.archives:
         dest = folder / f"{archive_id(vm_id, 'path', spec.path)}.tar.zst"
@@ -133,7 +141,7 @@ async def _archive_source(planned: VM, folder: Path, vm_id: uuid.UUID,
             log.warning("archive warning", vm=planned.name, source=result.source_path,
                         warning=warning)
     write_manifest(results, folder)
-    return results
+    return results, system
 
 
 async def _record(tx, vm_id: uuid.UUID, result: ArchiveResult) -> ev.ArchiveItem:

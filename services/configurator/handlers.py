@@ -9,9 +9,11 @@ from pathlib import Path
 from shared import events as ev
 from shared import journey, rules
 from shared.providers.base import BootSource, ProviderError
+from shared.model import Vm
 from shared.service import Context, Router
 from shared.states import VmState
 from shared.store.archives import ArchiveRecord
+from shared.systems import BASE_IMAGE_SYSTEM, HostSystem
 from services.configurator.render import ArchiveRef, RenderError, render_script
 
 router = Router("configurator")
@@ -56,7 +58,8 @@ async def _boot_for_configuration(ctx: Context, vm_id: uuid.UUID) -> None:
         try:
             script = render_script(plan, plan.vm(vm.name),
                                    [_archive_ref(a) for a in await tx.archives.for_vm(vm.id)],
-                                   disks=disks, support=support_hashes(ctx.settings.images_dir))
+                                   disks=disks, mac=vm.mac, system=_system_of(vm),
+                                   support=support_hashes(ctx.settings.images_dir))
         except RenderError as exc:
             await journey.transition(tx, vm, VmState.FAILED, step="render", message=str(exc))
             return
@@ -86,6 +89,15 @@ def support_hashes(images: Path) -> dict[str, str]:
         if key.startswith("sha256_"):
             hashes[key.removeprefix("sha256_")] = value.strip()
     return hashes
+
+
+def _system_of(vm: Vm) -> HostSystem:
+    """The legacy root's system as the archiver read it; the base image's for a VM without a
+    root archive (and for one archived before Ferryman read systems, which it then treated as
+    the base image's)."""
+    if vm.legacy_system is None:
+        return BASE_IMAGE_SYSTEM
+    return HostSystem.model_validate(vm.legacy_system)
 
 
 def _archive_ref(record: ArchiveRecord) -> ArchiveRef:

@@ -32,6 +32,7 @@ from shared import databases
 from shared.databases import Engine
 from shared.plan import VM, Filesystem, Plan, plain_absolute_path, size_mib
 from shared.providers.base import ProviderDisk
+from shared.systems import BASE_IMAGE_SYSTEM, HostSystem, NetworkSettings, root_changes
 
 __all__ = [
     "ArchiveRef", "RenderError", "build_context", "build_local_start_context",
@@ -50,6 +51,8 @@ _ARCHIVE_ID = re.compile(r"^[A-Za-z0-9_.-]+$")  # one URL path segment, as is
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # What a guest reads back whole: SATA and virtio-blk keep 20 bytes; the script trims spaces.
 _SERIAL = re.compile(r"^[!-~]{1,20}$")
+_MAC = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")
+_IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 # Characters fstab (getmntent) cannot hold as they are, with their octal escapes.
 _FSTAB_ESCAPES = {" ": "\\040", "\t": "\\011", "\n": "\\012", "\\": "\\134"}
 
@@ -73,18 +76,25 @@ class ArchiveRef:
 # --- the configuration script --------------------------------------------------------------------
 
 def render_script(plan: Plan, vm: VM, archives: list[ArchiveRef], *,
-                  disks: list[ProviderDisk], support: dict[str, str] | None = None) -> str:
+                  disks: list[ProviderDisk], mac: str | None,
+                  system: HostSystem = BASE_IMAGE_SYSTEM,
+                  support: dict[str, str] | None = None) -> str:
     """The configuration script the migration image runs for `vm`."""
-    return _render(SCRIPT_TEMPLATE, build_context(plan, vm, archives, disks=disks,
-                                                  support=support))
+    return _render(SCRIPT_TEMPLATE, build_context(plan, vm, archives, disks=disks, mac=mac,
+                                                  system=system, support=support))
 
 
 def build_context(plan: Plan, vm: VM, archives: list[ArchiveRef], *,
-                  disks: list[ProviderDisk], support: dict[str, str] | None = None) -> dict:
+                  disks: list[ProviderDisk], mac: str | None,
+                  system: HostSystem = BASE_IMAGE_SYSTEM,
+                  support: dict[str, str] | None = None) -> dict:
     """The configuration script's template values, every one already shell-quoted.
 
     `disks` are the VM's disks as its provider attached them, in plan order: the script finds
-    each by its serial, whatever its bus made of its name. `support` maps support files
+    each by its serial, whatever its bus made of its name. `mac` is its NIC's, by which the
+    new network configuration finds the interface; `system` is the legacy root's (the base
+    image's for a VM without one), whose own files carry the network, hostname and first-boot
+    hook. `support` maps support files
     (base-image.tar.zst, kernel.tar.zst) to their sha256, which the script then checks;
     without it they are taken unchecked.
     """
@@ -115,10 +125,7 @@ def build_context(plan: Plan, vm: VM, archives: list[ArchiveRef], *,
         "fstab_root": q(fstab_line(_lv_device(_root(volumes)), "/", fs_type(_root(volumes)),
                                    "defaults", 0, 1)),
         "fstab_volumes": q("\n".join(_fstab_volume(fs) for fs in volumes if fs.mount != "/")),
-        "network_interfaces": q(network_interfaces(vm)),
-        "hostname_file": q(_short_hostname(vm)),
-        "hosts_file": q(hosts_file(vm)),
-        "resolv_conf": q(resolv_conf(vm)),
+        **_system_context(system, vm, mac),
         "migrating_marker": q(f"group={plan.group}\nvm={vm.name}"),
         "local_start": q(render_local_start(plan, vm, archives)),
     }
@@ -159,46 +166,32 @@ def fstab_escape(field: str) -> str:
     return "".join(_FSTAB_ESCAPES.get(char, char) for char in field)
 
 
-def network_interfaces(vm: VM) -> str:
-    """/etc/network/interfaces (ifupdown): a static address on eth0 (GRUB's command line keeps
-    the kernel's names, so the first NIC is eth0 whatever its slot)."""
+def _system_context(system: HostSystem, vm: VM, mac: str | None) -> dict:
+    """The files of the new root that its system reads (shared/systems), as the script's
+    write_file / write_link / retire_files arguments."""
+    if mac is None or not _MAC.match(mac):
+        raise RenderError(f"the provider reported {'no' if mac is None else 'a malformed'} MAC "
+                          f"for {vm.name} ({mac!r}): its network could not be matched to its NIC")
+    if system.interface is not None and not _IFNAME.match(system.interface):
+        raise RenderError(f"interface name {system.interface!r} is not a plain name")
     network = vm.network
-    address = ipaddress.ip_interface(str(network.address))
-    lines = [
-        "# Written by Ferryman: this VM on its new network.",
-        "auto lo",
-        "iface lo inet loopback",
-        "",
-        "auto eth0",
-        "iface eth0 inet static",
-        f"    address {address.with_prefixlen}",
-    ]
-    if network.gateway:
-        lines.append(f"    gateway {network.gateway}")
-    if network.dns:
-        lines.append("    dns-nameservers " + " ".join(str(server) for server in network.dns))
-    return "\n".join(lines)
-
-
-def hosts_file(vm: VM) -> str:
-    address = ipaddress.ip_interface(str(vm.network.address)).ip
-    names = [vm.network.hostname]
-    if _short_hostname(vm) != vm.network.hostname:
-        names.append(_short_hostname(vm))
-    return "\n".join([
-        "127.0.0.1\tlocalhost",
-        f"{address}\t{' '.join(names)}",
-        "",
-        "::1\tlocalhost ip6-localhost ip6-loopback",
-        "ff02::1\tip6-allnodes",
-        "ff02::2\tip6-allrouters",
-    ])
-
-
-def resolv_conf(vm: VM) -> str:
-    lines = ["# Written by Ferryman for the new network of this VM."]
-    lines += [f"nameserver {server}" for server in vm.network.dns]
-    return "\n".join(lines)
+    changes = root_changes(system, NetworkSettings(
+        mac=mac.lower(), interface=system.interface_name,
+        address=ipaddress.ip_interface(str(network.address)),
+        gateway=ipaddress.ip_address(str(network.gateway)) if network.gateway else None,
+        dns=tuple(ipaddress.ip_address(str(server)) for server in network.dns),
+        hostname=network.hostname))
+    return {
+        "system_summary": q(system.summary()),
+        "initramfs_tool": q(system.initramfs or ""),
+        "root_retired": [{"folder": q(r.folder), "pattern": q(r.pattern), "keep": q(r.keep)}
+                         for r in changes.retired],
+        "root_files": [{"path": q(f.path), "mode": q(f.mode), "text": q(f.text)}
+                       for f in changes.files],
+        "root_links": [{"path": q(link.path), "target": q(link.target)}
+                       for link in changes.links],
+        "rc_local_line": q(changes.rc_local_line or ""),
+    }
 
 
 def _check_disks(vm: VM, disks: list[ProviderDisk]) -> None:
@@ -299,10 +292,6 @@ def _absolute(path: str, what: str) -> str:
         return plain_absolute_path(path)
     except ValueError as exc:
         raise RenderError(f"{what} {path!r} {exc}") from None
-
-
-def _short_hostname(vm: VM) -> str:
-    return vm.network.hostname.split(".", 1)[0]
 
 
 # --- local.start ---------------------------------------------------------------------------------

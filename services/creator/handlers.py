@@ -79,7 +79,7 @@ async def _create(ctx: Context, plan: Plan, vm_id: uuid.UUID) -> None:
             await journey.transition(tx, vm, VmState.FAILED, step="create", message=str(exc))
             return
         await tx.vms.record_made(vm.id, provider=ctx.provider.name, ref=made.ref,
-                                 simulated=ctx.provider.simulated)
+                                 simulated=ctx.provider.simulated, mac=made.mac)
         await journey.transition(tx, vm, VmState.CREATED, step="create")
         await tx.publish(ev.VmCreated(provider=ctx.provider.name, provider_ref=made.ref),
                          group_id=vm.group_id, vm_id=vm.id)

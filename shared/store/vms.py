@@ -25,6 +25,7 @@ def _vm(row: asyncpg.Record) -> Vm:
         group_status=GroupStatus(row["group_status"]),
         state_changed_at=row["state_changed_at"], detail=row["detail"],
         provider=row["provider"], simulated=row["simulated"],
+        legacy_system=row["legacy_system"], mac=row["mac"],
     )
 
 
@@ -88,9 +89,13 @@ class Vms:
         await self.conn.execute("UPDATE vms SET step = $2 WHERE id = $1", vm_id, step)
 
     async def record_made(self, vm_id: uuid.UUID, *, provider: str, ref: str,
-                          simulated: bool) -> None:
-        """The provider made the VM: which provider, its reference there, and whether the VM
-        is simulated."""
+                          simulated: bool, mac: str | None = None) -> None:
+        """The provider made the VM: which provider, its reference there, whether the VM is
+        simulated, and its NIC's MAC."""
         await self.conn.execute(
-            "UPDATE vms SET provider = $2, provider_ref = $3, simulated = $4 WHERE id = $1",
-            vm_id, provider, ref, simulated)
+            "UPDATE vms SET provider = $2, provider_ref = $3, simulated = $4, mac = $5"
+            " WHERE id = $1", vm_id, provider, ref, simulated, mac)
+
+    async def record_system(self, vm_id: uuid.UUID, system: dict[str, Any]) -> None:
+        """The legacy host's system (shared/systems.HostSystem, as JSON), read when archived."""
+        await self.conn.execute("UPDATE vms SET legacy_system = $2 WHERE id = $1", vm_id, system)

@@ -152,9 +152,12 @@ class FakeVms(_Repo):
         self.t.vms[vm_id] = replace(self.t.vms[vm_id], step=step)
 
     async def record_made(self, vm_id: uuid.UUID, *, provider: str, ref: str,
-                          simulated: bool) -> None:
+                          simulated: bool, mac: str | None = None) -> None:
         self.t.vms[vm_id] = replace(self.t.vms[vm_id], provider=provider, provider_ref=ref,
-                                    simulated=simulated)
+                                    simulated=simulated, mac=mac)
+
+    async def record_system(self, vm_id: uuid.UUID, system: dict[str, Any]) -> None:
+        self.t.vms[vm_id] = replace(self.t.vms[vm_id], legacy_system=system)
 
 
 class FakeTransitions(_Repo):

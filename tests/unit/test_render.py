@@ -19,6 +19,7 @@ from pathlib import Path
 import chevron
 import pytest
 
+from shared.systems import BASE_IMAGE_SYSTEM, HostSystem, Init
 from services.configurator.render import (TEMPLATES, ArchiveRef, RenderError, build_context,
                                           render_local_start, render_script)
 from shared.plan import (VM, ArchiveSpec, CutoverSettings, DatabaseSpec, Disk, Filesystem,
@@ -228,6 +229,9 @@ def run_under_stubs(script: str, tmp_path: Path, *, env: dict | None = None,
     return Run(done.returncode, done.stderr, calls)
 
 
+MAC = "52:54:00:12:34:56"  # the NIC's, as a provider reports it
+
+
 def disks_of(vm: VM) -> list[ProviderDisk]:
     """The VM's disks as a provider attaches them: its planned sizes and buses, and serials."""
     return [ProviderDisk(index=i, size_gb=d.size_gb, bus=d.bus, serial=disk_serial(VM_ID, i))
@@ -237,14 +241,16 @@ def disks_of(vm: VM) -> list[ProviderDisk]:
 def script_for(plan: Plan, vm: VM, archives: list[ArchiveRef] | None = None, **kwargs) -> str:
     """The VM's configuration script, with its archives (all of them by default) and disks."""
     archives = archive_refs(vm) if archives is None else archives
+    kwargs.setdefault("mac", MAC)
     return render_script(plan, vm, archives, disks=disks_of(vm), **kwargs)
 
 
 def run_script(plan: Plan, vm: VM, tmp_path: Path, archives: list[ArchiveRef] | None = None, *,
-               support: dict[str, str] | None = None, **kwargs) -> Run:
+               support: dict[str, str] | None = None, system: HostSystem = BASE_IMAGE_SYSTEM,
+               **kwargs) -> Run:
     """The VM's configuration script run under the stubs, its disks where it looks for them."""
-    return run_under_stubs(script_for(plan, vm, archives, support=support), tmp_path,
-                           disks=disks_of(vm), **kwargs)
+    return run_under_stubs(script_for(plan, vm, archives, support=support, system=system),
+                           tmp_path, disks=disks_of(vm), **kwargs)
 
 
 def pwned_files(*roots: Path) -> list[Path]:
@@ -283,7 +289,7 @@ def test_example_script_lays_out_the_planned_disks(shop: Plan):
     """The example app server's disks go in by serial and bus, in plan order (no device names:
     the script finds them), and it gets one LV per filesystem, "/" mounted first."""
     vm = shop.vm("app1")
-    context = build_context(shop, vm, archive_refs(vm), disks=disks_of(vm))
+    context = build_context(shop, vm, archive_refs(vm), disks=disks_of(vm), mac=MAC)
     assert context["disks"] == [{"serial": disk_serial(VM_ID, 0), "bus": "virtio"},
                                 {"serial": disk_serial(VM_ID, 1), "bus": "sata"}]
     assert [(v["lv_name"], v["size_mib"], v["type"]) for v in context["volumes"]] == [
@@ -305,7 +311,7 @@ def test_the_providers_disks_must_be_the_plans(shop: Plan):
                      ([disks[0], disks[1].model_copy(update={"serial": "x" * 21})],
                       "disk 1: serial 'xxxxxxxxxxxxxxxxxxxxx' is not")):
         with pytest.raises(RenderError, match=re.escape(why)):
-            render_script(shop, vm, archive_refs(vm), disks=bad)
+            render_script(shop, vm, archive_refs(vm), disks=bad, mac=MAC)
 
 
 def test_templates_never_html_escape():
@@ -468,8 +474,9 @@ def test_script_runs_the_planned_steps_in_order(shop: Plan, tmp_path: Path):
     assert os.access(newroot / "firstboot.sh", os.X_OK)
     wants = newroot / "etc/systemd/system/multi-user.target.wants/ferryman-local-start.service"
     assert os.readlink(wants) == "/etc/systemd/system/ferryman-local-start.service"
-    assert "/etc/ferryman/local.start # ferryman-local-start" in \
-        (newroot / "etc/rc.local").read_text()
+    assert not (newroot / "etc/rc.local").exists()  # systemd runs local.start, not rc.local
+    assert f'ATTR{{address}}=="{MAC}", NAME="eth0"' in \
+        (newroot / "etc/udev/rules.d/70-ferryman-net.rules").read_text()
     # unmounted children first, the root last
     assert [c["args"][-1] for c in run.of("umount")][-3:] == [
         f"{newroot}/db", f"{newroot}/boot", str(newroot)]
@@ -587,12 +594,15 @@ def test_firstboot_rebuilds_the_module_index_only_when_it_is_missing(shop: Plan,
 
 
 def test_an_existing_rc_local_keeps_its_lines(shop: Plan, tmp_path: Path):
-    """A legacy rc.local gets the local.start line after its #! line, its own lines kept."""
+    """Under sysvinit, a legacy rc.local gets the local.start line after its #! line, its own
+    lines kept; no systemd unit is written."""
     vm = shop.vm("app1")
     rc_local = tmp_path / "newroot/etc/rc.local"
     rc_local.parent.mkdir(parents=True)
     rc_local.write_text("#!/bin/sh -e\necho legacy\nexit 0\n")
-    assert run_script(shop, vm, tmp_path).returncode == 0
+    sysvinit = BASE_IMAGE_SYSTEM.model_copy(update={"init": Init.SYSVINIT})
+    assert run_script(shop, vm, tmp_path, system=sysvinit).returncode == 0
+    assert not (tmp_path / "newroot/etc/systemd/system").exists()
     lines = rc_local.read_text().splitlines()
     assert lines[0] == "#!/bin/sh -e" and "ferryman-local-start" in lines[1]
     assert lines[2:] == ["echo legacy", "exit 0"]

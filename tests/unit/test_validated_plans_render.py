@@ -146,7 +146,7 @@ def renders(plan: Plan) -> None:
     support = {BASE_IMAGE: SHA256, KERNEL_BUNDLE: SHA256}
     for vm in plan.vms:
         archives = archives_of(vm)
-        bash_parses(render_script(plan, vm, archives, disks=disks_of(plan, vm),
+        bash_parses(render_script(plan, vm, archives, disks=disks_of(plan, vm), mac="52:54:00:12:34:56",
                                   support=support), f"{vm.name}'s configuration script")
         bash_parses(render_local_start(plan, vm, archives), f"{vm.name}'s local.start")
 
