@@ -48,13 +48,22 @@ def group_table(group: dict) -> Table:
     if group.get("halted_reason"):
         title += f"\nHALTED: {group['halted_reason']}"
     table = Table(title=title)
-    for column in ("VM", "role", "state", "step", "in state", "message"):
+    for column in ("VM", "role", "legacy system", "state", "step", "in state", "message"):
         table.add_column(column)
     for vm in group["vms"]:
         state = vm["state"] + (f" (at {vm['held_state']})" if vm.get("held_state") else "")
-        table.add_row(vm["name"], vm["role"], _styled(vm["state"], state), vm.get("step") or "",
+        table.add_row(vm["name"], vm["role"], system_cell(vm.get("system")),
+                      _styled(vm["state"], state), vm.get("step") or "",
                       f"{vm['seconds_in_state']:.0f}s", (vm.get("message") or "")[:60])
     return table
+
+
+def system_cell(system: dict | None) -> str:
+    """The legacy host's system, short (`debian 11 sysvinit/ifupdown`); blank until archived."""
+    if not system:
+        return ""
+    release = f"{system.get('family', '?')} {system.get('release', '')}".strip()
+    return f"{release} {system.get('init', '?')}/{system.get('network', '?')}"
 
 
 def _styled(state: str, text: str | None = None) -> str:

@@ -49,6 +49,10 @@ class VmView(BaseModel):
     seconds_in_state: float
     provider: str | None = Field(None, description="the provider that made the VM")
     simulated: bool = Field(False, description="a simulated VM (provider sim), not a machine")
+    system: dict[str, Any] | None = Field(
+        None, description="the legacy host's system as read from its root when archived "
+        "(family, release, name, init, network, interface, renderer, initramfs); null before "
+        "that and for a VM without a root archive")
 
 
 class MessageView(BaseModel):

@@ -177,5 +177,5 @@ def vm_view(row) -> m.VmView:
         id=row["id"], name=row["name"], role=row["role"], state=row["state"],
         held_state=row["held_state"], failed_from=row["failed_from"], step=row["step"],
         message=row["message"], state_changed_at=row["state_changed_at"], seconds_in_state=age,
-        provider=row["provider"], simulated=row["simulated"],
+        provider=row["provider"], simulated=row["simulated"], system=row["legacy_system"],
     )

@@ -390,10 +390,17 @@ function vmCard(vm) {
     h("dl", { class: "facts" },
       h("dt", {}, "step"), h("dd", { class: "step" }, vm.step || "—"),
       h("dt", {}, "in phase"), h("dd", {}, since(vm.seconds_in_state)),
+      vm.system ? [h("dt", {}, "legacy system"), h("dd", { class: "system" }, systemText(vm.system))] : null,
       vm.message ? [h("dt", {}, "message"), h("dd", { class: "message" }, vm.message)] : null),
     vm.state === "failed" ? h("p", {}, h("button", { type: "button", class: "danger",
       dataset: { action: "retry" }, onclick: () => actions.retry(vm) }, `Retry ${vm.name}`)) : null,
     logList(vm.id));
+}
+
+// The legacy host's system as the archiver read it: "Debian GNU/Linux 11 · sysvinit · ifupdown (eth0)".
+function systemText(s) {
+  const name = s.name || `${s.family} ${s.release}`;
+  return `${name} · ${s.init} · ${s.network} (${s.interface || "eth0"})`;
 }
 
 function timelineCard() {
