@@ -46,6 +46,17 @@ def _load(plan: Path):
         _fail(f"{plan} is not valid:\n{exc}")
 
 
+def legacy_system_of(vm) -> str:
+    """What `validate` can say of a VM's legacy system before anything is archived."""
+    if vm.source is None:
+        return "a new VM: the base image (Debian 12, systemd, ifupdown)"
+    if vm.source.system is not None:
+        return f"legacy system {vm.source.system.summary()} (named in the plan)"
+    if any(spec.path == "/" for spec in vm.archives):
+        return "legacy system: read from its root when archived"
+    return "no root archive: the base image (Debian 12, systemd, ifupdown)"
+
+
 @click.group()
 def main() -> None:
     """Move whole groups of Linux VMs to new infrastructure."""
@@ -57,6 +68,8 @@ def validate(plan: Path) -> None:
     """Check a plan without submitting it."""
     parsed = _load(plan)
     console.print(f"{plan}: group {parsed.group!r} with {len(parsed.vms)} VMs is valid")
+    for vm in parsed.vms:
+        console.print(f"  {vm.name}: {legacy_system_of(vm)}", highlight=False)
 
 
 @main.command()

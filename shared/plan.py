@@ -20,6 +20,7 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
                       ValidationError, ValidationInfo, field_validator, model_validator)
 
 from shared.databases import ENGINES, engine
+from shared.systems.model import HostSystem, check_known
 from shared.plan_errors import (Findings, PlanError, Problem, explain, read_document,
                                 worded_pattern)
 
@@ -222,6 +223,10 @@ class DatabaseSpec(_Model):
         return self.port or engine(self.engine).default_port
 
 
+def _known_system(system: HostSystem | None) -> HostSystem | None:
+    return None if system is None else check_known(system)
+
+
 class Source(_Model):
     """Where the archiver reads the legacy VM."""
 
@@ -239,6 +244,11 @@ class Source(_Model):
     """ssh: who reads the host; reading all of / needs root."""
     key_file: str | None = None
     """ssh: the private key to log in with (default: the archiver's own, FERRY_SSH_KEY_FILE)."""
+    system: Annotated[HostSystem | None, AfterValidator(_known_system)] = None
+    """The legacy host's system (family, release, init, network, interface, initramfs), when it
+    is not to be read from its root: by default the archiver reads it from the host's own files
+    when it archives "/". Given here, it is used as it is; either way a system Ferryman cannot
+    rebuild is refused before any VM is created."""
 
     @field_validator("root")
     @classmethod

@@ -122,9 +122,11 @@ async def _archive_source(planned: VM, folder: Path, vm_id: uuid.UUID,
         tree = await SshTree.for_source(source, settings).probe()
     else:
         tree = LocalTree(Path(source.root or "/"))
-    # Read before anything is archived: a system Ferryman cannot rebuild stops here.
-    system = (await read_host_system(tree)
-              if any(spec.path == "/" for spec in planned.archives) else None)
+    # Read before anything is archived: a system Ferryman cannot rebuild stops here. The plan
+    # may name it instead (a root that does not show it, such as a folder standing for one).
+    system = source.system
+    if system is None and any(spec.path == "/" for spec in planned.archives):
+        system = await read_host_system(tree)
     results: list[ArchiveResult] = []
     for spec in planned.archives:
         dest = folder / f"{archive_id(vm_id, 'path', spec.path)}.tar.zst"

@@ -57,19 +57,29 @@ class UnknownSystem(ValueError):
 class HostSystem(BaseModel):
     """One legacy host's system, as read from its root."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # A field's docstring is its description in the plan's JSON Schema (a plan may name it).
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
     family: Family
-    release: str = ""  # os-release's VERSION_ID ("12", "9.3"); empty on rolling releases
-    name: str = ""  # os-release's PRETTY_NAME, for people
+    """debian, ubuntu, rhel (RHEL and its rebuilds, Fedora) or gentoo."""
+    release: str = ""
+    """os-release's VERSION_ID ("12", "9.3"); empty on a rolling release."""
+    name: str = ""
+    """os-release's PRETTY_NAME, for people."""
     init: Init
+    """What PID 1 runs: systemd, sysvinit or openrc."""
     network: NetworkStack
-    # The interface the legacy network configuration names (eth0, ens3, enp1s0): the new VM's
-    # NIC, found by its MAC, gets that name, so the host's other files that name it still hold.
+    """The stack that configures the host's network: ifupdown, systemd-networkd, netplan,
+    networkmanager, ifcfg or netifrc."""
     interface: str | None = None
-    # For netplan: the backend its configuration asked for (networkd or NetworkManager).
+    """The interface the legacy network configuration names (eth0, ens3): the new VM's NIC,
+    found by its MAC, gets that name, so the host's other files that name it still hold;
+    default eth0."""
     renderer: str | None = None
+    """netplan only: the backend its configuration asks for (networkd or NetworkManager)."""
     initramfs: Initramfs | None = None
+    """What makes an initramfs in the root (initramfs-tools or dracut), when the kernel bundle
+    brings none."""
 
     @property
     def interface_name(self) -> str:

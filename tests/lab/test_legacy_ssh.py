@@ -120,9 +120,12 @@ async def test_app1_data_and_root_arrive_as_they_are_on_the_host(site, lab, tmp_
     links; names with spaces and binaries included) minus the plan's excludes, whose
     directories stay; its root archive leads with the account files, has every entry of the
     host's / with the same contents, and nothing below proc, sys, dev, run, tmp or data."""
-    results = await _take_archives(PLAN.vm("app1"), tmp_path, uuid.uuid4(), lab)
+    results, system = await _take_archives(PLAN.vm("app1"), tmp_path, uuid.uuid4(), lab)
     root_result, data_result = results
     assert (root_result.source_path, data_result.source_path) == ("/", "/data")
+    # Read over SSH from the host's root: the lab's base image.
+    assert (system.family, system.release, system.init, system.network, system.initramfs) == (
+        "debian", "12", "systemd", "ifupdown", "initramfs-tools")
     host_root = site.hosts["app1"].root
 
     data = dict(archive_entries(data_result.file))
@@ -153,8 +156,8 @@ async def test_app1_data_and_root_arrive_as_they_are_on_the_host(site, lab, tmp_
 async def test_db1_root_and_database_dump_load_elsewhere(site, lab, tmp_path):
     """db1's root archive leaves MariaDB's data directory empty (the data travels as the
     dump), and its dump of `shop`, taken on db1 by socket, loads into db2 with every row."""
-    root_result, dump_result = await _take_archives(PLAN.vm("db1"), tmp_path, uuid.uuid4(),
-                                                    lab)
+    (root_result, dump_result), _ = await _take_archives(PLAN.vm("db1"), tmp_path,
+                                                         uuid.uuid4(), lab)
     archived = archive_names(root_result.file)
     assert "var/lib/mysql/" in archived and "etc/mysql/mariadb.conf.d/60-shop.cnf" in archived
     assert not [n for n in archived if n.startswith("var/lib/mysql/") and n != "var/lib/mysql/"]
@@ -182,8 +185,9 @@ async def test_a_dump_with_a_password_over_tcp(site, lab, tmp_path, monkeypatch)
     monkeypatch.setenv("FERRY_T_SHOP_PASSWORD", password)
     spec = DatabaseSpec(engine="mariadb", name="shop", port=3306, user="ferry_dump",
                         password_env="FERRY_T_SHOP_PASSWORD")
-    [dump] = await _take_archives(vm("db1", archives=[], databases=[spec]), tmp_path,
-                                  uuid.uuid4(), lab)
+    [dump], system = await _take_archives(vm("db1", archives=[], databases=[spec]), tmp_path,
+                                          uuid.uuid4(), lab)
+    assert system is None  # no root archive: the system is not read
     sql = subprocess.run(["zstd", "-dc", str(dump.file)], capture_output=True, check=True).stdout
     assert b"Blue teapot" in sql
     monkeypatch.setenv("FERRY_T_SHOP_PASSWORD", "wrong")
@@ -203,7 +207,7 @@ async def test_a_file_changing_while_read_is_a_warning(site, lab, tmp_path):
                               "while :; do echo line >> /srv/live/big.log; done")
     try:
         planned = vm("app1", archives=[ArchiveSpec(path="/srv/live")])
-        [result] = await _take_archives(planned, tmp_path, uuid.uuid4(), lab)
+        [result], _ = await _take_archives(planned, tmp_path, uuid.uuid4(), lab)
     finally:
         writer.kill()
         await writer.wait()
@@ -265,8 +269,8 @@ async def test_paths_are_data_whatever_their_bytes(site, lab, tmp_path):
     target = site.hosts["db2"].root / shared.lstrip("/")
     awkward_tree(source)
     try:
-        results = await _take_archives(vm("app1", archives=[ArchiveSpec(path=shared)]),
-                                       tmp_path / "archives", uuid.uuid4(), lab)
+        results, _ = await _take_archives(vm("app1", archives=[ArchiveSpec(path=shared)]),
+                                          tmp_path / "archives", uuid.uuid4(), lab)
         assert dict(archive_entries(results[0].file)) == host_tree(source)
 
         def remote(name: str) -> Remote:
