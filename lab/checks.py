@@ -234,18 +234,57 @@ async def database_rows(shell: VmShell, legacy_run: LegacyRun, master: str,
 
 
 async def replication(master: VmShell, replica: VmShell) -> str:
-    """A row written on the new master afterwards shows up on the replica."""
+    """A row written on the new master afterwards shows up on the replica (in a database of
+    the check's own, so any group's databases will do and none of their tables is touched)."""
     tag = f"ferry-check-{uuid.uuid4().hex[:8]}"
-    await master.run(_sql("INSERT INTO shop.orders (product_id, quantity, customer, placed_at)"
-                          f" VALUES (1, 1, '{tag}', NOW())"))
+    await master.run(_sql("CREATE DATABASE IF NOT EXISTS ferry_check; CREATE TABLE IF NOT "
+                          "EXISTS ferry_check.arrivals (tag VARCHAR(64) PRIMARY KEY); "
+                          f"INSERT INTO ferry_check.arrivals VALUES ('{tag}')"))
     started = time.monotonic()
-    query = _sql(f"SELECT COUNT(*) FROM shop.orders WHERE customer = '{tag}'")
+    query = _sql(f"SELECT COUNT(*) FROM ferry_check.arrivals WHERE tag = '{tag}'")
     while time.monotonic() - started < REPLICATION_WAIT_S:
-        if (await replica.run(query)).strip() == "1":
+        if (await replica.run(query + " 2>/dev/null || true")).strip() == "1":
             return f"row {tag} written on the master arrived in {time.monotonic() - started:.1f}s"
         await asyncio.sleep(0.5)
     status = await replica.run("mariadb -e 'SHOW SLAVE STATUS\\G' | grep -E 'Running|Error'")
     raise CheckFailed(f"row {tag} not on the replica after {REPLICATION_WAIT_S}s: {status}")
+
+
+# What shows that each network stack, not something else, configured the interface.
+_STACK_PROOF = {
+    # ifupdown records the interfaces it brought up.
+    "ifupdown": "ifquery --state {iface}",
+    # networkd says it configured the link ("routable configured", or "degraded configured"
+    # with no gateway).
+    "systemd-networkd": "networkctl list --no-pager --no-legend {iface} | grep -w configured",
+    # netplan generated networkd's file for it at boot, and networkd configured the link.
+    "netplan": "ls /run/systemd/network/10-netplan-{iface}.network && "
+               "networkctl list --no-pager --no-legend {iface} | grep -w configured",
+}
+
+
+async def legacy_system(shell: VmShell, vm: VM, system: dict) -> str:
+    """The VM boots its legacy system as the archiver read it: that init is PID 1, the NIC
+    with the provider's MAC carries the legacy interface name and the planned address, put
+    there by the legacy network stack itself, and local.start ran (from that init's hook)."""
+    iface = system.get("interface") or "eth0"
+    stack = system["network"]
+    proof = _STACK_PROOF.get(stack)
+    if proof is None:
+        raise CheckFailed(f"no check of {stack} in the lab")
+    out = await shell.run(
+        f"cat /proc/1/comm; echo ---; ip -o -4 addr show dev {shlex.quote(iface)}; echo ---; "
+        f"{proof.format(iface=shlex.quote(iface))}; echo ---; cat /etc/ferryman/local.start.done")
+    pid1, address, proven, done = (part.strip() for part in out.split("---
+"))
+    expected_pid1 = {"systemd": "systemd", "sysvinit": "init", "openrc": "init"}[system["init"]]
+    if pid1 != expected_pid1:
+        raise CheckFailed(f"PID 1 is {pid1!r}, the legacy host's init is {system['init']}")
+    planned = vm.network.address.with_prefixlen
+    if f" {planned} " not in f" {address} ":
+        raise CheckFailed(f"{iface} has {address or 'no IPv4 address'}, planned {planned}")
+    return (f"PID 1 {pid1}; {iface} {planned} by {stack} ({proven.splitlines()[-1]}); "
+            f"local.start done {done}")
 
 
 async def isolation(shell: VmShell, gateway_url: str, outside: list[str]) -> str:
@@ -271,9 +310,11 @@ async def isolation(shell: VmShell, gateway_url: str, outside: list[str]) -> str
 # --- all of them -------------------------------------------------------------------------------
 
 async def check_group(plan: Plan, identity: Path, legacy_run: LegacyRun, gateway_url: str,
-                      outside: list[str] = ()) -> list[Check]:
+                      outside: list[str] = (),
+                      systems: dict[str, dict] | None = None) -> list[Check]:
     """Run every check on every VM of the group; a failing check is reported, not raised.
-    `outside`: `host:port`s beyond the group that no VM may reach before cutover."""
+    `outside`: `host:port`s beyond the group that no VM may reach before cutover; `systems`:
+    each VM's legacy system as the archiver read it (the API's `system`)."""
     shells = {vm.name: VmShell(str(vm.network.address.ip), identity)
               for vm in plan.vms}
     results: list[Check] = []
@@ -290,6 +331,8 @@ async def check_group(plan: Plan, identity: Path, legacy_run: LegacyRun, gateway
         await record(vm.name, "LVM layout", lvm_layout(shell, vm))
         await record(vm.name, "filesystems", filesystems(shell, vm))
         await record(vm.name, "migrating marker", migrating_marker(shell, vm))
+        if systems and systems.get(vm.name):
+            await record(vm.name, "legacy system", legacy_system(shell, vm, systems[vm.name]))
         if outside:
             await record(vm.name, "isolation", isolation(shell, gateway_url, list(outside)))
         await record(vm.name, "data tree", data_tree(shell, vm, legacy_run))

@@ -1,8 +1,10 @@
-"""The whole journey on real VMs: the example group (app, db-master, db-replica) is archived
-over SSH from legacy hosts in network namespaces, created as libvirt domains, PXE-booted into the
-migration image, rebuilt by its rendered script, booted from its own disks on the group's
-network, loaded and replicating; then the VMs themselves are checked over SSH, verified, and
-cut over: a rehearsed failure at every step rolls back, the cutover service's process is
+"""The whole journey on real VMs: two groups at once, each archived over SSH from legacy hosts
+in network namespaces, created as libvirt domains, PXE-booted into the migration image, rebuilt
+by its rendered script, booted from its own disks on the group's network, loaded and
+replicating. The example shop (app, db-master, db-replica) runs on copies of the base image;
+the ledger's hosts differ from it and from each other (Debian 11 with sysvinit, Debian 12 with
+systemd-networkd, Debian 12 with netplan), and each is rebuilt the way its own system expects.
+Then the VMs themselves are checked over SSH, and the shop is verified and cut over: a rehearsed failure at every step rolls back, the cutover service's process is
 killed in the middle of a run and rolls it back when started again, a rehearsed failure in the
 replication mode rolls back and the link is set up again, then the real cutover moves the site
 while a prober outside measures the downtime."""
@@ -30,6 +32,8 @@ pytestmark = [pytest.mark.lab, pytest.mark.usefixtures("clean_broker_and_db")]
 
 REPO = Path(__file__).resolve().parents[2]
 PLAN = REPO / "examples" / "shop.yaml"
+# Legacy hosts of other kinds (docs/legacy-hosts.md), migrated in the same run.
+OTHER_KINDS = REPO / "examples" / "ledger.yaml"
 JOURNEY_TIMEOUT_S = 2400  # under TCG on 2 cores the whole group takes minutes per phase
 
 
@@ -47,7 +51,7 @@ async def site(lab_settings):
     finally:
         await host.stop()
         await down(lab_settings)
-    assert not [d for d in virsh_domains("--all") if d.endswith(".shop")]
+    assert not [d for d in virsh_domains("--all") if d.endswith((".shop", ".ledger"))]
 
 
 def virsh_domains(*flags: str) -> list[str]:
@@ -104,51 +108,77 @@ async def slowest_steps(operator, detail: dict, timeline: dict, count: int = 3) 
     return slowest
 
 
-@pytest.mark.timeout(JOURNEY_TIMEOUT_S + 600)
-async def test_example_group_is_rebuilt_on_real_vms(site, cutover_process, lab_settings,
-                                                    operator, capsys):
-    """The group reaches ready on real VMs, and on the VMs: the planned LVM layout and
-    filesystem types, /data identical to the legacy host's (checksums, excludes honoured), the
-    master's rows on both databases, a row written on the new master replicated, the
-    migrating marker still there, and no legacy host reachable from the VMs."""
-    plan = load_plan_file(PLAN)
-    started = time.monotonic()
-    async with operator.post("/v1/groups", data=PLAN.read_text()) as response:
+async def submit(operator, plan: Path) -> str:
+    async with operator.post("/v1/groups", data=plan.read_text()) as response:
         body = await response.json()
         assert response.status == 201, body
-    group_id = body["id"]
+    return body["id"]
 
+
+async def settle(operator, group_id: str) -> dict:
     async def settled():
         detail = await group_status(operator, group_id)
         return detail if detail["status"] in ("ready", "halted") else None
-    detail = await eventually(settled, JOURNEY_TIMEOUT_S, interval=2, what="the group to settle")
-    wall = time.monotonic() - started
-    assert detail["status"] == "ready", detail.get("halted_reason") or detail
-    assert {"app1.shop", "db1.shop", "db2.shop"} <= set(virsh_domains("--state-running"))
+    return await eventually(settled, JOURNEY_TIMEOUT_S, interval=2, what="the group to settle")
 
+
+async def checked_on_its_vms(operator, site, settings, plan, detail: dict, capsys) -> list:
+    """Every lab check on the group's VMs (printed with the group's timeline); the failed."""
     async def legacy_run(host: str, argv: list[str]) -> str:
         return await site.run(host, *argv)
 
     outside = [f"{site.address(host)}:22" for host in site.hosts]
-    checks = await check_group(plan, lab_settings.ssh_identity, legacy_run,
-                               vm_gateway_url(lab_settings), outside)
-    async with operator.get(f"/v1/groups/{group_id}/timeline") as response:
+    systems = {vm["name"]: vm["system"] for vm in detail["vms"]}
+    checks = await check_group(plan, settings.ssh_identity, legacy_run,
+                               vm_gateway_url(settings), outside, systems)
+    async with operator.get(f"/v1/groups/{detail['id']}/timeline") as response:
         timeline = await response.json()
     spent = phase_seconds(timeline)
     slowest = await slowest_steps(operator, detail, timeline)
     with capsys.disabled():
-        print(f"\nlab journey: submitted → ready in {wall:.0f}s")
+        print(f"\n{plan.group}:")
+        for vm in detail["vms"]:
+            system = vm["system"] or {}
+            print(f"  {vm['name']}: legacy system {system.get('name')}, {system.get('init')}, "
+                  f"{system.get('network')} ({system.get('interface') or 'eth0'})")
         for vm, phases in spent.items():
             print(f"  {vm}: " + ", ".join(f"{s} {t:.0f}s" for s, t in phases.items()))
         for vm, steps in slowest.items():
             print(f"  {vm} slowest: {steps}")
         for check in checks:
             print(f"  {'ok ' if check.ok else 'FAILED'} {check.vm} {check.what}: {check.detail}")
-    failed = [c for c in checks if not c.ok]
-    assert not failed, failed
     assert {c.what for c in checks} >= {"disks", "LVM layout", "filesystems", "migrating marker",
-                                         "isolation", "data tree", "database rows",
-                                         "replication"}
+                                         "legacy system", "isolation", "data tree",
+                                         "database rows", "replication"}
+    return [c for c in checks if not c.ok]
+
+
+@pytest.mark.timeout(JOURNEY_TIMEOUT_S + 600)
+async def test_example_group_is_rebuilt_on_real_vms(site, cutover_process, lab_settings,
+                                                    operator, capsys):
+    """Both groups reach ready on real VMs, and on the VMs: the planned disks, LVM layout and
+    filesystem types, the legacy system's own init as PID 1 and its own network stack
+    bringing up the NIC (found by MAC, with the legacy interface name) at its planned address,
+    local.start run, archived paths identical to the legacy hosts' (checksums, excludes
+    honoured), the master's rows on both databases, a row written on the new master
+    replicated, the migrating marker still there, and no legacy host reachable from the VMs.
+    Then the shop is cut over."""
+    plan, other_kinds = load_plan_file(PLAN), load_plan_file(OTHER_KINDS)
+    started = time.monotonic()
+    group_id = await submit(operator, PLAN)
+    other_id = await submit(operator, OTHER_KINDS)
+    detail = await settle(operator, group_id)
+    other = await settle(operator, other_id)
+    wall = time.monotonic() - started
+    assert detail["status"] == "ready", detail.get("halted_reason") or detail
+    assert other["status"] == "ready", other.get("halted_reason") or other
+    names = {f"{vm.name}.{p.group}" for p in (plan, other_kinds) for vm in p.vms}
+    assert names <= set(virsh_domains("--state-running"))
+    with capsys.disabled():
+        print(f"\nlab journey: {len(names)} VMs of two groups submitted → ready in {wall:.0f}s")
+    failed = await checked_on_its_vms(operator, site, lab_settings, plan, detail, capsys)
+    failed += await checked_on_its_vms(operator, site, lab_settings, other_kinds, other, capsys)
+    assert not failed, failed
     await cut_over(operator, group_id, plan, site, lab_settings, cutover_process, capsys)
 
 
