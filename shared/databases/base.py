@@ -33,6 +33,11 @@ class Unsupported(Exception):
     """The engine cannot do this (yet); the message says what."""
 
 
+class VersionUnknown(RuntimeError):
+    """A statement that depends on the server's version was asked of an engine not bound to
+    one (Engine.at_version): a mistake in Ferryman, not in the plan."""
+
+
 @dataclass(frozen=True)
 class DatabaseSource:
     """A database to dump, and how to reach its server."""
@@ -167,6 +172,18 @@ class Engine(ABC):
                   for name, value in self.dump_variables(db, with_password=False).items()]
         lines += self._remote_dump(db, options)
         return "\n".join(lines), stdin
+
+    # --- the server's version --------------------------------------------------------------------
+
+    def version_sql(self) -> str:
+        """Asks the server its version; `at_version` reads the answer."""
+        raise self._unsupported("asking a server's version")
+
+    def at_version(self, version: str) -> Engine:
+        """This engine bound to a server that answered `version` to `version_sql`: its
+        statements are the ones that server speaks. Unsupported (naming the version) for a
+        server it cannot speak to."""
+        raise self._unsupported("asking a server's version")
 
     # --- SQL on a machine -----------------------------------------------------------------------
 
