@@ -209,6 +209,13 @@ class Engine(ABC):
     # --- the server of a rebuilt VM -------------------------------------------------------------
 
     config_file: str = ""  # where the rebuilt VM's server configuration is written
+    services: tuple[str, ...] = ()  # the server's service names: the first the VM has is used
+    option_files: tuple[str, ...] = ()  # the server's own option files, the first found used
+
+    def flavours(self) -> tuple:
+        """Every mysql_versions.Flavour its servers may speak, oldest first: the rebuilt VM
+        picks its own by its server's version when it first boots."""
+        raise self._unsupported("rebuilding a server")
 
     def data_dir(self, database_data_dir: str) -> str:
         """Where the server keeps its data, below the plan's database_data_dir."""

@@ -20,7 +20,7 @@ from typing import Sequence
 from shared.databases.base import (
     NOT_FOUND, DatabaseSource, Engine, Position, ReplicaStatus, VersionUnknown,
 )
-from shared.databases.mysql_versions import Flavour, UnsupportedVersion, flavour
+from shared.databases.mysql_versions import FLAVOURS, Flavour, UnsupportedVersion, flavour
 
 
 class MySQLFamily(Engine):
@@ -28,7 +28,6 @@ class MySQLFamily(Engine):
     server's version by `at_version`."""
 
     product: str  # whose versions its servers answer (mysql_versions.MYSQL or MARIADB)
-    services: tuple[str, ...]  # the server's service names: local.start takes the first found
     dump_programs: tuple[str, ...]  # the first one installed dumps
     default_port = 3306
     password_variable = "MYSQL_PWD"
@@ -60,6 +59,9 @@ class MySQLFamily(Engine):
                 f"the server answers version {version.strip()!r}, which is {found.product}, "
                 f"not {self.title}: the plan's engine must be the server's")
         return type(self)(found)
+
+    def flavours(self) -> tuple[Flavour, ...]:
+        return FLAVOURS[self.product]
 
     def _forms(self) -> Flavour:
         if self.flavour is None:
