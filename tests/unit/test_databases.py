@@ -228,6 +228,7 @@ def test_services_never_compare_engine_names():
     through as data)."""
     services = Path(__file__).resolve().parents[2] / "services"
     found = subprocess.run(
-        ["grep", "-rnE", r"""[!=]=\s*["'](mariadb|postgresql)["']|["'](mariadb|postgresql)["']"""
-         r"""\s*[!=]=""", str(services), "--include=*.py"], capture_output=True, text=True)
+        ["grep", "-rnE", r"""[!=]=\s*["'](mariadb|mysql|postgresql)["']|"""
+         r"""["'](mariadb|mysql|postgresql)["']\s*[!=]=""", str(services), "--include=*.py"],
+        capture_output=True, text=True)
     assert found.stdout == ""
