@@ -203,14 +203,15 @@ class DatabaseSpec(_Model):
     """A database dumped on the legacy side and restored on the new VM."""
 
     engine: EngineName
-    """mariadb or postgresql."""
+    """mariadb, mysql or postgresql. MariaDB and MySQL: the statements follow the server's own
+    version (MySQL 5.7 and later, MariaDB 10.3 and later)."""
     name: str = Field(pattern=DATABASE_NAME)
     """The database's name: letters, digits and _."""
     host: str = Field("127.0.0.1", min_length=1)
     """The database server as seen from the source; 127.0.0.1 or localhost with no port: its local
     socket."""
     port: Port | None = None
-    """Default 3306 for mariadb, 5432 for postgresql."""
+    """Default 3306 for mariadb and mysql, 5432 for postgresql."""
     user: str | None = None
     """Who dumps the database."""
     # The NAME of an environment variable holding the password: secrets never live in a plan.

@@ -30,6 +30,7 @@ import chevron
 
 from shared import databases
 from shared.databases import Engine
+from shared.databases.mysql_versions import Flavour, version_number
 from shared.plan import VM, Filesystem, Plan, plain_absolute_path, size_mib
 from shared.providers.base import ProviderDisk
 from shared.systems import BASE_IMAGE_SYSTEM, HostSystem, NetworkSettings, root_changes
@@ -320,8 +321,26 @@ def build_local_start_context(plan: Plan, vm: VM, archives: list[ArchiveRef]) ->
         "server_datadir": q(datadir),
         "server_config": q(config),
         "server_config_file": q(server.config_file),
-        "server_service": q(server.service),
+        "server_services": q(" ".join(server.services)),
+        "server_option_files": q(" ".join(server.option_files)),
+        "server_product": q(server.flavours()[0].product),
+        "server_oldest": q(server.flavours()[0].title),
+        "server_flavours": [_local_flavour(f) for f in server.flavours()],
         "dumps": [_local_dump(archive, vm, server) for archive in dumps],
+    }
+
+
+def _local_flavour(flavour: Flavour) -> dict:
+    """One row of the statement forms local.start picks from by its server's version (the
+    version is known only once the rebuilt server runs)."""
+    return {
+        "since": q(str(version_number(flavour.since))),
+        "title": q(flavour.title), "replica": q(flavour.replica),
+        "change_source": q(flavour.change_source), "source_option": q(flavour.source_option),
+        "public_key": q(flavour.public_key), "binlog_status": q(flavour.binlog_status),
+        "create_user": q(flavour.create_user),
+        "alter_password": q("yes" if flavour.alter_password else "no"),
+        "receiver_field": q(flavour.receiver_field), "applier_field": q(flavour.applier_field),
     }
 
 

@@ -12,8 +12,10 @@ window closes it.
 
 The new master is loaded from one dump of all the master's databases taken with its position,
 one snapshot, so replication starts exactly where the dump ends. Every secret (the replication
-password) travels on stdin, never in an argv. The SQL is the engine's (shared/databases); the
-order of the work and the tunnel are the hand-off's own.
+password) travels on stdin, never in an argv. The SQL is the engine's (shared/databases), bound
+to the version each server answers (`server_on`: a legacy MySQL 5.7 and its rebuilt copy speak
+CHANGE MASTER TO, an 8.4 CHANGE REPLICATION SOURCE TO); the order of the work and the tunnel are
+the hand-off's own.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import secrets
 import shlex
 from dataclasses import dataclass
 
-from shared.databases import Engine, ReplicaStatus, database_source, engine
+from shared.databases import Engine, ReplicaStatus, Unsupported, database_source, engine
 from shared.ssh import Remote, RemoteError, pipe
 
 TUNNEL_PORT = 3307  # on the new master's loopback: the legacy master, through the tunnel
@@ -54,6 +56,7 @@ class Link:
 
     @property
     def engine(self) -> Engine:
+        """The plan's engine, bound to no version: `server_on` binds it to a machine's."""
         return engine(self.databases[0].engine)
 
 
@@ -61,22 +64,23 @@ class Link:
 
 async def ensure_replicating(link: Link) -> str:
     """The new master replicates from the legacy master (set up if it does not yet)."""
-    server = link.engine
-    status = await replica_status(server, link.new)
+    new = await server_on(link.engine, link.new)
+    status = await replica_status(new, link.new)
     if status.running and status.master_port == TUNNEL_PORT:
         return (f"{link.new.label} already replicates from {link.legacy.label} "
                 f"({status.seconds_behind or '?'} s behind)")
-    await _check_master(server, link.legacy)
+    legacy = await server_on(link.engine, link.legacy)
+    await _check_master(legacy, link.legacy)
     await open_tunnel(link)
     password = secrets.token_urlsafe(24)
-    await sql(server, link.legacy,
-              server.replication_user_sql(REPLICATION_USER, password, REPLICATION_HOSTS),
+    await sql(legacy, link.legacy,
+              legacy.replication_user_sql(REPLICATION_USER, password, REPLICATION_HOSTS),
               what="creating the replication user")
-    await sql(server, link.new, _point_at_tunnel_sql(server, link.names, password),
+    await sql(new, link.new, _point_at_tunnel_sql(new, link.names, password),
               what="pointing the new master at the tunnel")
-    await _load_with_position(link)
-    await sql(server, link.new, server.start_replica_sql(), what="starting replication")
-    await _wait_running(server, link.new)
+    await _load_with_position(link, legacy, new)
+    await sql(new, link.new, new.start_replica_sql(), what="starting replication")
+    await _wait_running(new, link.new)
     return (f"{link.new.label} loaded {', '.join(link.names)} and replicates from "
             f"{link.legacy.label} through the tunnel")
 
@@ -94,13 +98,13 @@ def _point_at_tunnel_sql(server: Engine, databases: list[str], password: str) ->
                                       password=password, databases=databases)
 
 
-async def _load_with_position(link: Link) -> None:
+async def _load_with_position(link: Link, legacy: Engine, new: Engine) -> None:
     """One consistent dump of every database, with its position, into the new master: the
     dump sets where replication starts. The new master logs the load, so its own replicas get
     it too."""
     first = database_source(link.databases[0], over_ssh=True)
-    script, secret = link.engine.dump_with_position_script(first, link.names)
-    await pipe(link.legacy, script, link.new, link.engine.client(), source_input=secret,
+    script, secret = legacy.dump_with_position_script(first, link.names)
+    await pipe(link.legacy, script, link.new, new.client(), source_input=secret,
                what=f"dump of {', '.join(link.names)} with its position from "
                     f"{link.legacy.label} into {link.new.label}")
 
@@ -197,28 +201,29 @@ def _tunnel_script(new_address: str, server_port: int) -> str:
 async def promote(link: Link) -> str:
     """The legacy master is read-only already: wait until the new master has applied all it
     wrote, then break the link and make the new master a master of its own."""
-    server = link.engine
-    status = await replica_status(server, link.new)
+    new = await server_on(link.engine, link.new)
+    status = await replica_status(new, link.new)
     if status.master_port != TUNNEL_PORT:
         raise HandoffError(f"{link.new.label} does not replicate from {link.legacy.label}: "
                            "run `ferry cutover GROUP --prepare` first (it sets the link up)")
-    out = await sql(server, link.legacy, server.master_position_sql(),
+    legacy = await server_on(link.engine, link.legacy)
+    out = await sql(legacy, link.legacy, legacy.master_position_sql(),
                     what="reading the old master's position", batch=True)
-    position = server.parse_master_position(out)
+    position = legacy.parse_master_position(out)
     if position is None:
         raise HandoffError(f"{link.legacy.label} gave no binary log position: {out.strip()!r}")
-    waited = (await sql(server, link.new, server.wait_for_position_sql(position, CATCH_UP_S),
+    waited = (await sql(new, link.new, new.wait_for_position_sql(position, CATCH_UP_S),
                         what="waiting for the new master to catch up",
                         batch=True, timeout=CATCH_UP_S + 30)).strip()
-    if not server.caught_up(waited):
-        status = await replica_status(server, link.new)
+    if not new.caught_up(waited):
+        status = await replica_status(new, link.new)
         raise HandoffError(f"{link.new.label} did not catch up with {position} "
                            f"within {CATCH_UP_S}s ({waited or 'no answer'}): "
                            f"{status.receiver_error or status.applier_error or ''}".strip())
-    await sql(server, link.new, server.promote_sql(), what="promoting the new master")
+    await sql(new, link.new, new.promote_sql(), what="promoting the new master")
     await close_tunnel(link)
-    await sql(server, link.legacy,
-              server.drop_replication_user_sql(REPLICATION_USER, REPLICATION_HOSTS),
+    await sql(legacy, link.legacy,
+              legacy.drop_replication_user_sql(REPLICATION_USER, REPLICATION_HOSTS),
               what="removing the replication user")
     return f"{link.new.label} caught up at {position} and was promoted"
 
@@ -232,6 +237,17 @@ async def sql(server: Engine, machine: Remote, statements: str, *, what: str,
     kwargs = {} if timeout is None else {"timeout": timeout}
     return await machine.run(server.client(batch=batch), what=what,
                              stdin=statements.encode() + b"\n", **kwargs)
+
+
+async def server_on(server: Engine, machine: Remote) -> Engine:
+    """`server` bound to the version of the server on `machine` (each server is asked: the
+    statements it speaks depend on it); HandoffError for a version it cannot speak to."""
+    answer = await sql(server, machine, server.version_sql(),
+                       what="asking the server its version", batch=True)
+    try:
+        return server.at_version(answer.strip())
+    except Unsupported as exc:
+        raise HandoffError(f"{machine.label}: {exc}") from None
 
 
 async def replica_status(server: Engine, machine: Remote) -> ReplicaStatus:

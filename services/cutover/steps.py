@@ -302,7 +302,8 @@ class GroupRunbook:
             # No write may land on the old master after its dump (or after the position the
             # new master catches up to): it would be lost.
             for server in self._servers(machine):
-                await replication.sql(server, legacy, server.read_only_sql(True),
+                bound = await self._server_on(server, legacy)
+                await replication.sql(bound, legacy, bound.read_only_sql(True),
                                       what="making the old master read-only")
             if self.database_mode == "replication":
                 started = time.monotonic()
@@ -330,8 +331,17 @@ class GroupRunbook:
         for machine in self._masters():
             if machine.legacy is not None and self._refusal(machine, self.database_mode) is None:
                 for server in self._servers(machine):
-                    await replication.sql(server, machine.legacy, server.read_only_sql(False),
+                    bound = await self._server_on(server, machine.legacy)
+                    await replication.sql(bound, machine.legacy, bound.read_only_sql(False),
                                           what="making the old master writable again")
+
+    @staticmethod
+    async def _server_on(server: Engine, machine: Remote) -> Engine:
+        """`server` bound to the version of the one on `machine` (its statements depend on it)."""
+        try:
+            return await replication.server_on(server, machine)
+        except replication.HandoffError as exc:
+            raise StepFailed(str(exc)) from None
 
     # --- the application, checks --------------------------------------------------------------
 

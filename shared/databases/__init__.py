@@ -1,7 +1,8 @@
 """Database engines behind one interface (design.md, "Database engines"): what differs between
-MariaDB and PostgreSQL lives in one module per engine, and every part that deals with databases
-(the archiver, the configurator's scripts, the gateway's master route, the cutover) asks
-`engine(name)` instead of comparing names.
+MariaDB, MySQL and PostgreSQL lives in one module per engine (MariaDB and MySQL share
+mysql_family.py, and speak what their server's version does: mysql_versions.py), and every part
+that deals with databases (the archiver, the configurator's scripts, the gateway's master route,
+the cutover) asks `engine(name)` instead of comparing names.
 """
 
 from __future__ import annotations
@@ -9,9 +10,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Iterable
 
 from shared.databases.base import (
-    DatabaseSource, DumpError, Engine, Position, ReplicaStatus, Unsupported, database_source,
+    DatabaseSource, DumpError, Engine, Position, ReplicaStatus, Unsupported, VersionUnknown,
+    database_source,
 )
 from shared.databases.mariadb import MariaDB
+from shared.databases.mysql import MySQL
+from shared.databases.mysql_versions import UnsupportedVersion
 from shared.databases.postgresql import PostgreSQL
 
 if TYPE_CHECKING:
@@ -19,10 +23,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT", "ENGINES", "DatabaseSource", "DumpError", "Engine", "Position", "ReplicaStatus",
-    "Unsupported", "database_source", "engine", "engine_of", "rebuild_engine", "titles",
+    "Unsupported", "UnsupportedVersion", "VersionUnknown", "database_source", "engine",
+    "engine_of", "rebuild_engine", "titles",
 ]
 
-ENGINES: dict[str, Engine] = {e.name: e for e in (MariaDB(), PostgreSQL())}
+ENGINES: dict[str, Engine] = {e.name: e for e in (MariaDB(), MySQL(), PostgreSQL())}
 # A database VM that names no database of its own (nor through its master) runs this one.
 DEFAULT: Engine = ENGINES[MariaDB.name]
 

@@ -33,6 +33,11 @@ class Unsupported(Exception):
     """The engine cannot do this (yet); the message says what."""
 
 
+class VersionUnknown(RuntimeError):
+    """A statement that depends on the server's version was asked of an engine not bound to
+    one (Engine.at_version): a mistake in Ferryman, not in the plan."""
+
+
 @dataclass(frozen=True)
 class DatabaseSource:
     """A database to dump, and how to reach its server."""
@@ -168,6 +173,18 @@ class Engine(ABC):
         lines += self._remote_dump(db, options)
         return "\n".join(lines), stdin
 
+    # --- the server's version --------------------------------------------------------------------
+
+    def version_sql(self) -> str:
+        """Asks the server its version; `at_version` reads the answer."""
+        raise self._unsupported("asking a server's version")
+
+    def at_version(self, version: str) -> Engine:
+        """This engine bound to a server that answered `version` to `version_sql`: its
+        statements are the ones that server speaks. Unsupported (naming the version) for a
+        server it cannot speak to."""
+        raise self._unsupported("asking a server's version")
+
     # --- SQL on a machine -----------------------------------------------------------------------
 
     def client(self, database: str | None = None, *, batch: bool = False) -> str:
@@ -192,6 +209,13 @@ class Engine(ABC):
     # --- the server of a rebuilt VM -------------------------------------------------------------
 
     config_file: str = ""  # where the rebuilt VM's server configuration is written
+    services: tuple[str, ...] = ()  # the server's service names: the first the VM has is used
+    option_files: tuple[str, ...] = ()  # the server's own option files, the first found used
+
+    def flavours(self) -> tuple:
+        """Every mysql_versions.Flavour its servers may speak, oldest first: the rebuilt VM
+        picks its own by its server's version when it first boots."""
+        raise self._unsupported("rebuilding a server")
 
     def data_dir(self, database_data_dir: str) -> str:
         """Where the server keeps its data, below the plan's database_data_dir."""

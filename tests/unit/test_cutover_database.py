@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from services.cutover import steps
+from shared import databases
 from services.cutover.steps import GroupRunbook, Machine, StepFailed
 from shared.plan import DatabaseSpec, load_plan_file
 from shared.providers.fake import FakeProvider
@@ -39,18 +40,35 @@ async def test_dump_and_restore_makes_the_master_read_only_then_pipes_into_the_r
     monkeypatch.setattr(steps, "pipe", pipe)
     book, legacy, new = runbook(tmp_path, "dump-and-restore")
     await book.database()
+    client = databases.engine("mariadb").client()
     assert [(what, script, stdin) for what, script, stdin in legacy.calls] == [
-        ("making the old master read-only", "mariadb", "SET GLOBAL read_only = ON;\n")]
-    assert piped == [("legacy db1", "new db1", "mariadb --database=shop")]
+        ("asking the server its version", f"{client} -N -B", "SELECT VERSION();\n"),
+        ("making the old master read-only", client, "SET GLOBAL read_only = ON;\n")]
+    assert piped == [("legacy db1", "new db1", f"{client} --database=shop")]
     await book.database_undo()
-    assert legacy.calls[-1] == ("making the old master writable again", "mariadb",
+    assert legacy.calls[-1] == ("making the old master writable again", client,
                                 "SET GLOBAL read_only = OFF;\n")
 
 
+async def test_a_mysql_master_is_made_read_only_for_its_super_users_too(tmp_path: Path,
+                                                                        monkeypatch):
+    """MySQL 8.0: super_read_only as well, set after read_only and cleared before it."""
+    async def pipe(*args, **kwargs):
+        pass
+    monkeypatch.setattr(steps, "pipe", pipe)
+    book, legacy, new = runbook(tmp_path, "dump-and-restore", engine="mysql")
+    legacy.answers["SELECT VERSION()"] = "8.0.36-0ubuntu0.22.04.1\n"
+    await book.database()
+    assert legacy.calls[1][1:] == (
+        "mysql", "SET GLOBAL read_only = ON; SET GLOBAL super_read_only = ON;\n")
+    await book.database_undo()
+    assert legacy.calls[-1][2] == "SET GLOBAL super_read_only = OFF; SET GLOBAL read_only = OFF;\n"
+
+
 @pytest.mark.parametrize("mode, message", [
-    ("dump-and-restore", "shop: the window's dump-and-restore handles MariaDB only so far, "
+    ("dump-and-restore", "shop: the window's dump-and-restore handles MariaDB and MySQL only so far, "
                          "not postgresql"),
-    ("replication", "shop: the replication hand-off handles MariaDB only so far"),
+    ("replication", "shop: the replication hand-off handles MariaDB and MySQL only so far"),
 ])
 async def test_an_engine_that_cannot_do_the_mode_is_refused_before_anything_changes(
         tmp_path: Path, mode: str, message: str):

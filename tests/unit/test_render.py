@@ -50,7 +50,8 @@ STUBBED = (
     "mkfs.xfs", "mkfs.ext3", "mkfs.ext4", "mkswap", "mount", "umount", "blkid", "grub-install",
     "chroot", "sync", "curl", "zstd", "tar",
     # local.start and firstboot.sh
-    "mysql", "mysqladmin", "systemctl", "service", "mariadb-install-db", "depmod", "uname",
+    "mysql", "mysqladmin", "systemctl", "service", "mariadb-install-db", "mysqld", "depmod",
+    "uname",
     "ssh-keygen",
 )
 # Real commands the scripts use (and `touch`, so an injected command would really run).
@@ -126,11 +127,15 @@ if name == "blockdev":
     out = b"1073741824\n"
 if name == "uname":
     out = b"{kernel}\n"
-if name == "mysql" and "SHOW MASTER STATUS" in args:
+if name == "mysql" and "SELECT VERSION()" in args:
+    out = os.environ.get("FERRY_STUB_SERVER_VERSION", "10.11.6-MariaDB-0+deb12u1").encode()
+if name == "mysql" and {{"SHOW MASTER STATUS", "SHOW BINLOG STATUS",
+                        "SHOW BINARY LOG STATUS"}} & set(args):
     out = b"{log_file}\t{log_pos}\t\t\n"
-if name == "mysql" and "SHOW SLAVE STATUS\\G" in args:
-    out = b"Slave_IO_Running: Yes\nSlave_SQL_Running: Yes\n"
-if name == "mariadb-install-db":
+if name == "mysql" and {{"SHOW SLAVE STATUS\\G", "SHOW REPLICA STATUS\\G"}} & set(args):
+    fields = os.environ.get("FERRY_STUB_STATUS_FIELDS", "Slave")
+    out = f"{{fields}}_IO_Running: Yes\n{{fields}}_SQL_Running: Yes\n".encode()
+if name in ("mariadb-install-db", "mysqld"):
     datadir = next(a for a in args if a.startswith("--datadir=")).split("=", 1)[1]
     os.makedirs(os.environ.get("FERRY_ROOT", "") + datadir + "/mysql", exist_ok=True)
 with open(os.environ["FERRY_STUB_LOG"], "a") as log:
@@ -653,7 +658,7 @@ def test_json_str_makes_valid_json_of_any_text(tmp_path: Path):
 # --- local.start ---------------------------------------------------------------------------------
 
 def run_local_start(plan: Plan, vm: VM, tmp_path: Path, dumps: list[ArchiveRef],
-                    fail: str = "") -> Run:
+                    fail: str = "", env: dict[str, str] | None = None) -> Run:
     """Run local.start with the VM's root in a scratch directory (FERRY_ROOT)."""
     root = tmp_path / "root"
     (root / "etc/ferryman").mkdir(parents=True)
@@ -669,7 +674,7 @@ def run_local_start(plan: Plan, vm: VM, tmp_path: Path, dumps: list[ArchiveRef],
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(f"INSERT INTO t VALUES ('{dump.source}');\n")
     return run_under_stubs(render_local_start(plan, vm, dumps), tmp_path,
-                           env={"FERRY_ROOT": str(root)}, fail=fail)
+                           env={"FERRY_ROOT": str(root), **(env or {})}, fail=fail)
 
 
 def test_local_start_of_an_app_server_checks_in_once(shop: Plan, tmp_path: Path):
@@ -718,10 +723,12 @@ def test_local_start_of_a_replica_holds_then_replicates(shop: Plan, tmp_path: Pa
                             ("replicating", "replication-started"), ("ready", "replicating")]
     assert any(c["url"].endswith("/master?wait=25") for c in run.of("curl"))
     change = [c["stdin"] for c in run.of("mysql") if "CHANGE MASTER" in c.get("stdin", "")]
+    # MariaDB 10.11 (the stub's server): the REPLICA words, CHANGE MASTER TO kept.
     assert change == [
-        "STOP SLAVE;\nCHANGE MASTER TO MASTER_HOST='10.20.0.12', MASTER_PORT=3306, "
+        "STOP REPLICA;\nCHANGE MASTER TO MASTER_HOST='10.20.0.12', MASTER_PORT=3306, "
         "MASTER_USER='ferry_repl', MASTER_PASSWORD='Zm9vYmFy-x_1', "
-        f"MASTER_LOG_FILE='{MASTER_LOG[0]}', MASTER_LOG_POS={MASTER_LOG[1]};\nSTART SLAVE;\n"]
+        f"MASTER_LOG_FILE='{MASTER_LOG[0]}', MASTER_LOG_POS={MASTER_LOG[1]};\n"
+        "START REPLICA;\n"]
     assert "relay_log" in (tmp_path / "root/etc/mysql/ferryman-import.cnf").read_text()
 
 
