@@ -166,6 +166,10 @@ def _configure(site: SiteSpec, host: HostSpec, root: Path) -> None:
     ssh_dir = root / "root/.ssh"
     ssh_dir.mkdir(mode=0o700, exist_ok=True)
     ssh_dir.chmod(0o700)
+    # netplan wants its files readable by root only, as its installers write them (git keeps
+    # only 644 or 755 for the overlay's copy).
+    for config in (root / "etc/netplan").glob("*.yaml"):
+        config.chmod(0o600)
 
 
 def _image_identity(image: Path) -> str:
