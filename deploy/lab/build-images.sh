@@ -6,6 +6,10 @@
 #   base-image.tar.zst                        a small Debian 12 userland (no kernel, no /boot)
 #   kernel.tar.zst                            /boot (vmlinuz, config, LVM-aware initrd) and
 #                                             usr/lib/modules/<ver> of the base image's kernel
+#   legacy-bullseye.tar.zst                   legacy roots unlike the base image (the lab's mixed
+#   legacy-bookworm-netplan.tar.zst           legacy hosts): Debian 11 with sysvinit; Debian 12
+#   legacy-bookworm-networkd.tar.zst          with netplan, or with systemd-networkd, and no
+#                                             ifupdown. Packed like the base image (no kernel).
 #
 # Usage: sudo deploy/lab/build-images.sh         prints the output folder on its last line
 # Env:   FERRY_LAB_CACHE   cache root (default ~/.cache/ferryman/lab)
@@ -17,7 +21,8 @@
 #
 # Idempotent: the outputs live in $CACHE/images-<hash>, where <hash> covers this script, the files
 # copied into the initramfs and the suite. A folder with a .complete stamp is reused as it is.
-# The two chroots live in $CACHE/roots/{base,tools}-<hash of their own recipe>.
+# The chroots live in $CACHE/roots/<name>-<hash of their own recipe> (base, tools, and the legacy
+# ones: bullseye, netplan, networkd).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -35,6 +40,19 @@ HOST_PKGS=(debootstrap zstd cpio kmod qemu-system-x86 qemu-utils ipxe-qemu pytho
 BASE_PKGS=(systemd-sysv udev dbus linux-image-amd64 initramfs-tools lvm2 xfsprogs e2fsprogs
     openssh-server rsync curl ca-certificates iptables mariadb-server nginx ifupdown
     isc-dhcp-client iproute2 iputils-ping procps less zstd tar gzip util-linux kmod)
+
+# The legacy roots (the lab's mixed site, examples/legacy/site.yaml). Debian 11 with sysvinit as
+# init (no systemd-sysv), and what a rebuilt VM needs to boot and be checked; no kernel (a new VM
+# gets kernel.tar.zst), no MariaDB.
+LEGACY_SUITE=bullseye
+BULLSEYE_PKGS=(sysvinit-core initscripts udev kmod lvm2 xfsprogs e2fsprogs ifupdown
+    openssh-server curl ca-certificates iproute2 iputils-ping procps rsync zstd tar gzip
+    util-linux nginx-light less)
+# Debian 12 from the base chroot, its ifupdown purged: netplan (rendering for systemd-networkd),
+# or systemd-networkd configured directly.
+NETPLAN_PKGS=(netplan.io)
+NETPLAN_PURGE=(ifupdown)
+NETWORKD_PURGE=(ifupdown isc-dhcp-client)
 
 # The migration image's tools. Only the binaries listed in INITRD_BINS (and their libraries) end
 # up in the initramfs; the chroot is just a clean, host-independent place to take them from.
@@ -275,19 +293,181 @@ say "packing kernel.tar.zst"
 tar -C "$BASE" --numeric-owner -cf - boot usr/lib/modules \
     | zstd -q -T0 -10 -o "$OUT/kernel.tar.zst.tmp" -f
 mv "$OUT/kernel.tar.zst.tmp" "$OUT/kernel.tar.zst"
-say "packing base-image.tar.zst"
-# No kernel in the base image: the configure script installs kernel.tar.zst separately, as it
-# will do on top of a VM's own root archive.
+# A root tarball (the base image, the legacy roots). No kernel: the configure script installs
+# kernel.tar.zst separately, as it will do on top of a VM's own root archive.
 # --xattrs keeps file capabilities (ping). No --acls: GNU tar stores ACL entries by user/group
 # NAME, which the migration image cannot resolve (only systemd-tmpfiles' ACL on /var/log/journal
 # is lost, and it is set again at boot).
-tar -C "$BASE" --numeric-owner --xattrs --xattrs-include='*' -cf - \
-    --exclude=./proc/* --exclude=./sys/* --exclude=./dev/* --exclude=./run/* --exclude=./tmp/* \
-    --exclude=./boot/* --exclude=./usr/lib/modules/* --exclude=./var/cache/apt/archives/*.deb \
-    --exclude=./debootstrap . \
-    | zstd -q -T0 -10 -o "$OUT/base-image.tar.zst.tmp" -f
-mv "$OUT/base-image.tar.zst.tmp" "$OUT/base-image.tar.zst"
+pack_root() {   # pack_root CHROOT NAME: $OUT/NAME
+    local r=$1 name=$2
+    say "packing $name"
+    tar -C "$r" --numeric-owner --xattrs --xattrs-include='*' -cf - \
+        --exclude=./proc/* --exclude=./sys/* --exclude=./dev/* --exclude=./run/* \
+        --exclude=./tmp/* --exclude=./boot/* --exclude=./usr/lib/modules/* \
+        --exclude=./var/cache/apt/archives/*.deb --exclude=./debootstrap . \
+        | zstd -q -T0 -10 -o "$OUT/$name.tmp" -f
+    mv "$OUT/$name.tmp" "$OUT/$name"
+}
+pack_root "$BASE" base-image.tar.zst
 TIMES[pack]=$((SECONDS - t))
+
+# --- legacy roots ---------------------------------------------------------------------------------
+# The lab's mixed legacy site (examples/legacy/site.yaml) has hosts unlike the base image, each
+# from its own root: Debian 11 with sysvinit, Debian 12 with netplan, Debian 12 with
+# systemd-networkd. Each has the base image's system settings where they apply (no SSH host
+# keys, empty machine-id, no resolv.conf, empty fstab); the host's network configuration is its
+# overlay's (examples/legacy/<host>), not the image's.
+settle_root() {   # settle_root CHROOT HOSTNAME
+    local r=$1
+    echo "$2" >"$r/etc/hostname"
+    : >"$r/etc/fstab"
+    rm -f "$r/etc/resolv.conf"
+    printf '127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' >"$r/etc/hosts"
+    : >"$r/etc/machine-id"
+    rm -f "$r"/etc/ssh/ssh_host_*
+}
+purge_in() {   # purge_in CHROOT PKG...: apt-get purge, no service started or stopped
+    local r=$1; shift
+    chroot_mount "$r"
+    printf '#!/bin/sh\nexit 101\n' >"$r/usr/sbin/policy-rc.d"; chmod +x "$r/usr/sbin/policy-rc.d"
+    chroot "$r" env DEBIAN_FRONTEND=noninteractive LC_ALL=C apt-get purge -y -q "$@"
+    rm -f "$r/usr/sbin/policy-rc.d"
+}
+installed_in() {   # installed_in CHROOT PKG...: dies unless each is installed (apt_in's own
+    local r=$1 p; shift   # status is its last command's, not apt-get's)
+    for p in "$@"; do
+        chroot "$r" dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' \
+            || die "$p is not installed in $r"
+    done
+}
+finish_chroot() {   # finish_chroot CHROOT: no download cache, no package lists, nothing mounted
+    chroot "$1" apt-get clean
+    rm -rf "$1"/var/lib/apt/lists/*
+    chroot_umount "$1"
+}
+# Part of every legacy chroot's recipe, with its packages.
+LEGACY_HELPERS="$(declare -f settle_root purge_in installed_in finish_chroot)"
+
+build_bullseye_chroot() {   # build_bullseye_chroot DIR: Debian 11, sysvinit as init
+    local R=$1 SUITE=$LEGACY_SUITE init   # debootstrap_into reads SUITE
+    debootstrap_into "$R" "sysvinit-core,kmod,apt"
+    say "installing the bullseye packages (log: $WORK/bullseye-apt.log)"
+    apt_in "$R" "${BULLSEYE_PKGS[@]}" >"$WORK/bullseye-apt.log" 2>&1 \
+        || { tail -n 40 "$WORK/bullseye-apt.log" >&2; die "apt-get in the bullseye chroot failed"; }
+    installed_in "$R" "${BULLSEYE_PKGS[@]}"
+    # sysvinit's init, not systemd's; initscripts' rc.local, which runs /etc/rc.local last in
+    # the boot (where a first-boot hook goes on such a system).
+    if chroot "$R" dpkg-query -W -f='${Status}' systemd-sysv 2>/dev/null \
+            | grep -q 'install ok installed'; then
+        die "systemd-sysv is installed in the bullseye chroot"
+    fi
+    chroot "$R" dpkg -S /sbin/init | grep -q '^sysvinit-core: ' \
+        || die "/sbin/init in the bullseye chroot is not sysvinit-core's"
+    init="$(chroot "$R" readlink -f /sbin/init)"
+    [[ -f "$R$init" && ! -L "$R$init" && "$init" != *systemd* ]] \
+        || die "/sbin/init in the bullseye chroot resolves to $init"
+    [[ -x "$R/etc/init.d/rc.local" ]] || die "no /etc/init.d/rc.local in the bullseye chroot"
+
+    settle_root "$R" ferry-bullseye
+    printf 'auto lo\niface lo inet loopback\n\nsource /etc/network/interfaces.d/*\n' \
+        >"$R/etc/network/interfaces"
+    # Debian's /etc/init.d/ssh makes no host keys, and nothing else makes a machine id under
+    # sysvinit: an init script does both at boot, before ssh (insserv orders it).
+    cat >"$R/etc/init.d/ferry-hostkeys" <<'INIT'
+#!/bin/sh
+### BEGIN INIT INFO
+# Provides:          ferry-hostkeys
+# Required-Start:    $local_fs
+# Required-Stop:
+# X-Start-Before:    sshd
+# Default-Start:     2 3 4 5
+# Default-Stop:
+# Short-Description: Make missing SSH host keys and an empty machine id
+### END INIT INFO
+case "$1" in
+    start)
+        [ -s /etc/machine-id ] || tr -d - </proc/sys/kernel/random/uuid >/etc/machine-id
+        ssh-keygen -A
+        ;;
+    stop|restart|force-reload|status) ;;
+    *) echo "Usage: $0 start" >&2; exit 3 ;;
+esac
+exit 0
+INIT
+    chmod 0755 "$R/etc/init.d/ferry-hostkeys"
+    chroot "$R" update-rc.d ferry-hostkeys defaults >>"$WORK/bullseye-apt.log" 2>&1
+    compgen -G "$R/etc/rc2.d/S*ferry-hostkeys" >/dev/null \
+        || die "update-rc.d did not enable ferry-hostkeys in the bullseye chroot"
+    grep -Eq '^ssh: .*ferry-hostkeys' "$R/etc/init.d/.depend.start" \
+        || die "ssh does not start after ferry-hostkeys in the bullseye chroot"
+    # A login on the serial console (systemd makes one by itself; sysvinit from inittab).
+    grep -q '^T0:' "$R/etc/inittab" \
+        || echo 'T0:23:respawn:/sbin/getty -L ttyS0 115200 vt100' >>"$R/etc/inittab"
+    # No welcome page: a legacy web server serves its own site (the host's overlay).
+    rm -f "$R/etc/nginx/sites-enabled/default"
+    finish_chroot "$R"
+}
+
+build_netplan_chroot() {   # build_netplan_chroot DIR: the base chroot, netplan, no ifupdown
+    local R=$1
+    say "copying the base chroot into $R"
+    safe_rm "$R"
+    chroot_umount "$BASE"
+    cp -a --one-file-system "$BASE" "$R"
+    cp /etc/resolv.conf "$R/etc/resolv.conf"   # the base has none (settle_root removes it again)
+    say "installing netplan.io (log: $WORK/netplan-apt.log)"
+    { apt_in "$R" "${NETPLAN_PKGS[@]}" && purge_in "$R" "${NETPLAN_PURGE[@]}"; } \
+        >"$WORK/netplan-apt.log" 2>&1 \
+        || { tail -n 40 "$WORK/netplan-apt.log" >&2; die "apt-get in the netplan chroot failed"; }
+    installed_in "$R" "${NETPLAN_PKGS[@]}"
+    # netplan's systemd generator renders /etc/netplan/*.yaml for networkd at each boot.
+    chroot "$R" test -x /lib/systemd/system-generators/netplan \
+        || die "no netplan generator in the netplan chroot"
+    [[ ! -e "$R/sbin/ifup" ]] || die "ifupdown is still in the netplan chroot"
+    rm -rf "$R/etc/network/interfaces" "$R/etc/network/interfaces.d"
+    settle_root "$R" ferry-netplan
+    finish_chroot "$R"
+}
+
+build_networkd_chroot() {   # build_networkd_chroot DIR: the base chroot, systemd-networkd
+    local R=$1 w
+    say "copying the base chroot into $R"
+    safe_rm "$R"
+    chroot_umount "$BASE"
+    cp -a --one-file-system "$BASE" "$R"
+    purge_in "$R" "${NETWORKD_PURGE[@]}" >"$WORK/networkd-apt.log" 2>&1 \
+        || { tail -n 40 "$WORK/networkd-apt.log" >&2; die "apt-get in the networkd chroot failed"; }
+    [[ ! -e "$R/sbin/ifup" ]] || die "ifupdown is still in the networkd chroot"
+    rm -rf "$R/etc/network/interfaces" "$R/etc/network/interfaces.d"
+    # As an administrator would (its [Install] brings the socket and wait-online along).
+    chroot "$R" systemctl enable systemd-networkd.service >>"$WORK/networkd-apt.log" 2>&1
+    w="$R/etc/systemd/system"
+    for unit in multi-user.target.wants/systemd-networkd.service \
+        sockets.target.wants/systemd-networkd.socket \
+        network-online.target.wants/systemd-networkd-wait-online.service; do
+        [[ -L "$w/$unit" ]] || die "systemd-networkd is not enabled in the networkd chroot: $unit"
+    done
+    settle_root "$R" ferry-networkd
+    finish_chroot "$R"
+}
+
+# Derived chroots are rebuilt with the base chroot (its folder name is its recipe's key).
+ensure_chroot bullseye build_bullseye_chroot "$LEGACY_HELPERS" "$LEGACY_SUITE" \
+    "${BULLSEYE_PKGS[@]}"
+BULLSEYE=$CHROOT_DIR
+ensure_chroot netplan build_netplan_chroot "$LEGACY_HELPERS" "$(basename "$BASE")" \
+    "${NETPLAN_PKGS[@]}" -- "${NETPLAN_PURGE[@]}"
+NETPLAN=$CHROOT_DIR
+ensure_chroot networkd build_networkd_chroot "$LEGACY_HELPERS" "$(basename "$BASE")" \
+    -- "${NETWORKD_PURGE[@]}"
+NETWORKD=$CHROOT_DIR
+LEGACY_IMAGES=(legacy-bullseye.tar.zst legacy-bookworm-netplan.tar.zst
+    legacy-bookworm-networkd.tar.zst)
+t=$SECONDS
+pack_root "$BULLSEYE" legacy-bullseye.tar.zst
+pack_root "$NETPLAN" legacy-bookworm-netplan.tar.zst
+pack_root "$NETWORKD" legacy-bookworm-networkd.tar.zst
+TIMES[pack_legacy]=$((SECONDS - t))
 
 # --- tools chroot ---------------------------------------------------------------------------------
 build_tools_chroot() { debootstrap_into "$1" "$(IFS=,; echo "${TOOLS_PKGS[*]}")"; }
@@ -386,23 +566,30 @@ TIMES[initrd]=$((SECONDS - t))
 {
     echo "key=$KEY"
     echo "suite=$SUITE"
+    echo "legacy_suite=$LEGACY_SUITE"
     echo "kernel=$KVER"
     echo "built_at=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
     for k in "${!TIMES[@]}"; do echo "seconds_$k=${TIMES[$k]}"; done
     echo "seconds_total=$((SECONDS - T0))"
     echo "initrd_files=$(find "$STAGE" | wc -l)"
     echo "initrd_unpacked_bytes=$(du -sb "$STAGE" | cut -f1)"
-    for f in migration-vmlinuz migration-initrd.img base-image.tar.zst kernel.tar.zst; do
+    for f in migration-vmlinuz migration-initrd.img base-image.tar.zst kernel.tar.zst \
+        "${LEGACY_IMAGES[@]}"; do
         echo "bytes_$f=$(stat -c %s "$OUT/$f")"
         echo "sha256_$f=$(sha256sum "$OUT/$f" | cut -d' ' -f1)"
     done
     echo "base_unpacked_bytes=$(zstd -dc "$OUT/base-image.tar.zst" | wc -c)"
+    for f in "${LEGACY_IMAGES[@]}"; do
+        echo "unpacked_bytes_$f=$(zstd -dc "$OUT/$f" | wc -c)"
+    done
 } >"$OUT/manifest.txt"
 say "manifest:"; sed 's/^/    /' "$OUT/manifest.txt" >&2
 
 rm -rf "$STAGE"
 if [[ "${FERRY_LAB_PRUNE:-0}" == 1 ]]; then
-    safe_rm "$BASE"; safe_rm "$TOOLS"; rm -f "$BASE.stamp" "$TOOLS.stamp"
+    for r in "$BASE" "$TOOLS" "$BULLSEYE" "$NETPLAN" "$NETWORKD"; do
+        safe_rm "$r"; rm -f "$r.stamp"
+    done
 fi
 touch "$OUT/.complete"
 ln -sfn "images-$KEY" "$CACHE/latest"

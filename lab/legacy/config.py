@@ -19,8 +19,19 @@ HOST_NAMESPACE_PREFIX = "ferry-legacy-"  # + host name: one per host
 UPLINK = "ferry-legacy"                # the root namespace's veth (its peer is "uplink")
 BRIDGE = "br0"
 DAEMONS = ("sshd", "mariadb", "nginx")
+# The root images a host may be made from: what deploy/lab/build-images.sh puts in the images
+# folder (settings.images_dir). The base image is what the new VMs boot too; the legacy ones
+# differ from it (init system, network stack, Debian release).
+BASE_IMAGE = "base-image.tar.zst"
+IMAGES = {
+    BASE_IMAGE: "Debian 12, systemd, ifupdown",
+    "legacy-bullseye.tar.zst": "Debian 11, sysvinit, ifupdown",
+    "legacy-bookworm-netplan.tar.zst": "Debian 12, systemd, netplan (networkd), no ifupdown",
+    "legacy-bookworm-networkd.tar.zst": "Debian 12, systemd-networkd, no ifupdown",
+}
 # Interface names have at most 15 characters; the site's side of a host's veth is "lg-<host>".
 _HOST_NAME = re.compile(r"^[a-z][a-z0-9]{0,11}$")
+_INTERFACE = re.compile(r"^[a-z][a-z0-9]{0,14}$")
 
 
 class SiteConfigError(ValueError):
@@ -41,6 +52,8 @@ class HostSpec:
     assets: str | None = None  # where generated shared assets go (app1: /data)
     seed: Seed | None = None
     public_address: ipaddress.IPv4Address | None = None  # as the world knows the host
+    image: str = BASE_IMAGE  # the root image it is made from (a name of IMAGES)
+    interface: str = "eth0"  # its network interface, as its own network configuration names it
 
     @property
     def namespace(self) -> str:
@@ -114,6 +127,14 @@ def _host(name: str, spec: dict, folder: Path) -> HostSpec:
     unknown = set(daemons) - set(DAEMONS)
     if unknown:
         raise ValueError(f"host {name}: unknown daemons {sorted(unknown)}")
+    image = spec.get("image", BASE_IMAGE)
+    if not isinstance(image, str) or image not in IMAGES:
+        raise ValueError(f"host {name}: unknown image {image!r} (the lab builds "
+                         f"{', '.join(sorted(IMAGES))})")
+    interface = spec.get("interface", "eth0")
+    if not isinstance(interface, str) or not _INTERFACE.match(interface):
+        raise ValueError(f"host {name}: interface {interface!r}: lowercase letters and digits, "
+                         "at most 15")
     seed = spec.get("seed")
     return HostSpec(
         name=name, address=ipaddress.IPv4Address(spec["address"]), daemons=daemons,
@@ -121,4 +142,5 @@ def _host(name: str, spec: dict, folder: Path) -> HostSpec:
         seed=Seed(database=seed["database"], sql=folder / seed["sql"]) if seed else None,
         public_address=(ipaddress.IPv4Address(spec["public_address"])
                         if spec.get("public_address") else None),
+        image=image, interface=interface,
     )

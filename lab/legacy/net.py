@@ -5,6 +5,9 @@ veth, and one veth from the root namespace (where the archiver runs) into the si
                                                    br0 (ns ferry-legacy)
     ns ferry-legacy-app1: eth0 10.213.0.11/24 ──veth── lg-app1 ┘ ... lg-db1, lg-db2
 
+A host's interface is eth0 unless site.yaml names another (`interface:`, as the host's own
+network configuration does: ens3 for a systemd-networkd host, say).
+
 Each host also has its public address (203.0.113.0/24) on the same eth0, and this machine its
 own on the same veth, so the world (this machine) reaches the site at its public addresses. That
 veth and its addresses (the routes come with them) are the only change in the root namespace;
@@ -39,13 +42,14 @@ def create(site: SiteSpec) -> None:
         ip("netns", "add", host.namespace)
         ip("-n", host.namespace, "link", "set", "lo", "up")
         ip("-n", SITE_NAMESPACE, "link", "add", host.site_link, "type", "veth",
-           "peer", "name", "eth0", "netns", host.namespace)
+           "peer", "name", host.interface, "netns", host.namespace)
         ip("-n", SITE_NAMESPACE, "link", "set", host.site_link, "master", BRIDGE, "up")
-        ip("-n", host.namespace, "addr", "add", f"{host.address}/{prefix}", "dev", "eth0")
+        ip("-n", host.namespace, "addr", "add", f"{host.address}/{prefix}", "dev",
+           host.interface)
         if host.public_address:
             ip("-n", host.namespace, "addr", "add",
-               f"{host.public_address}/{site.public.prefixlen}", "dev", "eth0")
-        ip("-n", host.namespace, "link", "set", "eth0", "up")
+               f"{host.public_address}/{site.public.prefixlen}", "dev", host.interface)
+        ip("-n", host.namespace, "link", "set", host.interface, "up")
         ip("-n", host.namespace, "route", "add", "default", "via", str(site.uplink))
     ip("link", "add", UPLINK, "type", "veth", "peer", "name", "uplink", "netns", SITE_NAMESPACE)
     ip("-n", SITE_NAMESPACE, "link", "set", "uplink", "master", BRIDGE, "up")

@@ -1,8 +1,9 @@
-"""The legacy hosts' root folders: the base image unpacked, the host's overlay from
+"""The legacy hosts' root folders: the host's image unpacked (the base image unless site.yaml
+names another), the host's overlay from
 examples/legacy/<host>/ on top, generated assets, and the little the lab itself configures
 (sshd by key only, /etc/hosts of the site).
 
-A root is rebuilt only when its inputs change (the base image, the overlay, the site table, or
+A root is rebuilt only when its inputs change (its image, the overlay, the site table, or
 this recipe), told by a stamp holding their hashes; otherwise it is reused as it is, the
 changes of earlier runs included, as a live host would be. Never while anything is mounted
 below it (lab-notes pitfall 8): `rm --one-file-system` and a mount check guard that.
@@ -21,7 +22,6 @@ from lab.legacy import assets
 from lab.legacy.config import SITE_FILE, HostSpec, SiteSpec
 from lab.legacy.mounts import mounts_below
 
-BASE_IMAGE = "base-image.tar.zst"
 # Written into every root: a legacy host that takes root logins by key only. UsePAM no: Debian's
 # PAM stack for sshd wants systemd-logind and the audit loginuid, which a chroot has not.
 SSHD_CONFIG = """\
@@ -49,11 +49,16 @@ def root_of(lab_dir: Path, host: str) -> Path:
     return lab_dir / "legacy" / host
 
 
+def image_of(images_dir: Path, host: HostSpec) -> Path:
+    """The root image the host is made from, in the lab's images folder."""
+    return images_dir / host.image
+
+
 def stamp_of(lab_dir: Path, host: HostSpec, image: Path) -> dict[str, str]:
     """What a root is made of; a root whose stamp differs is rebuilt."""
     here = Path(__file__).parent
     return {
-        "base_image": _image_identity(image),
+        "image": f"{image.name} {_image_identity(image)}",
         "overlay": _tree_hash(host.overlay),
         "site": _file_hash(SITE_FILE),
         "recipe": _file_hash(here / "roots.py") + _file_hash(here / "assets.py"),
@@ -161,6 +166,10 @@ def _configure(site: SiteSpec, host: HostSpec, root: Path) -> None:
     ssh_dir = root / "root/.ssh"
     ssh_dir.mkdir(mode=0o700, exist_ok=True)
     ssh_dir.chmod(0o700)
+    # netplan wants its files readable by root only, as its installers write them (git keeps
+    # only 644 or 755 for the overlay's copy).
+    for config in (root / "etc/netplan").glob("*.yaml"):
+        config.chmod(0o600)
 
 
 def _image_identity(image: Path) -> str:

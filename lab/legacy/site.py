@@ -104,30 +104,31 @@ class Site:
 async def up(settings: Settings) -> Site:
     """Bring the legacy site up, or check that it is and return it (idempotent)."""
     spec = load_site()
-    image = _preflight(settings)
+    images = _preflight(settings, spec)
     lab_dir = _lab_dir(settings)
     async with _locked():
-        stale = [h for h in spec.hosts.values() if not roots.is_current(lab_dir, h, image)]
+        stale = [h for h in spec.hosts.values()
+                 if not roots.is_current(lab_dir, h, images[h.name])]
         if not stale and _owner() == lab_dir and await _healthy(spec, lab_dir):
             await asyncio.to_thread(_grant_access, settings, spec, lab_dir)
             return _site(settings, spec, lab_dir, {"up (already)": 0.0})
         # Whatever runs (a half-started site, or one of another lab folder) goes first.
         await asyncio.to_thread(_teardown, spec, lab_dir)
         try:
-            return await _bring_up(settings, spec, lab_dir, image, stale)
+            return await _bring_up(settings, spec, lab_dir, images, stale)
         except BaseException:
             await asyncio.to_thread(_teardown, spec, lab_dir)
             raise
 
 
-async def _bring_up(settings: Settings, spec: SiteSpec, lab_dir: Path, image: Path,
-                    stale: list[HostSpec]) -> Site:
+async def _bring_up(settings: Settings, spec: SiteSpec, lab_dir: Path,
+                    images: dict[str, Path], stale: list[HostSpec]) -> Site:
     timings: dict[str, float] = {}
     started = time.monotonic()
     for host in stale:
         _seed_marker(lab_dir, host).unlink(missing_ok=True)
     # Unpacking is mostly zstd and the disk: the hosts in parallel use both cores.
-    await asyncio.gather(*(asyncio.to_thread(roots.build, lab_dir, spec, h, image)
+    await asyncio.gather(*(asyncio.to_thread(roots.build, lab_dir, spec, h, images[h.name])
                            for h in stale))
     timings["build roots"] = time.monotonic() - started
     mark = time.monotonic()
@@ -161,17 +162,27 @@ async def _bring_up(settings: Settings, spec: SiteSpec, lab_dir: Path, image: Pa
     return site
 
 
-def _preflight(settings: Settings) -> Path:
+def _preflight(settings: Settings, spec: SiteSpec) -> dict[str, Path]:
+    """Root, the programs, the images: each host's image, by host name."""
     if os.geteuid() != 0:
         raise LegacyError("the legacy site needs root (network namespaces, chroot, mount)")
     missing = [tool for tool in TOOLS if shutil.which(tool) is None]
     if missing:
         raise LegacyError(f"missing programs: {', '.join(missing)}")
-    image = settings.images_dir / roots.BASE_IMAGE
-    if not (settings.images_dir / ".complete").exists() or not image.is_file():
+    if not (settings.images_dir / ".complete").exists():
         raise LegacyError(f"no complete lab images in {settings.images_dir} "
                           "(deploy/lab/build-images.sh builds them)")
-    return image
+    images = {h.name: roots.image_of(settings.images_dir, h) for h in spec.hosts.values()}
+    absent: dict[str, list[str]] = {}
+    for name, path in images.items():
+        if not path.is_file():
+            absent.setdefault(path.name, []).append(name)
+    if absent:
+        lacking = "; ".join(f"{image} (for {', '.join(hosts)})"
+                            for image, hosts in sorted(absent.items()))
+        raise LegacyError(f"no {lacking} in {settings.images_dir}: images of an older build? "
+                          "(deploy/lab/build-images.sh builds them)")
+    return images
 
 
 def _prepare_run(root: Path) -> None:

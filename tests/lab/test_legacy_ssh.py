@@ -303,8 +303,9 @@ async def test_up_again_is_a_check_and_down_leaves_nothing(site, lab):
     again = await legacy.up(lab)
     assert "up (already)" in again.timings
     pids = {procs.recorded_pid(p) for p in (lab.lab_dir / "legacy/.state/run").glob("*.pid")}
-    # sshd on each host, nginx on app1, mariadbd on db1 and db2, and the site's DNS (named)
-    assert len(pids - {None}) == 7
+    # sshd on each of the six hosts, nginx on app1 and old1, mariadbd on db1, db2, net1 and
+    # plan1, and the site's DNS (named)
+    assert len(pids - {None}) == sum(len(h.daemons) for h in site.hosts.values()) + 1 == 13
     roots = [host.root for host in site.hosts.values()]
     await legacy.down(lab)
     assert not [ns for ns in net.namespaces() if ns.startswith("ferry-legacy")]

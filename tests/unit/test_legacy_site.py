@@ -5,23 +5,126 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from pathlib import Path
 
-from lab.legacy import assets, roots
-from lab.legacy.config import load_site
+import pytest
+import yaml
+
+from lab.legacy import LegacyError, assets, roots
+from lab.legacy import site as site_module
+from lab.legacy.config import BASE_IMAGE, IMAGES, REPO, SiteConfigError, load_site
 from lab.legacy.mounts import _unescape
+from shared.settings import Settings
+
+BUILD_IMAGES = REPO / "deploy" / "lab" / "build-images.sh"
 
 
 def test_the_site_table_gives_each_host_an_address_namespace_and_link():
-    """examples/legacy/site.yaml: three hosts on 10.213.0.0/24, the uplink .254, interface
-    names short enough for the kernel (15 characters)."""
+    """examples/legacy/site.yaml: the shop's three hosts and the ledger's three on
+    10.213.0.0/24, the uplink .254, interface names short enough for the kernel (15
+    characters)."""
     site = load_site()
     assert site.network == ipaddress.IPv4Network("10.213.0.0/24")
     assert str(site.uplink) == "10.213.0.254"
     assert {n: str(h.address) for n, h in site.hosts.items()} == {
-        "app1": "10.213.0.11", "db1": "10.213.0.12", "db2": "10.213.0.13"}
+        "app1": "10.213.0.11", "db1": "10.213.0.12", "db2": "10.213.0.13",
+        "old1": "10.213.0.21", "net1": "10.213.0.22", "plan1": "10.213.0.23"}
     assert site.hosts["db1"].seed.sql.name == "shop.sql"
+    assert site.hosts["net1"].seed.database == "ledger"
+    assert site.hosts["net1"].seed.sql.is_file()
     assert all(len(h.site_link) <= 15 and len(h.namespace) <= 64 for h in site.hosts.values())
+    assert all(site.hosts[n].public_address is None for n in ("old1", "net1", "plan1"))
+
+
+def test_each_host_names_its_image_and_interface_the_shop_keeps_the_base_image():
+    """`image:` defaults to the base image (the shop's hosts are as they were); the ledger's
+    hosts each come from a legacy image, and name their NIC as their own configuration does."""
+    site = load_site()
+    assert {n: (h.image, h.interface) for n, h in site.hosts.items()} == {
+        "app1": (BASE_IMAGE, "eth0"), "db1": (BASE_IMAGE, "eth0"), "db2": (BASE_IMAGE, "eth0"),
+        "old1": ("legacy-bullseye.tar.zst", "eth0"),
+        "net1": ("legacy-bookworm-networkd.tar.zst", "ens3"),
+        "plan1": ("legacy-bookworm-netplan.tar.zst", "enp1s0")}
+    for name in ("old1", "net1", "plan1"):
+        assert roots.image_of(Path("/images"), site.hosts[name]) == Path(
+            "/images", site.hosts[name].image)
+
+
+def test_each_host_overlay_configures_the_interface_its_stack_names():
+    """The legacy network configuration in each ledger host's overlay is its own stack's, on
+    the interface site.yaml gives it, with its site address."""
+    site = load_site()
+    old1, net1, plan1 = (site.hosts[n] for n in ("old1", "net1", "plan1"))
+    interfaces = (old1.overlay / "etc/network/interfaces").read_text()
+    assert "auto eth0" in interfaces and "iface eth0 inet static" in interfaces
+    assert f"address {old1.address}/24" in interfaces
+    network = (net1.overlay / "etc/systemd/network/10-lan.network").read_text()
+    assert f"Name={net1.interface}" in network and f"Address={net1.address}/24" in network
+    netplan = yaml.safe_load((plan1.overlay / "etc/netplan/01-lan.yaml").read_text())
+    ethernet = netplan["network"]["ethernets"][plan1.interface]
+    assert netplan["network"]["renderer"] == "networkd"
+    assert ethernet["addresses"] == [f"{plan1.address}/24"]
+
+
+def test_the_images_the_site_knows_are_the_ones_the_build_makes():
+    """Every image a host may name is packed by deploy/lab/build-images.sh."""
+    script = BUILD_IMAGES.read_text()
+    for image in IMAGES:
+        assert re.search(rf'^pack_root "\$\w+" {re.escape(image)}$', script, re.M), image
+
+
+def test_up_names_the_images_missing_from_an_older_build(tmp_path: Path, monkeypatch):
+    """An images folder of a build before the legacy images: `up` says which image each host
+    lacks, before anything is built or started."""
+    (tmp_path / ".complete").touch()
+    (tmp_path / BASE_IMAGE).touch()
+    monkeypatch.setattr(site_module.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(site_module.shutil, "which", lambda tool: f"/usr/bin/{tool}")
+    with pytest.raises(LegacyError) as refused:
+        site_module._preflight(Settings(lab_images=tmp_path), load_site())
+    message = str(refused.value)
+    assert "legacy-bullseye.tar.zst (for old1)" in message
+    assert "legacy-bookworm-networkd.tar.zst (for net1)" in message
+    assert "legacy-bookworm-netplan.tar.zst (for plan1)" in message
+    assert "build-images.sh" in message
+    for image in IMAGES:
+        (tmp_path / image).touch()
+    images = site_module._preflight(Settings(lab_images=tmp_path), load_site())
+    assert images["app1"] == tmp_path / BASE_IMAGE
+    assert images["old1"] == tmp_path / "legacy-bullseye.tar.zst"
+
+
+def _site_file(tmp_path: Path, **host) -> Path:
+    data = {"network": "10.213.0.0/24", "uplink": "10.213.0.254",
+            "hosts": {"h1": {"address": "10.213.0.30", **host}}}
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_a_host_without_image_gets_the_base_image(tmp_path: Path):
+    host = load_site(_site_file(tmp_path)).hosts["h1"]
+    assert (host.image, host.interface) == (BASE_IMAGE, "eth0")
+    host = load_site(_site_file(tmp_path, image="legacy-bullseye.tar.zst")).hosts["h1"]
+    assert host.image == "legacy-bullseye.tar.zst"
+
+
+@pytest.mark.parametrize("image", ["legacy-buster.tar.zst", "legacy-bullseye",
+                                   "../base-image.tar.zst", "", ["base-image.tar.zst"]])
+def test_an_unknown_image_is_refused_naming_the_host_and_the_images_there_are(
+        tmp_path: Path, image):
+    with pytest.raises(SiteConfigError) as refused:
+        load_site(_site_file(tmp_path, image=image))
+    message = str(refused.value)
+    assert "host h1: unknown image" in message
+    assert all(name in message for name in IMAGES)
+
+
+@pytest.mark.parametrize("interface", ["", "eth 0", "Ens3", "averyveryverylongname", 3])
+def test_a_bad_interface_name_is_refused(tmp_path: Path, interface):
+    with pytest.raises(SiteConfigError, match="host h1: interface"):
+        load_site(_site_file(tmp_path, interface=interface))
 
 
 def test_the_overlay_replaces_links_in_the_root_and_never_writes_through_them(tmp_path: Path):

@@ -15,6 +15,8 @@ REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "shop.yaml"
 # The same group with local folders for sources (the simulated demo and the sim tests).
 LOCAL_EXAMPLE = REPO / "tests" / "fixtures" / "shop-local.yaml"
+LEDGER_EXAMPLE = REPO / "examples" / "ledger.yaml"
+LEDGER_LOCAL_EXAMPLE = REPO / "tests" / "fixtures" / "ledger-local.yaml"
 
 
 def example() -> dict:
@@ -50,18 +52,30 @@ def test_source_root_is_resolved_against_the_plan_folder():
             == "../../examples/legacy/app1")
 
 
-def test_the_example_reads_the_lab_legacy_hosts_over_ssh():
-    """The shipped example's sources are the lab's legacy hosts (examples/legacy/site.yaml),
-    over SSH as root; the local variant is the same group but for its sources."""
+@pytest.mark.parametrize("example, local_example, hosts", [
+    (EXAMPLE, LOCAL_EXAMPLE, ("app1", "db1", "db2")),
+    (LEDGER_EXAMPLE, LEDGER_LOCAL_EXAMPLE, ("old1", "net1", "plan1")),
+])
+def test_the_examples_read_the_lab_legacy_hosts_over_ssh(example, local_example, hosts):
+    """The shipped examples' sources are the lab's legacy hosts (examples/legacy/site.yaml),
+    over SSH as root, each VM its namesake; the local variant is the same group but for its
+    sources. Between them, the two examples migrate every host of the site."""
     site = yaml.safe_load((REPO / "examples" / "legacy" / "site.yaml").read_text())
-    plan = load_plan_file(EXAMPLE)
+    plan = load_plan_file(example)
     assert {vm.name: (vm.source.kind, vm.source.host, vm.source.user) for vm in plan.vms} == {
-        name: ("ssh", host["address"], "root") for name, host in site["hosts"].items()}
-    local = load_plan_file(LOCAL_EXAMPLE)
+        name: ("ssh", site["hosts"][name]["address"], "root") for name in hosts}
+    local = load_plan_file(local_example)
     assert {vm.source.kind for vm in local.vms} == {"local"}
     assert ([vm.model_dump(exclude={"source"}) for vm in local.vms]
             == [vm.model_dump(exclude={"source"}) for vm in plan.vms])
     assert local.cutover == plan.cutover
+
+
+def test_the_two_examples_migrate_every_host_of_the_lab_site():
+    site = yaml.safe_load((REPO / "examples" / "legacy" / "site.yaml").read_text())
+    sources = {vm.source.host for path in (EXAMPLE, LEDGER_EXAMPLE)
+               for vm in load_plan_file(path).vms}
+    assert sources == {host["address"] for host in site["hosts"].values()}
 
 
 def test_round_trip_through_json():
