@@ -275,8 +275,7 @@ async def legacy_system(shell: VmShell, vm: VM, system: dict) -> str:
     out = await shell.run(
         f"cat /proc/1/comm; echo ---; ip -o -4 addr show dev {shlex.quote(iface)}; echo ---; "
         f"{proof.format(iface=shlex.quote(iface))}; echo ---; cat /etc/ferryman/local.start.done")
-    pid1, address, proven, done = (part.strip() for part in out.split("---
-"))
+    pid1, address, proven, done = (part.strip() for part in out.split("---\n"))
     expected_pid1 = {"systemd": "systemd", "sysvinit": "init", "openrc": "init"}[system["init"]]
     if pid1 != expected_pid1:
         raise CheckFailed(f"PID 1 is {pid1!r}, the legacy host's init is {system['init']}")
