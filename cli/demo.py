@@ -100,7 +100,9 @@ def demo(provider: str, plan: Path | None, timeout: float | None, keep: bool) ->
             sys.exit(1)
         console.print(f"[bold green]group {answer['name']} is ready[/bold green] "
                       f"(service logs: {logs})")
-        if site is not None and not _check_vms(settings, parsed, site):
+        systems = {vm["name"]: vm.get("system")
+                   for vm in gateway.call("GET", f"/v1/groups/{answer['id']}")["vms"]}
+        if site is not None and not _check_vms(settings, parsed, site, systems):
             sys.exit(1)
         if site is not None and not _cut_over(gateway, answer["name"]):
             sys.exit(1)
@@ -149,7 +151,7 @@ def _cut_over(gateway: Gateway, group: str) -> bool:
     return True
 
 
-def _check_vms(settings, plan: Plan, site) -> bool:
+def _check_vms(settings, plan: Plan, site, systems: dict[str, dict | None]) -> bool:
     """What the VMs themselves hold, printed; False if any check failed."""
     from lab.checks import check_group
     from lab.control import vm_gateway_url
@@ -159,7 +161,7 @@ def _check_vms(settings, plan: Plan, site) -> bool:
 
     outside = [f"{site.address(host)}:22" for host in site.hosts]
     checks = asyncio.run(check_group(plan, settings.ssh_identity, legacy_run,
-                                     vm_gateway_url(settings), outside))
+                                     vm_gateway_url(settings), outside, systems))
     table = Table(title="Checked on the VMs themselves (over SSH in the group's network)")
     for column in ("VM", "check", "", "found"):
         table.add_column(column)

@@ -25,6 +25,7 @@ from lab.legacy.site import OWNER_RECORD
 from services.archiver.archive import ArchiveError
 from services.archiver.handlers import _take_archives
 from services.archiver.ssh import SshTree
+from services.archiver.system import read_host_system
 from shared.databases import DumpError
 from shared.plan import ArchiveSpec, DatabaseSpec, Source, load_plan_file
 from shared.settings import Settings
@@ -294,6 +295,21 @@ async def test_paths_are_data_whatever_their_bytes(site, lab, tmp_path):
         await book.close()
     finally:
         subprocess.run(["rm", "-rf", "--one-file-system", str(source), str(target)], check=True)
+
+
+@pytest.mark.parametrize("host, expected", [
+    ("app1", ("debian", "12", "systemd", "ifupdown", None)),
+    ("old1", ("debian", "11", "sysvinit", "ifupdown", "eth0")),
+    ("net1", ("debian", "12", "systemd", "systemd-networkd", "ens3")),
+    ("plan1", ("debian", "12", "systemd", "netplan", "enp1s0")),
+])
+async def test_each_hosts_system_is_read_from_its_own_root(site, lab, host, expected):
+    """Over SSH, the archiver tells the lab's legacy hosts apart by their own files: release,
+    init (sysvinit's own /sbin/init on old1), the network stack in use and its interface."""
+    tree = SshTree.for_source(Source(kind="ssh", host=site.address(host)), lab)
+    system = await read_host_system(tree)
+    assert (system.family, system.release, system.init, system.network,
+            system.interface) == expected
 
 
 async def test_up_again_is_a_check_and_down_leaves_nothing(site, lab):
