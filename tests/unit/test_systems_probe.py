@@ -47,6 +47,8 @@ REFUSED = {
     "debian-runit": ["/sbin/init is '/lib/runit/runit-init'", "systemd, sysvinit and OpenRC"],
     "debian-busybox-init": ["/sbin/init is '/bin/busybox'", "no inittab"],
     "debian-no-network": ["no network configuration Ferryman knows is in use"],
+    # Before RHEL 7, no os-release: the family is not told (/etc/redhat-release is not read).
+    "centos6-no-os-release": ["no /etc/os-release or /usr/lib/os-release"],
     "sysvinit-networkd": ["Debian GNU/Linux 11 (bullseye): sysvinit with systemd-networkd is "
                           "not a combination Ferryman can rebuild",
                           "with sysvinit: ifcfg, ifupdown"],
