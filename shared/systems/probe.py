@@ -215,6 +215,14 @@ def _network(facts: Facts, family: Family, init: Init,
     if facts.has("/sbin/ifup", "/usr/sbin/ifup") and "/etc/network/interfaces" in facts.files:
         return (NetworkStack.IFUPDOWN,
                 _ifupdown_interface(facts.files["/etc/network/interfaces"]), None)
+    if init != Init.SYSTEMD:
+        # networkd's and NetworkManager's files under another init: nothing runs them there.
+        # Named, so the refusal (check_known) says which combination the host is.
+        if networkd:
+            return NetworkStack.NETWORKD, _networkd_interface(networkd), None
+        keyfiles = facts.matching("/etc/NetworkManager/system-connections/")
+        if keyfiles:
+            return NetworkStack.NETWORKMANAGER, _keyfile_interface(keyfiles), None
     raise UnknownSystem(f"{where}: no network configuration Ferryman knows is in use (looked for "
                         "netplan, RHEL ifcfg files, an enabled NetworkManager or systemd-networkd, "
                         "Gentoo's /etc/conf.d/net, ifupdown's /etc/network/interfaces)")
@@ -282,9 +290,9 @@ def _netplan_interface(files: dict[str, str]) -> tuple[str | None, str | None]:
         ethernets = network.get("ethernets") or {}
         if isinstance(ethernets, dict):
             for key, spec in ethernets.items():
-                matched = spec.get("match", {}) if isinstance(spec, dict) else {}
-                set_name = spec.get("set-name") if isinstance(spec, dict) else None
-                names.append(set_name or (matched.get("name") if matched else None) or key)
+                spec = spec if isinstance(spec, dict) else {}
+                matched = spec.get("match") if isinstance(spec.get("match"), dict) else {}
+                names.append(spec.get("set-name") or matched.get("name") or key)
     return _first(str(n) for n in names), renderer if renderer in ("networkd",
                                                                     "NetworkManager") else None
 
@@ -292,7 +300,7 @@ def _netplan_interface(files: dict[str, str]) -> tuple[str | None, str | None]:
 def _yaml(text: str) -> dict | None:
     try:
         data = yaml.safe_load(text)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError, RecursionError):  # ValueError: a date like 2001-13-45
         return None
     return data if isinstance(data, dict) else None
 

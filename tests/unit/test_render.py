@@ -121,6 +121,10 @@ if name == "chroot" and "update-initramfs" in args:
         if entry.startswith("vmlinuz-"):
             with open(os.path.join(boot, "initrd.img-" + entry[8:]), "w") as handle:
                 handle.write("initrd")
+if name == "chroot" and "dracut" in args:
+    # dracut [options] IMAGE VERSION, as the script calls it
+    with open(os.path.join(args[0], args[-2].lstrip("/")), "w") as handle:
+        handle.write("initrd")
 if name == "blkid":
     out = b"{boot_uuid}\n"
 if name == "blockdev":
