@@ -55,7 +55,9 @@ for pattern in {' '.join(FILES)}; do
     for f in "$R"$pattern; do
         if [ -f "$f" ]; then
             printf '\\n{_SECTION}file %s\\n' "${{f#"$R"}}"
-            head -c {MAX_FILE_BYTES} "$f"
+            # Each line of the file behind a "|": no line of a host's file can pass for a
+            # section of the probe's own.
+            head -c {MAX_FILE_BYTES} "$f" | sed 's/^/|/'
         fi
     done
     set -f
@@ -98,8 +100,8 @@ def parse(output: str) -> Facts:
                 facts.files[value] = current  # joined below
             elif kind == "end":
                 facts.complete = True
-        elif current is not None:
-            current.append(line)
+        elif current is not None and line.startswith("|"):
+            current.append(line[1:])
     facts.files = {path: "\n".join(lines).strip("\n") for path, lines in facts.files.items()}
     return facts
 

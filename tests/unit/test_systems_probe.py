@@ -137,21 +137,26 @@ def test_a_probe_cut_short_is_refused():
         read_system("", "empty")
 
 
-def test_marker_lines_inside_a_file_do_not_crash_the_parser(tmp_path: Path):
+def test_marker_lines_inside_a_file_are_its_content(tmp_path: Path):
     """A configuration file whose lines start with the probe's section marker (with any kind,
-    or none) is read without a crash: the verdict is a system or a refusal."""
+    or none) is read as it is: its lines are content, the verdict is the host's own, and a
+    probe cut short cannot pass for a whole one through such a line."""
     root = tmp_path / "root"
     shutil.copytree(FIXTURES / "debian12-ifupdown" / "root", root, symlinks=True)
     interfaces = root / "etc/network/interfaces"
-    interfaces.write_text(interfaces.read_text() + "".join(
-        f"{_SECTION}{tail}\n" for tail in
-        ("", "file", "file ", "exists", "init", "init ", "end", "unknown kind", "file /etc/x")))
-    interfaces.write_text(interfaces.read_text() + _SECTION.strip() + "\n")
-    try:
-        system = read_system(probe(root), "odd")
-    except UnknownSystem:
-        return
-    assert isinstance(system, HostSystem)
+    odd = "".join(f"{_SECTION}{tail}\n" for tail in (
+        "", "file", "file ", "exists /sbin/openrc", "init /sbin/openrc-init", "end",
+        "unknown kind", "file /etc/os-release")) + _SECTION.strip() + "\n"
+    interfaces.write_text(interfaces.read_text() + odd)
+    output = probe(root)
+    facts = parse(output)
+    assert facts.files["/etc/network/interfaces"].endswith(odd.rstrip("\n"))
+    assert "/sbin/openrc" not in facts.present
+    system = read_system(output, "odd")
+    assert (system.init, system.network) == (Init.SYSTEMD, NetworkStack.IFUPDOWN)
+    cut = output[:output.rindex(f"{_SECTION}end")]
+    with pytest.raises(UnknownSystem, match="did not finish"):
+        read_system(cut, "cut")
 
 
 @pytest.mark.parametrize("document", [
