@@ -73,6 +73,9 @@ def filter_uuid(group: str) -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
 
 
+NETWORK_BOOT_RETRY_MS = 10000
+
+
 def mac_address(vm_id: str) -> str:
     """52:54:00 (QEMU's prefix, locally administered) + three bytes of the VM id's hash."""
     b = hashlib.sha256(vm_id.encode()).digest()[:3]
@@ -107,6 +110,11 @@ def domain_xml(*, record: Record, vm_id: str, domain_type: str, cpus: int, pool:
     if record.network != MIGRATION_NETWORK:
         filterref = f"<filterref filter={quoteattr(outbound_filter_name(spec['group']))}/>"
     serial = escape(token) if network_boot and token else "none"
+    # A network boot that fails (iPXE got no DHCP answer or could not fetch the image: seen
+    # when six VMs PXE-boot at once under TCG on two cores) falls through to the blank disks
+    # and SeaBIOS would halt there for good; it reboots instead, and the network boot is tried
+    # again with the same token. The migration image ends by powering off, never by a reboot.
+    retry = f"<bios rebootTimeout='{NETWORK_BOOT_RETRY_MS}'/>" if network_boot else ""
     return f"""<domain type={quoteattr(domain_type)}>
   <name>{escape(domain_name(spec))}</name>
   <uuid>{vm_id}</uuid>
@@ -115,11 +123,11 @@ def domain_xml(*, record: Record, vm_id: str, domain_type: str, cpus: int, pool:
   <memory unit='MiB'>{int(spec['memory_mb'])}</memory>
   <vcpu>{cpus}</vcpu>
   <sysinfo type='smbios'><system><entry name='serial'>{serial}</entry></system></sysinfo>
-  <os><type arch='x86_64' machine='pc'>hvm</type><smbios mode='sysinfo'/></os>
+  <os><type arch='x86_64' machine='pc'>hvm</type><smbios mode='sysinfo'/>{retry}</os>
   <features><acpi/></features>
   {cpu}
   <on_poweroff>destroy</on_poweroff>
-  <on_reboot>{'destroy' if network_boot else 'restart'}</on_reboot>
+  <on_reboot>restart</on_reboot>
   <on_crash>destroy</on_crash>
   <devices>
     {''.join(disks)}{control}

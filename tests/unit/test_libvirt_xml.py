@@ -56,7 +56,11 @@ def test_a_network_boot_boots_the_nic_first_and_carries_the_token_as_serial():
     assert root.find("devices/interface/boot").get("order") == "1"
     assert root.find("devices/disk/boot").get("order") == "2"
     assert root.find("sysinfo/system/entry[@name='serial']").text == "t0k3n"
-    assert root.find("on_reboot").text == "destroy"  # the migration image must not PXE again
+    # The migration image ends by powering off; a network boot that fails is retried by the
+    # firmware, which reboots after a while instead of halting on the blank disks.
+    assert root.find("on_poweroff").text == "destroy"
+    assert root.find("on_reboot").text == "restart"
+    assert root.find("os/bios").get("rebootTimeout") == "10000"
     assert root.find("uuid").text == str(VM_ID) and root.find("name").text == "db2.shop"
 
 
@@ -67,6 +71,7 @@ def test_a_disk_boot_on_the_group_network_has_the_outbound_filter_and_no_token()
     assert root.find("devices/interface/filterref").get("filter") == "ferry-out-shop"
     assert root.find("sysinfo/system/entry[@name='serial']").text == "none"
     assert root.find("on_reboot").text == "restart"
+    assert root.find("os/bios") is None  # a disk that fails to boot is not retried
 
 
 def test_the_migration_network_is_isolated_and_answers_pxe_with_one_url():
