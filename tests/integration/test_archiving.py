@@ -27,7 +27,7 @@ vms:
     disks: [{{size_gb: 10}}]
     filesystems: [{{mount: /, size_gb: 8}}]
     archives: [{{path: /}}, {{path: /data, excludes: ["sessions/*"]}}]
-    source: {{kind: local, root: {app_root}}}
+    source: {{kind: local, root: {app_root}{app_system}}}
     network: {{address: 10.20.0.11/24, hostname: app1.example}}
   - name: db1
     role: db-master
@@ -47,6 +47,9 @@ vms:
     filesystems: [{{mount: /, size_gb: 8}}]
     network: {{address: 10.20.0.13/24, hostname: db2.example}}
 """
+# examples/legacy/app1 is an overlay on the lab's base image, not a whole root: it does not show
+# its system, so the plan names it.
+NAMED_SYSTEM = ", system: {family: debian, release: '12', init: systemd, network: ifupdown}"
 
 
 def mysql(sql: str) -> None:
@@ -68,8 +71,8 @@ async def test_archives_are_taken_recorded_and_served_only_to_their_vm(settings,
     its own archives with matching sha256 and cannot download another VM's."""
     ferry = await start_ferry(settings, operator)
     try:
-        plan = PLAN.format(app_root=LEGACY / "app1", db_root=LEGACY / "db1",
-                           database=legacy_database)
+        plan = PLAN.format(app_root=LEGACY / "app1", app_system=NAMED_SYSTEM,
+                           db_root=LEGACY / "db1", database=legacy_database)
         group_id = await ferry.submit(plan)
         ids = await ferry.vm_ids(group_id)
         for vm_id in ids.values():
@@ -83,6 +86,7 @@ async def test_archives_are_taken_recorded_and_served_only_to_their_vm(settings,
                 body = await app.download(f"/v1/archives/{ids['app1']}/{row['id']}")
                 assert hashlib.sha256(body).hexdigest() == row["sha256"] and len(body) == row["size"]
             script = await app.script()
+            assert "70-ferryman-net.rules" in script  # the NIC named by its MAC
             for row in rows[:2]:
                 assert row["id"] in script  # the script downloads what was archived
         data = subprocess.run(f"zstd -dc {rows[1]['file']} | tar -t", shell=True, check=True,
@@ -116,14 +120,33 @@ async def test_an_unreadable_source_fails_the_vm_and_halts_the_group(settings, o
     message, and the group halts before any VM is created."""
     ferry = await start_ferry(settings, operator)
     try:
-        plan = PLAN.format(app_root="/nonexistent/legacy", db_root=LEGACY / "db1",
-                           database="ferry_no_such_db")
+        plan = PLAN.format(app_root="/nonexistent/legacy", app_system=NAMED_SYSTEM,
+                           db_root=LEGACY / "db1", database="ferry_no_such_db")
         group_id = await ferry.submit(plan)
         ids = await ferry.vm_ids(group_id)
         await ferry.wait_group(group_id, "halted")
         failed = await ferry.pool.fetchrow("SELECT * FROM vms WHERE id = $1", ids["app1"])
         assert failed["state"] == "failed" and failed["step"] == "archive"
         assert "/nonexistent/legacy" in failed["message"], failed["message"]
+        assert ferry.provider.created == 0
+    finally:
+        await ferry.host.stop()
+
+
+async def test_a_root_that_shows_no_system_fails_the_vm_before_any_vm_is_made(settings,
+                                                                           operator):
+    """A root archive whose root does not tell which system it is (no os-release) fails that
+    VM at the archive step, saying so, and the group halts before any VM is created."""
+    ferry = await start_ferry(settings, operator)
+    try:
+        plan = PLAN.format(app_root=LEGACY / "app1", app_system="", db_root=LEGACY / "db1",
+                           database="ferry_no_such_db")
+        group_id = await ferry.submit(plan)
+        ids = await ferry.vm_ids(group_id)
+        await ferry.wait_group(group_id, "halted")
+        failed = await ferry.pool.fetchrow("SELECT * FROM vms WHERE id = $1", ids["app1"])
+        assert failed["state"] == "failed" and failed["step"] == "archive"
+        assert "no /etc/os-release or /usr/lib/os-release" in failed["message"], failed["message"]
         assert ferry.provider.created == 0
     finally:
         await ferry.host.stop()
