@@ -93,6 +93,7 @@ class DbMasterComplete(Payload):
     type: ClassVar[str] = "db.master.complete"
     log_file: str | None = None
     log_pos: int | None = None
+    lsn: str | None = None  # PostgreSQL's WAL position (a master may run both engines)
 
 
 class GroupReady(Payload):

@@ -20,6 +20,7 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
                       ValidationError, ValidationInfo, field_validator, model_validator)
 
 from shared.databases import ENGINES, engine
+from shared.databases.postgresql import OLDEST_MAJOR as POSTGRESQL_OLDEST
 from shared.systems.model import HostSystem, check_known
 from shared.plan_errors import (Findings, PlanError, Problem, explain, read_document,
                                 worded_pattern)
@@ -83,7 +84,7 @@ def _database_data_dir(value: str) -> str:
     # The path goes into the configuration of the database server each rebuilt database VM
     # gets: what its engine cannot write there is refused now, not when the VM is configured.
     for server in ENGINES.values():
-        if server.restores:
+        if server.rebuilds:
             server.data_dir(value)
     return value
 
@@ -218,6 +219,24 @@ class DatabaseSpec(_Model):
     password_env: str | None = Field(None, pattern=ENV_NAME)
     """The NAME of an environment variable (read by the archiver) holding the password; passwords
     never go in a plan."""
+    version: str | None = Field(None, pattern=worded_pattern(
+        r"^[1-9][0-9]?$", "a PostgreSQL major version, like 15"))
+    """postgresql only: the major version (12 or later) whose binaries the rebuilt VM's cluster
+    runs, e.g. 16 to load a 15 server's dumps into 16; default: the legacy server's own (asked
+    when it is dumped). Every postgresql database of a VM names the same one, or none."""
+
+    @model_validator(mode="after")
+    def _version_for_postgresql(self) -> DatabaseSpec:
+        found = Findings()
+        if self.version is not None:
+            if self.engine != "postgresql":
+                found.add(("version",), f"only a postgresql database names a version; "
+                                        f"{self.engine} follows its server's own")
+            elif int(self.version) < POSTGRESQL_OLDEST:
+                found.add(("version",), f"PostgreSQL {self.version} is older than "
+                                        f"{POSTGRESQL_OLDEST}, the oldest Ferryman rebuilds")
+        found.raise_any()
+        return self
 
     @property
     def effective_port(self) -> int:
@@ -352,6 +371,10 @@ class VM(_Model):
                       "duplicate archive path")
         if self.role == Role.DB_REPLICA and not self.replica_of:
             found.add(("replica_of",), "is required for a db-replica (name its db-master)")
+        versions = {db.version for db in self.databases if db.version is not None}
+        if len(versions) > 1:
+            found.add(("databases",), f"its postgresql databases name different versions "
+                                      f"({', '.join(sorted(versions))}): one cluster runs one")
         if self.role != Role.DB_REPLICA and self.replica_of is not None:
             found.add(("replica_of",), f"only a db-replica follows a master, this VM is "
                                        f"{self.role.value}")

@@ -40,6 +40,7 @@ class ArchiveResult:
     source_path: str  # the archived path, or the database name for a dump
     kind: Literal["path", "database"] = "path"
     engine: str | None = None  # the database engine, for dumps
+    server_version: str | None = None  # what its server answered (PostgreSQL's version_num)
     # Complete, but worth an operator's look: files that changed while tar read them.
     warnings: tuple[str, ...] = ()
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 from shared import events as ev
 from shared import journey, rules
-from shared.databases import database_source
+from shared.databases import database_source, engine
 from shared.logging import get_logger
 from shared.plan import VM
 from shared.service import Context, Router
@@ -19,7 +20,7 @@ from shared.store.archives import ArchiveRecord
 from services.archiver.archive import (
     ArchiveError, ArchiveResult, LocalTree, TreeSource, archive_path, remove_abandoned_partials,
 )
-from services.archiver.dumps import DumpError, dump_database
+from services.archiver.dumps import DumpError, dump_database, dump_globals, probe_server
 from services.archiver.manifest import write_manifest
 from services.archiver.ssh import SshTree, dump_database_over_ssh
 from services.archiver.system import read_host_system
@@ -127,17 +128,29 @@ async def _archive_source(planned: VM, folder: Path, vm_id: uuid.UUID,
     system = source.system
     if system is None and any(spec.path == "/" for spec in planned.archives):
         system = await read_host_system(tree)
+    # Servers with globals (PostgreSQL) are asked first, before anything is archived: their
+    # version, and whether they have every database the plan names.
+    remote = tree if over_ssh else None
+    versions: dict[str, str] = {}
+    for server, specs in _servers_with_globals(planned):
+        versions[server.name] = await probe_server(
+            database_source(specs[0], over_ssh), [spec.name for spec in specs], tree=remote)
     results: list[ArchiveResult] = []
     for spec in planned.archives:
         dest = folder / f"{archive_id(vm_id, 'path', spec.path)}.tar.zst"
         results.append(await archive_path(tree, spec.path, list(spec.excludes), dest))
+    for server, specs in _servers_with_globals(planned):
+        dest = folder / f"{archive_id(vm_id, 'database', server.globals_source)}.sql.zst"
+        results.append(await dump_globals(database_source(specs[0], over_ssh), dest,
+                                          versions[server.name], tree=remote))
     for db in planned.databases:
-        dest = folder / f"{archive_id(vm_id, 'database', db.name)}.sql.zst"
+        dest = folder / f"{archive_id(vm_id, 'database', db.name)}{engine(db.engine).dump_suffix}"
         database = database_source(db, over_ssh)
         if over_ssh:
-            results.append(await dump_database_over_ssh(tree, database, dest))
+            result = await dump_database_over_ssh(tree, database, dest)
         else:
-            results.append(await dump_database(database, dest))
+            result = await dump_database(database, dest)
+        results.append(replace(result, server_version=versions.get(db.engine)))
     for result in results:
         for warning in result.warnings:
             log.warning("archive warning", vm=planned.name, source=result.source_path,
@@ -146,12 +159,23 @@ async def _archive_source(planned: VM, folder: Path, vm_id: uuid.UUID,
     return results, system
 
 
+def _servers_with_globals(planned: VM) -> list[tuple]:
+    """Each engine of the VM's databases that dumps its server's globals once (PostgreSQL's
+    roles), with its databases; their first one says how to reach the server."""
+    found: dict[str, tuple] = {}
+    for db in planned.databases:
+        server = engine(db.engine)
+        if server.globals_source is not None:
+            found.setdefault(server.name, (server, []))[1].append(db)
+    return list(found.values())
+
+
 async def _record(tx, vm_id: uuid.UUID, result: ArchiveResult) -> ev.ArchiveItem:
     source = result.source_path
     item_id = archive_id(vm_id, result.kind, source)
     await tx.archives.save(ArchiveRecord(
         id=item_id, vm_id=vm_id, kind=result.kind, source=source,
         engine=getattr(result, "engine", None), file=str(result.file), sha256=result.sha256,
-        size=result.size))
+        size=result.size, server_version=result.server_version))
     return ev.ArchiveItem(id=item_id, kind=result.kind, source=source, sha256=result.sha256,
                           size=result.size, warnings=list(result.warnings))

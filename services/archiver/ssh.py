@@ -78,12 +78,16 @@ class SshTree(SshHost):
         for program, code, tail in error.failures:
             if program != SSH:
                 continue
-            if code == SSH_FAILED:
-                return self.explain_ssh(tail)
-            if code == NOT_FOUND:
-                return f"{what} is not installed on {self.host}: {tail}"
-            return f"{what} on {self.host} exited {code}" + (f": {tail}" if tail else "")
+            return self.explain_exit(code, tail, what)
         return str(error)
+
+    def explain_exit(self, code: int, tail: str, what: str) -> str:
+        """A remote program's exit status `code` (ssh's own, 255, included), worded."""
+        if code == SSH_FAILED:
+            return self.explain_ssh(tail)
+        if code == NOT_FOUND:
+            return f"{what} is not installed on {self.host}: {tail}"
+        return f"{what} on {self.host} exited {code}" + (f": {tail}" if tail else "")
 
     # --- the probe ----------------------------------------------------------------------------
 

@@ -102,4 +102,5 @@ def _system_of(vm: Vm) -> HostSystem:
 
 def _archive_ref(record: ArchiveRecord) -> ArchiveRef:
     return ArchiveRef(id=record.id, kind=record.kind, source=record.source,
-                      sha256=record.sha256, size=record.size, engine=record.engine)
+                      sha256=record.sha256, size=record.size, engine=record.engine,
+                      server_version=record.server_version)

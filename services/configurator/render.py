@@ -31,6 +31,7 @@ import chevron
 from shared import databases
 from shared.databases import Engine
 from shared.databases.mysql_versions import Flavour, version_number
+from shared.databases.postgresql import major
 from shared.plan import VM, Filesystem, Plan, plain_absolute_path, size_mib
 from shared.providers.base import ProviderDisk
 from shared.systems import BASE_IMAGE_SYSTEM, HostSystem, NetworkSettings, root_changes
@@ -43,7 +44,7 @@ __all__ = [
 TEMPLATES = Path(__file__).parent / "templates"
 SCRIPT_TEMPLATE = "configure.sh.mustache"
 LOCAL_START_TEMPLATE = "local-start.sh.mustache"
-PARTIALS = ("reporting.sh", "disks.sh")  # {{> disks.sh}} is templates/disks.sh.mustache
+PARTIALS = ("reporting.sh", "disks.sh", "postgresql.sh")  # {{> disks.sh}} is templates/disks.sh.mustache
 
 VOLUME_GROUP = "local"  # the root LV is /dev/local/root, which GRUB and the initrd are told
 DUMP_SUFFIX = ".sql.zst"
@@ -72,6 +73,9 @@ class ArchiveRef:
     sha256: str
     size: int
     engine: str | None = None  # for kind database: the engine's name, as the plan gives it
+    # For kind database: what its server answered when asked its version (PostgreSQL's
+    # server_version_num), if the engine asks.
+    server_version: str | None = None
 
 
 # --- the configuration script --------------------------------------------------------------------
@@ -102,7 +106,10 @@ def build_context(plan: Plan, vm: VM, archives: list[ArchiveRef], *,
     support = support or {}
     _check_disks(vm, disks)
     paths = [a for a in archives if a.kind == "path"]
-    dumps = [a for a in archives if a.kind == "database"]
+    # A replica of an engine that copies its master (PostgreSQL's pg_basebackup) loads none of
+    # that engine's dumps: they are not downloaded.
+    dumps = [a for a in archives if a.kind == "database"
+             and (_role(vm) != "db-replica" or _dump_engine(a).replica_loads_dumps)]
     for archive in archives:
         _check_archive(archive)
     volumes = vm.logical_volumes
@@ -278,13 +285,25 @@ def _dump(archive: ArchiveRef, vm: VM) -> dict:
     return {"id": q(archive.id), "sha256": q(archive.sha256), "file": q(dump_file(archive, vm))}
 
 
+def _dump_engine(archive: ArchiveRef) -> Engine:
+    try:
+        return databases.engine(archive.engine or databases.DEFAULT.name)
+    except databases.Unsupported as exc:
+        raise RenderError(f"archive {archive.id}: {exc}") from None
+
+
 def dump_file(archive: ArchiveRef, vm: VM) -> str:
-    """Where a database dump lies on the new VM: <database_data_dir>/<name>.sql.zst."""
-    name = archive.source
+    """Where a database dump lies on the new VM: <database_data_dir>/<name><its engine's
+    suffix> (.sql.zst; PostgreSQL's custom format .dump.zst), a server's globals as
+    <engine>-globals.sql.zst."""
+    server = _dump_engine(archive)
+    name, suffix = archive.source, server.dump_suffix
+    if server.globals_source is not None and name == server.globals_source:
+        name, suffix = f"{server.name}-globals", DUMP_SUFFIX
     if not name or "/" in name or name in (".", "..") or "\0" in name:
         raise RenderError(f"database name {name!r} cannot be a file name")
     data_dir = _absolute(vm.database_data_dir, "database_data_dir")
-    return f"{data_dir.rstrip('/')}/{name}{DUMP_SUFFIX}"
+    return f"{data_dir.rstrip('/')}/{name}{suffix}"
 
 
 def _absolute(path: str, what: str) -> str:
@@ -303,30 +322,83 @@ def render_local_start(plan: Plan, vm: VM, archives: list[ArchiveRef]) -> str:
 
 
 def build_local_start_context(plan: Plan, vm: VM, archives: list[ArchiveRef]) -> dict:
-    """local.start's template values, every one already shell-quoted. The database server's
-    (data dir, configuration, service, SQL) come from its engine (shared/databases)."""
+    """local.start's template values, every one already shell-quoted. The database servers'
+    (data dir, configuration, service, SQL) come from their engines (shared/databases): one
+    MariaDB or MySQL server, PostgreSQL, or both."""
     dumps = [a for a in archives if a.kind == "database"]
     for archive in dumps:
         _check_archive(archive)
-    server = databases.rebuild_engine(vm, plan)
+    servers = {server.family: server for server in databases.rebuild_engines(vm, plan)}
+    # The MariaDB/MySQL section's values are always there (its functions are, unused without
+    # it); DEFAULT's when the VM has no such server.
+    server = servers.get(databases.DEFAULT.family)
+    mysql = server or databases.DEFAULT
+    postgresql = servers.get("postgresql")
     data_dir = _absolute(vm.database_data_dir, "database_data_dir")
-    datadir = _engine_value(server.data_dir, data_dir, what=f"database_data_dir {data_dir!r}")
-    config = server.server_config(
-        data_dir=datadir, address=str(ipaddress.ip_interface(str(vm.network.address)).ip),
-        memory_mb=vm.memory_mb, replica=_role(vm) == "db-replica")
+    datadir = _engine_value(mysql.data_dir, data_dir, what=f"database_data_dir {data_dir!r}")
+    address = str(ipaddress.ip_interface(str(vm.network.address)).ip)
+    replica = _role(vm) == "db-replica"
+    config = mysql.server_config(data_dir=datadir, address=address, memory_mb=vm.memory_mb,
+                                 replica=replica)
+    own = [a for a in dumps if _dump_engine(a) is not postgresql]
     return {
         "vm_name": q(vm.name),
         "group": q(plan.group),
         "role": q(_role(vm)),
+        "has_mysql": q("yes" if server is not None else "no"),
         "server_datadir": q(datadir),
         "server_config": q(config),
-        "server_config_file": q(server.config_file),
-        "server_services": q(" ".join(server.services)),
-        "server_option_files": q(" ".join(server.option_files)),
-        "server_product": q(server.flavours()[0].product),
-        "server_oldest": q(server.flavours()[0].title),
-        "server_flavours": [_local_flavour(f) for f in server.flavours()],
-        "dumps": [_local_dump(archive, vm, server) for archive in dumps],
+        "server_config_file": q(mysql.config_file),
+        "server_services": q(" ".join(mysql.services)),
+        "server_option_files": q(" ".join(mysql.option_files)),
+        "server_product": q(mysql.flavours()[0].product),
+        "server_oldest": q(mysql.flavours()[0].title),
+        "server_flavours": [_local_flavour(f) for f in mysql.flavours()],
+        "dumps": [_local_dump(archive, vm, mysql) for archive in own] if server else [],
+        "has_postgresql": q("yes" if postgresql is not None else "no"),
+        **_local_postgresql(postgresql, plan, vm, dumps, data_dir, address),
+    }
+
+
+def _local_postgresql(server: Engine | None, plan: Plan, vm: VM, dumps: list[ArchiveRef],
+                      data_dir: str, address: str) -> dict:
+    """local.start's PostgreSQL values (empty without PostgreSQL): the cluster's major (the
+    plan's, else what the legacy server answered when dumped), data dir, configuration,
+    pg_hba lines for the master's replicas, this VM's replication slot, globals and dumps."""
+    if server is None:
+        return {"pg_major": q(""), "pg_datadir": q(""), "pg_config": q(""),
+                "pg_config_file": q(""), "pg_port": q(""), "pg_slot": q(""), "pg_hba": q(""),
+                "pg_globals": q(""), "pg_dumps": []}
+    master = plan.vm(vm.replica_of) if vm.replica_of else vm
+    named = {db.version for db in [*vm.databases, *master.databases]
+             if db.version is not None and databases.engine(db.engine) is server}
+    mine = [a for a in dumps if _dump_engine(a) is server]
+    answered = {major(a.server_version) for a in mine if a.server_version}
+    found = sorted(named) or sorted(answered)
+    if len(found) != 1:
+        raise RenderError(
+            f"{vm.name}: the {server.title} version to rebuild is unknown (no dump recorded "
+            f"the legacy server's): name it in the plan (databases[].version)" if not found
+            else f"{vm.name}: its {server.title} dumps come from servers of versions "
+                 f"{', '.join(found)}: name the one to rebuild in the plan (databases[].version)")
+    datadir = _engine_value(server.data_dir, data_dir, what=f"database_data_dir {data_dir!r}")
+    replicas = [str(ipaddress.ip_interface(str(other.network.address)).ip)
+                for other in plan.vms if other.replica_of == vm.name]
+    globals_file = next((dump_file(a, vm) for a in mine if a.source == server.globals_source),
+                        "")
+    return {
+        "pg_major": q(found[0]),
+        "pg_datadir": q(datadir),
+        "pg_config": q(server.server_config(data_dir=datadir, address=address,
+                                            memory_mb=vm.memory_mb,
+                                            replica=_role(vm) == "db-replica")),
+        "pg_config_file": q(server.config_file),
+        "pg_port": q(server.default_port),
+        "pg_slot": q(server.slot_name(vm.name)),
+        "pg_hba": q("\n".join(server.hba_lines(replicas))),
+        "pg_globals": q(globals_file),
+        "pg_dumps": [{"file": q(dump_file(a, vm)), "name": q(a.source)} for a in mine
+                     if a.source != server.globals_source],
     }
 
 

@@ -108,6 +108,7 @@ class MasterStatus(BaseModel):
     port: int | None = None
     log_file: str | None = None
     log_pos: int | None = None
+    lsn: str | None = None  # PostgreSQL's WAL position
 
 
 class ReplicationCredentials(BaseModel):

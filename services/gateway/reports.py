@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared import journey, rules
-from shared.databases import engine_of
+from shared.databases import engine_of, rebuild_engines
 from shared.model import Vm
 from shared.states import IllegalTransition, VmState
 
@@ -30,6 +30,7 @@ class MasterStatus:
     port: int
     log_file: str | None = None
     log_pos: int | None = None
+    lsn: str | None = None
 
 
 async def report_state(db, vm_id: uuid.UUID, state: str, step: str | None,
@@ -69,6 +70,15 @@ async def master_status(db, vm_id: uuid.UUID) -> MasterStatus:
     position = (await db.groups.masters_complete(group.id)).get(master.name)
     return MasterStatus(
         master=master.name, complete=position is not None,
-        host=str(master.network.address.ip), port=engine_of(master, plan).default_port,
+        host=str(master.network.address.ip), port=_position_port(master, plan),
         log_file=(position or {}).get("log_file"), log_pos=(position or {}).get("log_pos"),
+        lsn=(position or {}).get("lsn"),
     )
+
+
+def _position_port(master, plan) -> int:
+    """The port of the master's server that replicas follow from a position (MariaDB, MySQL),
+    which a master running PostgreSQL too also has; else its engine's."""
+    servers = rebuild_engines(master, plan)
+    return next((s.default_port for s in servers if s.replica_loads_dumps),
+                engine_of(master, plan).default_port)

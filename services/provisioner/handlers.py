@@ -90,7 +90,7 @@ async def master_loaded(event: ev.VmStateChanged, ctx: Context) -> None:
             detail = vm.detail or {}
             await tx.publish(
                 ev.DbMasterComplete(log_file=detail.get("log_file"),
-                                    log_pos=detail.get("log_pos")),
+                                    log_pos=detail.get("log_pos"), lsn=detail.get("lsn")),
                 group_id=ctx.group_id, vm_id=ctx.vm_id,
             )
 

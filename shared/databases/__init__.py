@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT", "ENGINES", "DatabaseSource", "DumpError", "Engine", "Position", "ReplicaStatus",
     "Unsupported", "UnsupportedVersion", "VersionUnknown", "database_source", "engine",
-    "engine_of", "rebuild_engine", "titles",
+    "engine_of", "rebuild_engine", "rebuild_engines", "titles",
 ]
 
 ENGINES: dict[str, Engine] = {e.name: e for e in (MariaDB(), MySQL(), PostgreSQL())}
@@ -55,7 +55,23 @@ def rebuild_engine(vm: VM, plan: Plan | None = None) -> Engine:
     dumps into it, else DEFAULT (and the VM's dumps stay where they are, to be restored by
     hand, which local.start says)."""
     found = engine_of(vm, plan)
-    return found if found.restores else DEFAULT
+    return found if found.rebuilds else DEFAULT
+
+
+def rebuild_engines(vm: VM, plan: Plan | None = None) -> list[Engine]:
+    """Every server a rebuilt database VM gets, each once, in the order of its databases (its
+    master's for a replica without databases of its own): a VM may hold MariaDB or MySQL and
+    PostgreSQL. One MariaDB or MySQL server at most (the first of its databases' engines);
+    without one, and without PostgreSQL, DEFAULT's, as rebuild_engine."""
+    specs = vm.databases
+    if not specs and plan is not None and vm.replica_of:
+        specs = plan.vm(vm.replica_of).databases
+    found: list[Engine] = []
+    for spec in specs:
+        server = engine(spec.engine)
+        if server.rebuilds and server.family not in {other.family for other in found}:
+            found.append(server)
+    return found or [DEFAULT]
 
 
 def titles(engines: Iterable[Engine]) -> str:

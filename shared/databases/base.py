@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import shlex
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Sequence
 
 if TYPE_CHECKING:
@@ -101,6 +101,9 @@ class Engine(ABC):
 
     name: str  # as plans write it
     title: str  # as messages write it
+    # Engines of one family share a server (MariaDB and MySQL): a rebuilt VM runs one server
+    # of each family its databases need.
+    family: str
     default_port: int
     service: str  # the server's service (systemd unit, init script)
     dump_program: str  # named in messages about a failed dump
@@ -108,8 +111,16 @@ class Engine(ABC):
     # Variables its clients read: inherited, they would silently change who connects where, so
     # a dump clears them and sets exactly the ones it means.
     client_environment: tuple[str, ...]
-    restores = False  # loads a dump: in the cutover's window and on a rebuilt VM
+    # A rebuilt VM's server is made and loads its dumps at first boot (local.start).
+    rebuilds = False
+    restores = False  # loads a dump in the cutover's window
     hands_off = False  # the cutover's replication hand-off
+    dump_suffix = ".sql.zst"  # a dump's file name on the rebuilt VM: <name><dump_suffix>
+    # The archive item holding the server's globals (roles...), dumped once per VM; None: the
+    # engine has none.
+    globals_source: str | None = None
+    # A replica loads its master's dumps before it replicates (else it copies its master).
+    replica_loads_dumps = True
 
     # --- dumps ----------------------------------------------------------------------------------
 
@@ -157,6 +168,13 @@ class Engine(ABC):
         The password travels on stdin: `read` is a shell builtin, so it never appears in any
         argv, on either machine; `export` hands it to the dump program's environment only. The
         script itself holds no secret, so it may be logged."""
+        return self.remote_script(db, self._remote_dump(db, options))
+
+    def remote_script(self, db: DatabaseSource, last_lines: Sequence[str], *,
+                      database: str | None = None) -> tuple[str, bytes | None]:
+        """A POSIX shell script for one of the engine's programs on `db`'s server (its
+        `last_lines`), with the password on stdin and the engine's variables set; `database`:
+        the one to connect to instead of `db`'s."""
         lines = [f"unset {' '.join(self.client_environment)}"]
         stdin = None
         if db.password is not None:
@@ -168,9 +186,11 @@ class Engine(ABC):
                       f"{{ echo 'no password on stdin' >&2; exit 2; }}",
                       f"export {variable}"]
             stdin = db.password.encode() + b"\n"
+        target = db if database is None else replace(db, name=database)
+        variables = self.dump_variables(target, with_password=False)
         lines += [f"{name}={shlex.quote(value)}; export {name}"
-                  for name, value in self.dump_variables(db, with_password=False).items()]
-        lines += self._remote_dump(db, options)
+                  for name, value in variables.items()]
+        lines += last_lines
         return "\n".join(lines), stdin
 
     # --- the server's version --------------------------------------------------------------------

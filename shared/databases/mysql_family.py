@@ -29,7 +29,9 @@ class MySQLFamily(Engine):
 
     product: str  # whose versions its servers answer (mysql_versions.MYSQL or MARIADB)
     dump_programs: tuple[str, ...]  # the first one installed dumps
+    family = "mysql"
     default_port = 3306
+    rebuilds = True
     password_variable = "MYSQL_PWD"
     client_environment = ("MYSQL_PWD", "MYSQL_HOST", "MYSQL_TCP_PORT")
     restores = True

@@ -26,12 +26,16 @@ class ArchiveRecord:
     file: str
     sha256: str
     size: int
+    # What the dump's server answered when asked its version (PostgreSQL's server_version_num):
+    # the rebuilt VM's cluster runs that major unless the plan names another.
+    server_version: str | None = None
 
 
 def _archive(row: asyncpg.Record) -> ArchiveRecord:
     return ArchiveRecord(id=row["id"], vm_id=row["vm_id"], kind=row["kind"],
                          source=row["source"], engine=row["engine"], file=row["file"],
-                         sha256=row["sha256"], size=row["size"])
+                         sha256=row["sha256"], size=row["size"],
+                         server_version=row["server_version"])
 
 
 class Archives:
@@ -41,12 +45,12 @@ class Archives:
     async def save(self, archive: ArchiveRecord) -> None:
         """Record an archive; a redone one replaces its own record (same id)."""
         await self.conn.execute(
-            "INSERT INTO archives (id, vm_id, kind, source, engine, file, sha256, size)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+            "INSERT INTO archives (id, vm_id, kind, source, engine, file, sha256, size,"
+            " server_version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
             " ON CONFLICT (id) DO UPDATE SET file = $6, sha256 = $7, size = $8,"
-            " created_at = now()",
+            " server_version = $9, created_at = now()",
             archive.id, archive.vm_id, archive.kind, archive.source, archive.engine,
-            archive.file, archive.sha256, archive.size)
+            archive.file, archive.sha256, archive.size, archive.server_version)
 
     async def for_vm(self, vm_id: uuid.UUID) -> list[ArchiveRecord]:
         """What the VM unpacks: paths first, then dumps."""

@@ -194,3 +194,74 @@ vms:
     body = json.loads(body) if isinstance(body, str) else body  # jsonb, with or without a codec
     [item] = body["payload"]["archives"]
     assert item["source"] == "/var/log" and "file changed as we read it" in item["warnings"][0]
+
+
+def postgres(sql: str) -> None:
+    subprocess.run(["psql", "-X", "-q", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres",
+                    "-v", "ON_ERROR_STOP=1", "-c", sql], check=True, capture_output=True)
+
+
+@pytest.fixture
+def legacy_postgres():
+    name = f"ferry_t_{uuid.uuid4().hex[:8]}"
+    postgres(f"CREATE DATABASE {name}")
+    yield name
+    postgres(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+async def test_postgresql_is_archived_with_its_globals_and_version(settings, operator,
+                                                                   legacy_postgres):
+    """A PostgreSQL master's archive: the cluster's globals once and the database, both
+    recorded with the server's version; its replica's script downloads neither (it copies its
+    master by pg_basebackup)."""
+    ferry = await start_ferry(settings, operator)
+    try:
+        # app1's "/" aside: examples/legacy/app1 shows no os-release to read its system from.
+        plan = PLAN.format(app_root=LEGACY / "app1", db_root=LEGACY / "db1",
+                           database=legacy_postgres).replace(
+            "archives: [{path: /}, ", "archives: [").replace(
+            f"{{engine: mariadb, name: {legacy_postgres}}}",
+            f"{{engine: postgresql, name: {legacy_postgres}, user: postgres}}")
+        group_id = await ferry.submit(plan)
+        ids = await ferry.vm_ids(group_id)
+        try:
+            for vm_id in ids.values():
+                await ferry.wait_booted(vm_id, BootSource.NETWORK)
+        except AssertionError:
+            print(await ferry.pool.fetch("SELECT name, state, step, message FROM vms"))
+            raise
+        rows = await ferry.pool.fetch(
+            "SELECT * FROM archives WHERE vm_id = $1 ORDER BY source", ids["db1"])
+        assert [(r["source"], r["engine"]) for r in rows] == [
+            (legacy_postgres, "postgresql"), ("postgresql:globals", "postgresql")]
+        assert {r["server_version"][:2] for r in rows} == {"15"}
+        assert rows[0]["file"].endswith(".dump.zst")
+        async with ferry.vm(ids["db1"]) as master:
+            script = await master.script()
+            assert rows[0]["id"] in script and rows[1]["id"] in script
+        async with ferry.vm(ids["db2"]) as replica:
+            script = await replica.script()
+            assert rows[0]["id"] not in script and rows[1]["id"] not in script
+    finally:
+        await ferry.host.stop()
+
+
+async def test_a_postgresql_database_the_host_lacks_fails_the_archive(settings, operator):
+    """A database the plan names and the server has not: the VM fails at its archive step,
+    naming it, before anything is archived, and no VM of the group is created."""
+    ferry = await start_ferry(settings, operator)
+    try:
+        plan = PLAN.format(app_root=LEGACY / "app1", db_root=LEGACY / "db1",
+                           database="ferry_no_such_db").replace(
+            "{engine: mariadb, name: ferry_no_such_db}",
+            "{engine: postgresql, name: ferry_no_such_db, user: postgres}")
+        group_id = await ferry.submit(plan)
+        ids = await ferry.vm_ids(group_id)
+        await ferry.wait_group(group_id, "halted")
+        failed = await ferry.pool.fetchrow("SELECT * FROM vms WHERE id = $1", ids["db1"])
+        assert failed["state"] == "failed" and failed["step"] == "archive"
+        assert "the server has no database 'ferry_no_such_db'" in failed["message"], \
+            failed["message"]
+        assert ferry.provider.created == 0
+    finally:
+        await ferry.host.stop()

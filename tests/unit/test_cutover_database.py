@@ -72,7 +72,7 @@ async def test_a_mysql_master_is_made_read_only_for_its_super_users_too(tmp_path
 ])
 async def test_an_engine_that_cannot_do_the_mode_is_refused_before_anything_changes(
         tmp_path: Path, mode: str, message: str):
-    """PostgreSQL (dumped only): the step fails with the mode's message without a command on
+    """PostgreSQL (rebuilt, but not cut over yet): the step fails with the mode's message without a command on
     either machine, and its undo leaves the old master alone."""
     book, legacy, new = runbook(tmp_path, mode, engine="postgresql")
     with pytest.raises(StepFailed) as caught:

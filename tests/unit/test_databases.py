@@ -191,18 +191,107 @@ def test_statements_that_depend_on_the_version_need_it():
         engine("mysql").promote_sql()
 
 
-@pytest.mark.parametrize("call", [
-    lambda e: e.client(), lambda e: e.at_version("15.4"), lambda e: e.restore_command("shop"), lambda e: e.read_only_sql(True),
-    lambda e: e.master_position_sql(), lambda e: e.promote_sql(),
-    lambda e: e.data_dir("/db"), lambda e: e.replica_status_sql(),
-])
-def test_postgresql_is_dumped_only_and_says_so(call):
-    """What the cutover and the rebuild would ask of PostgreSQL is refused in words; its
-    flags let them refuse before changing anything."""
+def test_postgresql_rebuilds_but_the_cutover_still_refuses_it():
+    """A rebuilt VM loads PostgreSQL; the cutover's window and hand-off do not yet (their
+    flags off), and what only they would ask is refused in words."""
     postgresql = engine("postgresql")
-    assert not postgresql.restores and not postgresql.hands_off
+    assert postgresql.rebuilds and not postgresql.restores and not postgresql.hands_off
     with pytest.raises(Unsupported, match="is not done for PostgreSQL databases yet"):
-        call(postgresql)
+        postgresql.point_at_master_sql(host="h", port=5432, user="u", password="p",
+                                       databases=["shop"])
+    with pytest.raises(Unsupported, match="is not done for PostgreSQL databases yet"):
+        postgresql.flavours()
+
+
+def test_postgresql_dumps_in_custom_format_and_its_globals_once():
+    """pg_dump -Fc of the database (owners kept: the globals bring the roles), and
+    pg_dumpall --globals-only connecting to the postgres database."""
+    postgresql = engine("postgresql")
+    options = postgresql.dump_options(source("postgresql"))
+    assert options[0] == "--format=custom" and "--no-owner" not in options
+    argv, env = postgresql.globals_command(source("postgresql"))
+    assert argv[:2] == ["pg_dumpall", "--globals-only"] and env["PGDATABASE"] == "postgres"
+    assert env["PGPASSWORD"] == PASSWORD and not any(PASSWORD in word for word in argv)
+    script, stdin = postgresql.globals_script(source("postgresql"))
+    assert "PGDATABASE=postgres; export PGDATABASE" in script and PASSWORD not in script
+    assert stdin == PASSWORD.encode() + b"\n"
+    assert subprocess.run(["sh", "-n", "-c", script]).returncode == 0
+
+
+def test_postgresql_by_socket_runs_as_the_postgres_user_when_root():
+    """Through the local socket without a user (or as postgres), root becomes the postgres
+    OS user (peer authentication, as the host's admin would); another user, or TCP, as is."""
+    postgresql = engine("postgresql")
+    script, _ = postgresql.remote_dump_script(source("postgresql", socket=True, user=None,
+                                                     password=None))
+    assert "exec runuser -u postgres -- pg_dump --format=custom" in script
+    assert script.splitlines()[-1].startswith("exec pg_dump ")
+    for other in (source("postgresql", socket=True), source("postgresql", user=None)):
+        assert "runuser" not in postgresql.remote_dump_script(other)[0]
+
+
+@pytest.mark.parametrize("answer, problem", [
+    ("150004|", None),
+    ("160002|crm", "the server has no database 'crm': the plan names it, the host has not"),
+    ("150004|crm shop", "the server has no database 'shop', 'crm': the plan names them"),
+    ("110022|", "PostgreSQL 11 is older than 12, the oldest Ferryman rebuilds"),
+    ("psql: nothing", "not its version"),
+])
+def test_postgresql_is_asked_its_version_and_databases_before_it_is_dumped(answer, problem):
+    postgresql = engine("postgresql")
+    version, found = postgresql.probe_problem(answer, ["shop", "crm"])
+    if problem is None:
+        assert found is None and version == answer.split("|")[0]
+    else:
+        assert problem in found
+    assert "ARRAY['shop', 'it''s']::text[]" in postgresql.probe_sql(["shop", "it's"])
+
+
+def test_postgresql_statements_for_the_cutover_and_replicas():
+    postgresql = engine("postgresql").at_version("150004")
+    assert postgresql.version_sql() == "SHOW server_version_num;"
+    assert "ALTER SYSTEM SET default_transaction_read_only = on;" in \
+        postgresql.read_only_sql(True)
+    assert postgresql.read_only_sql(False).startswith(
+        "SET default_transaction_read_only = off;\nALTER SYSTEM RESET")
+    assert postgresql.master_position_sql() == "SELECT pg_current_wal_lsn();"
+    assert postgresql.parse_master_position("0/3000148\n") == Position("0/3000148",
+                                                                       0x3000148)
+    assert postgresql.parse_master_position("1/0") == Position("1/0", 1 << 32)
+    assert postgresql.parse_master_position("") is None
+    wait = postgresql.wait_for_position_sql(Position("0/3000148", 0x3000148), 5)
+    assert "1..50 LOOP" in wait and wait.endswith(
+        "SELECT pg_last_wal_replay_lsn() >= '0/3000148'::pg_lsn;")
+    assert postgresql.caught_up("t\n") and not postgresql.caught_up("f")
+    status = postgresql.parse_replica_status("streaming|5432|f\n")
+    assert (status.running, status.master_port, status.receiver) == (True, 5432, "streaming")
+    assert not postgresql.parse_replica_status("streaming|5432|t").running
+    assert postgresql.parse_replica_status("") == databases.ReplicaStatus()
+    user = postgresql.replication_user_sql("ferry_repl", "it's", ["10.0.0.2"])
+    assert "CREATE ROLE \"ferry_repl\"" in user
+    assert "ALTER ROLE \"ferry_repl\" WITH REPLICATION LOGIN PASSWORD 'it''s';" in user
+    assert postgresql.promote_sql() == "SELECT pg_promote();"
+    assert postgresql.master_problem("logical 10") is None
+    assert "wal_level minimal" in postgresql.master_problem("minimal 10")
+    assert postgresql.client("it's", batch=True) == (
+        "psql -X -q -v ON_ERROR_STOP=1 -A -t '--dbname=dbname='\"'\"'it\\'\"'\"'s'\"'\"''")
+    with pytest.raises(databases.UnsupportedVersion, match="older than 12"):
+        postgresql.at_version("90624")
+
+
+def test_the_rebuilt_postgresql_server_config():
+    postgresql = engine("postgresql")
+    assert postgresql.data_dir("/db/") == "/db/postgresql"
+    with pytest.raises(ValueError, match="postgresql.conf"):
+        postgresql.data_dir("/db\\x")
+    config = postgresql.server_config(data_dir="/db/postgresql", address="10.20.0.12",
+                                      memory_mb=2048, replica=False)
+    for line in ("wal_level = logical", "listen_addresses = '*'", "shared_buffers = 512MB",
+                 "password_encryption = 'scram-sha-256'", "max_replication_slots = 10"):
+        assert line in config.splitlines()
+    assert postgresql.hba_lines(["10.20.0.13"]) == [
+        "host replication all 10.20.0.13/32 scram-sha-256"]
+    assert postgresql.slot_name("db-2") == "ferry_db_2"
 
 
 def test_the_engine_of_a_vm_is_its_databases_or_its_masters():
@@ -213,7 +302,14 @@ def test_the_engine_of_a_vm_is_its_databases_or_its_masters():
     postgres = plan.vm("db1").model_copy(update={"databases": [
         DatabaseSpec(engine="postgresql", name="pg")]})
     assert databases.engine_of(postgres) is engine("postgresql")
-    assert databases.rebuild_engine(postgres) is databases.DEFAULT
+    assert databases.rebuild_engine(postgres) is engine("postgresql")
+    assert databases.rebuild_engines(postgres) == [engine("postgresql")]
+    both = postgres.model_copy(update={"databases": [
+        DatabaseSpec(engine="mariadb", name="shop"), DatabaseSpec(engine="postgresql", name="pg"),
+        DatabaseSpec(engine="mysql", name="other")]})
+    assert databases.rebuild_engines(both) == [engine("mariadb"), engine("postgresql")]
+    assert databases.rebuild_engines(plan.vm("db2"), plan) == [engine("mariadb")]
+    assert databases.rebuild_engines(plan.vm("app1")) == [databases.DEFAULT]
 
 
 def test_titles_list_engines_for_messages():

@@ -126,7 +126,7 @@ async def test_a_group_travels_from_submitted_to_ready(world):
     assert world.group().status == GroupStatus.READY
     assert len(world.published("group.ready")) == 1
     complete = world.published("db.master.complete")
-    assert [e.payload for e in complete] == [{"log_file": "bin.3", "log_pos": 7}]
+    assert [e.payload for e in complete] == [{"log_file": "bin.3", "log_pos": 7, "lsn": None}]
 
 
 async def test_a_failed_vm_halts_its_group_and_its_siblings_hold_at_their_next_rest(world):

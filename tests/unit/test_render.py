@@ -51,7 +51,8 @@ STUBBED = (
     "chroot", "sync", "curl", "zstd", "tar",
     # local.start and firstboot.sh
     "mysql", "mysqladmin", "systemctl", "service", "mariadb-install-db", "mysqld", "depmod",
-    "uname",
+    "uname", "runuser", "psql", "pg_restore", "pg_basebackup", "initdb", "pg_ctl",
+    "pg_isready", "pg_createcluster", "pg_ctlcluster", "nproc", "chown",
     "ssh-keygen",
 )
 # Real commands the scripts use (and `touch`, so an injected command would really run).
@@ -70,6 +71,41 @@ def arg_after(flag):
     return args[args.index(flag) + 1] if flag in args else None
 
 files = [a for a in args if not a.startswith("-")]
+if name == "runuser":
+    # runuser -u USER -- COMMAND...: recorded, then COMMAND (a stub too) in its place.
+    with open(os.environ["FERRY_STUB_LOG"], "a") as log:
+        log.write(json.dumps(record) + "\n")
+    command = args[args.index("--") + 1:]
+    for folder in os.environ["PATH"].split(os.pathsep):
+        if os.access(os.path.join(folder, command[0]), os.X_OK):
+            os.execv(os.path.join(folder, command[0]), command)
+    sys.exit(127)
+if name == "psql" and "-c" not in args:
+    record["stdin"] = sys.stdin.buffer.read().decode("utf-8", "replace")
+if name == "psql" and "-c" in args:
+    query = arg_after("-c")
+    out = {{"SELECT pg_current_wal_lsn()": b"0/3000148\n", "SHOW server_version": b"15.4\n",
+           "SELECT status FROM pg_stat_wal_receiver": b"streaming\n"}}.get(query, b"")
+if name == "pg_basebackup":
+    record["PGPASSWORD"] = os.environ.get("PGPASSWORD")
+if name in ("initdb", "pg_basebackup"):
+    datadir = arg_after("-D")
+    os.makedirs(datadir, exist_ok=True)
+    with open(os.path.join(datadir, "PG_VERSION"), "w") as handle:
+        handle.write("15\n")
+if name == "pg_createcluster":
+    datadir = next(a for a in args if a.startswith("--datadir=")).split("=", 1)[1]
+    root = os.environ.get("FERRY_ROOT", "")
+    os.makedirs(root + datadir, exist_ok=True)
+    with open(root + datadir + "/PG_VERSION", "w") as handle:
+        handle.write("15\n")
+    conf = root + "/etc/postgresql/15/main"
+    os.makedirs(conf, exist_ok=True)
+    for member in ("postgresql.conf", "pg_hba.conf"):
+        with open(os.path.join(conf, member), "w") as handle:
+            handle.write("# pg_createcluster's\n")
+if name == "nproc":
+    out = b"2\n"
 if name == "zstd" and files:
     with open(files[0], "rb") as handle:
         data = handle.read()
@@ -662,8 +698,10 @@ def test_json_str_makes_valid_json_of_any_text(tmp_path: Path):
 # --- local.start ---------------------------------------------------------------------------------
 
 def run_local_start(plan: Plan, vm: VM, tmp_path: Path, dumps: list[ArchiveRef],
-                    fail: str = "", env: dict[str, str] | None = None) -> Run:
-    """Run local.start with the VM's root in a scratch directory (FERRY_ROOT)."""
+                    fail: str = "", env: dict[str, str] | None = None,
+                    write_dumps: bool = True) -> Run:
+    """Run local.start with the VM's root in a scratch directory (FERRY_ROOT); `write_dumps`:
+    each dump's file as <name>.sql.zst (else the caller wrote them)."""
     root = tmp_path / "root"
     (root / "etc/ferryman").mkdir(parents=True)
     (root / "etc/ferryman/gateway.env").write_text(
@@ -673,7 +711,7 @@ def run_local_start(plan: Plan, vm: VM, tmp_path: Path, dumps: list[ArchiveRef],
     (wants / "ferryman-local-start.service").symlink_to("/nonexistent")
     (root / "etc/rc.local").write_text(
         "#!/bin/sh\n/etc/ferryman/local.start # ferryman-local-start\nexit 0\n")
-    for dump in dumps:
+    for dump in dumps if write_dumps else []:
         path = root / f"db/{dump.source}.sql.zst"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(f"INSERT INTO t VALUES ('{dump.source}');\n")
