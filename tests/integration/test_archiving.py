@@ -216,10 +216,8 @@ async def test_postgresql_is_archived_with_its_globals_and_version(settings, ope
     master by pg_basebackup)."""
     ferry = await start_ferry(settings, operator)
     try:
-        # app1's "/" aside: examples/legacy/app1 shows no os-release to read its system from.
-        plan = PLAN.format(app_root=LEGACY / "app1", db_root=LEGACY / "db1",
-                           database=legacy_postgres).replace(
-            "archives: [{path: /}, ", "archives: [").replace(
+        plan = PLAN.format(app_root=LEGACY / "app1", app_system=NAMED_SYSTEM,
+                           db_root=LEGACY / "db1", database=legacy_postgres).replace(
             f"{{engine: mariadb, name: {legacy_postgres}}}",
             f"{{engine: postgresql, name: {legacy_postgres}, user: postgres}}")
         group_id = await ferry.submit(plan)
@@ -251,8 +249,8 @@ async def test_a_postgresql_database_the_host_lacks_fails_the_archive(settings, 
     naming it, before anything is archived, and no VM of the group is created."""
     ferry = await start_ferry(settings, operator)
     try:
-        plan = PLAN.format(app_root=LEGACY / "app1", db_root=LEGACY / "db1",
-                           database="ferry_no_such_db").replace(
+        plan = PLAN.format(app_root=LEGACY / "app1", app_system=NAMED_SYSTEM,
+                           db_root=LEGACY / "db1", database="ferry_no_such_db").replace(
             "{engine: mariadb, name: ferry_no_such_db}",
             "{engine: postgresql, name: ferry_no_such_db, user: postgres}")
         group_id = await ferry.submit(plan)
