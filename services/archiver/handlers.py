@@ -16,6 +16,7 @@ from shared.plan import VM
 from shared.service import Context, Router
 from shared.settings import Settings
 from shared.states import VmState
+from shared.systems import HostSystem
 from shared.store.archives import ArchiveRecord
 from services.archiver.archive import (
     ArchiveError, ArchiveResult, LocalTree, TreeSource, archive_path, remove_abandoned_partials,
@@ -24,7 +25,6 @@ from services.archiver.dumps import DumpError, dump_database, dump_globals, prob
 from services.archiver.manifest import write_manifest
 from services.archiver.ssh import SshTree, dump_database_over_ssh
 from services.archiver.system import read_host_system
-from shared.systems import HostSystem
 
 router = Router("archiver")
 log = get_logger(__name__)
@@ -131,15 +131,16 @@ async def _archive_source(planned: VM, folder: Path, vm_id: uuid.UUID,
     # Servers with globals (PostgreSQL) are asked first, before anything is archived: their
     # version, and whether they have every database the plan names.
     remote = tree if over_ssh else None
+    with_globals = _servers_with_globals(planned)
     versions: dict[str, str] = {}
-    for server, specs in _servers_with_globals(planned):
+    for server, specs in with_globals:
         versions[server.name] = await probe_server(
             database_source(specs[0], over_ssh), [spec.name for spec in specs], tree=remote)
     results: list[ArchiveResult] = []
     for spec in planned.archives:
         dest = folder / f"{archive_id(vm_id, 'path', spec.path)}.tar.zst"
         results.append(await archive_path(tree, spec.path, list(spec.excludes), dest))
-    for server, specs in _servers_with_globals(planned):
+    for server, specs in with_globals:
         dest = folder / f"{archive_id(vm_id, 'database', server.globals_source)}.sql.zst"
         results.append(await dump_globals(database_source(specs[0], over_ssh), dest,
                                           versions[server.name], tree=remote))

@@ -54,7 +54,6 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # What a guest reads back whole: SATA and virtio-blk keep 20 bytes; the script trims spaces.
 _SERIAL = re.compile(r"^[!-~]{1,20}$")
 _MAC = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")
-_IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 # Characters fstab (getmntent) cannot hold as they are, with their octal escapes.
 _FSTAB_ESCAPES = {" ": "\\040", "\t": "\\011", "\n": "\\012", "\\": "\\134"}
 
@@ -180,8 +179,6 @@ def _system_context(system: HostSystem, vm: VM, mac: str | None) -> dict:
     if mac is None or not _MAC.match(mac):
         raise RenderError(f"the provider reported {'no' if mac is None else 'a malformed'} MAC "
                           f"for {vm.name} ({mac!r}): its network could not be matched to its NIC")
-    if system.interface is not None and not _IFNAME.match(system.interface):
-        raise RenderError(f"interface name {system.interface!r} is not a plain name")
     network = vm.network
     changes = root_changes(system, NetworkSettings(
         mac=mac.lower(), interface=system.interface_name,

@@ -25,6 +25,11 @@ NOT_FOUND = 127
 _LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
+def has_control_characters(text: str) -> bool:
+    """Whether `text` holds a character no server's configuration file line can (C0 or DEL)."""
+    return any(ord(c) < 0x20 or c == "\x7f" for c in text)
+
+
 class DumpError(Exception):
     """A database could not be dumped; the message names it (never its password)."""
 

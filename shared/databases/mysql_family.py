@@ -15,10 +15,12 @@ from __future__ import annotations
 import ipaddress
 import shlex
 import shutil
+from abc import abstractmethod
 from typing import Sequence
 
 from shared.databases.base import (
     NOT_FOUND, DatabaseSource, Engine, Position, ReplicaStatus, VersionUnknown,
+    has_control_characters,
 )
 from shared.databases.mysql_versions import FLAVOURS, Flavour, UnsupportedVersion, flavour
 
@@ -124,9 +126,9 @@ class MySQLFamily(Engine):
                  *([f"--database={database}"] if database is not None else [])]
         return " ".join([self._client_program(), *map(shlex.quote, words)])
 
+    @abstractmethod
     def _client_program(self) -> str:
         """The client, as a command line starts it."""
-        raise NotImplementedError
 
     def restore_command(self, database: str) -> str:
         return self.client(database)
@@ -150,8 +152,8 @@ class MySQLFamily(Engine):
         """<database_data_dir>/mysql: the volume planned for databases."""
         # The plan's validation asks this too (shared/plan.py): one rule, so a plan that
         # validates always renders.
-        if any(c in database_data_dir for c in '"\\') or any(
-                ord(c) < 0x20 or c == "\x7f" for c in database_data_dir):
+        if any(c in database_data_dir for c in '"\\') or has_control_characters(
+                database_data_dir):
             raise ValueError("cannot be written into my.cnf: it must not hold '\"', '\\' or "
                              "control characters")
         return f"{database_data_dir.rstrip('/')}/mysql"

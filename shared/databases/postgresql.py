@@ -22,7 +22,9 @@ import shlex
 from dataclasses import replace
 from typing import Sequence
 
-from shared.databases.base import DatabaseSource, Engine, Position, ReplicaStatus
+from shared.databases.base import (
+    DatabaseSource, Engine, Position, ReplicaStatus, has_control_characters,
+)
 from shared.databases.mysql_versions import UnsupportedVersion
 
 # Connecting to a host that drops packets would otherwise wait for the OS's TCP timeout.
@@ -207,8 +209,7 @@ class PostgreSQL(Engine):
 
     def data_dir(self, database_data_dir: str) -> str:
         """<database_data_dir>/postgresql: the cluster's data directory."""
-        if "\\" in database_data_dir or any(
-                ord(c) < 0x20 or c == "\x7f" for c in database_data_dir):
+        if "\\" in database_data_dir or has_control_characters(database_data_dir):
             raise ValueError("cannot be written into postgresql.conf: it must not hold '\\' "
                              "or control characters")
         return f"{database_data_dir.rstrip('/')}/postgresql"

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
+
+# A plain interface name (what the kernel takes, at most 15 characters): no pattern, no path.
+INTERFACE_NAME = r"^[A-Za-z0-9_.-]{1,15}$"
 
 
 class Family(StrEnum):
@@ -71,7 +74,7 @@ class HostSystem(BaseModel):
     network: NetworkStack
     """The stack that configures the host's network: ifupdown, systemd-networkd, netplan,
     networkmanager, ifcfg or netifrc."""
-    interface: str | None = None
+    interface: str | None = Field(None, pattern=INTERFACE_NAME)
     """The interface the legacy network configuration names (eth0, ens3): the new VM's NIC,
     found by its MAC, gets that name, so the host's other files that name it still hold;
     default eth0."""

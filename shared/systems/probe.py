@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 import yaml
 
 from shared.systems.model import (
-    Family, HostSystem, Init, Initramfs, NetworkStack, UnknownSystem, check_known,
+    INTERFACE_NAME, Family, HostSystem, Init, Initramfs, NetworkStack, UnknownSystem,
+    check_known,
 )
 
 # Paths whose presence tells (an enable link, a program, a marker file).
@@ -230,7 +231,7 @@ def _network(facts: Facts, family: Family, init: Init,
                         "Gentoo's /etc/conf.d/net, ifupdown's /etc/network/interfaces)")
 
 
-_IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+_IFNAME = re.compile(INTERFACE_NAME)
 
 
 def _name(candidate: str | None) -> str | None:
