@@ -2,13 +2,9 @@
 as a replica of the legacy master over an SSH tunnel; in the window the link is broken once the
 new master has caught up, and it is promoted.
 
-The tunnel is opened by the legacy master to the new one (`ssh -R`): the new VMs may not reach
-out before the cutover, but they may be reached. It carries the new master's 127.0.0.1:3307 to
-the legacy server's own port on the legacy host's 127.0.0.1. Its key is the legacy host's own
-(made there, never leaving it), and the new master lets that key do nothing but this one
-forward. The tunnel runs on the legacy host in a loop of its own (a pid file in TUNNEL_DIR), so
-it outlives the run that opened it, the cutover service and a dropped connection, until the
-window closes it.
+The link runs through tunnel.py's SSH tunnel, opened by the legacy master to the new one (the
+new master's 127.0.0.1:3307 is the legacy server). PostgreSQL hands off by logical replication
+instead (logical.py), through a tunnel of its own.
 
 The new master is loaded from one dump of all the master's databases taken with its position,
 one snapshot, so replication starts exactly where the dump ends. Every secret (the replication
@@ -22,19 +18,16 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import shlex
 from dataclasses import dataclass
 
 from shared.databases import Engine, ReplicaStatus, Unsupported, database_source, engine
-from shared.ssh import Remote, RemoteError, pipe
+from services.cutover.tunnel import LINK_UP_S, TUNNELS, Tunnel, TunnelError
+from shared.ssh import Remote, pipe
 
-TUNNEL_PORT = 3307  # on the new master's loopback: the legacy master, through the tunnel
-TUNNEL_DIR = "/var/lib/ferryman/tunnel"
 REPLICATION_USER = "ferry_handoff"
 # Over the tunnel the legacy server sees the connection come from its own loopback.
 REPLICATION_HOSTS = ("127.0.0.1", "localhost")
 CATCH_UP_S = 120  # the longest the window waits for the new master to catch up
-LINK_UP_S = 60
 
 
 class HandoffError(Exception):
@@ -59,6 +52,10 @@ class Link:
         """The plan's engine, bound to no version: `server_on` binds it to a machine's."""
         return engine(self.databases[0].engine)
 
+    @property
+    def tunnel(self) -> Tunnel:
+        return TUNNELS[self.engine.family]
+
 
 # --- ahead of the window ---------------------------------------------------------------------
 
@@ -66,7 +63,7 @@ async def ensure_replicating(link: Link) -> str:
     """The new master replicates from the legacy master (set up if it does not yet)."""
     new = await server_on(link.engine, link.new)
     status = await replica_status(new, link.new)
-    if status.running and status.master_port == TUNNEL_PORT:
+    if status.running and status.master_port == link.tunnel.port:
         return (f"{link.new.label} already replicates from {link.legacy.label} "
                 f"({status.seconds_behind or '?'} s behind)")
     legacy = await server_on(link.engine, link.legacy)
@@ -76,7 +73,7 @@ async def ensure_replicating(link: Link) -> str:
     await sql(legacy, link.legacy,
               legacy.replication_user_sql(REPLICATION_USER, password, REPLICATION_HOSTS),
               what="creating the replication user")
-    await sql(new, link.new, _point_at_tunnel_sql(new, link.names, password),
+    await sql(new, link.new, _point_at_tunnel_sql(new, link, password),
               what="pointing the new master at the tunnel")
     await _load_with_position(link, legacy, new)
     await sql(new, link.new, new.start_replica_sql(), what="starting replication")
@@ -93,9 +90,10 @@ async def _check_master(server: Engine, legacy: Remote) -> None:
         raise HandoffError(f"{legacy.label} {problem}")
 
 
-def _point_at_tunnel_sql(server: Engine, databases: list[str], password: str) -> str:
-    return server.point_at_master_sql(host="127.0.0.1", port=TUNNEL_PORT, user=REPLICATION_USER,
-                                      password=password, databases=databases)
+def _point_at_tunnel_sql(server: Engine, link: Link, password: str) -> str:
+    return server.point_at_master_sql(host="127.0.0.1", port=link.tunnel.port,
+                                      user=REPLICATION_USER, password=password,
+                                      databases=link.names)
 
 
 async def _load_with_position(link: Link, legacy: Engine, new: Engine) -> None:
@@ -128,72 +126,15 @@ async def _wait_running(server: Engine, new: Remote) -> None:
 # --- the tunnel --------------------------------------------------------------------------------
 
 async def open_tunnel(link: Link) -> None:
-    """The legacy master's key allowed on the new master for this forward only, and the
-    tunnel's loop running on the legacy host; then wait until the forward answers."""
-    public = (await link.legacy.run(TUNNEL_KEY, what="making the tunnel's key")).strip()
-    if not public.startswith("ssh-"):
-        raise HandoffError(f"{link.legacy.label} gave no public key for the tunnel: {public!r}")
-    entry = (f'restrict,port-forwarding,permitlisten="127.0.0.1:{TUNNEL_PORT}",'
-             f'command="/bin/false" {public} ferry-handoff')
-    await link.new.run(_allow_key_script(entry), what="allowing the tunnel's key")
-    await link.legacy.run(_tunnel_script(link.new_address, link.engine.default_port),
-                          what="starting the tunnel")
-    probe = (f"for _ in $(seq 1 {LINK_UP_S}); do "
-             f"if (exec 3<>/dev/tcp/127.0.0.1/{TUNNEL_PORT}) 2>/dev/null; then exit 0; fi; "
-             "sleep 1; done; exit 1")
     try:
-        await link.new.run(probe, what="waiting for the tunnel", timeout=LINK_UP_S + 30)
-    except RemoteError:
-        log = await link.legacy.run(f"tail -n 5 {TUNNEL_DIR}/log 2>/dev/null || true",
-                                    what="reading the tunnel's log")
-        raise HandoffError(f"the tunnel from {link.legacy.label} to {link.new.label} did not "
-                           f"come up within {LINK_UP_S}s: {log.strip()[-300:]}") from None
+        await link.tunnel.open(link.legacy, link.new, link.new_address,
+                               link.engine.default_port)
+    except TunnelError as exc:
+        raise HandoffError(str(exc)) from None
 
 
 async def close_tunnel(link: Link) -> None:
-    await link.legacy.run(STOP_TUNNEL, what="closing the tunnel")
-    await link.new.run("sed -i '/ ferry-handoff$/d' /root/.ssh/authorized_keys 2>/dev/null "
-                       "|| true", what="removing the tunnel's key")
-
-
-TUNNEL_KEY = f"""
-mkdir -p {TUNNEL_DIR}
-chmod 700 {TUNNEL_DIR}
-test -f {TUNNEL_DIR}/key || ssh-keygen -q -t ed25519 -N '' -C ferry-handoff -f {TUNNEL_DIR}/key
-cut -d' ' -f1,2 {TUNNEL_DIR}/key.pub
-"""
-
-STOP_TUNNEL = f"""
-if [ -f {TUNNEL_DIR}/pid ]; then
-    kill -TERM -- "-$(cat {TUNNEL_DIR}/pid)" 2>/dev/null || true
-    rm -f {TUNNEL_DIR}/pid
-fi
-"""
-
-
-def _allow_key_script(entry: str) -> str:
-    return (f"mkdir -p /root/.ssh && chmod 700 /root/.ssh && "
-            f"touch /root/.ssh/authorized_keys && "
-            f"sed -i '/ ferry-handoff$/d' /root/.ssh/authorized_keys && "
-            f"printf '%s\\n' {shlex.quote(entry)} >> /root/.ssh/authorized_keys")
-
-
-def _tunnel_script(new_address: str, server_port: int) -> str:
-    """Restart the loop that keeps `ssh -R` up (a VM rebuilt since has a new host key, so the
-    tunnel's known_hosts starts empty and is held to the first key for this loop's life)."""
-    ssh = shlex.join([
-        "ssh", "-N", "-i", f"{TUNNEL_DIR}/key", "-o", "BatchMode=yes",
-        "-o", "IdentitiesOnly=yes", "-o", "ExitOnForwardFailure=yes",
-        "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3",
-        "-o", "StrictHostKeyChecking=accept-new",
-        "-o", f"UserKnownHostsFile={TUNNEL_DIR}/known_hosts",
-        "-R", f"127.0.0.1:{TUNNEL_PORT}:127.0.0.1:{server_port}", f"root@{new_address}"])
-    loop = f"echo $$ > {TUNNEL_DIR}/pid; while :; do {ssh}; sleep 2; done"
-    return STOP_TUNNEL + (f"rm -f {TUNNEL_DIR}/known_hosts\n"
-                          f"setsid nohup bash -c {shlex.quote(loop)} "
-                          f"> {TUNNEL_DIR}/log 2>&1 < /dev/null &\n"
-                          f"for _ in $(seq 1 50); do test -s {TUNNEL_DIR}/pid && exit 0; "
-                          "sleep 0.1; done; echo 'the tunnel loop did not start' >&2; exit 1\n")
+    await link.tunnel.close(link.legacy, link.new)
 
 
 # --- in the window -------------------------------------------------------------------------
@@ -203,7 +144,7 @@ async def promote(link: Link) -> str:
     wrote, then break the link and make the new master a master of its own."""
     new = await server_on(link.engine, link.new)
     status = await replica_status(new, link.new)
-    if status.master_port != TUNNEL_PORT:
+    if status.master_port != link.tunnel.port:
         raise HandoffError(f"{link.new.label} does not replicate from {link.legacy.label}: "
                            "run `ferry cutover GROUP --prepare` first (it sets the link up)")
     legacy = await server_on(link.engine, link.legacy)

@@ -21,7 +21,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.cutover import replication
+from services.cutover import logical, replication
 from services.cutover.runbook import Step
 from services.cutover.scripts import MAINTENANCE_OFF, MAINTENANCE_ON, UNFORWARD, forward_script
 from shared import cutover_names as names
@@ -273,23 +273,28 @@ class GroupRunbook:
                         f"not {db.engine}")
         return None
 
-    def _link(self, machine: Machine) -> replication.Link:
-        """The master's pair for the replication hand-off (of an engine that hands off)."""
-        problem = self._refusal(machine, "replication")
+    def _links(self, machine: Machine, mode: str = "replication") -> list[replication.Link]:
+        """The master's pairs for the hand-off: one per engine family among its databases (a
+        master may hold MariaDB and PostgreSQL), each of an engine that does `mode`."""
+        problem = self._refusal(machine, mode)
         if problem:
             raise StepFailed(problem)
-        return replication.Link(self._legacy(machine, "replication"), machine.new,
-                                machine.address, list(machine.vm.databases))
+        families: dict[str, list] = {}
+        for db in machine.vm.databases:
+            families.setdefault(databases.engine(db.engine).family, []).append(db)
+        return [replication.Link(self._legacy(machine, "replication"), machine.new,
+                                 machine.address, specs) for specs in families.values()]
 
     async def replicate_from_legacy(self) -> str:
         if self.database_mode != "replication":
             return f"mode {self.database_mode}: the databases move in the window"
         done = []
         for machine in self._masters():
-            try:
-                done.append(await replication.ensure_replicating(self._link(machine)))
-            except replication.HandoffError as exc:
-                raise StepFailed(str(exc)) from None
+            for link in self._links(machine):
+                try:
+                    done.append(await _handoff(link).ensure_replicating(link))
+                except replication.HandoffError as exc:
+                    raise StepFailed(str(exc)) from None
         return "; ".join(done) or "no databases"
 
     async def database(self) -> str:
@@ -306,13 +311,15 @@ class GroupRunbook:
                 await replication.sql(bound, legacy, bound.read_only_sql(True),
                                       what="making the old master read-only")
             if self.database_mode == "replication":
-                started = time.monotonic()
-                try:
-                    promoted = await replication.promote(self._link(machine))
-                except replication.HandoffError as exc:
-                    raise StepFailed(str(exc)) from None
-                done.append(f"{promoted} ({time.monotonic() - started:.1f}s)")
+                for link in self._links(machine):
+                    started = time.monotonic()
+                    try:
+                        promoted = await _handoff(link).promote(link)
+                    except replication.HandoffError as exc:
+                        raise StepFailed(str(exc)) from None
+                    done.append(f"{promoted} ({time.monotonic() - started:.1f}s)")
                 continue
+            await self._unlink_subscriptions(machine)
             for db in machine.vm.databases:
                 started = time.monotonic()
                 server = databases.engine(db.engine)
@@ -323,6 +330,14 @@ class GroupRunbook:
                            what=f"dump of {db.name} from {legacy.label} into {machine.new.label}")
                 done.append(f"{db.name} {machine.name}: {time.monotonic() - started:.1f}s")
         return "; ".join(done) or "no databases"
+
+    async def _unlink_subscriptions(self, machine: Machine) -> None:
+        """A PostgreSQL master that an earlier prepared run subscribed to the legacy one is
+        unlinked before its databases are replaced (a subscription keeps its database from
+        being dropped, and its slot on the legacy master would keep every WAL file)."""
+        for link in self._links(machine, "dump-and-restore"):
+            if link.engine.hands_off_logically and await logical.subscribed(link):
+                await logical.unlink(link)
 
     async def database_undo(self) -> None:
         """The old master takes writes again (the new one's copy is simply out of date; in mode
@@ -413,6 +428,12 @@ class GroupRunbook:
 
     async def block_again(self) -> None:
         await self.provider.set_outbound(self.plan.group, False)
+
+
+def _handoff(link: replication.Link):
+    """The module that hands off the link's engine: logical replication for PostgreSQL, the
+    binary log for the MySQL family (both with ensure_replicating and promote)."""
+    return logical if link.engine.hands_off_logically else replication
 
 
 def _below(path: str, root: str) -> bool:

@@ -120,6 +120,9 @@ class Engine(ABC):
     rebuilds = False
     restores = False  # loads a dump in the cutover's window
     hands_off = False  # the cutover's replication hand-off
+    # The hand-off subscribes the new master by logical replication (the cutover's logical.py)
+    # instead of making it a replica through the binary log (replication.py).
+    hands_off_logically = False
     dump_suffix = ".sql.zst"  # a dump's file name on the rebuilt VM: <name><dump_suffix>
     # The archive item holding the server's globals (roles...), dumped once per VM; None: the
     # engine has none.

@@ -10,9 +10,13 @@ creates its cluster with that major's binaries (or the one the plan names).
 A replica loads nothing: once its master is complete it is made a streaming standby of it by
 `pg_basebackup -R -X stream -C -S <its slot>`.
 
-The cutover's dump-and-restore and replication hand-off refuse PostgreSQL so far (`restores`
-and `hands_off` are off); the statements a cutover needs (read-only on and off, the WAL
-position, a standby's status, promotion) are here already.
+In the cutover's window the legacy master is made read-only (default_transaction_read_only,
+its sessions ended); then either each database is dumped again and replaces the new master's
+(`restore_command`), or the new master, subscribed ahead of the window by logical replication
+(postgresql_logical.py), catches up and is unlinked.
+
+On a machine reached as root, the cluster's programs run as its OS user (peer authentication
+through the local socket, as its own administrator would).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from dataclasses import replace
 from typing import Sequence
 
 from shared.databases.base import (
-    DatabaseSource, Engine, Position, ReplicaStatus, has_control_characters,
+    DatabaseSource, Engine, Position, has_control_characters,
 )
 from shared.databases.mysql_versions import UnsupportedVersion
 
@@ -53,6 +57,9 @@ class PostgreSQL(Engine):
                           "PGDATABASE", "PGSERVICE", "PGSERVICEFILE", "PGPASSFILE",
                           "PGOPTIONS")
     rebuilds = True
+    restores = True
+    hands_off = True
+    hands_off_logically = True
     dump_suffix = ".dump.zst"
     globals_source = GLOBALS_SOURCE
     replica_loads_dumps = False  # a standby is a copy of its master (pg_basebackup)
@@ -181,20 +188,35 @@ class PostgreSQL(Engine):
     def client(self, database: str | None = None, *, batch: bool = False) -> str:
         words = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", *(["-A", "-t"] if batch else []),
                  *([f"--dbname={conninfo(dbname=database)}"] if database is not None else [])]
-        return shlex.join(words)
+        return as_cluster_owner(words)
 
     def restore_command(self, database: str) -> str:
-        # A custom-format dump on stdin (pg_restore's -j needs a file: the rebuilt VM's
-        # local.start restores from one). `database` must exist.
-        return shlex.join(["pg_restore", "--exit-on-error", "--no-password",
-                           f"--dbname={conninfo(dbname=database)}"])
+        """`database` replaced by the custom-format dump on stdin: its sessions ended, the
+        database dropped, and pg_restore --create making it as the dump says (owner,
+        encoding, settings). A standby of this server replays the same. From a pipe, so
+        without -j (which needs a file)."""
+        end_sessions = ("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                        f"WHERE datname = {text(database)} AND pid <> pg_backend_pid();")
+        drop = as_cluster_owner(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-A", "-t",
+                                 "--dbname=postgres", "-c", end_sessions,
+                                 "-c", f"DROP DATABASE IF EXISTS {identifier(database)};"])
+        restore = as_cluster_owner(["pg_restore", "--exit-on-error", "--no-password", "--create",
+                                    "--dbname=postgres"])
+        return f"{drop} >/dev/null && {restore}"
 
     def read_only_sql(self, on: bool) -> str:
-        """New transactions read-only (or no longer). Sessions open before keep their setting:
-        a cutover ends them (pg_terminate_backend) after turning this on."""
+        """New transactions read-only (or no longer). Sessions open before keep their setting,
+        so they are ended once the server has the new one (pg_reload_conf signals every
+        process; a moment later none is without it), twice for one that connected meanwhile;
+        replication's own senders stay."""
         if on:
-            return ("ALTER SYSTEM SET default_transaction_read_only = on;\n"
-                    "SELECT pg_reload_conf();")
+            end_sessions = ("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                            "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid();")
+            return "\n".join([
+                "SET default_transaction_read_only = off;",
+                "ALTER SYSTEM SET default_transaction_read_only = on;",
+                "SELECT pg_reload_conf();", "SELECT pg_sleep(0.2);", end_sessions,
+                "SELECT pg_sleep(0.2);", end_sessions])
         return ("SET default_transaction_read_only = off;\n"
                 "ALTER SYSTEM RESET default_transaction_read_only;\n"
                 "SELECT pg_reload_conf();")
@@ -238,18 +260,7 @@ class PostgreSQL(Engine):
         addresses), with its password (scram)."""
         return [f"host replication all {host}/32 scram-sha-256" for host in hosts]
 
-    # --- replication ----------------------------------------------------------------------------
-
-    def master_check_sql(self) -> str:
-        return "SELECT current_setting('wal_level'), current_setting('max_wal_senders');"
-
-    def master_problem(self, answer: str) -> str | None:
-        level, senders = (answer.split() + ["", ""])[:2]
-        if level not in ("replica", "logical"):
-            return f"has wal_level {level or 'unknown'}: a master needs replica or logical"
-        if senders in ("", "0"):
-            return "has max_wal_senders 0: no replica could connect"
-        return None
+    # --- replication: the master's position (the hand-off waits for it), standbys' slots -----
 
     def master_position_sql(self) -> str:
         return "SELECT pg_current_wal_lsn();"
@@ -261,52 +272,19 @@ class PostgreSQL(Engine):
         number = lsn_number(lsn)
         return None if number is None else Position(lsn, number)
 
-    def wait_for_position_sql(self, position: Position, timeout_s: int) -> str:
-        # No server function waits for a replay position (before 17): poll for up to
-        # timeout_s, then answer whether it was reached.
-        target = f"{text(position.file)}::pg_lsn"
-        return (f"DO $$ BEGIN FOR i IN 1..{max(1, timeout_s) * 10} LOOP "
-                f"EXIT WHEN pg_last_wal_replay_lsn() >= {target}; PERFORM pg_sleep(0.1); "
-                f"END LOOP; END $$;\nSELECT pg_last_wal_replay_lsn() >= {target};")
-
-    def caught_up(self, answer: str) -> bool:
-        return answer.strip() == "t"
-
-    def replica_status_sql(self) -> str:
-        return ("SELECT status, sender_port, pg_is_wal_replay_paused() "
-                "FROM pg_stat_wal_receiver;")
-
-    def parse_replica_status(self, answer: str) -> ReplicaStatus:
-        fields = answer.strip().split("|") if answer.strip() else []
-        if len(fields) < 3:
-            return ReplicaStatus()
-        status, port, paused = fields[:3]
-        return ReplicaStatus(
-            master_port=int(port) if port.isdigit() else None,
-            running=status == "streaming" and paused != "t",
-            receiver=status, applier="paused" if paused == "t" else "replaying")
-
-    def replication_user_sql(self, user: str, password: str, hosts: Sequence[str]) -> str:
-        """A role that streams WAL (hosts are pg_hba.conf's: hba_lines); its password set
-        again when it exists from an earlier run. psql's `\\gexec` is avoided: plain SQL."""
-        role = identifier(user)
-        return "\n".join([
-            "SET password_encryption = 'scram-sha-256';",
-            f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = {text(user)}) "
-            f"THEN CREATE ROLE {role}; END IF; END $$;",
-            f"ALTER ROLE {role} WITH REPLICATION LOGIN PASSWORD {text(password)};",
-        ])
-
-    def drop_replication_user_sql(self, user: str, hosts: Sequence[str]) -> str:
-        return f"DROP ROLE IF EXISTS {identifier(user)};"
-
-    def promote_sql(self) -> str:
-        return "SELECT pg_promote();"
-
     def slot_name(self, vm_name: str) -> str:
         """A replica's replication slot on its master: from its VM's name (lowercase letters,
         digits and '-'), as slot names allow (lowercase letters, digits and '_')."""
         return "ferry_" + re.sub(r"[^a-z0-9_]", "_", vm_name.lower())[:57]
+
+
+def as_cluster_owner(argv: Sequence[str]) -> str:
+    """The command line that runs `argv` as the cluster's OS user when the machine was reached
+    as root (whose own role the cluster does not have), as is otherwise; from /, where that
+    user may read."""
+    command = shlex.join(argv)
+    return (f'{{ cd / && if [ "$(id -u)" = 0 ]; then runuser -u {OS_USER} -- {command}; '
+            f'else {command}; fi; }}')
 
 
 def major(version_num: str) -> str:

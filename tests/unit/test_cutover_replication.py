@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from services.cutover import replication
+from services.cutover.tunnel import TUNNELS
 from shared.databases import engine
 from shared.plan import DatabaseSpec, load_plan_file
 from shared.ssh import Remote
@@ -166,10 +167,12 @@ async def test_a_server_of_another_engine_or_too_old_is_refused_naming_it():
         assert [c[0] for c in new.calls] == ["asking the server its version"]
 
 
-def test_the_tunnel_scripts_pass_shellcheck(tmp_path):
-    scripts = {"key": replication.TUNNEL_KEY, "stop": replication.STOP_TUNNEL,
-               "tunnel": replication._tunnel_script("10.20.0.12", 3306),
-               "allow": replication._allow_key_script('restrict ssh-ed25519 AAAA ferry-handoff')}
+@pytest.mark.parametrize("tunnel", list(TUNNELS.values()), ids=list(TUNNELS))
+def test_the_tunnel_scripts_pass_shellcheck(tmp_path, tunnel):
+    scripts = {"key": tunnel.key_script(), "stop": tunnel.stop_script(),
+               "tunnel": tunnel.start_script("10.20.0.12", 3306),
+               "allow": tunnel.allow_key_script("ssh-ed25519 AAAA"),
+               "forget": tunnel.forget_key_script()}
     for name, script in scripts.items():
         path = tmp_path / f"{name}.sh"
         path.write_text("#!/bin/bash\nset -o errexit -o nounset -o pipefail\n" + script)

@@ -191,16 +191,36 @@ def test_statements_that_depend_on_the_version_need_it():
         engine("mysql").promote_sql()
 
 
-def test_postgresql_rebuilds_but_the_cutover_still_refuses_it():
-    """A rebuilt VM loads PostgreSQL; the cutover's window and hand-off do not yet (their
-    flags off), and what only they would ask is refused in words."""
+def test_postgresql_is_cut_over_in_both_modes_but_never_as_a_binlog_replica():
+    """PostgreSQL restores in the window and hands off (by logical replication: its own
+    module), so what only the MySQL family's hand-off asks is refused in words."""
     postgresql = engine("postgresql")
-    assert postgresql.rebuilds and not postgresql.restores and not postgresql.hands_off
+    assert postgresql.rebuilds and postgresql.restores and postgresql.hands_off
     with pytest.raises(Unsupported, match="is not done for PostgreSQL databases yet"):
         postgresql.point_at_master_sql(host="h", port=5432, user="u", password="p",
                                        databases=["shop"])
     with pytest.raises(Unsupported, match="is not done for PostgreSQL databases yet"):
         postgresql.flavours()
+
+
+def test_postgresql_runs_its_programs_as_the_clusters_user_when_root():
+    """Over SSH as root the cutover's psql and pg_restore run as postgres (peer), from /; the
+    window's restore ends the database's sessions and drops it before pg_restore --create."""
+    postgresql = engine("postgresql")
+    client = postgresql.client("stock", batch=True)
+    assert "runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 -A -t " in client
+    assert client.startswith("{ cd / && ")
+    restore = postgresql.restore_command("it's")
+    assert "pg_terminate_backend" in restore and "DROP DATABASE IF EXISTS" in restore
+    assert restore.index("DROP DATABASE") < restore.index("pg_restore --exit-on-error")
+    assert subprocess.run(["bash", "-n", "-c", f"{client} </dev/null; {restore}"]).returncode == 0
+
+
+def test_postgresql_read_only_ends_the_sessions_that_began_before_it():
+    on = engine("postgresql").read_only_sql(True)
+    assert on.index("ALTER SYSTEM SET default_transaction_read_only = on") < \
+        on.index("pg_reload_conf") < on.index("pg_terminate_backend")
+    assert "backend_type = 'client backend'" in on  # replication's senders stay
 
 
 def test_postgresql_dumps_in_custom_format_and_its_globals_once():
@@ -247,7 +267,7 @@ def test_postgresql_is_asked_its_version_and_databases_before_it_is_dumped(answe
     assert "ARRAY['shop', 'it''s']::text[]" in postgresql.probe_sql(["shop", "it's"])
 
 
-def test_postgresql_statements_for_the_cutover_and_replicas():
+def test_postgresql_statements_for_the_cutover():
     postgresql = engine("postgresql").at_version("150004")
     assert postgresql.version_sql() == "SHOW server_version_num;"
     assert "ALTER SYSTEM SET default_transaction_read_only = on;" in \
@@ -259,22 +279,6 @@ def test_postgresql_statements_for_the_cutover_and_replicas():
                                                                        0x3000148)
     assert postgresql.parse_master_position("1/0") == Position("1/0", 1 << 32)
     assert postgresql.parse_master_position("") is None
-    wait = postgresql.wait_for_position_sql(Position("0/3000148", 0x3000148), 5)
-    assert "1..50 LOOP" in wait and wait.endswith(
-        "SELECT pg_last_wal_replay_lsn() >= '0/3000148'::pg_lsn;")
-    assert postgresql.caught_up("t\n") and not postgresql.caught_up("f")
-    status = postgresql.parse_replica_status("streaming|5432|f\n")
-    assert (status.running, status.master_port, status.receiver) == (True, 5432, "streaming")
-    assert not postgresql.parse_replica_status("streaming|5432|t").running
-    assert postgresql.parse_replica_status("") == databases.ReplicaStatus()
-    user = postgresql.replication_user_sql("ferry_repl", "it's", ["10.0.0.2"])
-    assert "CREATE ROLE \"ferry_repl\"" in user
-    assert "ALTER ROLE \"ferry_repl\" WITH REPLICATION LOGIN PASSWORD 'it''s';" in user
-    assert postgresql.promote_sql() == "SELECT pg_promote();"
-    assert postgresql.master_problem("logical 10") is None
-    assert "wal_level minimal" in postgresql.master_problem("minimal 10")
-    assert postgresql.client("it's", batch=True) == (
-        "psql -X -q -v ON_ERROR_STOP=1 -A -t '--dbname=dbname='\"'\"'it\\'\"'\"'s'\"'\"''")
     with pytest.raises(databases.UnsupportedVersion, match="older than 12"):
         postgresql.at_version("90624")
 
