@@ -138,14 +138,15 @@ async def _wait_synced(link: Link) -> None:
 
 async def promote(link: Link) -> str:
     """The legacy master is read-only already: wait until the new master has confirmed all it
-    wrote, bring the sequences forward, and unlink the two."""
-    await server_on(POSTGRESQL, link.new)
-    missing = [name for name in link.names if name not in await subscribed(link)]
+    wrote, bring the sequences forward, and unlink the two. Every round trip here is
+    downtime: the new master is asked once per database, the legacy master's clean-up is one
+    session."""
+    linked = await subscribed(link)
+    missing = [name for name in link.names if name not in linked]
     if missing:
         raise HandoffError(f"{link.new.label} does not subscribe to {link.legacy.label} for "
                            f"{', '.join(missing)}: run `ferry cutover GROUP --prepare` first "
                            "(it sets the link up)")
-    await server_on(POSTGRESQL, link.legacy)
     out = await sql(link.legacy, POSTGRESQL.master_position_sql(),
                     what="reading the old master's position")
     position = POSTGRESQL.parse_master_position(out)
@@ -161,11 +162,10 @@ async def promote(link: Link) -> str:
     for name in link.names:
         statements = await sql(link.legacy, logical.sequences_sql(), database=name,
                                what=f"reading the sequences of {name}")
-        if statements.strip():
-            await sql(link.new, statements, database=name,
-                      what=f"bringing the sequences of {name} forward")
-            moved += len(statements.strip().splitlines())
-    await unlink(link)
+        moved += len(statements.strip().splitlines())
+        await sql(link.new, statements + logical.unsubscribe_sql(), database=name,
+                  what=f"bringing the sequences of {name} forward, unsubscribing")
+    await _release_legacy(link)
     return (f"{link.new.label} confirmed {position.file}; {moved} sequence(s) brought forward; "
             "the subscription removed")
 
@@ -175,11 +175,13 @@ async def unlink(link: Link) -> None:
     legacy master (slots, publications, the role): safe to repeat, and after a half-done
     set-up."""
     await _unsubscribe(link)
+    await _release_legacy(link)
+
+
+async def _release_legacy(link: Link) -> None:
     await close_tunnel(link)
-    await sql(link.legacy, logical.drop_slots_sql(link.names), what="removing the slots")
-    for name in link.names:
-        await _unpublish(link, name)
-    await sql(link.legacy, logical.drop_role_sql(), what="removing the replication role")
+    await sql(link.legacy, logical.release_sql(link.names),
+              what="removing the slots, publications and role")
 
 
 async def _unpublish(link: Link, name: str) -> None:

@@ -97,7 +97,10 @@ async def test_the_window_waits_for_the_last_position_then_unlinks(monkeypatch):
     wait = next(stdin for what, _, stdin in legacy.calls
                 if what == "waiting for the new master to catch up")
     assert "confirmed_flush_lsn >= '0/3000148'::pg_lsn" in wait
-    assert changed(new) == ["bringing the sequences of stock forward",
-                            "removing the subscription of stock"]
-    assert changed(legacy) == ["removing the slots", "removing the publication of stock",
-                               "removing the replication role"] and closed == [5433]
+    assert changed(new) == ["bringing the sequences of stock forward, unsubscribing"]
+    assert changed(legacy) == ["removing the slots, publications and role"]
+    assert closed == [5433]
+    release = legacy.calls[-1][2]
+    assert release.index("pg_drop_replication_slot") < release.index("\\connect stock") < \
+        release.index("DROP PUBLICATION") < release.index("\\connect postgres") < \
+        release.index("DROP ROLE")
