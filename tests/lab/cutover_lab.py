@@ -191,21 +191,31 @@ async def new_master_replicates(lab: Lab) -> bool:
     return bool((await lab.new("db1", "mariadb -N -B -e 'SHOW SLAVE STATUS'")).strip())
 
 
+async def new_master_subscribes(lab: Lab) -> bool:
+    """Whether the new db1's PostgreSQL holds the hand-off's subscription."""
+    said = await lab.new("db1", "cd / && runuser -u postgres -- psql -X -A -t -c "
+                                "'SELECT count(*) FROM pg_subscription'")
+    return said.strip() != "0"
+
+
 async def rehearse_database_in_replication_mode(lab: Lab) -> str:
     """After a prepared run linked the new master to the legacy one: a rehearsed failure at
     `database` in mode replication (the new master caught up and was promoted, its link
     broken; then the step failed) rolls back like any other, and the next prepared run links
     the new master again (replicate-from-legacy loads it and sets the link up)."""
     assert await new_master_replicates(lab), "the prepared run left db1 without its link"
+    assert await new_master_subscribes(lab), "the prepared run left db1 without a subscription"
     run = await lab.cutover(rehearse_failure_at="database", database_mode="replication")
     assert "rehearsed failure" in (run["reason"] or ""), run["reason"]
     await rolled_back_to(lab, run, "database")
     assert not await new_master_replicates(lab), "db1 still replicates: it was not promoted"
+    assert not await new_master_subscribes(lab), "db1 still subscribes: it was not unlinked"
     prepared = await lab.cutover(prepare=True, database_mode="replication")
     assert prepared["status"] == "completed", prepared
     relink = next(s for s in prepared["steps"] if s["name"] == "replicate-from-legacy")
-    assert "loaded" in (relink["detail"] or ""), relink
-    assert await new_master_replicates(lab)
+    # MariaDB loaded again with its position, PostgreSQL's schema and tables copied again.
+    assert "loaded" in (relink["detail"] or "") and "copied" in relink["detail"], relink
+    assert await new_master_replicates(lab) and await new_master_subscribes(lab)
     return (f"rehearsed failure at database in mode replication rolled back; "
             f"the next prepared run: {relink['detail'].strip()}")
 
