@@ -55,7 +55,9 @@ class Context:
     token_file: Path | None = None
     ca_file: Path | None = None
     insecure: bool = False
-    line: int | None = None  # where the context is written, for errors found when it is used
+    # Where each key is written, for the errors found when the context is used (a token file
+    # that is missing, say).
+    lines: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -157,7 +159,8 @@ def _context(name: str, node: yaml.Node, path: Path) -> Context:
         raise ConfigError(path, "set ca-file (check the certificate against it) or insecure "
                           "(do not check it), not both", context=name, key="insecure",
                           line=_line(settings["insecure"]))
-    return Context(name, gateway, files.get("token-file"), ca_file, insecure, _line(node))
+    return Context(name, gateway, files.get("token-file"), ca_file, insecure,
+                   {key: _line(value) for key, value in settings.items()})
 
 
 def _mapping(node: yaml.Node, path: Path, message: str, **where) -> dict[str, yaml.Node]:

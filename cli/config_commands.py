@@ -37,7 +37,8 @@ def get_contexts() -> None:
         emit({"config": str(found.path), "current_context": found.current, "contexts": rows})
         return
     if not found.exists:
-        out.print(f"no config file at {found.path} (docs/cli.md shows one)", highlight=False)
+        out.print(f"no config file at {found.path} (docs/cli.md shows one)", highlight=False,
+                  soft_wrap=True)
         return
     table = Table(title=str(found.path))
     for column in ("", "context", "gateway", "token file", "TLS"):
@@ -75,4 +76,4 @@ def use_context(name: str) -> None:
         raise CliError(str(exc), Exit.USAGE) from None
     except OSError as exc:
         raise CliError(f"cannot write {found.path}: {exc}") from None
-    click.echo(f"current context: {name} ({found.contexts[name].gateway})", err=False)
+    click.echo(f"current context: {name} ({found.contexts[name].gateway})")

@@ -133,7 +133,7 @@ def _readable(context: config_file.Context, key: str, config: config_file.Config
     if not path.is_file():
         raise CliError(str(config_file.ConfigError(
             config.path, f"{path} does not exist", context=context.name, key=key,
-            line=context.line)), Exit.USAGE)
+            line=context.lines.get(key))), Exit.USAGE)
     return str(path)
 
 
@@ -143,7 +143,8 @@ def _read_token(path: Path, context: config_file.Context | None = None,
         if context is None or config is None:
             return CliError(f"{path}: {message}", Exit.USAGE)
         return CliError(str(config_file.ConfigError(config.path, message, context=context.name,
-                                                    key="token-file", line=context.line)),
+                                                    key="token-file",
+                                                    line=context.lines.get("token-file"))),
                         Exit.USAGE)
     try:
         token = path.read_text(encoding="utf-8").strip()
