@@ -46,7 +46,7 @@ class Target:
     token_from: str
     cafile: str | None = None
     insecure: bool = False
-    context: str | None = None
+    context: str | None = None  # the context that gave the URL, if one did
 
     def gateway(self) -> Gateway:
         return Gateway(self.url, self.token, self.cafile, insecure=self.insecure)
@@ -80,14 +80,14 @@ def resolve(flag: str | None) -> Target:
     if current:
         layers.append(current)
 
-    url = cafile = None
+    url = cafile = named = None
     insecure = False
     for context in layers:
         if context is None:
             if from_env & {"gateway_host", "gateway_port", "gateway_tls_cert"}:
                 url = _settings_url(settings)
         else:
-            url = context.gateway
+            url, named = context.gateway, context.name
         if url:
             break
     url = url or _settings_url(settings)
@@ -101,8 +101,7 @@ def resolve(flag: str | None) -> Target:
             insecure = context.insecure
             break
     token, token_from = _token(layers, settings, from_env, config)
-    used = explicit or current
-    return Target(url, token, token_from, cafile, insecure, used.name if used else None)
+    return Target(url, token, token_from, cafile, insecure, named)
 
 
 def _settings_url(settings: Settings) -> str:

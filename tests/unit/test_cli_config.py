@@ -176,8 +176,8 @@ def test_the_variables_over_the_current_context(home, monkeypatch):
     monkeypatch.setenv("FERRY_GATEWAY_PORT", "9000")
     monkeypatch.setenv("FERRY_OPERATOR_TOKEN", "from-the-environment")
     target = resolve(None)
-    assert (target.url, target.token, target.token_from) == \
-        ("http://127.0.0.1:9000", "from-the-environment", "FERRY_OPERATOR_TOKEN")
+    assert (target.url, target.token, target.token_from, target.context) == \
+        ("http://127.0.0.1:9000", "from-the-environment", "FERRY_OPERATOR_TOKEN", None)
     monkeypatch.delenv("FERRY_GATEWAY_PORT")
     target = resolve(None)  # what the variables do not say still comes from the context
     assert (target.url, target.token) == ("https://ferry.example.net:8470", "from-the-environment")
