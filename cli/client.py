@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import ssl
 import urllib.error
@@ -13,10 +14,20 @@ from shared.settings import Settings
 
 
 class GatewayError(Exception):
-    def __init__(self, status: int, body: dict[str, Any]):
+    """The gateway refused a request (`status` its HTTP status), or no answer came (`status`
+    0: `unreachable` before it was sent, `lost` after, `untrusted` for a certificate the client
+    does not trust, `garbled` for an answer that is not the gateway's JSON)."""
+
+    def __init__(self, status: int, body: dict[str, Any], kind: str = "refused"):
         self.status = status
         self.body = body
+        self.kind = kind if status == 0 else "refused"
         super().__init__(body.get("error", f"HTTP {status}"))
+
+    @property
+    def unavailable(self) -> bool:
+        """Worth retrying: no answer, or the gateway's own dependencies are away (503)."""
+        return self.kind in ("unreachable", "lost") or self.status == 503
 
 
 @dataclass
@@ -26,6 +37,8 @@ class Gateway:
     # With TLS: the certificate to trust (the gateway's own, when it is self-signed).
     cafile: str | None = None
     timeout_s: float = 30.0
+    # With TLS: do not check the certificate at all (a context's `insecure: true`).
+    insecure: bool = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Gateway:
@@ -44,9 +57,9 @@ class Gateway:
             headers={"Authorization": f"Bearer {self.token}", "Content-Type": content_type},
         )
         try:
-            context = ssl.create_default_context(cafile=self.cafile) if self.cafile else None
-            with urllib.request.urlopen(request, timeout=self.timeout_s, context=context) as response:
-                return json.loads(response.read() or b"{}")
+            with urllib.request.urlopen(request, timeout=self.timeout_s,
+                                        context=self._tls()) as response:
+                raw = response.read()
         except urllib.error.HTTPError as exc:
             raw = exc.read()
             try:
@@ -55,9 +68,34 @@ class Gateway:
                 payload = {"error": raw.decode(errors="replace")[:500]}
             raise GatewayError(exc.code, payload) from None
         except urllib.error.URLError as exc:
-            raise GatewayError(0, {"error": f"cannot reach the gateway at {self.url}: {exc.reason}"}) from None
-        except (TimeoutError, ConnectionError) as exc:  # after connecting: no URLError wraps it
+            if isinstance(exc.reason, ssl.SSLCertVerificationError):
+                raise GatewayError(0, {"error": f"the gateway at {self.url} has a certificate "
+                                   f"this client does not trust ({exc.reason.verify_message}): "
+                                   "give its CA (a context's ca-file, or "
+                                   "FERRY_GATEWAY_TLS_CERT)"}, "untrusted") from None
+            raise GatewayError(0, {"error": f"cannot reach the gateway at {self.url}: "
+                                            f"{exc.reason}"}, "unreachable") from None
+        except (TimeoutError, ConnectionError, http.client.HTTPException) as exc:
+            # After connecting (no URLError wraps these): the answer did not come, or stopped.
             reason = (f"did not answer within {self.timeout_s:g} s"
-                      if isinstance(exc, TimeoutError) else str(exc))
+                      if isinstance(exc, TimeoutError) else
+                      f"dropped the connection ({type(exc).__name__}: {exc})".replace(": )", ")"))
             raise GatewayError(0, {"error": f"{method} {path}: the gateway at {self.url} "
-                                            f"{reason}"}) from None
+                                            f"{reason}"}, "lost") from None
+        try:
+            return json.loads(raw or b"{}")
+        except ValueError:
+            raise GatewayError(0, {"error": f"{method} {path}: {self.url} answered with something "
+                                            "that is not the gateway's JSON (is it the gateway's "
+                                            "address?)"}, "garbled") from None
+
+    def _tls(self) -> ssl.SSLContext | None:
+        if not self.url.startswith("https://"):
+            return None
+        if self.insecure:
+            # The operator asked for it (`insecure: true`): encrypted, but to whoever answers.
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            return context
+        return ssl.create_default_context(cafile=self.cafile)

@@ -3,11 +3,19 @@ a progress bar per group and per VM."""
 
 from __future__ import annotations
 
+import time
+
+import click
 from rich.console import Group, RenderableType
+from rich.live import Live
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from cli import session
+from cli.exits import CliError, Exit
+from cli.output import emit, emit_line, json_wanted, out, output_option
+from cli.session import context_option
 from shared.states import VmState
 
 # The journey, in order: a VM's progress is where its state stands on it (a database VM goes
@@ -20,6 +28,7 @@ JOURNEY: tuple[str, ...] = tuple(s.value for s in (
 STATE_STYLE = {
     "failed": "bold red", "halted": "yellow", "ready": "green", "live": "bold green",
 }
+TERMINAL_STATUSES = {"ready", "live"}
 # A group whose VMs are simulated (provider sim) says so wherever it is shown: its states are
 # those of processes playing VMs, not of machines.
 SIMULATED = "SIMULATED VMs"
@@ -141,3 +150,69 @@ def group_watch(group: dict) -> RenderableType:
                       duration(vm["seconds_in_state"]), (vm.get("message") or "")[:50])
     parts.append(table)
     return Group(*parts)
+
+
+@click.command()
+@click.argument("group", required=False)
+@click.option("--watch", is_flag=True, help="Refresh until stopped (Ctrl-C); with -o json, "
+              "one JSON line per refresh.")
+@click.option("--until-ready", is_flag=True, help="Watch GROUP until it is ready (exit 0), "
+              "halted (exit 3) or --timeout passes (exit 4).")
+@click.option("--interval", default=1.0, show_default=True, help="Seconds between refreshes.")
+@click.option("--timeout", default=0.0, help="With --watch: give up after this many seconds.")
+@output_option
+@context_option
+def status(group: str | None, watch: bool, until_ready: bool, interval: float,
+           timeout: float) -> None:
+    """The groups, or one group's VMs with their states, steps and messages (exit 3 when the
+    group is halted)."""
+    if until_ready and not group:
+        raise click.UsageError("--until-ready watches one group: name it")
+    watch = watch or until_ready
+    path = f"/v1/groups/{group}" if group else "/v1/groups"
+    if not watch:
+        answer = session.call("GET", path)
+        if json_wanted():
+            emit(answer)
+        elif group:
+            out.print(group_table(answer))
+        else:
+            out.print(groups_table(answer["groups"]))
+        if group and answer["status"] == "halted":
+            raise click.exceptions.Exit(Exit.HALTED)
+        return
+    _watch(group, path, until_ready, interval, timeout)
+
+
+def _watch(group: str | None, path: str, until_ready: bool, interval: float,
+           timeout: float) -> None:
+    def view(answer: dict):
+        if group:
+            return group_watch(answer)
+        return groups_watch(answer["groups"])
+
+    started = time.monotonic()
+    live = None if json_wanted() else Live(console=out, refresh_per_second=4)
+    try:
+        if live:
+            live.start()
+        while True:
+            answer = session.call("GET", path)
+            if live:
+                live.update(view(answer))
+            else:
+                emit_line(answer)
+            state = answer.get("status") if group else None
+            if until_ready and state in TERMINAL_STATUSES:
+                return
+            if until_ready and state == "halted":
+                raise CliError(f"group {group} halted: {answer.get('halted_reason')}",
+                               Exit.HALTED)
+            if timeout and time.monotonic() - started > timeout:
+                raise CliError(f"group {group} not ready after {timeout:g} s (it is {state})"
+                               if until_ready else f"stopped watching after {timeout:g} s",
+                               Exit.TIMED_OUT)
+            time.sleep(interval)
+    finally:
+        if live:
+            live.stop()

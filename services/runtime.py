@@ -21,6 +21,7 @@ from aiohttp import web
 from services.topology import SERVICES, router_of, topology
 from shared.bus import Bus, Consumer
 from shared.cutover_adapters import CutoverAdapters
+from shared.health import dependency_probes
 from shared.logging import configure_logging, get_logger
 from shared.metrics import start_metrics_server
 from shared.providers import make_provider
@@ -94,7 +95,7 @@ class Host:
             await self._start_gateway(deps)
         elif s.metrics_port:
             self._metrics_runner, self.metrics_port = await start_metrics_server(
-                s.metrics_host, s.metrics_port)
+                s.metrics_host, s.metrics_port, dependency_probes(store, self.bus))
             close.push_async_callback(self._metrics_runner.cleanup)
         for service in self.services:
             router = router_of(service)

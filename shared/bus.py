@@ -100,6 +100,14 @@ class Bus:
         )
         await self._channel.default_exchange.publish(message, routing_key=queue, mandatory=True)
 
+    async def ping(self) -> None:
+        """A round trip to the broker (/readyz): open a channel and close it. Raises
+        BrokerUnavailable while the connection is down (it reconnects by itself)."""
+        if self.connection is None or self.connection.is_closed:
+            raise BrokerUnavailable("not connected to the broker")
+        channel = await _channel(self)
+        await channel.close()
+
     async def close(self) -> None:
         if self.connection and not self.connection.is_closed:
             await self.connection.close()

@@ -23,6 +23,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram,
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
+from shared import health
+from shared.health import Probe
 from shared.states import GroupStatus, VmState
 
 # Handlers range from a few milliseconds to minutes (a provider creating a VM, an archive).
@@ -131,14 +133,18 @@ def metrics_response(body: bytes) -> web.Response:
 
 # -- a service process's own endpoint ----------------------------------------------------------
 
+
 async def _serve_metrics(request: web.Request) -> web.Response:
     return metrics_response(exposition())
 
 
-async def start_metrics_server(host: str, port: int) -> tuple[web.AppRunner, int]:
-    """`/metrics` of this process on host:port (for processes without the gateway)."""
+async def start_metrics_server(host: str, port: int, probes: dict[str, Probe] | None = None
+                               ) -> tuple[web.AppRunner, int]:
+    """`/metrics` of this process on host:port (for processes without the gateway), with
+    `/healthz` and `/readyz` (the latter asking `probes`: shared/health.py)."""
     app = web.Application()
     app.router.add_get("/metrics", _serve_metrics)
+    health.add_routes(app, probes or {})
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)

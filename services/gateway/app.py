@@ -11,6 +11,7 @@ import asyncpg
 from aiohttp import web
 
 from services.gateway import live, operator_routes, vm_routes  # noqa: F401 - they register routes
+from services.gateway import health_routes  # noqa: F401 - registers /healthz and /readyz
 from services.gateway import metrics_routes  # noqa: F401 - registers /metrics
 from services.gateway import ui_routes  # noqa: F401 - registers the web UI at /
 from services.gateway import verify_routes  # noqa: F401 - registers ferry verify's route

@@ -64,8 +64,10 @@ def _responses(route, refs) -> dict:
     ok = {"description": "OK"}
     if route.response:
         ok["content"] = {"application/json": {"schema": refs[(route.response, "validation")]}}
-    answers = {"200": ok, "401": {"description": "no or invalid token"},
-               "403": {"description": "the token is not for this"}}
+    answers = {"200": ok}
+    if route.auth != "none":  # the UI's files and the health checks ask for no token
+        answers["401"] = {"description": "no or invalid token"}
+        answers["403"] = {"description": "the token is not for this"}
     if route.body or route.body_schema:
         answers["415"] = {"description": "the body is encoded (Content-Encoding): send it as is"}
     for status, text in route.responses.items():

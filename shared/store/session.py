@@ -136,6 +136,11 @@ class Store:
         async with self.pool.acquire() as conn:
             yield Session(conn)
 
+    async def ping(self) -> None:
+        """A round trip to the database on a pooled connection (/readyz); raises if none."""
+        async with self.pool.acquire() as conn:
+            await conn.fetchval("SELECT 1")
+
     async def claim(self, service: str, event_id: uuid.UUID) -> None:
         """Record the event as processed by `service` on its own (one statement, autocommit),
         for a handler that wrote nothing that had to commit with it."""

@@ -30,12 +30,14 @@ def test_validate_points_at_the_field_and_line_of_an_error(tmp_path):
 
 
 def test_status_without_a_gateway_says_where_it_looked(tmp_path, monkeypatch):
-    """With no gateway listening, `ferry status` fails with the address it tried."""
+    """With no gateway listening, `ferry status` fails with the address it tried, on stderr,
+    with the exit status of an unavailable gateway."""
     monkeypatch.setenv("FERRY_GATEWAY_PORT", "9")
     monkeypatch.setenv("FERRY_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
     result = CliRunner().invoke(main, ["status"])
-    assert result.exit_code == 1
-    assert "cannot reach the gateway at http://127.0.0.1:9" in result.output
+    assert result.exit_code == 5
+    assert "cannot reach the gateway at http://127.0.0.1:9" in result.stderr
 
 
 def test_validate_gives_line_and_column_of_a_deeply_nested_field(tmp_path):
@@ -116,15 +118,16 @@ def test_status_watch_renders_live_until_the_group_is_ready(monkeypatch):
     """`ferry status GROUP --watch --until-ready` refreshes until the group is ready; plain
     `ferry status GROUP` still prints the table."""
     import cli.main as cli_main
+    import cli.session
 
     answers = iter([GROUP, GROUP, {**GROUP, "status": "ready"}])
-    monkeypatch.setattr(cli_main, "_call", lambda method, path, *a, **k: next(answers))
+    monkeypatch.setattr(cli.session, "call", lambda method, path, *a, **k: next(answers))
     monkeypatch.setattr(cli_main.time, "sleep", lambda seconds: None)
     result = CliRunner().invoke(main, ["status", "shop", "--watch", "--until-ready"])
     assert result.exit_code == 0, result.output
     assert "db2" in result.output and "%" in result.output and "ready" in result.output
 
-    monkeypatch.setattr(cli_main, "_call", lambda method, path, *a, **k: GROUP)
+    monkeypatch.setattr(cli.session, "call", lambda method, path, *a, **k: GROUP)
     result = CliRunner().invoke(main, ["status", "shop"])
     assert result.exit_code == 0, result.output
     assert "role" in result.output and "db1" in result.output
