@@ -42,12 +42,15 @@ GATEWAY_POOL = 12  # database connections added for a Host that runs the gateway
 
 class Host:
     def __init__(self, settings: Settings, services: tuple[str, ...] | list[str], *,
-                 provider: Provider | None = None, gateway: bool = False):
+                 provider: Provider | None = None, gateway: bool = False,
+                 cutover: CutoverAdapters | None = None):
         self.settings = settings
         self.services = list(services)
         # A provider handed in belongs to the caller, who closes it; one the host makes is
         # closed by the host when it stops.
         self.provider = provider
+        # The cutover's reach (SSH, DNS, prober): a test may hand in doubles at this edge.
+        self.cutover = cutover or CutoverAdapters.from_settings(settings)
         self.with_gateway = gateway
         self.pool: asyncpg.Pool | None = None
         self.bus: Bus | None = None
@@ -89,7 +92,7 @@ class Host:
             self.provider = make_provider(s)
             close.push_async_callback(self.provider.close)
         deps = Deps(store=store, settings=s, provider=self.provider, topology=self.bus.topology,
-                    cutover=CutoverAdapters.from_settings(s))
+                    cutover=self.cutover)
         if self.with_gateway:
             await self._start_gateway(deps)
         elif s.metrics_port:
