@@ -26,6 +26,7 @@ from shared.metrics import start_metrics_server
 from shared.providers import make_provider
 from shared.providers.base import Provider
 from shared.relay import OutboxRelay
+from shared.retention import Pruner
 from shared.service import Deps
 from shared.settings import Settings
 from shared.store.db import open_pool
@@ -37,6 +38,8 @@ log = get_logger(__name__)
 __all__ = ["SERVICES", "Host", "main", "router_of", "serve"]
 
 USES_PROVIDER = {"creator", "configurator", "provisioner", "cutover"}
+# The process of the coordinator (one small service, whatever the deployment) prunes the store.
+PRUNES = "coordinator"
 GATEWAY_POOL = 12  # database connections added for a Host that runs the gateway
 
 
@@ -55,6 +58,7 @@ class Host:
         self.pool: asyncpg.Pool | None = None
         self.bus: Bus | None = None
         self.relay: OutboxRelay | None = None
+        self.pruner: Pruner | None = None
         self.consumers: list = []  # the services' Consumers, and the gateway's LiveFeed
         self.gateway_app: web.Application | None = None
         self._site_runner: web.AppRunner | None = None
@@ -99,6 +103,10 @@ class Host:
             self._metrics_runner, self.metrics_port = await start_metrics_server(
                 s.metrics_host, s.metrics_port)
             close.push_async_callback(self._metrics_runner.cleanup)
+        if PRUNES in self.services:
+            self.pruner = Pruner(store, s)
+            self.pruner.start()
+            close.push_async_callback(self.pruner.stop)
         for service in self.services:
             router = router_of(service)
             consumer = Consumer(self.bus, service, partial(router.dispatch, deps=deps), s.prefetch)
@@ -142,6 +150,8 @@ class Host:
         try:
             if self.relay:
                 self.relay.abandon()
+            if self.pruner:
+                self.pruner.abandon()
             if self.bus and self.bus.connection:
                 await self.bus.connection.close()
             if self._site_runner:
