@@ -20,10 +20,9 @@ from shared.events import Envelope
 from shared.plan import load_plan
 from shared.providers.base import ProviderError
 from shared.service import Context
-from shared.ssh import RemoteError
 from shared.states import GroupStatus, VmState
 from shared.store.archives import ArchiveRecord
-from tests.integration.harness import THREE_VMS
+from tests.integration.harness import THREE_VMS, RecordingMachines
 from tests.unit.test_handlers import World
 
 S, G = VmState, GroupStatus
@@ -218,32 +217,6 @@ async def test_archives_written_after_the_cancel_are_discarded_unrecorded(world,
     assert world.published("archive.ready") == []
 
 
-class RecordingLegacyHosts:
-    """The legacy hosts at the SSH edge: records every script run on them; `unreachable` names
-    hosts whose connection fails as ssh's would."""
-
-    def __init__(self, unreachable: set[str] | None = None):
-        self.ran: list[tuple[str, str]] = []
-        self.unreachable = unreachable or set()
-
-    def __call__(self, label: str, host: str, *_args) -> "RecordingLegacyHosts.Host":
-        return self.Host(self, label, host)
-
-    class Host:
-        def __init__(self, hosts, label: str, host: str):
-            self.hosts, self.label, self.host = hosts, label, host
-
-        async def run(self, script: str, *, what: str, **_kw) -> str:
-            if self.host in self.hosts.unreachable:
-                raise RemoteError(f"{what}: cannot reach {self.label} ({self.host}) over SSH: "
-                                  "Connection refused")
-            self.hosts.ran.append((self.host, script))
-            return ""
-
-        async def close(self) -> None:
-            pass
-
-
 def with_legacy_sources(plan: str) -> str:
     """THREE_VMS with app1 and db1 on SSH-reachable legacy hosts with old public addresses."""
     for name, public in (("app1", "198.51.100.11"), ("db1", "198.51.100.12")):
@@ -255,7 +228,7 @@ def with_legacy_sources(plan: str) -> str:
     return plan
 
 
-async def live(world: World, hosts: RecordingLegacyHosts) -> None:
+async def live(world: World, hosts: RecordingMachines) -> None:
     """A group as a completed cutover leaves it (the cutover itself needs machines: see the
     integration and lab tests), with the test's legacy hosts at the SSH edge."""
     world.bus.deps.cutover = CutoverAdapters(Path("/key"), Path("/known"), Path("/tsig"),
@@ -279,7 +252,7 @@ async def test_a_finalize_that_removes_the_forwarding_runs_unforward_on_each_leg
     """Asked to remove it, the cutover service runs the rollback's UNFORWARD on the legacy host
     of each VM with an old public address (app1, db1; db2 has none), then closes the group
     with the forwarding removed."""
-    hosts = RecordingLegacyHosts()
+    hosts = RecordingMachines()
     await live(world, hosts)
     await finalize(world, "remove")
     assert hosts.ran == [("legacy-app1.example", UNFORWARD), ("legacy-db1.example", UNFORWARD)]
@@ -290,7 +263,7 @@ async def test_a_finalize_that_removes_the_forwarding_runs_unforward_on_each_leg
 
 
 async def test_a_finalize_that_keeps_the_forwarding_touches_no_legacy_host(world):
-    hosts = RecordingLegacyHosts()
+    hosts = RecordingMachines()
     await live(world, hosts)
     await finalize(world, "keep")
     assert hosts.ran == []
@@ -300,7 +273,7 @@ async def test_a_finalize_that_keeps_the_forwarding_touches_no_legacy_host(world
 async def test_a_legacy_host_out_of_reach_leaves_the_group_finalizing_with_the_reason(world):
     """db1's legacy host refuses the connection: the group stays finalizing with ssh's words
     and what to do; once it answers, finalizing again removes the forwarding and closes it."""
-    hosts = RecordingLegacyHosts(unreachable={"legacy-db1.example"})
+    hosts = RecordingMachines(unreachable={"legacy-db1.example"})
     await live(world, hosts)
     await finalize(world, "remove")
     group = world.group()
@@ -314,3 +287,16 @@ async def test_a_legacy_host_out_of_reach_leaves_the_group_finalizing_with_the_r
     assert world.group().status == G.FINALIZED
     assert [host for host, _ in hosts.ran] == \
         ["legacy-app1.example", "legacy-app1.example", "legacy-db1.example"]
+
+
+async def test_a_halted_group_with_a_failed_vm_is_cancelled_whole(world):
+    """A halted group (db1 failed, its siblings held) may be cancelled: the failed VM and the
+    held ones are deleted alike, and no VM is retried or resumed on the way."""
+    await world.submit()
+    await world.report("db1", "failed", "partition", message="no disk /dev/vdb")
+    assert world.group().status == G.HALTED
+    await cancel(world)
+    assert world.group().status == G.CANCELLED
+    assert {world.state(n) for n in ("app1", "db1", "db2")} == {S.CANCELLED}
+    assert world.provider.vms == {}
+    assert world.published("group.resumed") == []
