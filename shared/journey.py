@@ -1,6 +1,7 @@
 """Moves along the journey, in a unit of work: a VM's change of state, a group's submission,
-halt, resume and readiness, an operator's retry, and the end of a group (cancel, finalize). Each asks the rules (`shared/rules.py`),
-writes through the store's repositories and announces what changed through the outbox.
+halt, resume and readiness, an operator's retry, and the end of a group (cancel, finalize).
+Each asks the rules (`shared/rules.py`), writes through the store's repositories and announces
+what changed through the outbox.
 
 Everything here takes the transaction (`tx`) and nothing else, so the handler tests run it on
 an in-memory store (tests/unit/fakes.py).

@@ -69,7 +69,6 @@ class Pruner:
     def __init__(self, store: Store, settings: Settings):
         self.store = store
         self.settings = settings
-        self.passes = 0
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -93,5 +92,4 @@ class Pruner:
                     log.info("retention pruned", **vars(found))
             except Exception as exc:  # noqa: BLE001 - the next pass tries again
                 log.warning("retention pass failed", error=str(exc))
-            self.passes += 1
             await asyncio.sleep(self.settings.retention_interval_s)

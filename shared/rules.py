@@ -109,7 +109,8 @@ def finalize_refusal(group: Group) -> str | None:
     if group.status == G.FINALIZED:
         return f"group {name} is finalized already: it is closed"
     if group.status in (G.CANCELLING, G.CANCELLED):
-        return f"group {name} is {group.status}: it never went live, so there is nothing to finalize"
+        return (f"group {name} is {group.status}: it never went live, so there is nothing to "
+                "finalize")
     return (f"group {name} is {group.status}, not live: finalize closes a group after its "
             f"cutover; cut it over first (`ferry cutover {name}`), or cancel it "
             f"(`ferry cancel {name}`)")

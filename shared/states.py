@@ -140,7 +140,6 @@ _GROUP_MOVES: dict[GroupStatus, frozenset[GroupStatus]] = {
 
 # A group on its way to its end, or there: nothing moves its VMs on any more.
 ENDING = frozenset({G.CANCELLING, G.CANCELLED, G.FINALIZING, G.FINALIZED})
-CLOSED = frozenset({G.CANCELLED, G.FINALIZED})
 
 # Groups whose name a new submission may take: their migration is over (the partial unique
 # index groups_active_name in the store's migrations says the same).

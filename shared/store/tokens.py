@@ -38,8 +38,8 @@ class Tokens:
             " AND v.state NOT IN ('live', 'cancelled')",
             _hash(token))
 
-    async def revoke_group(self, group_id: uuid.UUID) -> int:
-        """Revoke every current token of the group's VMs; how many there were."""
-        return int((await self.conn.execute(
+    async def revoke_group(self, group_id: uuid.UUID) -> None:
+        """Revoke every current token of the group's VMs."""
+        await self.conn.execute(
             "UPDATE vm_tokens SET revoked_at = now() WHERE revoked_at IS NULL"
-            " AND vm_id IN (SELECT id FROM vms WHERE group_id = $1)", group_id)).split()[-1])
+            " AND vm_id IN (SELECT id FROM vms WHERE group_id = $1)", group_id)

@@ -10,6 +10,7 @@ iptables itself (the lab journey runs the cutover's forwarding and its undo on r
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from pathlib import Path
 
@@ -134,9 +135,7 @@ async def test_a_name_is_held_exactly_while_the_states_say(settings, operator):
         definition = await ferry.pool.fetchval(
             "SELECT indexdef FROM pg_indexes WHERE indexname = 'groups_active_name'"
             " AND schemaname = $1", settings.database_schema)
-        assert set(definition.split("ARRAY[")[1].split("]")[0].replace("::text", "")
-                   .replace("'", "").replace(" ", "").split(",")) == \
-            {s.value for s in NAME_RELEASED}
+        assert set(re.findall(r"'(\w+)'::text", definition)) == {s.value for s in NAME_RELEASED}
     finally:
         await ferry.host.stop()
 

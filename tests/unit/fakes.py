@@ -230,12 +230,10 @@ class FakeTokens(_Repo):
             return None
         return found[0]
 
-    async def revoke_group(self, group_id: uuid.UUID) -> int:
-        gone = [key for key, (owner, _) in self.t.tokens.items()
-                if self.t.vms[owner].group_id == group_id]
-        for key in gone:
-            del self.t.tokens[key]
-        return len(gone)
+    async def revoke_group(self, group_id: uuid.UUID) -> None:
+        for key, (owner, _) in list(self.t.tokens.items()):
+            if self.t.vms[owner].group_id == group_id:
+                del self.t.tokens[key]
 
 
 class FakeCutoverRuns(_Repo):

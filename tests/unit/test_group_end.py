@@ -229,8 +229,9 @@ def with_legacy_sources(plan: str) -> str:
 
 
 async def live(world: World, hosts: RecordingMachines) -> None:
-    """A group as a completed cutover leaves it (the cutover itself needs machines: see the
-    integration and lab tests), with the test's legacy hosts at the SSH edge."""
+    """A group the cutover left live (the cutover itself needs machines: see the integration
+    and lab tests; a finalize looks at the group's status only), with the test's legacy hosts
+    at the SSH edge."""
     world.bus.deps.cutover = CutoverAdapters(Path("/key"), Path("/known"), Path("/tsig"),
                                              remote=hosts)
     world.bus.routes = [r for r in world.bus.routes if r[0] not in ("archiver", "creator")]
