@@ -53,6 +53,11 @@ async def submit(request: web.Request) -> web.Response:
         async with store.transaction() as tx:
             group_id = await journey.submit(tx, plan)
     except GroupExists as exc:
+        async with store.session() as db:
+            holder = await db.groups.find(plan.group)
+        if holder is not None and holder.status == GroupStatus.CANCELLING:
+            raise problem(web.HTTPConflict, f"group {plan.group!r} is being cancelled: submit "
+                          "it again once it is cancelled") from None
         raise problem(web.HTTPConflict, str(exc)) from None
     return json_response(m.Submitted(id=group_id, name=plan.group), 201)
 

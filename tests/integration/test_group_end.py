@@ -108,6 +108,10 @@ async def test_a_cancel_while_a_vm_is_being_created_leaves_no_vm_behind(settings
         await eventually(lambda: provider.created == 1, what="app1 made, its call held")
         status, body = await status_of(operator, "/v1/groups/shop/cancel")
         assert (status, body["status"]) == (202, "cancelling")
+        status, body = await status_of(operator, "/v1/groups",
+                                       data=THREE_VMS.format(group="shop"))
+        assert (status, body["error"]) == \
+            (409, "group 'shop' is being cancelled: submit it again once it is cancelled")
         provider.gate.set()
         await ferry.wait_group(group_id, "cancelled")
         archived = await ferry.pool.fetchval(
