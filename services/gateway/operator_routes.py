@@ -178,13 +178,7 @@ async def cutover(request: web.Request) -> web.Response:
                            "ended already; the error says which"})
 async def cancel(request: web.Request) -> web.Response:
     require_operator(request)
-    async with request.app[DEPS].store.transaction() as tx:
-        group = await _find_group(tx, request, lock=True)
-        try:
-            group = await journey.request_cancel(tx, group)
-        except journey.Refused as exc:
-            raise problem(web.HTTPConflict, str(exc)) from None
-    return json_response(m.GroupEnding(id=group.id, name=group.name, status=group.status), 202)
+    return await _end(request, journey.request_cancel)
 
 
 @api.route("POST", "/v1/groups/{group}/finalize", "Close a live group: the legacy hosts' "
@@ -196,10 +190,17 @@ async def cancel(request: web.Request) -> web.Response:
 async def finalize(request: web.Request) -> web.Response:
     require_operator(request)
     body = await parse_body(request, m.FinalizeRequest)
+    return await _end(request, lambda tx, group: journey.request_finalize(tx, group,
+                                                                          body.forwarding))
+
+
+async def _end(request: web.Request, ask) -> web.Response:
+    """Ask for the path's group to end (`ask`: journey.request_cancel or _finalize, with the
+    transaction and the group, locked); 409 with the reason when its state refuses."""
     async with request.app[DEPS].store.transaction() as tx:
         group = await _find_group(tx, request, lock=True)
         try:
-            group = await journey.request_finalize(tx, group, body.forwarding)
+            group = await ask(tx, group)
         except journey.Refused as exc:
             raise problem(web.HTTPConflict, str(exc)) from None
     return json_response(m.GroupEnding(id=group.id, name=group.name, status=group.status), 202)
