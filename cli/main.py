@@ -185,6 +185,12 @@ from cli.demo import demo  # noqa: E402 - registered last, it imports the servic
 
 main.add_command(demo)
 
+from cli.lifecycle import commands as lifecycle  # noqa: E402 - cancel, finalize, prune
+
+for command in lifecycle(_call, _fail, lambda text: console.print(text, highlight=False,
+                                                                      markup=False)):
+    main.add_command(command)
+
 
 def _vm_id(ref: str) -> str:
     group, _, name = ref.partition("/")

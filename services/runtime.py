@@ -27,6 +27,7 @@ from shared.metrics import start_metrics_server
 from shared.providers import make_provider
 from shared.providers.base import Provider
 from shared.relay import OutboxRelay
+from shared.retention import Pruner
 from shared.service import Deps
 from shared.settings import Settings
 from shared.store.db import open_pool
@@ -38,21 +39,27 @@ log = get_logger(__name__)
 __all__ = ["SERVICES", "Host", "main", "router_of", "serve"]
 
 USES_PROVIDER = {"creator", "configurator", "provisioner", "cutover"}
+# The process of the coordinator (one small service, whatever the deployment) prunes the store.
+PRUNES = "coordinator"
 GATEWAY_POOL = 12  # database connections added for a Host that runs the gateway
 
 
 class Host:
     def __init__(self, settings: Settings, services: tuple[str, ...] | list[str], *,
-                 provider: Provider | None = None, gateway: bool = False):
+                 provider: Provider | None = None, gateway: bool = False,
+                 cutover: CutoverAdapters | None = None):
         self.settings = settings
         self.services = list(services)
         # A provider handed in belongs to the caller, who closes it; one the host makes is
         # closed by the host when it stops.
         self.provider = provider
+        # The cutover's reach (SSH, DNS, prober): a test may hand in doubles at this edge.
+        self.cutover = cutover or CutoverAdapters.from_settings(settings)
         self.with_gateway = gateway
         self.pool: asyncpg.Pool | None = None
         self.bus: Bus | None = None
         self.relay: OutboxRelay | None = None
+        self.pruner: Pruner | None = None
         self.consumers: list = []  # the services' Consumers, and the gateway's LiveFeed
         self.gateway_app: web.Application | None = None
         self._site_runner: web.AppRunner | None = None
@@ -90,13 +97,17 @@ class Host:
             self.provider = make_provider(s)
             close.push_async_callback(self.provider.close)
         deps = Deps(store=store, settings=s, provider=self.provider, topology=self.bus.topology,
-                    cutover=CutoverAdapters.from_settings(s))
+                    cutover=self.cutover)
         if self.with_gateway:
             await self._start_gateway(deps)
         elif s.metrics_port:
             self._metrics_runner, self.metrics_port = await start_metrics_server(
                 s.metrics_host, s.metrics_port, dependency_probes(store, self.bus))
             close.push_async_callback(self._metrics_runner.cleanup)
+        if PRUNES in self.services:
+            self.pruner = Pruner(store, s)
+            self.pruner.start()
+            close.push_async_callback(self.pruner.stop)
         for service in self.services:
             router = router_of(service)
             consumer = Consumer(self.bus, service, partial(router.dispatch, deps=deps), s.prefetch)
@@ -140,6 +151,8 @@ class Host:
         try:
             if self.relay:
                 self.relay.abandon()
+            if self.pruner:
+                self.pruner.abandon()
             if self.bus and self.bus.connection:
                 await self.bus.connection.close()
             if self._site_runner:

@@ -36,6 +36,12 @@ PUBLISHERS: dict[str, tuple[str, ...]] = {
     "cutover.step_completed": ("cutover",),
     "cutover.completed": ("cutover",),
     "cutover.failed": ("cutover",),
+    "group.cancel_requested": ("gateway",),
+    "group.cancelled": ("creator",),
+    "group.cancel_failed": ("creator",),
+    "group.finalize_requested": ("gateway",),
+    "group.finalized": ("cutover",),
+    "group.finalize_failed": ("cutover",),
 }
 
 

@@ -1,13 +1,14 @@
 """The event envelope and the typed payload of every event type: the only wire format.
 
-Events are facts (past tense). `archive.requested` and `cutover.requested` are commands.
+Events are facts (past tense). `archive.requested`, `cutover.requested`,
+`group.cancel_requested` and `group.finalize_requested` are commands.
 """
 
 from __future__ import annotations
 
 import uuid
 from datetime import datetime, timezone
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -143,13 +144,56 @@ class CutoverFailed(Payload):
     reason: str
 
 
+class GroupCancelRequested(Payload):
+    """An operator's command: delete the group's new VMs, remove its archives, close it."""
+
+    type: ClassVar[str] = "group.cancel_requested"
+
+
+class GroupCancelled(Payload):
+    type: ClassVar[str] = "group.cancelled"
+    vms_deleted: list[str]  # the VMs the provider had made, by name
+    archives_removed: int
+
+
+class GroupCancelFailed(Payload):
+    """The cancel stopped short (the provider refused a deletion): the group stays cancelling
+    until the operator asks again."""
+
+    type: ClassVar[str] = "group.cancel_failed"
+    reason: str
+
+
+class GroupFinalizeRequested(Payload):
+    """An operator's command, after a cutover: close the group, keeping or removing the
+    forwarding of the old public addresses on the legacy hosts."""
+
+    type: ClassVar[str] = "group.finalize_requested"
+    forwarding: Literal["keep", "remove"]
+
+
+class GroupFinalized(Payload):
+    type: ClassVar[str] = "group.finalized"
+    forwarding: Literal["kept", "removed"]
+    archives_removed: int
+
+
+class GroupFinalizeFailed(Payload):
+    """The finalize stopped short (a legacy host could not be reached): the group stays
+    finalizing until the operator asks again."""
+
+    type: ClassVar[str] = "group.finalize_failed"
+    reason: str
+
+
 PAYLOADS: dict[str, type[Payload]] = {
     cls.type: cls
     for cls in (
         GroupSubmitted, ArchiveRequested, ArchiveReady, GroupArchived, VmCreated,
         VmStateChanged, VmFailed, VmMessageLogged, VmConfigured, VmProvisioned, DbMasterComplete,
         GroupReady, GroupHalted, GroupResumed, CutoverRequested, CutoverStepCompleted,
-        CutoverCompleted, CutoverFailed,
+        CutoverCompleted, CutoverFailed, GroupCancelRequested, GroupCancelled,
+        GroupCancelFailed, GroupFinalizeRequested, GroupFinalized, GroupFinalizeFailed,
     )
 }
 

@@ -1,6 +1,7 @@
 """Moves along the journey, in a unit of work: a VM's change of state, a group's submission,
-halt, resume and readiness, an operator's retry. Each asks the rules (`shared/rules.py`),
-writes through the store's repositories and announces what changed through the outbox.
+halt, resume and readiness, an operator's retry, and the end of a group (cancel, finalize).
+Each asks the rules (`shared/rules.py`), writes through the store's repositories and announces
+what changed through the outbox.
 
 Everything here takes the transaction (`tx`) and nothing else, so the handler tests run it on
 an in-memory store (tests/unit/fakes.py).
@@ -19,7 +20,7 @@ from shared.logging import get_logger
 from shared.model import Group, Vm
 from shared.plan import Plan
 from shared.rules import Move
-from shared.states import GroupStatus, IllegalTransition, VmState, check_group
+from shared.states import GroupStatus, IllegalTransition, VmState, check_group, group_may
 
 if TYPE_CHECKING:  # the store's, or a test's fake of it
     from shared.store.session import Tx as UnitOfWork
@@ -29,6 +30,11 @@ log = get_logger(__name__)
 
 class ResumeRefused(Exception):
     pass
+
+
+class Refused(Exception):
+    """An operator's request that the group's state does not allow; says why, and what to do
+    instead."""
 
 
 # --- VMs ---------------------------------------------------------------------------------------
@@ -133,9 +139,12 @@ async def set_group_status(tx: UnitOfWork, group: Group, status: GroupStatus, *,
 
 async def halt(tx: UnitOfWork, group_id: uuid.UUID, failed: Vm, reason: str) -> bool:
     """Halt a group because `failed` erred: its resting VMs are held where they are, the others
-    at their next resting state. False if the group was halted already (or is gone)."""
+    at their next resting state. False if the group was halted already, cannot halt (it is
+    live, or ending), or is gone."""
     group = await tx.groups.get(group_id, lock=True)
-    if group is None or group.status == GroupStatus.HALTED:
+    # Halted already, or past halting: a failure reported while the group is cancelled or
+    # finalized changes nothing there.
+    if group is None or not group_may(group.status, GroupStatus.HALTED):
         return False
     await set_group_status(tx, group, GroupStatus.HALTED, halted_vm_id=failed.id,
                            halted_reason=reason)
@@ -183,3 +192,93 @@ async def mark_archived_once(tx: UnitOfWork, group_id: uuid.UUID) -> bool:
     if not rules.all_archived(await tx.vms.of_group(group_id)):
         return False
     return await tx.groups.mark_archived(group_id)
+
+
+# --- the end of a group ------------------------------------------------------------------------
+
+async def request_cancel(tx: UnitOfWork, group: Group) -> Group:
+    """An operator's cancel of `group` (read with lock=True): it goes cancelling and the
+    creator is told to delete its VMs. Asked again while cancelling, it is told again (what
+    stopped it, a provider error, is forgotten). Raises Refused (rules.cancel_refusal)."""
+    members = await tx.vms.of_group(group.id)
+    refusal = rules.cancel_refusal(group, members, await tx.cutover_runs.in_progress(group.id))
+    if refusal:
+        raise Refused(refusal)
+    if group.status == GroupStatus.CANCELLING:
+        await tx.groups.record_closing_error(group.id, None)
+    else:
+        group = await set_group_status(tx, group, GroupStatus.CANCELLING)
+        # A run requested and not started would find the group cancelling and refuse itself;
+        # it ends now instead, so that `ferry cutover` following it says why.
+        await tx.cutover_runs.refuse_pending(group.id, f"group {group.name} was cancelled")
+    await tx.publish(ev.GroupCancelRequested(), group_id=group.id)
+    return group
+
+
+async def cancelled(tx: UnitOfWork, group_id: uuid.UUID, vms_deleted: list[str]) -> bool:
+    """The cancel is done (VMs deleted, archive files removed): the group's archive records go,
+    its VMs' tokens are revoked, it is cancelled. False if it was not cancelling (a repeat)."""
+    group = await tx.groups.get(group_id, lock=True)
+    if group is None or group.status != GroupStatus.CANCELLING:
+        return False
+    archives = await _release(tx, group_id)
+    await set_group_status(tx, group, GroupStatus.CANCELLED)
+    await tx.publish(ev.GroupCancelled(vms_deleted=vms_deleted, archives_removed=archives),
+                     group_id=group_id)
+    log.info("group cancelled", group=group.name, vms_deleted=vms_deleted)
+    return True
+
+
+async def request_finalize(tx: UnitOfWork, group: Group, forwarding: str) -> Group:
+    """An operator's finalize of a live `group` (read with lock=True): it goes finalizing and
+    the cutover service is told what to do with the forwarding ("keep" or "remove"). Asked
+    again while finalizing, it is told again. Raises Refused (rules.finalize_refusal)."""
+    refusal = rules.finalize_refusal(group)
+    if refusal:
+        raise Refused(refusal)
+    if group.status == GroupStatus.FINALIZING:
+        await tx.groups.record_closing_error(group.id, None)
+    else:
+        group = await set_group_status(tx, group, GroupStatus.FINALIZING)
+    await tx.publish(ev.GroupFinalizeRequested(forwarding=forwarding), group_id=group.id)
+    return group
+
+
+async def finalized(tx: UnitOfWork, group_id: uuid.UUID, forwarding: str) -> bool:
+    """The finalize is done: archive records and VM tokens go, the group is closed with what
+    became of the forwarding ("kept" or "removed"). False if it was not finalizing."""
+    group = await tx.groups.get(group_id, lock=True)
+    if group is None or group.status != GroupStatus.FINALIZING:
+        return False
+    archives = await _release(tx, group_id)
+    await tx.groups.record_legacy_forwarding(group_id, forwarding)
+    await set_group_status(tx, group, GroupStatus.FINALIZED)
+    await tx.publish(ev.GroupFinalized(forwarding=forwarding, archives_removed=archives),
+                     group_id=group_id)
+    log.info("group finalized", group=group.name, forwarding=forwarding)
+    return True
+
+
+async def ending_stopped(tx: UnitOfWork, group_id: uuid.UUID, reason: str) -> bool:
+    """A cancel or finalize could not finish: the group stays where it is, with the reason,
+    until the operator asks again. False if it is neither cancelling nor finalizing."""
+    group = await tx.groups.get(group_id, lock=True)
+    if group is None:
+        return False
+    if group.status == GroupStatus.CANCELLING:
+        stopped = ev.GroupCancelFailed(reason=reason)
+    elif group.status == GroupStatus.FINALIZING:
+        stopped = ev.GroupFinalizeFailed(reason=reason)
+    else:
+        return False
+    await tx.groups.record_closing_error(group_id, reason)
+    await tx.publish(stopped, group_id=group_id)
+    log.warning("group end stopped", group=group.name, status=group.status, reason=reason)
+    return True
+
+
+async def _release(tx: UnitOfWork, group_id: uuid.UUID) -> int:
+    """What an ended group no longer needs: its archive records and its VMs' tokens. The number
+    of archive records dropped."""
+    await tx.tokens.revoke_group(group_id)
+    return await tx.archives.forget_group(group_id)

@@ -51,6 +51,10 @@ class Group:
     archived_at: datetime | None
     ready_at: datetime | None
     created_at: datetime
+    closed_at: datetime | None = None  # when it was cancelled or finalized
+    # Why the last cancel or finalize stopped short (asking again retries it).
+    closing_error: str | None = None
+    legacy_forwarding: str | None = None  # a finalized group's: "kept" or "removed"
 
     def parsed_plan(self) -> Plan:
         """The plan as a model. A group's plan is written once, at submission, and Plan is

@@ -11,6 +11,7 @@ from shared.model import Group, Vm
 from shared.states import RESTING, RETRY_FROM, GroupStatus, IllegalTransition, VmState, check
 
 S = VmState
+G = GroupStatus
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,42 @@ def resume_refusal(group: Group, members: Iterable[Vm]) -> str | None:
     if failed:
         return f"group {group.name}: VM {', '.join(failed)} still failed; retry it first"
     return None
+
+
+def cancel_refusal(group: Group, members: Iterable[Vm], cutover_running: bool) -> str | None:
+    """Why a group cannot be cancelled, or None. A cancel deletes the new VMs: never once the
+    cutover has moved anything to them (a live group is finalized instead), nor while a run
+    is at work. Asking again while it is cancelling retries what is left."""
+    name = group.name
+    if group.status == G.CANCELLED:
+        return f"group {name} is cancelled already: its VMs and archives are gone"
+    if group.status in (G.FINALIZING, G.FINALIZED):
+        return (f"group {name} is {group.status}: it was cut over and is being closed; "
+                "there is nothing to cancel")
+    states = {vm.state for vm in members}
+    if group.status == G.LIVE or S.LIVE in states:
+        return (f"group {name} is live (cut over): a cancel would delete the VMs that serve it; "
+                f"close it with `ferry finalize {name} --forwarding keep|remove` instead")
+    if group.status == G.CUTTING_OVER or cutover_running or S.CUTTING_OVER in states:
+        return (f"group {name} has a cutover run in progress: wait for it to end (`ferry "
+                f"cutover` follows it; a failed run rolls back to ready), then cancel")
+    return None
+
+
+def finalize_refusal(group: Group) -> str | None:
+    """Why a group cannot be finalized, or None: only a live group (or one finalizing, which
+    asking again retries)."""
+    name = group.name
+    if group.status in (G.LIVE, G.FINALIZING):
+        return None
+    if group.status == G.FINALIZED:
+        return f"group {name} is finalized already: it is closed"
+    if group.status in (G.CANCELLING, G.CANCELLED):
+        return (f"group {name} is {group.status}: it never went live, so there is nothing to "
+                "finalize")
+    return (f"group {name} is {group.status}, not live: finalize closes a group after its "
+            f"cutover; cut it over first (`ferry cutover {name}`), or cancel it "
+            f"(`ferry cancel {name}`)")
 
 
 def halt_reason(vm_name: str, step: str | None, message: str | None) -> str:

@@ -84,6 +84,18 @@ class Settings(BaseSettings):
     # gateway serves /metrics itself, for everything its process hosts).
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 0
+    # Retention (docs/operations.md): the coordinator's process deletes, every
+    # retention_interval_s, published outbox events, processed-event records (inbox) and the
+    # VM log lines of groups cancelled or finalized, once older than these many days (0: kept
+    # forever), at most retention_batch rows per statement.
+    retention_outbox_days: float = Field(7.0, ge=0)
+    # A redelivery of an event older than this would be handled again: keep it well above the
+    # longest a message may wait in a queue (retries wait seconds; a dead letter was never
+    # processed, so replaying it is unaffected).
+    retention_inbox_days: float = Field(30.0, ge=0)
+    retention_messages_days: float = Field(30.0, ge=0)
+    retention_interval_s: float = Field(3600.0, gt=0)
+    retention_batch: int = Field(1000, ge=1)
     log_format: str = "auto"  # auto | json | console
     log_level: str = "info"
 

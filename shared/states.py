@@ -23,6 +23,7 @@ class VmState(StrEnum):
     FAILED = "failed"
     HALTED = "halted"
     ROLLED_BACK = "rolled_back"
+    CANCELLED = "cancelled"  # its group was cancelled: the VM was deleted, if it had been made
 
 
 class GroupStatus(StrEnum):
@@ -31,12 +32,19 @@ class GroupStatus(StrEnum):
     READY = "ready"
     CUTTING_OVER = "cutting_over"
     LIVE = "live"
+    # The end of a migration: cancelled before its cutover, finalized after it. The -ing states
+    # last while a service does the work (deleting VMs, removing the forwarding); a failure
+    # there leaves the group in them, with the reason, until the operator asks again.
+    CANCELLING = "cancelling"
+    CANCELLED = "cancelled"
+    FINALIZING = "finalizing"
+    FINALIZED = "finalized"
 
 
 S = VmState
 
-# The forward journey. FAILED and HALTED are reachable from every non-terminal state and are
-# handled separately below.
+# The forward journey. FAILED, HALTED and CANCELLED are reached from elsewhere and are handled
+# separately below.
 _FORWARD: dict[VmState, frozenset[VmState]] = {
     S.PLANNED: frozenset({S.ARCHIVING}),
     S.ARCHIVING: frozenset({S.ARCHIVED}),
@@ -54,7 +62,11 @@ _FORWARD: dict[VmState, frozenset[VmState]] = {
     S.ROLLED_BACK: frozenset({S.CUTTING_OVER}),
 }
 
-TERMINAL = frozenset({S.LIVE})
+TERMINAL = frozenset({S.LIVE, S.CANCELLED})
+
+# A cancel ends every VM of its group except those the cutover has reached: a cut-over group is
+# finalized, never cancelled.
+NOT_CANCELLABLE = frozenset({S.CUTTING_OVER, S.LIVE, S.CANCELLED})
 
 # States where a VM waits for a service to move it on (a provisioned database VM goes on by
 # itself, so PROVISIONED is not one). A halted group holds its VMs here:
@@ -100,6 +112,10 @@ def check(current: VmState, target: VmState) -> None:
         if current not in RESTING:
             raise IllegalTransition(current, target)
         return
+    if target == S.CANCELLED:
+        if current in NOT_CANCELLABLE:
+            raise IllegalTransition(current, target)
+        return
     if target not in _FORWARD.get(current, frozenset()):
         raise IllegalTransition(current, target)
 
@@ -109,16 +125,32 @@ G = GroupStatus
 # A group is active while its VMs travel; halted when one failed (until an operator resumes);
 # ready when all are; cutting over during a cutover, which ends live or back at ready (rolled
 # back). A VM may fail while its group is ready or cutting over, which halts it there too.
+# Before its cutover a group may be cancelled; once live it is finalized. Both end it for good.
 _GROUP_MOVES: dict[GroupStatus, frozenset[GroupStatus]] = {
-    G.ACTIVE: frozenset({G.HALTED, G.READY}),
-    G.HALTED: frozenset({G.ACTIVE}),
-    G.READY: frozenset({G.HALTED, G.CUTTING_OVER}),
+    G.ACTIVE: frozenset({G.HALTED, G.READY, G.CANCELLING}),
+    G.HALTED: frozenset({G.ACTIVE, G.CANCELLING}),
+    G.READY: frozenset({G.HALTED, G.CUTTING_OVER, G.CANCELLING}),
     G.CUTTING_OVER: frozenset({G.HALTED, G.LIVE, G.READY}),
-    G.LIVE: frozenset(),
+    G.LIVE: frozenset({G.FINALIZING}),
+    G.CANCELLING: frozenset({G.CANCELLED}),
+    G.CANCELLED: frozenset(),
+    G.FINALIZING: frozenset({G.FINALIZED}),
+    G.FINALIZED: frozenset(),
 }
+
+# A group on its way to its end, or there: nothing moves its VMs on any more.
+ENDING = frozenset({G.CANCELLING, G.CANCELLED, G.FINALIZING, G.FINALIZED})
+
+# Groups whose name a new submission may take: their migration is over (the partial unique
+# index groups_active_name in the store's migrations says the same).
+NAME_RELEASED = frozenset({G.LIVE, G.FINALIZING, G.FINALIZED, G.CANCELLED})
+
+
+def group_may(current: GroupStatus, target: GroupStatus) -> bool:
+    return target in _GROUP_MOVES[current]
 
 
 def check_group(current: GroupStatus, target: GroupStatus) -> None:
     """Raise IllegalTransition unless a group may go from `current` to `target`."""
-    if target not in _GROUP_MOVES[current]:
+    if not group_may(current, target):
         raise IllegalTransition(current, target)

@@ -8,6 +8,7 @@ import uuid
 from dataclasses import replace
 from pathlib import Path
 
+from shared import archive_store
 from shared import events as ev
 from shared import journey, rules
 from shared.databases import database_source, engine
@@ -71,11 +72,14 @@ async def archive_vm(event: ev.ArchiveRequested, ctx: Context) -> None:
             if vm.state == VmState.ARCHIVING:
                 await journey.transition(tx, vm, VmState.FAILED, step="archive",
                                          message=str(exc))
+            _discard_if_cancelled(ctx, vm)
         return
     async with ctx.transaction() as tx:
         vm = await tx.vms.get(vm.id, lock=True)
         if vm.state != VmState.ARCHIVING:
-            return  # a duplicate delivery got here first
+            # A duplicate delivery got here first, or the group was cancelled meanwhile.
+            _discard_if_cancelled(ctx, vm)
+            return
         items = [await _record(tx, vm.id, result) for result in results]
         if system is not None:
             await tx.vms.record_system(vm.id, system.model_dump(mode="json"))
@@ -90,10 +94,19 @@ async def archive_vm(event: ev.ArchiveRequested, ctx: Context) -> None:
 
 
 def _vm_dir(ctx: Context, group_id: uuid.UUID, vm_name: str) -> Path:
-    folder = ctx.settings.archive_root / str(group_id) / vm_name
+    folder = archive_store.vm_folder(ctx.settings.archive_root, group_id, vm_name)
     folder.mkdir(parents=True, exist_ok=True)
     remove_abandoned_partials(folder)
     return folder
+
+
+def _discard_if_cancelled(ctx: Context, vm) -> None:
+    """A VM whose group was cancelled while it was archived: the cancel removes the group's
+    folder once it has cancelled the VMs, which may be before this archiver wrote its files;
+    they go now, unrecorded (the VM's row lock, held here, orders the two)."""
+    if vm.state == VmState.CANCELLED:
+        archive_store.remove_vm(ctx.settings.archive_root, vm.group_id, vm.name)
+        log.info("archives of a cancelled VM discarded", vm=vm.name)
 
 
 def archive_id(vm_id: uuid.UUID, kind: str, source: str) -> str:

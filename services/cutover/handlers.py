@@ -259,3 +259,7 @@ async def cancel_pending(event: ev.GroupHalted, ctx: Context) -> None:
     """A halted group must not cut over: runs not started yet are refused."""
     async with ctx.transaction() as tx:
         await tx.cutover_runs.refuse_pending(ctx.group_id, "group halted")
+
+
+# The group's end after its cutover (finalize), on this same router.
+from services.cutover import finalize  # noqa: E402,F401 - registers its handlers

@@ -73,6 +73,12 @@ class GroupSummary(BaseModel):
     states: dict[str, int]
     simulated: bool = Field(False, description="some of its VMs are simulated (provider sim), "
                             "not machines")
+    closed_at: datetime | None = Field(None, description="when it was cancelled or finalized")
+    closing_error: str | None = Field(
+        None, description="why its cancel or finalize stopped short; asking again retries it")
+    legacy_forwarding: str | None = Field(
+        None, description="a finalized group: what became of the forwarding of the old public "
+        "addresses on the legacy hosts (kept, removed)")
 
 
 class GroupDetail(GroupSummary):
@@ -127,6 +133,37 @@ class CutoverRequest(StrictModel):
 
 class CutoverAccepted(BaseModel):
     run_id: uuid.UUID
+
+
+class FinalizeRequest(StrictModel):
+    forwarding: Literal["keep", "remove"] = Field(
+        description="the legacy hosts' forwarding of the old public addresses to the new VMs: "
+        "keep it (clients that still use an old address reach the new site) or remove it; "
+        "required, the operator says")
+
+
+class GroupEnding(BaseModel):
+    """A cancel or finalize accepted: the group as it is now (cancelling, finalizing); the end
+    is announced by group.cancelled or group.finalized, or the group shows a closing_error."""
+
+    id: uuid.UUID
+    name: str
+    status: str
+
+
+class PruneRequest(StrictModel):
+    dry_run: bool = Field(False, description="count what would be deleted, delete nothing")
+
+
+class Pruned(BaseModel):
+    """Rows deleted (or, in a dry run, that would be) by the retention settings."""
+
+    dry_run: bool
+    outbox: int = Field(description="published events older than FERRY_RETENTION_OUTBOX_DAYS")
+    inbox: int = Field(description="processed-event records older than "
+                       "FERRY_RETENTION_INBOX_DAYS")
+    vm_messages: int = Field(description="VM log lines of groups closed longer than "
+                             "FERRY_RETENTION_MESSAGES_DAYS")
 
 
 class NeedsProvisioning(BaseModel):

@@ -1,4 +1,5 @@
-"""The operator's side: submit and inspect groups, resume, retry, cutover, dead letters."""
+"""The operator's side: submit and inspect groups, resume, retry, cutover, cancel, finalize,
+dead letters, retention."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from services.gateway.errors import json_response, parse_body, problem, read_bod
 from services.gateway.keys import BUS, DEPS
 from services.gateway.vm_routes import vm_view
 from shared import events as ev
-from shared import journey
+from shared import journey, retention
 from shared.bus import dead_letters, replay_dead_letters
 from shared.model import Group
 from shared.plan import Plan, PlanError, load_plan
@@ -52,6 +53,11 @@ async def submit(request: web.Request) -> web.Response:
         async with store.transaction() as tx:
             group_id = await journey.submit(tx, plan)
     except GroupExists as exc:
+        async with store.session() as db:
+            holder = await db.groups.find(plan.group)
+        if holder is not None and holder.status == GroupStatus.CANCELLING:
+            raise problem(web.HTTPConflict, f"group {plan.group!r} is being cancelled: submit "
+                          "it again once it is cancelled") from None
         raise problem(web.HTTPConflict, str(exc)) from None
     return json_response(m.Submitted(id=group_id, name=plan.group), 201)
 
@@ -161,6 +167,57 @@ async def cutover(request: web.Request) -> web.Response:
     return json_response(m.CutoverAccepted(run_id=run_id), 202)
 
 
+@api.route("POST", "/v1/groups/{group}/cancel", "Cancel a group before its cutover: its VMs "
+           "deleted through the provider, its archives removed, its VMs' tokens revoked, the "
+           "legacy hosts untouched; once cancelled its name may be submitted again. Asked again "
+           "while it is cancelling, it retries", auth="operator", tag="operator",
+           response=m.GroupEnding,
+           responses={202: "accepted: the group is cancelling (group.cancelled ends it)",
+                      404: "no such group",
+                      409: "cut over or being cut over (finalize it instead, or wait), or "
+                           "ended already; the error says which"})
+async def cancel(request: web.Request) -> web.Response:
+    require_operator(request)
+    return await _end(request, journey.request_cancel)
+
+
+@api.route("POST", "/v1/groups/{group}/finalize", "Close a live group: the legacy hosts' "
+           "forwarding of the old public addresses kept or removed as the body says, its "
+           "archives and VM tokens removed. Asked again while it is finalizing, it retries",
+           auth="operator", tag="operator", body=m.FinalizeRequest, response=m.GroupEnding,
+           responses={202: "accepted: the group is finalizing (group.finalized ends it)",
+                      404: "no such group", 409: "not live; the error says what instead"})
+async def finalize(request: web.Request) -> web.Response:
+    require_operator(request)
+    body = await parse_body(request, m.FinalizeRequest)
+    return await _end(request, lambda tx, group: journey.request_finalize(tx, group,
+                                                                          body.forwarding))
+
+
+async def _end(request: web.Request, ask) -> web.Response:
+    """Ask for the path's group to end (`ask`: journey.request_cancel or _finalize, with the
+    transaction and the group, locked); 409 with the reason when its state refuses."""
+    async with request.app[DEPS].store.transaction() as tx:
+        group = await _find_group(tx, request, lock=True)
+        try:
+            group = await ask(tx, group)
+        except journey.Refused as exc:
+            raise problem(web.HTTPConflict, str(exc)) from None
+    return json_response(m.GroupEnding(id=group.id, name=group.name, status=group.status), 202)
+
+
+@api.route("POST", "/v1/retention/prune", "Delete now what the retention settings let go "
+           "(delivered outbox events, old inbox records, old VM messages of closed groups), or "
+           "count it (dry_run); the coordinator also does this periodically",
+           auth="operator", tag="operator", body=m.PruneRequest, response=m.Pruned)
+async def prune(request: web.Request) -> web.Response:
+    require_operator(request)
+    body = await parse_body(request, m.PruneRequest)
+    deps = request.app[DEPS]
+    found = await retention.prune(deps.store, deps.settings, dry_run=body.dry_run)
+    return json_response(m.Pruned(dry_run=body.dry_run, **asdict(found)))
+
+
 @api.route("GET", "/v1/needs-provisioning", "Configured VMs waiting to be provisioned (for an "
            "external provider)", auth="operator", tag="provider", response=m.NeedsProvisioning)
 async def needs_provisioning(request: web.Request) -> web.Response:
@@ -213,6 +270,8 @@ def _summary(row) -> m.GroupSummary:
         id=row["id"], name=row["name"], status=row["status"],
         halted_reason=row["halted_reason"], created_at=row["created_at"],
         vm_count=sum(states.values()), states=states, simulated=row["simulated"],
+        closed_at=row["closed_at"], closing_error=row["closing_error"],
+        legacy_forwarding=row["legacy_forwarding"],
     )
 
 

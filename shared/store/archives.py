@@ -57,6 +57,20 @@ class Archives:
         rows = await self.conn.fetch(_FOR_VM + " ORDER BY a.kind DESC, a.id", vm_id)
         return [_archive(r) for r in rows]
 
+    async def of_group(self, group_id: uuid.UUID) -> list[ArchiveRecord]:
+        """Every archive the group's VMs have recorded."""
+        rows = await self.conn.fetch(
+            "SELECT a.* FROM archives a JOIN vms v ON v.id = a.vm_id WHERE v.group_id = $1"
+            " ORDER BY a.id", group_id)
+        return [_archive(r) for r in rows]
+
+    async def forget_group(self, group_id: uuid.UUID) -> int:
+        """Drop the records of the group's archives (their files are removed by the caller);
+        how many there were."""
+        return int((await self.conn.execute(
+            "DELETE FROM archives WHERE vm_id IN (SELECT id FROM vms WHERE group_id = $1)",
+            group_id)).split()[-1])
+
     async def one_for_vm(self, vm_id: uuid.UUID, archive_id: str) -> ArchiveRecord | None:
         row = await self.conn.fetchrow(f"SELECT * FROM ({_FOR_VM}) mine WHERE id = $2",
                                        vm_id, archive_id)

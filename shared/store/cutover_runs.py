@@ -36,6 +36,12 @@ class CutoverRuns:
             "UPDATE cutover_runs SET status = $2, reason = $3, downtime_s = $4,"
             " finished_at = now() WHERE id = $1", run_id, status, reason, downtime_s)
 
+    async def in_progress(self, group_id: uuid.UUID) -> bool:
+        """A run of the group is at work (a prepared one too, which leaves the group ready)."""
+        return bool(await self.conn.fetchval(
+            "SELECT true FROM cutover_runs WHERE group_id = $1 AND status = 'running' LIMIT 1",
+            group_id))
+
     async def refuse_pending(self, group_id: uuid.UUID, reason: str) -> None:
         """Runs of the group not started yet end refused."""
         await self.conn.execute(

@@ -21,6 +21,8 @@ def _group(row: asyncpg.Record) -> Group:
         id=row["id"], name=row["name"], status=GroupStatus(row["status"]), plan=row["plan"],
         halted_vm_id=row["halted_vm_id"], halted_reason=row["halted_reason"],
         archived_at=row["archived_at"], ready_at=row["ready_at"], created_at=row["created_at"],
+        closed_at=row["closed_at"], closing_error=row["closing_error"],
+        legacy_forwarding=row["legacy_forwarding"],
     )
 
 
@@ -56,14 +58,29 @@ class Groups:
                          halted_vm_id: uuid.UUID | None = None,
                          halted_reason: str | None = None) -> None:
         """Write a group's new status (checked by the caller); the halt's VM and reason are
-        kept only while it is halted, and it is ready since it last became ready from
-        active."""
+        kept only while it is halted, it is ready since it last became ready from active,
+        closed since it was cancelled or finalized, and a closing error belongs to the status
+        it was met in."""
         await self.conn.execute(
             "UPDATE groups SET status = $2, halted_vm_id = $3, halted_reason = $4,"
             " ready_at = CASE WHEN $2 = 'ready' AND status = 'active' THEN now()"
             "                 ELSE ready_at END,"
-            " updated_at = now() WHERE id = $1",
+            " closed_at = CASE WHEN $2 IN ('cancelled', 'finalized') THEN now()"
+            "                  ELSE closed_at END,"
+            " closing_error = NULL, updated_at = now() WHERE id = $1",
             group.id, status.value, halted_vm_id, halted_reason)
+
+    async def record_closing_error(self, group_id: uuid.UUID, error: str | None) -> None:
+        """Why a cancel or finalize stopped short; None when it is asked again."""
+        await self.conn.execute(
+            "UPDATE groups SET closing_error = $2, updated_at = now() WHERE id = $1",
+            group_id, error)
+
+    async def record_legacy_forwarding(self, group_id: uuid.UUID, forwarding: str) -> None:
+        """What a finalize did with the legacy hosts' forwarding: kept or removed."""
+        await self.conn.execute(
+            "UPDATE groups SET legacy_forwarding = $2, updated_at = now() WHERE id = $1",
+            group_id, forwarding)
 
     async def mark_archived(self, group_id: uuid.UUID) -> bool:
         """True the first time only."""

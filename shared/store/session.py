@@ -25,6 +25,7 @@ from shared.store.groups import Groups
 from shared.store.inbox import AlreadyProcessed, Inbox
 from shared.store.messages import Messages
 from shared.store.outbox import Outbox
+from shared.store.retention import Retention
 from shared.store.scripts import Scripts
 from shared.store.tokens import Tokens
 from shared.store.transitions import Transitions
@@ -83,6 +84,10 @@ class Session:
     @cached_property
     def outbox(self) -> Outbox:
         return Outbox(self.conn)
+
+    @cached_property
+    def retention(self) -> Retention:
+        return Retention(self.conn)
 
     @cached_property
     def views(self) -> Views:

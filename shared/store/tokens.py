@@ -1,4 +1,5 @@
-"""VM bearer tokens: issued at boot, stored only as a hash, one VM each, dead once it is live."""
+"""VM bearer tokens: issued at boot, stored only as a hash, one VM each, dead once it is live
+or cancelled (and revoked when its group ends)."""
 
 from __future__ import annotations
 
@@ -29,8 +30,16 @@ class Tokens:
         return token
 
     async def owner(self, token: str) -> uuid.UUID | None:
-        """The VM a token belongs to, if the token is current and the VM is not live yet."""
+        """The VM a token belongs to, if the token is current and the VM is neither live nor
+        cancelled."""
         return await self.conn.fetchval(
             "SELECT t.vm_id FROM vm_tokens t JOIN vms v ON v.id = t.vm_id"
-            " WHERE t.token_hash = $1 AND t.revoked_at IS NULL AND v.state <> 'live'",
+            " WHERE t.token_hash = $1 AND t.revoked_at IS NULL"
+            " AND v.state NOT IN ('live', 'cancelled')",
             _hash(token))
+
+    async def revoke_group(self, group_id: uuid.UUID) -> None:
+        """Revoke every current token of the group's VMs."""
+        await self.conn.execute(
+            "UPDATE vm_tokens SET revoked_at = now() WHERE revoked_at IS NULL"
+            " AND vm_id IN (SELECT id FROM vms WHERE group_id = $1)", group_id)

@@ -4,18 +4,26 @@ playing the VMs' side over HTTP."""
 from __future__ import annotations
 
 import asyncio
+import os
+import pty
+import sys
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 import asyncpg
 
 from services.runtime import SERVICES, Host
+from shared.cutover_adapters import CutoverAdapters
 from shared.providers.base import BootSource
 from shared.providers.fake import FakeProvider
 from shared.settings import Settings
+from shared.ssh import RemoteError
 from shared.vmclient import VmClient
-from tests.conftest import eventually
+from tests.conftest import OPERATOR_TOKEN, eventually
+
+REPO = Path(__file__).resolve().parents[2]
 
 THREE_VMS = """
 group: {group}
@@ -108,11 +116,46 @@ class Ferry:
                               "failed", "loading", "ready")
 
 
+class RecordingMachines:
+    """The machines the cutover reaches over SSH (legacy hosts and new VMs), at that edge
+    (CutoverAdapters.remote): every script is recorded as (host, script) and answered with
+    nothing. `unreachable`: hosts whose connection fails as ssh's would; `holds`: a script
+    waits for its event before it is answered (a run caught in the middle)."""
+
+    def __init__(self, unreachable: set[str] | None = None):
+        self.ran: list[tuple[str, str]] = []
+        self.unreachable = unreachable or set()
+        self.holds: dict[str, asyncio.Event] = {}
+
+    def __call__(self, label: str, host: str, *_ssh) -> "RecordingMachines.Machine":
+        return self.Machine(self, label, host)
+
+    def scripts_on(self, host: str) -> list[str]:
+        return [script for on, script in self.ran if on == host]
+
+    class Machine:
+        def __init__(self, machines: "RecordingMachines", label: str, host: str):
+            self.machines, self.label, self.host = machines, label, host
+
+        async def run(self, script: str, *, what: str, **_options) -> str:
+            if self.host in self.machines.unreachable:
+                raise RemoteError(f"{what}: cannot reach {self.label} ({self.host}) over SSH: "
+                                  "Connection refused")
+            self.machines.ran.append((self.host, script))
+            if script in self.machines.holds:
+                await self.machines.holds[script].wait()
+            return ""
+
+        async def close(self) -> None:
+            pass
+
+
 async def start_ferry(settings: Settings, operator: aiohttp.ClientSession,
                       provider: FakeProvider | None = None,
-                      services: tuple[str, ...] = SERVICES) -> Ferry:
+                      services: tuple[str, ...] = SERVICES,
+                      cutover: CutoverAdapters | None = None) -> Ferry:
     provider = provider or FakeProvider()
-    host = Host(settings, services, provider=provider, gateway=True)
+    host = Host(settings, services, provider=provider, gateway=True, cutover=cutover)
     await host.start()
     return Ferry(settings, host, provider, operator)
 
@@ -156,3 +199,32 @@ async def play_journey(ferry: Ferry, group_id: uuid.UUID) -> None:
         assert (await replica.master(wait=10))["complete"]
         await replica.state("replicating", "replication-started")
         await replica.state("ready", "replicating")
+
+
+async def ferry_cli(settings: Settings, *args: str, expect: int = 0,
+                    typed: str | None = None) -> str:
+    """`ferry ARGS` as the operator runs it, against the test's gateway; its output. `typed`:
+    run on a terminal (a pty), where this line is typed."""
+    env = {**os.environ, "FERRY_GATEWAY_HOST": "127.0.0.1",
+           "FERRY_GATEWAY_PORT": str(settings.gateway_port),
+           "FERRY_OPERATOR_TOKEN": OPERATOR_TOKEN, "FERRY_STATE_DIR": str(settings.state_dir),
+           "COLUMNS": "200"}
+    if typed is None:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "cli.main", *args, cwd=REPO, env=env,
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT)
+        out = (await asyncio.wait_for(process.communicate(), 60))[0].decode()
+    else:
+        terminal, tty = pty.openpty()
+        try:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "cli.main", *args, cwd=REPO, env=env, stdin=tty,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+            os.write(terminal, typed.encode() + b"\n")
+            out = (await asyncio.wait_for(process.communicate(), 60))[0].decode()
+        finally:
+            os.close(terminal)
+            os.close(tty)
+    assert process.returncode == expect, out
+    return out

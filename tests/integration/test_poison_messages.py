@@ -6,10 +6,7 @@ it with its error; once the provider is back, a replay puts it back and the grou
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 import time
-from pathlib import Path
 
 import aio_pika
 import pytest
@@ -17,13 +14,10 @@ import pytest
 from shared.providers.base import BootSource
 from shared.providers.fake import FakeProvider
 from shared.topology import Names
-from tests.conftest import OPERATOR_TOKEN, eventually
-from tests.integration.harness import THREE_VMS, start_ferry
+from tests.conftest import eventually
+from tests.integration.harness import THREE_VMS, ferry_cli, start_ferry
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_broker_and_db")]
-
-REPO = Path(__file__).resolve().parents[2]
-
 
 class FlakyProvider(FakeProvider):
     """The fake provider whose API is unreachable while `down` is set."""
@@ -38,20 +32,6 @@ class FlakyProvider(FakeProvider):
             self.refused_at.append(time.monotonic())
             raise ConnectionError("provider API unreachable")
         return await super().create_vm(spec, idempotency_key=idempotency_key)
-
-
-async def ferry_cli(settings, *args: str) -> str:
-    """`ferry ARGS` as the operator runs it, against the test's gateway."""
-    env = {**os.environ, "FERRY_GATEWAY_HOST": "127.0.0.1",
-           "FERRY_GATEWAY_PORT": str(settings.gateway_port),
-           "FERRY_OPERATOR_TOKEN": OPERATOR_TOKEN, "FERRY_STATE_DIR": str(settings.state_dir),
-           "COLUMNS": "200"}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "cli.main", *args, cwd=REPO, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    out, _ = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode == 0, out.decode()
-    return out.decode()
 
 
 async def dlq_depth(settings, service: str) -> int:

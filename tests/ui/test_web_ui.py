@@ -365,3 +365,29 @@ async def test_event_stream_takes_the_ui_cookie_but_never_a_token_in_the_url(fer
     assert "get" in paths["/v1/groups/{group}/cutover"]
     async with operator.get("/v1/groups/nope/cutover") as response:
         assert response.status == 404
+
+
+async def test_a_cancelled_group_says_so_and_stays_apart_from_the_one_that_took_its_name(
+        ferry: Ferry, page: Page, settings, operator):
+    """A group cancelled while the page is open shows cancelled, live, with what a cancel
+    did; once the same plan is submitted again, both are listed, and each opens its own
+    page."""
+    first = await ferry.submit(THREE_VMS.format(group="shop"))
+    await sign_in(page, settings.gateway_url)
+    await expect(page.locator("#group-status")).to_have_text("active")
+    async with operator.post(f"/v1/groups/{first}/cancel") as response:
+        assert response.status == 202
+    await expect(page.locator("#group-status")).to_have_text("cancelled")
+    await expect(page.locator("#ended")).to_contain_text(
+        "its VMs were deleted and its archives removed")
+    await shot(page, "20-cancelled")
+    second = await ferry.submit(THREE_VMS.format(group="shop"))
+    entries = page.locator("#groups [data-group=shop]")
+    await expect(entries).to_have_count(2)
+    await entries.nth(1).click()  # newest first: the older, cancelled one
+    await expect(page.locator("#group-status")).to_have_text("cancelled")
+    assert page.url.endswith(f"#group={first}")
+    await entries.nth(0).click()
+    await expect(page.locator("#group-status")).to_have_text("active")
+    await expect(page.locator("#ended")).to_have_count(0)
+    assert page.url.endswith(f"#group={second}")

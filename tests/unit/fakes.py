@@ -25,7 +25,7 @@ from shared.model import Group, Vm
 from shared.plan import Plan
 from shared.rules import Move
 from shared.service import Deps
-from shared.states import GroupStatus, VmState
+from shared.states import NAME_RELEASED, GroupStatus, VmState
 from shared.store.archives import ArchiveRecord
 from shared.store.cutover_runs import PENDING
 from shared.store.groups import GroupExists
@@ -72,7 +72,7 @@ class FakeGroups(_Repo):
             return max(named, key=lambda g: g.created_at) if named else None
 
     async def add(self, group_id: uuid.UUID, plan: Plan, replication_password: str) -> None:
-        if any(g.name == plan.group and g.status != GroupStatus.LIVE
+        if any(g.name == plan.group and g.status not in NAME_RELEASED
                for g in self.t.groups.values()):
             raise GroupExists(f"group {plan.group!r} is already being migrated")
         self.t.groups[group_id] = Group(
@@ -87,8 +87,17 @@ class FakeGroups(_Repo):
         was = self.t.groups[group.id]
         ready_at = _now() if status == GroupStatus.READY and was.status == GroupStatus.ACTIVE \
             else was.ready_at
+        closed_at = _now() if status in (GroupStatus.CANCELLED, GroupStatus.FINALIZED) \
+            else was.closed_at
         self.t.groups[group.id] = replace(was, status=status, halted_vm_id=halted_vm_id,
-                                          halted_reason=halted_reason, ready_at=ready_at)
+                                          halted_reason=halted_reason, ready_at=ready_at,
+                                          closed_at=closed_at, closing_error=None)
+
+    async def record_closing_error(self, group_id: uuid.UUID, error: str | None) -> None:
+        self.t.groups[group_id] = replace(self.t.groups[group_id], closing_error=error)
+
+    async def record_legacy_forwarding(self, group_id: uuid.UUID, forwarding: str) -> None:
+        self.t.groups[group_id] = replace(self.t.groups[group_id], legacy_forwarding=forwarding)
 
     async def mark_archived(self, group_id: uuid.UUID) -> bool:
         group = self.t.groups[group_id]
@@ -187,6 +196,16 @@ class FakeArchives(_Repo):
     async def one_for_vm(self, vm_id: uuid.UUID, archive_id: str) -> ArchiveRecord | None:
         return next((a for a in await self.for_vm(vm_id) if a.id == archive_id), None)
 
+    async def of_group(self, group_id: uuid.UUID) -> list[ArchiveRecord]:
+        return sorted((a for a in self.t.archives.values()
+                       if self.t.vms[a.vm_id].group_id == group_id), key=lambda a: a.id)
+
+    async def forget_group(self, group_id: uuid.UUID) -> int:
+        gone = [a.id for a in await self.of_group(group_id)]
+        for archive_id in gone:
+            del self.t.archives[archive_id]
+        return len(gone)
+
 
 class FakeScripts(_Repo):
     async def save(self, vm_id: uuid.UUID, script: str) -> None:
@@ -207,9 +226,14 @@ class FakeTokens(_Repo):
 
     async def owner(self, token: str) -> uuid.UUID | None:
         found = self.t.tokens.get(hashlib.sha256(token.encode()).digest())
-        if found is None or self.t.vms[found[0]].state == VmState.LIVE:
+        if found is None or self.t.vms[found[0]].state in (VmState.LIVE, VmState.CANCELLED):
             return None
         return found[0]
+
+    async def revoke_group(self, group_id: uuid.UUID) -> None:
+        for key, (owner, _) in list(self.t.tokens.items()):
+            if self.t.vms[owner].group_id == group_id:
+                del self.t.tokens[key]
 
 
 class FakeCutoverRuns(_Repo):
@@ -227,6 +251,10 @@ class FakeCutoverRuns(_Repo):
     async def finish(self, run_id: uuid.UUID, status: str, reason: str | None,
                      downtime_s: float | None) -> None:
         self.t.cutover_runs[run_id].update(status=status, reason=reason, downtime_s=downtime_s)
+
+    async def in_progress(self, group_id: uuid.UUID) -> bool:
+        return any(run["group_id"] == group_id and run["status"] == "running"
+                   for run in self.t.cutover_runs.values())
 
     async def refuse_pending(self, group_id: uuid.UUID, reason: str) -> None:
         for run in self.t.cutover_runs.values():

@@ -186,3 +186,20 @@ def test_validate_refuses_what_would_fail_at_render(tmp_path):
     output = " ".join(result.output.split())  # the console wraps long lines
     assert (f"bad.yaml:{line}:5: vms[1].database_data_dir: cannot be written into my.cnf: "
             "it must not hold '\"', '\\' or control characters") in output
+
+
+def test_cancel_without_a_terminal_or_yes_refuses_and_says_so(tmp_path, monkeypatch):
+    """`ferry cancel` asks for the group's name to be typed; with no terminal to ask on and
+    no --yes it refuses before reaching the gateway, saying how to go on."""
+    monkeypatch.setenv("FERRY_GATEWAY_PORT", "9")
+    monkeypatch.setenv("FERRY_STATE_DIR", str(tmp_path))
+    result = CliRunner().invoke(main, ["cancel", "shop"])
+    assert result.exit_code == 1
+    output = " ".join(result.output.split())
+    assert "there is no terminal to ask on: pass --yes to cancel without asking" in output
+    assert "cannot reach the gateway" not in output
+
+
+def test_finalize_wants_the_operator_to_say_what_becomes_of_the_forwarding():
+    result = CliRunner().invoke(main, ["finalize", "shop"])
+    assert result.exit_code == 2 and "Missing option '--forwarding'" in result.output

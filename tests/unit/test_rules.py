@@ -122,3 +122,38 @@ def test_the_halt_reason_names_the_vm_the_step_and_the_message():
     assert rules.halt_reason("db1", "load-dumps", "disk full") == \
         "db1 failed at load-dumps: disk full"
     assert rules.halt_reason("db1", None, None) == "db1 failed: no message"
+
+
+@pytest.mark.parametrize("status", [G.ACTIVE, G.HALTED, G.READY, G.CANCELLING])
+def test_a_group_not_cut_over_may_be_cancelled(status):
+    """Before its cutover a group may be cancelled, pre-ready, halted (its failed VMs too) or
+    ready; one cancelling may be asked again."""
+    members = [vm(S.FAILED, status), vm(S.ROLLED_BACK, status), vm(S.HALTED, status)]
+    assert rules.cancel_refusal(group(status), members, cutover_running=False) is None
+
+
+def test_a_cancel_is_refused_once_the_cutover_has_begun_with_what_to_do_instead():
+    """Live (or a VM live in a group halted during its cutover): finalize instead; a run at
+    work (a prepared one leaves the group ready): wait; ended: nothing to do."""
+    live = rules.cancel_refusal(group(G.LIVE), [vm(S.LIVE, G.LIVE)], cutover_running=False)
+    assert live.startswith("group shop is live (cut over)")
+    assert "ferry finalize shop --forwarding keep|remove" in live
+    assert rules.cancel_refusal(group(G.HALTED), [vm(S.LIVE, G.HALTED)], False) == live
+    running = "group shop has a cutover run in progress: wait for it to end"
+    assert rules.cancel_refusal(group(G.CUTTING_OVER), [], False).startswith(running)
+    assert rules.cancel_refusal(group(G.READY), [vm(S.READY, G.READY)], True).startswith(running)
+    assert rules.cancel_refusal(group(G.CANCELLED), [], False) == \
+        "group shop is cancelled already: its VMs and archives are gone"
+    assert "nothing to cancel" in rules.cancel_refusal(group(G.FINALIZED), [], False)
+
+
+def test_only_a_live_group_may_be_finalized_and_the_refusal_says_what_instead():
+    assert rules.finalize_refusal(group(G.LIVE)) is None
+    assert rules.finalize_refusal(group(G.FINALIZING)) is None
+    assert rules.finalize_refusal(group(G.READY)) == (
+        "group shop is ready, not live: finalize closes a group after its cutover; cut it "
+        "over first (`ferry cutover shop`), or cancel it (`ferry cancel shop`)")
+    assert rules.finalize_refusal(group(G.CANCELLED)) == \
+        "group shop is cancelled: it never went live, so there is nothing to finalize"
+    assert rules.finalize_refusal(group(G.FINALIZED)) == \
+        "group shop is finalized already: it is closed"

@@ -71,6 +71,41 @@ def test_a_group_moves_along_its_journey(current, target):
 ])
 def test_a_group_cannot_skip_or_leave_live(current, target):
     """A group cannot cut over before it is ready, leave a halt other than by resuming, or
-    leave live."""
+    leave live other than by finalizing."""
     with pytest.raises(IllegalTransition):
         check_group(current, target)
+
+
+def test_a_vm_is_cancelled_from_anywhere_the_cutover_has_not_reached():
+    """Every state before the cutover (failed, held and rolled back included) may end
+    cancelled; cutting over and live may not, and a cancelled VM goes nowhere, not even to
+    failed."""
+    for state in S:
+        if state in (S.CUTTING_OVER, S.LIVE, S.CANCELLED):
+            with pytest.raises(IllegalTransition):
+                check(state, S.CANCELLED)
+        else:
+            check(state, S.CANCELLED)
+    for target in S:
+        if target != S.CANCELLED:
+            with pytest.raises(IllegalTransition):
+                check(S.CANCELLED, target)
+
+
+@pytest.mark.parametrize("current,target", [
+    (G.ACTIVE, G.CANCELLING), (G.HALTED, G.CANCELLING), (G.READY, G.CANCELLING),
+    (G.CANCELLING, G.CANCELLED), (G.LIVE, G.FINALIZING), (G.FINALIZING, G.FINALIZED),
+])
+def test_a_group_ends_cancelled_before_its_cutover_or_finalized_after_it(current, target):
+    check_group(current, target)
+
+
+@pytest.mark.parametrize("current,target", [
+    (G.CUTTING_OVER, G.CANCELLING), (G.LIVE, G.CANCELLING), (G.READY, G.FINALIZING),
+    (G.CANCELLING, G.ACTIVE), (G.CANCELLING, G.HALTED), (G.CANCELLED, G.ACTIVE),
+    (G.FINALIZING, G.LIVE), (G.FINALIZED, G.HALTED), (G.ACTIVE, G.CANCELLED),
+])
+def test_an_ended_group_stays_ended_and_a_cut_over_one_is_never_cancelled(current, target):
+    with pytest.raises(IllegalTransition):
+        check_group(current, target)
+

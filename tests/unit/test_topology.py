@@ -10,7 +10,7 @@ from shared.topology import event_type_of, routing_key
 COMMANDS_AND_FACTS_WITHOUT_A_SERVICE_HANDLER = {
     # Pure notifications: the gateway's live feed shows them to operators.
     "group.ready", "cutover.step_completed", "cutover.completed", "cutover.failed",
-    "vm.message_logged",
+    "vm.message_logged", "group.cancel_failed", "group.finalized", "group.finalize_failed",
 }
 
 

@@ -12,6 +12,8 @@ const EVENT_TYPES = [
   "db.master.complete",
   "group.ready", "group.halted", "group.resumed", "cutover.requested",
   "cutover.step_completed", "cutover.completed", "cutover.failed",
+  "group.cancel_requested", "group.cancelled", "group.cancel_failed",
+  "group.finalize_requested", "group.finalized", "group.finalize_failed",
 ];
 
 const $ = (id) => document.getElementById(id);
@@ -266,7 +268,7 @@ async function refreshDetail() {
   // Redraw only when something changed (a redraw every poll would lose the operator's text
   // selection); seconds_in_state always changes and is ticked locally anyway.
   const shape = JSON.stringify([
-    detail.status, detail.halted_reason, detail.vms.map(({ seconds_in_state, ...vm }) => vm),
+    detail.status, detail.halted_reason, detail.closing_error, detail.vms.map(({ seconds_in_state, ...vm }) => vm),
     timeline, cutover, [...ui.logs.values()].map((log) => log.items.map((m) => m.id).join()),
   ]);
   ui.detail = detail;
@@ -329,12 +331,18 @@ const actions = {
 
 // ---- rendering -----------------------------------------------------------------------------
 
+// A group is picked by its name, which shows the newest group of that name; where an older one
+// (cancelled, or live) shares it, each is picked by its id instead.
+function groupKey(g) {
+  return ui.groups.filter((other) => other.name === g.name).length > 1 ? g.id : g.name;
+}
+
 function renderGroups() {
   const list = $("groups");
   list.replaceChildren(...ui.groups.map((g) => h("li", {},
     h("button", {
-      type: "button", dataset: { group: g.name }, "aria-current": g.name === ui.selected ? "true" : "false",
-      onclick: () => select(g.name),
+      type: "button", dataset: { group: g.name }, "aria-current": groupKey(g) === ui.selected ? "true" : "false",
+      onclick: () => select(groupKey(g)),
     }, h("span", { class: "name" }, g.name), badge(g.status), g.simulated ? simulatedBadge() : null))));
   $("no-groups").hidden = ui.groups.length > 0;
 }
@@ -379,6 +387,22 @@ function haltBanner(group) {
       : h("p", {}, "No VM is failed any more: resume the group to let the held VMs carry on."),
     h("p", {}, h("button", { type: "button", class: "primary", dataset: { action: "resume" },
       onclick: () => actions.resume(group) }, `Resume ${group.name}`)));
+}
+
+// A group at its end: cancelled or finalized (closed), on its way there, or stopped short.
+function endBanner(group) {
+  const when = group.closed_at ? ` at ${clock(group.closed_at)}` : "";
+  const text = {
+    cancelling: "Cancelling: its VMs are being deleted through the provider.",
+    cancelled: `Cancelled${when}: its VMs were deleted and its archives removed; the legacy hosts were not touched. Its name is free again.`,
+    finalizing: "Finalizing: closing the group after its cutover.",
+    finalized: `Finalized${when}: the forwarding on the legacy hosts was ${group.legacy_forwarding || "?"}; its archives and VM tokens were removed. The group is closed.`,
+  }[group.status];
+  if (!text) return null;
+  return h("div", { id: "ended", class: `card ended ${group.status}` },
+    h("p", {}, text),
+    group.closing_error ? h("p", { class: "error", id: "closing-error" },
+      `Stopped: ${group.closing_error}`) : null);
 }
 
 function vmCard(vm) {
@@ -431,6 +455,7 @@ function timelineCard() {
 function cutoverCard(group) {
   const runs = (ui.cutover || { runs: [] }).runs;
   const ready = group.status === "ready";
+  const closed = ["cancelling", "cancelled", "finalizing", "finalized"].includes(group.status);
   return h("div", { class: "card", id: "cutover" },
     h("div", { class: "group-head" }, h("h3", {}, "Cutover"),
       h("div", { class: "actions" },
@@ -457,7 +482,8 @@ function cutoverCard(group) {
             s.error || s.undo_error
               ? h("td", { class: "error" }, [s.error, s.undo_error && `undo: ${s.undo_error}`].filter(Boolean).join("; "))
               : h("td", {}, s.detail || "")))))) : null,
-      ])) : h("p", { class: "muted" }, ready ? "No cutover yet." : "The group is not ready yet."));
+      ])) : h("p", { class: "muted" }, ready ? "No cutover yet."
+      : closed ? "The group has ended without a cutover." : "The group is not ready yet."));
 }
 
 function renderDetail() {
@@ -472,6 +498,7 @@ function renderDetail() {
   const states = Object.entries(group.states).map(([s, n]) => `${s}: ${n}`).join(", ");
   section.replaceChildren(...[
     group.status === "halted" ? haltBanner(group) : null,
+    endBanner(group),
     h("div", { class: "card" }, h("div", { class: "group-head" },
       h("h2", { id: "group-name" }, group.name),
       h("span", { id: "group-status", class: `badge ${group.status}` }, group.status),
