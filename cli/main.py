@@ -187,8 +187,7 @@ main.add_command(demo)
 
 from cli.lifecycle import commands as lifecycle  # noqa: E402 - cancel, finalize, prune
 
-for command in lifecycle(_call, _fail, lambda text: console.print(text, highlight=False,
-                                                                      markup=False)):
+for command in lifecycle():
     main.add_command(command)
 
 

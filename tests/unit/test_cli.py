@@ -190,11 +190,12 @@ def test_validate_refuses_what_would_fail_at_render(tmp_path):
 
 def test_cancel_without_a_terminal_or_yes_refuses_and_says_so(tmp_path, monkeypatch):
     """`ferry cancel` asks for the group's name to be typed; with no terminal to ask on and
-    no --yes it refuses before reaching the gateway, saying how to go on."""
+    no --yes it refuses before reaching the gateway (usage: nothing sent), saying how to go
+    on."""
     monkeypatch.setenv("FERRY_GATEWAY_PORT", "9")
     monkeypatch.setenv("FERRY_STATE_DIR", str(tmp_path))
     result = CliRunner().invoke(main, ["cancel", "shop"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     output = " ".join(result.output.split())
     assert "there is no terminal to ask on: pass --yes to cancel without asking" in output
     assert "cannot reach the gateway" not in output
