@@ -14,13 +14,14 @@ import tempfile
 import uuid
 from pathlib import Path
 
+from services.cutover import logical, replication
 from services.cutover.handlers import router
 from services.cutover.scripts import UNFORWARD
-from shared import archive_store
+from shared import archive_store, databases
 from shared import events as ev
 from shared import journey
 from shared.logging import get_logger
-from shared.plan import Plan
+from shared.plan import Plan, Role
 from shared.service import Context
 from shared.ssh import RemoteError
 from shared.states import GroupStatus
@@ -83,11 +84,48 @@ async def _remove_forwarding(ctx: Context, plan: Plan) -> list[str]:
 
 @router.on(ev.GroupCancelled)
 async def forget_cancelled(event: ev.GroupCancelled, ctx: Context) -> None:
-    """A cancelled group may have been prepared for its cutover: its staging copies go."""
+    """A cancelled group may have been prepared for its cutover: its staging copies go, and
+    what a replication hand-off left on its legacy masters (a PostgreSQL slot there would keep
+    every WAL file until the disk fills)."""
     async with ctx.store.session() as db:
         group = await db.groups.get(ctx.group_id)
-    if group is not None:
-        await _remove_staging(ctx, group.id, group.name)
+        ran = bool(await db.views.cutover_runs(ctx.group_id, 1)) if group else False
+    if group is None:
+        return
+    await _remove_staging(ctx, group.id, group.name)
+    if ran:
+        await _release_handoffs(ctx, group.parsed_plan())
+
+
+async def _release_handoffs(ctx: Context, plan: Plan) -> None:
+    """On each legacy master reached over SSH, per engine family of its databases, the
+    hand-off's tunnel and its replication user, or PostgreSQL's slots, publications and role,
+    removed (nothing there when no run linked it: each removal is harmless then)."""
+    control = Path(tempfile.mkdtemp(prefix="ferry-ssh-"))
+    try:
+        for vm in plan.vms:
+            if vm.role != Role.DB_MASTER or not vm.databases or vm.source is None \
+                    or vm.source.kind != "ssh":
+                continue
+            legacy = ctx.deps.cutover.legacy(f"legacy {vm.name}", vm.source, control)
+            try:
+                for specs in databases.by_family(vm.databases):
+                    server = databases.engine(specs[0].engine)
+                    if server.hands_off_logically:
+                        await logical.release_on_legacy(legacy, [db.name for db in specs])
+                    elif server.hands_off:
+                        await replication.release_on_legacy(legacy, server)
+                log.info("hand-off released on the legacy master", group=plan.group,
+                         vm=vm.name)
+            except (RemoteError, replication.HandoffError) as exc:
+                # The group is cancelled whatever happens here; what is left is said, for a
+                # person to remove (docs/operations.md names it).
+                log.error("the hand-off's link on the legacy master was not removed",
+                          group=plan.group, vm=vm.name, error=str(exc))
+            finally:
+                await legacy.close()
+    finally:
+        shutil.rmtree(control, ignore_errors=True)
 
 
 async def _remove_staging(ctx: Context, group_id: uuid.UUID, name: str) -> None:

@@ -20,6 +20,7 @@ import time
 from services.cutover.replication import (
     CATCH_UP_S, HandoffError, Link, close_tunnel, open_tunnel, server_on,
 )
+from services.cutover.tunnel import TUNNELS
 from shared.databases import database_source, engine
 from shared.databases import postgresql_logical as logical
 from shared.ssh import Remote, pipe
@@ -182,6 +183,13 @@ async def _release_legacy(link: Link) -> None:
     await close_tunnel(link)
     await sql(link.legacy, logical.release_sql(link.names),
               what="removing the slots, publications and role")
+
+
+async def release_on_legacy(legacy: Remote, names: list[str]) -> None:
+    """What a hand-off set up on the legacy master removed, its new master gone (a cancelled
+    group): the tunnel, and the slots, which would otherwise keep every WAL file from then on."""
+    await legacy.run(TUNNELS["postgresql"].stop_script(), what="closing the tunnel")
+    await sql(legacy, logical.release_sql(names), what="removing the slots, publications and role")
 
 
 async def _unpublish(link: Link, name: str) -> None:

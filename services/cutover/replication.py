@@ -169,6 +169,15 @@ async def promote(link: Link) -> str:
     return f"{link.new.label} caught up at {position} and was promoted"
 
 
+async def release_on_legacy(legacy: Remote, server: Engine) -> None:
+    """What a hand-off set up on the legacy master removed, its new master gone (a cancelled
+    group): the tunnel's loop and the replication user."""
+    await legacy.run(TUNNELS[server.family].stop_script(), what="closing the tunnel")
+    bound = await server_on(server, legacy)
+    await sql(bound, legacy, bound.drop_replication_user_sql(REPLICATION_USER, REPLICATION_HOSTS),
+              what="removing the replication user")
+
+
 # --- SQL on a machine ---------------------------------------------------------------------------
 
 async def sql(server: Engine, machine: Remote, statements: str, *, what: str,

@@ -279,11 +279,9 @@ class GroupRunbook:
         problem = self._refusal(machine, mode)
         if problem:
             raise StepFailed(problem)
-        families: dict[str, list] = {}
-        for db in machine.vm.databases:
-            families.setdefault(databases.engine(db.engine).family, []).append(db)
         return [replication.Link(self._legacy(machine, "replication"), machine.new,
-                                 machine.address, specs) for specs in families.values()]
+                                 machine.address, specs)
+                for specs in databases.by_family(machine.vm.databases)]
 
     async def replicate_from_legacy(self) -> str:
         if self.database_mode != "replication":

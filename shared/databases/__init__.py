@@ -19,12 +19,12 @@ from shared.databases.mysql_versions import UnsupportedVersion
 from shared.databases.postgresql import PostgreSQL
 
 if TYPE_CHECKING:
-    from shared.plan import VM, Plan
+    from shared.plan import VM, DatabaseSpec, Plan
 
 __all__ = [
     "DEFAULT", "ENGINES", "DatabaseSource", "DumpError", "Engine", "Position", "ReplicaStatus",
-    "Unsupported", "UnsupportedVersion", "VersionUnknown", "database_source", "engine",
-    "engine_of", "rebuild_engine", "rebuild_engines", "titles",
+    "Unsupported", "UnsupportedVersion", "VersionUnknown", "by_family", "database_source",
+    "engine", "engine_of", "rebuild_engine", "rebuild_engines", "titles",
 ]
 
 ENGINES: dict[str, Engine] = {e.name: e for e in (MariaDB(), MySQL(), PostgreSQL())}
@@ -72,6 +72,15 @@ def rebuild_engines(vm: VM, plan: Plan | None = None) -> list[Engine]:
         if server.rebuilds and server.family not in {other.family for other in found}:
             found.append(server)
     return found or [DEFAULT]
+
+
+def by_family(specs: Iterable[DatabaseSpec]) -> list[list[DatabaseSpec]]:
+    """A master's databases grouped by their engine's family (one server each: MariaDB or
+    MySQL, PostgreSQL), in the order the plan names them."""
+    families: dict[str, list[DatabaseSpec]] = {}
+    for spec in specs:
+        families.setdefault(engine(spec.engine).family, []).append(spec)
+    return list(families.values())
 
 
 def titles(engines: Iterable[Engine]) -> str:
