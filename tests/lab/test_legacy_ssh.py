@@ -1,6 +1,6 @@
-"""Archiving live legacy hosts over SSH: the example site (lab/legacy: sshd, nginx and MariaDB
-chrooted in network namespaces) read by the archiver's real code path (`_take_archives` with
-the shipped examples/shop.yaml), then the site taken down without a trace.
+"""Archiving live legacy hosts over SSH: the example site (lab/legacy: sshd, nginx, MariaDB and
+PostgreSQL chrooted in network namespaces) read by the archiver's real code path
+(`_take_archives` with the shipped examples/shop.yaml), then the site taken down without a trace.
 
 Uses the default settings' lab folder, so the hosts' roots built by `python -m lab.legacy up`
 are reused (a warm `up` takes about a second, a cold one about 12 s); a site already up is
@@ -320,8 +320,8 @@ async def test_up_again_is_a_check_and_down_leaves_nothing(site, lab):
     assert "up (already)" in again.timings
     pids = {procs.recorded_pid(p) for p in (lab.lab_dir / "legacy/.state/run").glob("*.pid")}
     # sshd on each of the six hosts, nginx on app1 and old1, mariadbd on db1, db2, net1 and
-    # plan1, and the site's DNS (named)
-    assert len(pids - {None}) == sum(len(h.daemons) for h in site.hosts.values()) + 1 == 13
+    # plan1, postgres on db1, and the site's DNS (named)
+    assert len(pids - {None}) == sum(len(h.daemons) for h in site.hosts.values()) + 1 == 14
     roots = [host.root for host in site.hosts.values()]
     await legacy.down(lab)
     assert not [ns for ns in net.namespaces() if ns.startswith("ferry-legacy")]
