@@ -30,6 +30,10 @@ LOCK = Path("/run/ferryman/legacy-site.lock")
 READY_TIMEOUT_S = 90
 SSH_PORT = 22
 TOOLS = ("ip", "chroot", "mount", "umount", "zstd", "tar", "ssh-keygen")
+# psql on a host as its cluster's superuser through the socket (peer authentication), rows only,
+# stopping at the first error.
+PSQL = ("runuser", "-u", "postgres", "--", "psql", "-X", "-q", "-A", "-t", "-v",
+        "ON_ERROR_STOP=1")
 
 
 class LegacyError(Exception):
@@ -335,12 +339,6 @@ async def _healthy(spec: SiteSpec, lab_dir: Path) -> bool:
 
 
 # --- seeding ----------------------------------------------------------------------------------
-
-# psql as the cluster's superuser through its socket (peer authentication), stopping at the
-# first error.
-PSQL = ("runuser", "-u", "postgres", "--", "psql", "-X", "-q", "-A", "-t", "-v",
-        "ON_ERROR_STOP=1")
-
 
 async def _seed(site: Site, spec: SiteSpec, lab_dir: Path) -> None:
     """Each seeded database is loaded once per built root (a marker per database remembers
