@@ -89,6 +89,13 @@ if name == "psql" and "-c" in args:
            "SELECT status FROM pg_stat_wal_receiver": b"streaming\n"}}.get(query, b"")
 if name == "pg_basebackup":
     record["PGPASSWORD"] = os.environ.get("PGPASSWORD")
+    if "-C" in args and os.environ.get("FERRY_STUB_SLOT_EXISTS"):  # an earlier boot made it
+        with open(os.environ["FERRY_STUB_LOG"], "a") as log:
+            log.write(json.dumps(record) + "\n")
+        sys.stderr.write('pg_basebackup: error: could not send replication command '
+                         '"CREATE_REPLICATION_SLOT": ERROR:  replication slot "'
+                         + arg_after("-S") + '" already exists\n')
+        sys.exit(1)
 if name in ("initdb", "pg_basebackup"):
     datadir = arg_after("-D")
     os.makedirs(datadir, exist_ok=True)
