@@ -115,7 +115,8 @@ def demo(provider: str, plan: Path | None, timeout: float | None, keep: bool) ->
 def _legacy_up(settings):
     from lab import legacy
 
-    console.print("starting the example legacy hosts (network namespaces, sshd, MariaDB, nginx)")
+    console.print("starting the example legacy hosts (network namespaces, sshd, MariaDB, "
+                  "PostgreSQL, nginx)")
     return asyncio.run(legacy.up(settings))
 
 

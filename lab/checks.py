@@ -190,6 +190,12 @@ async def data_tree(shell: VmShell, vm: VM, legacy_run: LegacyRun) -> str:
     return "; ".join(checked) or "no archived paths besides /"
 
 
+# --- databases, each engine read with its own client --------------------------------------------
+
+# Runs a bash command on one side (the legacy master, or a new VM) and returns its stdout.
+SideRun = Callable[[str], Awaitable[str]]
+
+
 def _sql(query: str) -> str:
     return f"mariadb -N -B -e {shlex.quote(query)}"
 
@@ -203,51 +209,205 @@ def table_digest_command(database: str, table: str, columns: int) -> str:
     return f"set -o pipefail; {rows} | sha256sum | cut -d' ' -f1; {count}"
 
 
-async def database_rows(shell: VmShell, legacy_run: LegacyRun, master: str,
+class MariaDbReader:
+    """MariaDB, through the `mariadb` client as root (the socket lets root in)."""
+
+    title = "MariaDB"
+    digest_name = "sha256"
+
+    async def tables(self, run: SideRun, database: str) -> list[str]:
+        return (await run(_sql(f"SHOW TABLES FROM `{database}`"))).split()
+
+    async def digest(self, run: SideRun, database: str, table: str) -> tuple[str, str]:
+        columns = int(await run(_sql(
+            "SELECT COUNT(*) FROM information_schema.COLUMNS"
+            f" WHERE TABLE_SCHEMA = '{database}' AND TABLE_NAME = '{table}'")))
+        digest, count = (await run(table_digest_command(database, table, columns))).split()
+        return digest, count
+
+    async def replica_state(self, run: SideRun) -> str:
+        status = await run("mariadb -e 'SHOW SLAVE STATUS\\G'")
+        fields = {}
+        for line in status.splitlines():
+            name, colon, value = line.partition(":")
+            if colon:
+                fields[name.strip()] = value.strip()
+        running = [fields.get(f"Slave_{thread}_Running") for thread in ("IO", "SQL")]
+        if running != ["Yes", "Yes"]:
+            raise CheckFailed(f"not replicating: Slave_IO_Running {running[0]}, "
+                              f"Slave_SQL_Running {running[1]}, last error "
+                              f"{fields.get('Last_Error') or fields.get('Last_IO_Error')!r}")
+        return f"replica of {fields.get('Master_Host')}, both threads running"
+
+    def write_arrival(self, tag: str) -> str:
+        return _sql("CREATE DATABASE IF NOT EXISTS ferry_check; CREATE TABLE IF NOT EXISTS "
+                    "ferry_check.arrivals (tag VARCHAR(64) PRIMARY KEY); "
+                    f"INSERT INTO ferry_check.arrivals VALUES ('{tag}')")
+
+    def count_arrival(self, tag: str) -> str:
+        return _sql(f"SELECT COUNT(*) FROM ferry_check.arrivals WHERE tag = '{tag}'")
+
+
+def psql(database: str, *statements: str) -> str:
+    """A bash command running each statement with psql as the cluster's superuser (the
+    postgres OS user, let in through the socket by peer authentication), unaligned, rows only."""
+    commands = " ".join(f"-c {shlex.quote(statement)}" for statement in statements)
+    return (f"runuser -u postgres -- psql -X -q -A -t -v ON_ERROR_STOP=1 "
+            f"-d {shlex.quote(database)} {commands}")
+
+
+# Rows as text the same way on both sides whatever each cluster's settings (timestamps in the
+# session's time zone, dates in its style).
+_PG_SESSION = ("SET TimeZone = 'UTC'", "SET DateStyle = 'ISO, YMD'",
+               "SET IntervalStyle = 'postgres'")
+# Roles of the legacy cluster, with what they may do and a digest of their password (the
+# verifier itself is never printed): the built-in pg_* roles and the bootstrap superuser
+# (oid 10, made by each cluster's initdb) aside.
+_PG_ROLES = ("SELECT rolname, rolsuper, rolcreaterole, rolcreatedb, rolcanlogin, rolreplication,"
+             " rolbypassrls, coalesce(md5(rolpassword), 'no password') FROM pg_authid"
+             " WHERE rolname !~ '^pg_' AND oid <> 10 ORDER BY 1")
+
+
+class PostgreSqlReader:
+    """PostgreSQL, through psql as the postgres OS user."""
+
+    title = "PostgreSQL"
+    digest_name = "md5"
+
+    async def tables(self, run: SideRun, database: str) -> list[str]:
+        return (await run(psql(database, "SELECT format('%I.%I', schemaname, tablename) "
+                               "FROM pg_tables WHERE schemaname NOT IN "
+                               "('pg_catalog', 'information_schema') ORDER BY 1"))).split()
+
+    async def digest(self, run: SideRun, database: str, table: str) -> tuple[str, str]:
+        # Each row as its text, in the order of those texts (the database's collation, the
+        # same on both sides: pg_restore --create keeps it).
+        query = (f"SELECT md5(coalesce(string_agg(t::text, E'\\n' ORDER BY t::text), '')) "
+                 f"|| ' ' || count(*) FROM {table} AS t")
+        digest, count = (await run(psql(database, *_PG_SESSION, query))).split()
+        return digest, count
+
+    async def roles(self, run: SideRun, databases: list[str]) -> tuple[set[str], list[str]]:
+        """The cluster's roles (one line each) and, per database, its owner and its tables'."""
+        roles = set((await run(psql("postgres", _PG_ROLES))).splitlines())
+        owners = []
+        for database in databases:
+            owners += (await run(psql(database, (
+                "SELECT format('database %s owned by %s', datname, pg_get_userbyid(datdba)) "
+                "FROM pg_database WHERE datname = current_database() UNION ALL "
+                "SELECT format('table %I.%I owned by %s', schemaname, tablename, tableowner) "
+                "FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')"
+                " ORDER BY 1")))).splitlines()
+        return roles, owners
+
+    async def replica_state(self, run: SideRun) -> str:
+        state = (await run(psql("postgres", "SELECT pg_is_in_recovery()::text || ' ' || "
+                                "coalesce((SELECT status || ' ' || sender_host FROM "
+                                "pg_stat_wal_receiver), 'no-receiver')"))).split()
+        if state[:2] != ["true", "streaming"]:
+            raise CheckFailed(f"not a streaming standby: pg_is_in_recovery() "
+                              f"{state[0] if state else '?'}, WAL receiver "
+                              f"{' '.join(state[1:]) or '?'}")
+        return f"a standby (in recovery), its WAL receiver streaming from {state[2]}"
+
+    def write_arrival(self, tag: str) -> str:
+        # In the maintenance database: none of the group's databases is touched.
+        return psql("postgres", "CREATE TABLE IF NOT EXISTS ferry_check_arrivals "
+                    "(tag text PRIMARY KEY)",
+                    f"INSERT INTO ferry_check_arrivals VALUES ('{tag}')")
+
+    def count_arrival(self, tag: str) -> str:
+        return psql("postgres", f"SELECT count(*) FROM ferry_check_arrivals WHERE tag = '{tag}'")
+
+
+# By the plan's engine name. MySQL has no lab server to check against (docs/legacy-hosts.md).
+READERS = {"mariadb": MariaDbReader(), "postgresql": PostgreSqlReader()}
+
+
+def reader(engine: str) -> MariaDbReader | PostgreSqlReader:
+    try:
+        return READERS[engine]
+    except KeyError:
+        raise CheckFailed(f"the lab has no check of {engine} databases") from None
+
+
+def _legacy_side(legacy_run: LegacyRun, host: str) -> SideRun:
+    return lambda command: legacy_run(host, ["bash", "-c", command])
+
+
+async def database_rows(shell: VmShell, legacy_run: LegacyRun, master: str, engine: str,
                         databases: list[str]) -> str:
-    """The VM holds the legacy master's rows of every table of each database, row for row:
-    the same tables, and per table the same sha256 of its ordered rows (and so the same
+    """The VM holds the legacy master's rows of every table of each database of `engine`, row
+    for row: the same tables, and per table the same digest of its ordered rows (and the same
     count) on both sides."""
+    sql, legacy = reader(engine), _legacy_side(legacy_run, master)
     found = []
     for database in databases:
-        tables = (await legacy_run(master, ["mariadb", "-N", "-B", "-e",
-                                            f"SHOW TABLES FROM `{database}`"])).split()
-        new_tables = (await shell.run(_sql(f"SHOW TABLES FROM `{database}`"))).split()
+        tables = await sql.tables(legacy, database)
+        new_tables = await sql.tables(shell.run, database)
         if sorted(new_tables) != sorted(tables):
             raise CheckFailed(f"{database}: tables {sorted(new_tables)}, the legacy master has "
                               f"{sorted(tables)}")
         counts = []
         for table in tables:
-            columns = int(await legacy_run(master, ["mariadb", "-N", "-B", "-e",
-                "SELECT COUNT(*) FROM information_schema.COLUMNS"
-                f" WHERE TABLE_SCHEMA = '{database}' AND TABLE_NAME = '{table}'"]))
-            command = table_digest_command(database, table, columns)
-            old = (await legacy_run(master, ["bash", "-c", command])).split()
-            new = (await shell.run(command)).split()
+            old = await sql.digest(legacy, database, table)
+            new = await sql.digest(shell.run, database, table)
             if new != old:
                 raise CheckFailed(f"{database}.{table}: rows differ from the legacy master's "
-                                  f"({new[1]} rows, sha256 {new[0][:12]}; the legacy master: "
-                                  f"{old[1]} rows, sha256 {old[0][:12]})")
+                                  f"({new[1]} rows, {sql.digest_name} {new[0][:12]}; the "
+                                  f"legacy master: {old[1]} rows, {sql.digest_name} "
+                                  f"{old[0][:12]})")
             counts.append(f"{table} {new[1]} rows")
-        found.append(f"{database}: {', '.join(counts)}, each table's rows identical (sha256)")
+        found.append(f"{database}: {', '.join(counts)}, each table's rows identical "
+                     f"({sql.digest_name})")
     return "; ".join(found)
 
 
-async def replication(master: VmShell, replica: VmShell) -> str:
-    """A row written on the new master afterwards shows up on the replica (in a database of
-    the check's own, so any group's databases will do and none of their tables is touched)."""
+async def postgresql_roles(shell: VmShell, legacy_run: LegacyRun, master: str,
+                           databases: list[str]) -> str:
+    """The legacy cluster's roles are on the VM with the same rights and the same password
+    (its verifier's digest), and each database and table has the owner it had."""
+    sql = PostgreSqlReader()
+    old_roles, old_owners = await sql.roles(_legacy_side(legacy_run, master), databases)
+    new_roles, new_owners = await sql.roles(shell.run, databases)
+    old, new = _by_name(old_roles), _by_name(new_roles)
+    wrong = [f"{name} missing" if name not in new else
+             f"{name} has other rights or another password ({new[name][1:7]}, legacy "
+             f"{old[name][1:7]})" for name in sorted(old) if new.get(name) != old[name]]
+    if wrong:
+        raise CheckFailed(f"roles not as on the legacy master: {'; '.join(wrong)}")
+    if new_owners != old_owners:
+        raise CheckFailed(f"owners {new_owners}, on the legacy master {old_owners}")
+    logins = [name for name, fields in sorted(old.items()) if fields[4] == "t"]
+    return (f"roles {', '.join(sorted(old)) or 'none'} as on the legacy master (login: "
+            f"{', '.join(logins) or 'none'}; same password digests); owners as there: "
+            f"{'; '.join(old_owners)}")
+
+
+def _by_name(roles: set[str]) -> dict[str, list[str]]:
+    """psql's unaligned role lines (name|rights...|password digest) by role name."""
+    return {line.split("|")[0]: line.split("|") for line in roles}
+
+
+async def replication(master: VmShell, replica: VmShell, engine: str = "mariadb") -> str:
+    """The replica replicates from its master, as its server says, and a row written on the new
+    master afterwards shows up on it (in a table of the check's own, so any group's databases
+    will do and none of their tables is touched)."""
+    sql = reader(engine)
+    standing = await sql.replica_state(replica.run)
     tag = f"ferry-check-{uuid.uuid4().hex[:8]}"
-    await master.run(_sql("CREATE DATABASE IF NOT EXISTS ferry_check; CREATE TABLE IF NOT "
-                          "EXISTS ferry_check.arrivals (tag VARCHAR(64) PRIMARY KEY); "
-                          f"INSERT INTO ferry_check.arrivals VALUES ('{tag}')"))
+    await master.run(sql.write_arrival(tag))
     started = time.monotonic()
-    query = _sql(f"SELECT COUNT(*) FROM ferry_check.arrivals WHERE tag = '{tag}'")
     while time.monotonic() - started < REPLICATION_WAIT_S:
-        if (await replica.run(query + " 2>/dev/null || true")).strip() == "1":
-            return f"row {tag} written on the master arrived in {time.monotonic() - started:.1f}s"
+        if (await replica.run(sql.count_arrival(tag) + " 2>/dev/null || true")).strip() == "1":
+            return (f"{standing}; row {tag} written on the master arrived in "
+                    f"{time.monotonic() - started:.1f}s")
         await asyncio.sleep(0.5)
-    status = await replica.run("mariadb -e 'SHOW SLAVE STATUS\\G' | grep -E 'Running|Error'")
-    raise CheckFailed(f"row {tag} not on the replica after {REPLICATION_WAIT_S}s: {status}")
+    try:
+        now = await sql.replica_state(replica.run)
+    except CheckFailed as exc:
+        now = str(exc)
+    raise CheckFailed(f"row {tag} not on the replica after {REPLICATION_WAIT_S}s: {now}")
 
 
 # What shows that each network stack, not something else, configured the interface.
@@ -336,13 +496,31 @@ async def check_group(plan: Plan, identity: Path, legacy_run: LegacyRun, gateway
             await record(vm.name, "isolation", isolation(shell, gateway_url, list(outside)))
         await record(vm.name, "data tree", data_tree(shell, vm, legacy_run))
         master = vm.name if vm.role == Role.DB_MASTER else vm.replica_of
-        if master:
-            databases = [db.name for db in plan.vm(master).databases if db.engine == "mariadb"]
-            await record(vm.name, "database rows",
-                         database_rows(shell, legacy_run, master, databases))
+        for engine, databases in (_databases_by_engine(plan.vm(master)) if master else {}
+                                  ).items():
+            title = _title(engine)
+            await record(vm.name, f"database rows ({title})",
+                         database_rows(shell, legacy_run, master, engine, databases))
+            if engine == "postgresql":
+                await record(vm.name, f"roles ({title})",
+                             postgresql_roles(shell, legacy_run, master, databases))
     # Last: it writes a row on the master, which the row checks above must not see.
     for vm in plan.vms:
         if vm.role == Role.DB_REPLICA and vm.replica_of:
-            await record(vm.name, "replication",
-                         replication(shells[vm.replica_of], shells[vm.name]))
+            for engine in _databases_by_engine(plan.vm(vm.replica_of)):
+                await record(vm.name, f"replication ({_title(engine)})",
+                             replication(shells[vm.replica_of], shells[vm.name], engine))
     return results
+
+
+def _databases_by_engine(master: VM) -> dict[str, list[str]]:
+    """The master's database names, by engine, in the plan's order."""
+    found: dict[str, list[str]] = {}
+    for db in master.databases:
+        found.setdefault(db.engine, []).append(db.name)
+    return found
+
+
+def _title(engine: str) -> str:
+    known = READERS.get(engine)
+    return known.title if known else engine

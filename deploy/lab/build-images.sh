@@ -36,10 +36,19 @@ SUITE=bookworm
 HOST_PKGS=(debootstrap zstd cpio kmod qemu-system-x86 qemu-utils ipxe-qemu python3 iproute2
     openssh-client bind9 iptables rsync)
 
-# The base image: what a migrated VM without a root archive runs.
+# The base image: what a migrated VM without a root archive runs, and the root of the shop's
+# legacy hosts (db1 runs MariaDB and PostgreSQL: Debian's `postgresql`, 15 on bookworm).
 BASE_PKGS=(systemd-sysv udev dbus linux-image-amd64 initramfs-tools lvm2 xfsprogs e2fsprogs
-    openssh-server rsync curl ca-certificates iptables mariadb-server nginx ifupdown
+    openssh-server rsync curl ca-certificates iptables mariadb-server postgresql nginx ifupdown
     isc-dhcp-client iproute2 iputils-ping procps less zstd tar gzip util-linux kmod)
+# Left out of every package the base image installs (dpkg's path-exclude: the packages stay
+# installed as far as dpkg and apt know). PostgreSQL's JIT: libLLVM (105 MB), the Z3 library
+# only it uses (23 MB) and PostgreSQL's bitcode (26 MB), which every root archive of a host
+# made from this image would carry and every new VM unpack (under TCG, unpacking is most of
+# the configuring time); without its provider (llvmjit.so) PostgreSQL turns JIT off by itself.
+# Quoted: dpkg's patterns, not this machine's files.
+BASE_DPKG_EXCLUDES=('/usr/lib/x86_64-linux-gnu/libLLVM-*' '/usr/lib/x86_64-linux-gnu/libz3.so*'
+    '/usr/lib/postgresql/*/lib/llvmjit*' '/usr/lib/postgresql/*/lib/bitcode*')
 
 # The legacy roots (the lab's mixed site, examples/legacy/site.yaml). Debian 11 with sysvinit as
 # init (no systemd-sysv), and what a rebuilt VM needs to boot and be checked; no kernel (a new VM
@@ -206,9 +215,24 @@ declare -A TIMES
 build_base_chroot() {   # build_base_chroot DIR
     local BASE=$1
     debootstrap_into "$BASE" "systemd-sysv,udev,kmod,apt"
+    mkdir -p "$BASE/etc/dpkg/dpkg.cfg.d"
+    printf 'path-exclude=%s\n' "${BASE_DPKG_EXCLUDES[@]}" >"$BASE/etc/dpkg/dpkg.cfg.d/ferry-lab"
     say "installing the base packages (log: $WORK/base-apt.log)"
     apt_in "$BASE" "${BASE_PKGS[@]}" >"$WORK/base-apt.log" 2>&1 \
         || { tail -n 40 "$WORK/base-apt.log" >&2; die "apt-get in the base chroot failed"; }
+    # Debian's postinst made PostgreSQL's cluster <major>/main (configuration in /etc/postgresql,
+    # data in /var/lib/postgresql), as on any host with the package: the legacy db1 runs it
+    # (lab/legacy), and the plans leave its data out of root archives. Its server needs nothing
+    # the excludes above left out.
+    compgen -G "$BASE/etc/postgresql/*/main/postgresql.conf" >/dev/null \
+        || die "no PostgreSQL cluster in the base chroot (see $WORK/base-apt.log)"
+    # pg_createcluster gave it the first port free on the build machine, which may run a
+    # PostgreSQL of its own on 5432: the image's cluster is on PostgreSQL's port, as on a host
+    # of its own (a socket dump without a port asks for 5432's).
+    sed -i -E 's/^port = [0-9]+/port = 5432/' "$BASE"/etc/postgresql/*/main/postgresql.conf
+    if chroot "$BASE" sh -c 'ldd /usr/lib/postgresql/*/bin/postgres' | grep 'not found'; then
+        die "PostgreSQL's server lacks a library in the base chroot"
+    fi
     # What an LVM + xfs root on virtio needs in the initrd (rebuilt below).
     mkdir -p "$BASE/etc/initramfs-tools/conf.d"
     printf 'MODULES=most\nCOMPRESS=zstd\n' >"$BASE/etc/initramfs-tools/conf.d/ferry-lab.conf"
@@ -280,7 +304,7 @@ ensure_chroot() {   # ensure_chroot NAME BUILD_FUNCTION PKGS... ; sets CHROOT_DI
     done
     CHROOT_DIR=$dir
 }
-ensure_chroot base build_base_chroot "${BASE_PKGS[@]}"
+ensure_chroot base build_base_chroot "${BASE_PKGS[@]}" -- "${BASE_DPKG_EXCLUDES[@]}"
 BASE=$CHROOT_DIR
 
 KVER="$(find "$BASE/usr/lib/modules" -mindepth 1 -maxdepth 1 -printf '%f\n' | head -n1)"

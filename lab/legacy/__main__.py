@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
         if action == "up":
             site = asyncio.run(up(settings))
             for host in site.hosts.values():
-                print(f"{host.name:6} {host.address:15} {', '.join(host.daemons):20} "
+                print(f"{host.name:6} {host.address:15} {', '.join(host.daemons):26} "
                       f"root {host.root}")
             print(f"reach them over SSH as root with {site.ssh_identity} "
                   f"(known hosts: {site.known_hosts})")

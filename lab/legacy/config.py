@@ -18,7 +18,9 @@ SITE_NAMESPACE = "ferry-legacy"        # the bridge between the hosts
 HOST_NAMESPACE_PREFIX = "ferry-legacy-"  # + host name: one per host
 UPLINK = "ferry-legacy"                # the root namespace's veth (its peer is "uplink")
 BRIDGE = "br0"
-DAEMONS = ("sshd", "mariadb", "nginx")
+DAEMONS = ("sshd", "mariadb", "postgresql", "nginx")
+# The database servers a host's seeds may be loaded into (each a daemon of that host).
+SEED_ENGINES = ("mariadb", "postgresql")
 # The root images a host may be made from: what deploy/lab/build-images.sh puts in the images
 # folder (settings.images_dir). The base image is what the new VMs boot too; the legacy ones
 # differ from it (init system, network stack, Debian release).
@@ -32,6 +34,8 @@ IMAGES = {
 # Interface names have at most 15 characters; the site's side of a host's veth is "lg-<host>".
 _HOST_NAME = re.compile(r"^[a-z][a-z0-9]{0,11}$")
 _INTERFACE = re.compile(r"^[a-z][a-z0-9]{0,14}$")
+# A seeded database's name goes into SQL unquoted: plain lowercase words only.
+_DATABASE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
 
 class SiteConfigError(ValueError):
@@ -40,6 +44,9 @@ class SiteConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Seed:
+    """A database loaded once into one of the host's servers, from an SQL file that makes its
+    tables (and, for PostgreSQL, the roles that own them)."""
+    engine: str  # the server: one of SEED_ENGINES, a daemon of the host
     database: str
     sql: Path
 
@@ -50,7 +57,7 @@ class HostSpec:
     address: ipaddress.IPv4Address
     daemons: tuple[str, ...]
     assets: str | None = None  # where generated shared assets go (app1: /data)
-    seed: Seed | None = None
+    seeds: tuple[Seed, ...] = ()
     public_address: ipaddress.IPv4Address | None = None  # as the world knows the host
     image: str = BASE_IMAGE  # the root image it is made from (a name of IMAGES)
     interface: str = "eth0"  # its network interface, as its own network configuration names it
@@ -135,12 +142,24 @@ def _host(name: str, spec: dict, folder: Path) -> HostSpec:
     if not isinstance(interface, str) or not _INTERFACE.match(interface):
         raise ValueError(f"host {name}: interface {interface!r}: lowercase letters and digits, "
                          "at most 15")
-    seed = spec.get("seed")
+    seeds = tuple(_seed(name, seed, daemons, folder) for seed in spec.get("seeds", []))
     return HostSpec(
         name=name, address=ipaddress.IPv4Address(spec["address"]), daemons=daemons,
-        assets=spec.get("assets"),
-        seed=Seed(database=seed["database"], sql=folder / seed["sql"]) if seed else None,
+        assets=spec.get("assets"), seeds=seeds,
         public_address=(ipaddress.IPv4Address(spec["public_address"])
                         if spec.get("public_address") else None),
         image=image, interface=interface,
     )
+
+
+def _seed(host: str, spec: dict, daemons: tuple[str, ...], folder: Path) -> Seed:
+    engine, database = spec.get("engine"), spec.get("database")
+    if engine not in SEED_ENGINES:
+        raise ValueError(f"host {host}: seed engine {engine!r}: one of "
+                         f"{', '.join(SEED_ENGINES)}")
+    if engine not in daemons:
+        raise ValueError(f"host {host}: a {engine} seed, but {engine} is not among its daemons")
+    if not isinstance(database, str) or not _DATABASE.match(database):
+        raise ValueError(f"host {host}: seed database {database!r}: lowercase letters, digits "
+                         "and '_', starting with a letter")
+    return Seed(engine=engine, database=database, sql=folder / spec["sql"])

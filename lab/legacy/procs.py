@@ -20,11 +20,19 @@ from lab.legacy.config import HostSpec
 CLEAN_ENV = ("/usr/bin/env", "-i",
              "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root",
              "LANG=C.UTF-8", "USER=root", "LOGNAME=root", "SHELL=/bin/sh")
+# Debian 12's PostgreSQL, whose package the base image installs (deploy/lab/build-images.sh).
+PG_MAJOR = "15"
 DAEMON_ARGV = {
     "sshd": ("/usr/sbin/sshd", "-D", "-e"),
     # It drops to the mysql user itself; its error log goes to stderr (our log file).
     "mariadb": ("/usr/sbin/mariadbd", "--user=mysql"),
     "nginx": ("/usr/sbin/nginx", "-g", "daemon off;"),
+    # Debian's cluster PG_MAJOR/main, started as pg_ctlcluster starts it (its configuration in
+    # /etc/postgresql names the data directory) but in the foreground. postgres refuses to run
+    # as root: setpriv execs it as the postgres user (runuser would stay behind as its parent).
+    "postgresql": ("/usr/bin/setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups",
+                   "--reset-env", f"/usr/lib/postgresql/{PG_MAJOR}/bin/postgres",
+                   "-c", f"config_file=/etc/postgresql/{PG_MAJOR}/main/postgresql.conf"),
 }
 STOP_GRACE_S = 30  # MariaDB flushes InnoDB on SIGTERM; it takes a second or two here
 

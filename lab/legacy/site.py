@@ -15,7 +15,7 @@ from pathlib import Path
 
 from lab.legacy import dns as site_dns
 from lab.legacy import mounts, net, procs, roots
-from lab.legacy.config import HostSpec, SiteSpec, ZoneSpec, load_site
+from lab.legacy.config import HostSpec, Seed, SiteSpec, ZoneSpec, load_site
 from shared import proc
 from shared.logging import get_logger
 from shared.settings import Settings
@@ -30,6 +30,10 @@ LOCK = Path("/run/ferryman/legacy-site.lock")
 READY_TIMEOUT_S = 90
 SSH_PORT = 22
 TOOLS = ("ip", "chroot", "mount", "umount", "zstd", "tar", "ssh-keygen")
+# psql on a host as its cluster's superuser through the socket (peer authentication), rows only,
+# stopping at the first error.
+PSQL = ("runuser", "-u", "postgres", "--", "psql", "-X", "-q", "-A", "-t", "-v",
+        "ON_ERROR_STOP=1")
 
 
 class LegacyError(Exception):
@@ -126,7 +130,8 @@ async def _bring_up(settings: Settings, spec: SiteSpec, lab_dir: Path,
     timings: dict[str, float] = {}
     started = time.monotonic()
     for host in stale:
-        _seed_marker(lab_dir, host).unlink(missing_ok=True)
+        for marker in _seed_markers(lab_dir, host):
+            marker.unlink(missing_ok=True)
     # Unpacking is mostly zstd and the disk: the hosts in parallel use both cores.
     await asyncio.gather(*(asyncio.to_thread(roots.build, lab_dir, spec, h, images[h.name])
                            for h in stale))
@@ -188,11 +193,16 @@ def _preflight(settings: Settings, spec: SiteSpec) -> dict[str, Path]:
 def _prepare_run(root: Path) -> None:
     """A fresh /run holds nothing: the directories the daemons expect there."""
     (root / "run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation
-    mysql = _ids(root, "mysql")
-    if mysql:
-        run = root / "run/mysqld"
-        run.mkdir(mode=0o755, exist_ok=True)
-        os.chown(run, *mysql)
+    # The servers' sockets (and PostgreSQL's pid file), owned by their users, as their
+    # packages' tmpfiles.d would make them at boot.
+    for user, folder, mode in (("mysql", "run/mysqld", 0o755),
+                               ("postgres", "run/postgresql", 0o2775)):
+        ids = _ids(root, user)
+        if ids:
+            run = root / folder
+            run.mkdir(exist_ok=True)
+            os.chown(run, *ids)
+            run.chmod(mode)
 
 
 def _ids(root: Path, user: str) -> tuple[int, int] | None:
@@ -287,6 +297,9 @@ async def _answers(site: Site, name: str, daemon: str) -> bool:
     if daemon == "mariadb":
         done = await site.exec(name, "mariadb-admin", "--protocol=SOCKET", "ping", timeout=20)
         return done.returncode == 0
+    if daemon == "postgresql":  # a query through its socket: it is out of recovery and serves
+        done = await site.exec(name, *PSQL, "-d", "postgres", "-c", "SELECT 1", timeout=20)
+        return done.returncode == 0
     return False
 
 
@@ -328,24 +341,44 @@ async def _healthy(spec: SiteSpec, lab_dir: Path) -> bool:
 # --- seeding ----------------------------------------------------------------------------------
 
 async def _seed(site: Site, spec: SiteSpec, lab_dir: Path) -> None:
-    """Each seeded database is loaded once per built root (a marker remembers)."""
+    """Each seeded database is loaded once per built root (a marker per database remembers
+    which SQL it was loaded from: another SQL loads again, into the same database)."""
     for host in spec.hosts.values():
-        if host.seed is None:
-            continue
-        marker = _seed_marker(lab_dir, host)
-        sql = host.seed.sql.read_bytes()
-        digest = hashlib.sha256(sql).hexdigest()
-        if marker.exists() and marker.read_text() == digest:
-            continue
-        name = host.seed.database
-        await site.run(host.name, "mariadb", "-e",
-                       f"CREATE DATABASE IF NOT EXISTS `{name}` CHARACTER SET utf8mb4")
-        await site.run(host.name, "mariadb", name, input=sql)
-        marker.write_text(digest)
+        for seed in host.seeds:
+            marker = _seed_marker(lab_dir, host, seed)
+            sql = seed.sql.read_bytes()
+            digest = hashlib.sha256(sql).hexdigest()
+            if marker.exists() and marker.read_text() == digest:
+                continue
+            await _SEEDERS[seed.engine](site, host.name, seed.database, sql)
+            marker.write_text(digest)
 
 
-def _seed_marker(lab_dir: Path, host: HostSpec) -> Path:
-    return roots.state_dir(lab_dir) / f"{host.name}.seeded"
+async def _seed_mariadb(site: Site, host: str, database: str, sql: bytes) -> None:
+    await site.run(host, "mariadb", "-e",
+                   f"CREATE DATABASE IF NOT EXISTS `{database}` CHARACTER SET utf8mb4")
+    await site.run(host, "mariadb", database, input=sql)
+
+
+async def _seed_postgresql(site: Site, host: str, database: str, sql: bytes) -> None:
+    # CREATE DATABASE has no IF NOT EXISTS, and runs in no transaction (nor a DO block):
+    # psql's \gexec runs it when the query makes it (the cluster's encoding and locale,
+    # Debian's: UTF-8, C.UTF-8). The SQL makes the roles and gives them the database.
+    create = (f"SELECT 'CREATE DATABASE {database}' WHERE NOT EXISTS "
+              f"(SELECT FROM pg_database WHERE datname = '{database}')\\gexec\n")
+    await site.run(host, *PSQL, "-d", "postgres", input=create)
+    await site.run(host, *PSQL, "-d", database, input=sql)
+
+
+_SEEDERS = {"mariadb": _seed_mariadb, "postgresql": _seed_postgresql}
+
+
+def _seed_marker(lab_dir: Path, host: HostSpec, seed: Seed) -> Path:
+    return roots.state_dir(lab_dir) / f"{host.name}.{seed.database}.seeded"
+
+
+def _seed_markers(lab_dir: Path, host: HostSpec) -> list[Path]:
+    return list(roots.state_dir(lab_dir).glob(f"{host.name}.*seeded"))
 
 
 # --- down -------------------------------------------------------------------------------------

@@ -16,14 +16,15 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Awaitable, Callable
 
 import aiohttp
 import asyncpg
 import dns.asyncquery
 import dns.message
 
-from lab.checks import VmShell
-from lab.legacy.site import Site
+from lab.checks import VmShell, psql
+from lab.legacy.site import PSQL, Site
 from shared.cutover_names import WINDOW_STEPS
 from shared.plan import Plan
 from shared.settings import Settings
@@ -41,6 +42,10 @@ DOWNTIME_LIMIT_S = 60.0
 HOOK = "/etc/ferryman/config-management"
 HELD = "/run/ferry-test-hook-held"
 RELEASE = "/run/ferry-test-hook-release"
+# db1's PostgreSQL database (examples/legacy/stock.sql) and the table the writers add to.
+STOCK = "stock"
+MOVEMENTS = "movements"
+REPLICA_WAIT_S = 60
 
 
 @dataclass
@@ -112,13 +117,33 @@ class Lab:
                               f" VALUES (1, 1, '{tag}', NOW())")
         return tag
 
-    async def start_writer(self) -> asyncio.subprocess.Process:
-        """Something on the legacy host that keeps writing a shared file (uploads, a cache
-        being refreshed) all through the window: each line is the time it was written."""
-        script = (f"mkdir -p {STAMPS}; for i in $(seq 1 6000); do "
+    async def legacy_pg(self, statement: str, database: str = STOCK) -> str:
+        """One statement on the legacy db1's PostgreSQL (psql as postgres), its rows."""
+        return await self.site.run("db1", *PSQL, "-d", database, "-c", statement)
+
+    async def new_pg(self, vm: str, statement: str, database: str = STOCK) -> str:
+        """One statement on a new VM's PostgreSQL (psql as postgres), its rows."""
+        return await self.new(vm, psql(database, statement))
+
+    async def write_movement(self, note: str) -> None:
+        """A row of stock's movements on the legacy master, its id from the table's sequence."""
+        await self.legacy_pg(f"INSERT INTO {MOVEMENTS} (item_id, delta, note) "
+                             f"VALUES (1, 1, '{note}')")
+
+    async def start_writer(self) -> Writers:
+        """What keeps writing on the legacy side all through the window: on app1 a shared file
+        (uploads, a cache being refreshed), each line the time it was written; on db1 a row of
+        PostgreSQL's stock every tick (its id from the sequence, as the application inserts),
+        each refused once the old master is read-only and the writer carries on."""
+        stamps = (f"mkdir -p {STAMPS}; for i in $(seq 1 6000); do "
                   f"date +%s.%N > {STAMPS}/stamp.tmp && mv {STAMPS}/stamp.tmp {STAMPS}/stamp; "
                   "sleep 0.1; done")
-        return await self.site.spawn("app1", "sh", "-c", script)
+        insert = shlex.join([*PSQL, "-d", STOCK, "-c",
+                             f"INSERT INTO {MOVEMENTS} (item_id, delta, note) "
+                             "VALUES (1, -1, 'writer')"])
+        rows = f"for i in $(seq 1 6000); do {insert} >/dev/null 2>&1; sleep 0.1; done"
+        return Writers([await self.site.spawn("app1", "sh", "-c", stamps),
+                        await self.site.spawn("db1", "sh", "-c", rows)])
 
     # --- the new VMs --------------------------------------------------------------------------
 
@@ -137,6 +162,21 @@ class Lab:
                                )).strip() == "yes"
 
 
+@dataclass
+class Writers:
+    """The legacy side's writers (Lab.start_writer), stopped together."""
+    processes: list[asyncio.subprocess.Process]
+
+    def kill(self) -> None:
+        for process in self.processes:
+            if process.returncode is None:
+                process.kill()
+
+    async def wait(self) -> None:
+        for process in self.processes:
+            await process.wait()
+
+
 async def old_site_serves(lab: Lab) -> list[str]:
     """After a rollback: what is not as it was before the cutover (empty when all is back)."""
     wrong = []
@@ -149,6 +189,10 @@ async def old_site_serves(lab: Lab) -> list[str]:
         await lab.write_order()
     except Exception as exc:  # noqa: BLE001 - any failure to write is what we report
         wrong.append(f"the legacy master refuses writes: {exc}")
+    try:
+        await lab.write_movement("ferry-rolled-back")
+    except Exception as exc:  # noqa: BLE001 - any failure to write is what we report
+        wrong.append(f"the legacy PostgreSQL master refuses writes: {exc}")
     if (outbound := await lab.reaches_legacy("app1")) != "refused":
         wrong.append(f"a new VM's connection to a legacy host is {outbound}, not refused")
     for vm in lab.plan.vms:
@@ -341,8 +385,10 @@ async def replicates_before_window(lab: Lab) -> str:
 
 
 async def legacy_changes_before_window(lab: Lab) -> tuple[str, str]:
-    """A row on the legacy master and an excluded file, just before the window."""
+    """A row on the legacy master (MariaDB's shop and PostgreSQL's stock, tagged alike) and an
+    excluded file, just before the window."""
     tag = await lab.write_order()
+    await lab.write_movement(tag)
     await lab.site.run("app1", "sh", "-c", f"echo cache > {EXCLUDED}")
     return tag, EXCLUDED
 
@@ -374,6 +420,9 @@ async def after_cutover(lab: Lab, run: dict, tag: str) -> dict[str, str]:
     assert replica.strip() == "1", f"row {tag}: {replica.strip()} on the new replica db2"
     found["rows"] = (f"row {tag} written on the legacy master before the window is on the new "
                      "master and its replica")
+    found["stock"] = await stock_handed_over(
+        lambda q: lab.legacy_pg(q), lambda q: lab.new_pg("db1", q),
+        lambda q: lab.new_pg("db2", q), tag)
     stamp = float((await lab.new("app1", f"cat {STAMPS}/stamp")).strip())
     first_pass = first_pass_ended_at(run)
     assert stamp > first_pass, (f"the newest stamp {stamp} predates the end of the first rsync "
@@ -390,3 +439,62 @@ async def after_cutover(lab: Lab, run: dict, tag: str) -> dict[str, str]:
     assert outbound == "open", f"outbound from app1 is {outbound}"
     found["outbound"] = "open: a new VM reaches a legacy host"
     return found
+
+
+# --- PostgreSQL's stock after the cutover ------------------------------------------------------
+
+Query = Callable[[str], Awaitable[str]]  # one statement in database stock, its rows
+
+
+async def stock_handed_over(legacy: Query, new: Query, replica: Query, tag: str,
+                            replica_wait_s: float = REPLICA_WAIT_S) -> str:
+    """What the cutover must have made of PostgreSQL's stock (legacy: the legacy db1; new: the
+    new db1; replica: db2, its standby): the row tagged `tag`, written on the legacy master
+    just before the window, on the new master; every table with the legacy's final rows (the
+    legacy stays read-only after the cutover, so its count is final), the writer's included;
+    each sequence brought forward past the legacy's last value (the next id the application
+    gets is new); nothing of a logical hand-off left (no subscription on the new master, no
+    ferry publication or slot on the legacy); the standby with the new master's rows."""
+    tagged = (await new(f"SELECT count(*) FROM {MOVEMENTS} WHERE note = '{tag}'")).strip()
+    assert tagged == "1", (f"stock: row {tag} written on the legacy master before the window: "
+                           f"{tagged} on the new db1")
+    counts = await _table_counts(legacy)
+    new_counts = await _table_counts(new)
+    assert new_counts == counts, (f"stock: rows per table on the new db1 {new_counts}, on the "
+                                  f"legacy db1 (read-only since the cutover) {counts}")
+    sequences = dict(line.split() for line in (await legacy(
+        "SELECT format('%I.%I', schemaname, sequencename), coalesce(last_value, 0) "
+        "FROM pg_sequences ORDER BY 1")).replace("|", " ").splitlines())
+    assert sequences, "stock: the legacy db1 has no sequence (stock.sql makes two)"
+    behind = {}
+    for name, last in sequences.items():
+        following = int((await new(f"SELECT nextval('{name}')")).strip())
+        if following <= int(last):
+            behind[name] = f"nextval {following} on the new db1, last_value {last} on the legacy"
+    assert not behind, f"stock: sequences not brought forward: {behind}"
+    subscriptions = (await new("SELECT count(*) FROM pg_subscription")).strip()
+    assert subscriptions == "0", f"stock: {subscriptions} subscriptions left on the new db1"
+    left = (await legacy("SELECT 'publication ' || pubname FROM pg_publication WHERE pubname "
+                         "LIKE 'ferry%' UNION ALL SELECT 'slot ' || slot_name FROM "
+                         "pg_replication_slots WHERE slot_name LIKE 'ferry%'")).split("\n")
+    left = [line for line in left if line.strip()]
+    assert not left, f"stock: left on the legacy db1: {', '.join(left)}"
+    deadline = time.monotonic() + replica_wait_s
+    while (on_replica := await _table_counts(replica)) != counts:
+        assert time.monotonic() < deadline, (
+            f"stock: rows per table on db2 {on_replica} after {replica_wait_s:.0f}s, on the new "
+            f"db1 {counts}")
+        await asyncio.sleep(0.5)
+    return (f"row {tag} on the new db1; rows per table as on the legacy db1 ("
+            + ", ".join(f"{table} {count}" for table, count in counts.items())
+            + ") and on db2; sequences past the legacy's ("
+            + ", ".join(f"{name} > {last}" for name, last in sequences.items())
+            + "); no subscription, no ferry publication or slot left")
+
+
+async def _table_counts(query: Query) -> dict[str, int]:
+    """Rows per table of the database's own schemas."""
+    names = (await query("SELECT format('%I.%I', schemaname, tablename) FROM pg_tables "
+                         "WHERE schemaname NOT IN ('pg_catalog', 'information_schema') "
+                         "ORDER BY 1")).split()
+    return {name: int((await query(f"SELECT count(*) FROM {name}")).strip()) for name in names}

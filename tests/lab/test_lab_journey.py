@@ -122,8 +122,10 @@ async def settle(operator, group_id: str) -> dict:
     return await eventually(settled, JOURNEY_TIMEOUT_S, interval=2, what="the group to settle")
 
 
-async def checked_on_its_vms(operator, site, settings, plan, detail: dict, capsys) -> list:
-    """Every lab check on the group's VMs (printed with the group's timeline); the failed."""
+async def checked_on_its_vms(operator, site, settings, plan, detail: dict, capsys,
+                             engines: tuple[str, ...] = ("MariaDB",)) -> list:
+    """Every lab check on the group's VMs (printed with the group's timeline); the failed.
+    `engines`: the database servers whose rows and replication must have been checked."""
     async def legacy_run(host: str, argv: list[str]) -> str:
         return await site.run(host, *argv)
 
@@ -147,9 +149,13 @@ async def checked_on_its_vms(operator, site, settings, plan, detail: dict, capsy
             print(f"  {vm} slowest: {steps}")
         for check in checks:
             print(f"  {'ok ' if check.ok else 'FAILED'} {check.vm} {check.what}: {check.detail}")
-    assert {c.what for c in checks} >= {"disks", "LVM layout", "filesystems", "migrating marker",
-                                         "legacy system", "isolation", "data tree",
-                                         "database rows", "replication"}
+    expected = {"disks", "LVM layout", "filesystems", "migrating marker", "legacy system",
+                "isolation", "data tree"}
+    expected |= {f"{what} ({engine})" for engine in engines
+                 for what in ("database rows", "replication")}
+    if "PostgreSQL" in engines:
+        expected.add("roles (PostgreSQL)")
+    assert {c.what for c in checks} >= expected
     return [c for c in checks if not c.ok]
 
 
@@ -160,9 +166,11 @@ async def test_example_group_is_rebuilt_on_real_vms(site, cutover_process, lab_s
     filesystem types, the legacy system's own init as PID 1 and its own network stack
     bringing up the NIC (found by MAC, with the legacy interface name) at its planned address,
     local.start run, archived paths identical to the legacy hosts' (checksums, excludes
-    honoured), the master's rows on both databases, a row written on the new master
-    replicated, the migrating marker still there, and no legacy host reachable from the VMs.
-    Then the shop is cut over."""
+    honoured), the master's rows on both database VMs (the shop's master holds MariaDB and
+    PostgreSQL: both engines' rows, and PostgreSQL's roles and owners), a row written on the new
+    master replicated by each engine (db2 a MariaDB replica and a streaming PostgreSQL standby),
+    the migrating marker still there, and no legacy host reachable from the VMs. Then the shop
+    is cut over."""
     plan, other_kinds = load_plan_file(PLAN), load_plan_file(OTHER_KINDS)
     started = time.monotonic()
     group_id = await submit(operator, PLAN)
@@ -176,7 +184,8 @@ async def test_example_group_is_rebuilt_on_real_vms(site, cutover_process, lab_s
     assert names <= set(virsh_domains("--state-running"))
     with capsys.disabled():
         print(f"\nlab journey: {len(names)} VMs of two groups submitted → ready in {wall:.0f}s")
-    failed = await checked_on_its_vms(operator, site, lab_settings, plan, detail, capsys)
+    failed = await checked_on_its_vms(operator, site, lab_settings, plan, detail, capsys,
+                                      engines=("MariaDB", "PostgreSQL"))
     failed += await checked_on_its_vms(operator, site, lab_settings, other_kinds, other, capsys)
     assert not failed, failed
     await cut_over(operator, group_id, plan, site, lab_settings, cutover_process, capsys)

@@ -1,6 +1,6 @@
-"""Archiving live legacy hosts over SSH: the example site (lab/legacy: sshd, nginx and MariaDB
-chrooted in network namespaces) read by the archiver's real code path (`_take_archives` with
-the shipped examples/shop.yaml), then the site taken down without a trace.
+"""Archiving live legacy hosts over SSH: the example site (lab/legacy: sshd, nginx, MariaDB and
+PostgreSQL chrooted in network namespaces) read by the archiver's real code path
+(`_take_archives` with the shipped examples/shop.yaml), then the site taken down without a trace.
 
 Uses the default settings' lab folder, so the hosts' roots built by `python -m lab.legacy up`
 are reused (a warm `up` takes about a second, a cold one about 12 s); a site already up is
@@ -21,7 +21,7 @@ import pytest_asyncio
 
 from lab import legacy
 from lab.legacy import mounts, net, procs
-from lab.legacy.site import OWNER_RECORD
+from lab.legacy.site import OWNER_RECORD, PSQL
 from services.archiver.archive import ArchiveError
 from services.archiver.handlers import _take_archives
 from services.archiver.ssh import SshTree
@@ -155,14 +155,22 @@ async def test_app1_data_and_root_arrive_as_they_are_on_the_host(site, lab, tmp_
 
 
 async def test_db1_root_and_database_dump_load_elsewhere(site, lab, tmp_path):
-    """db1's root archive leaves MariaDB's data directory empty (the data travels as the
-    dump), and its dump of `shop`, taken on db1 by socket, loads into db2 with every row."""
-    (root_result, dump_result), _ = await _take_archives(PLAN.vm("db1"), tmp_path,
-                                                         uuid.uuid4(), lab)
+    """db1's root archive leaves MariaDB's and PostgreSQL's data directories empty (the data
+    travels as dumps), and its dump of `shop`, taken on db1 by socket, loads into db2 with
+    every row."""
+    results, _ = await _take_archives(PLAN.vm("db1"), tmp_path, uuid.uuid4(), lab)
+    assert [(r.kind, r.source_path, r.engine if r.kind == "database" else None)
+            for r in results] == [("path", "/", None),
+                                  ("database", "postgresql:globals", "postgresql"),
+                                  ("database", "shop", "mariadb"),
+                                  ("database", "stock", "postgresql")]
+    root_result, _, dump_result, _ = results
     archived = archive_names(root_result.file)
     assert "var/lib/mysql/" in archived and "etc/mysql/mariadb.conf.d/60-shop.cnf" in archived
-    assert not [n for n in archived if n.startswith("var/lib/mysql/") and n != "var/lib/mysql/"]
-    assert (dump_result.kind, dump_result.source_path) == ("database", "shop")
+    assert "etc/postgresql/15/main/conf.d/60-stock.conf" in archived
+    for data in ("var/lib/mysql/", "var/lib/postgresql/"):
+        assert data in archived
+        assert not [n for n in archived if n.startswith(data) and n != data]
     sql = subprocess.run(["zstd", "-dc", str(dump_result.file)], capture_output=True,
                          check=True).stdout
     await site.run("db2", "mariadb", "-e",
@@ -172,6 +180,44 @@ async def test_db1_root_and_database_dump_load_elsewhere(site, lab, tmp_path):
     assert (await site.run("db2", "mariadb", "-N", "-e", count.format("restored"))
             == await site.run("db1", "mariadb", "-N", "-e", count.format("shop")))
     await site.run("db2", "mariadb", "-e", "DROP DATABASE restored")
+
+
+async def test_db1_postgresql_is_probed_and_dumped_over_ssh(site, lab, tmp_path):
+    """db1's PostgreSQL, asked and dumped over SSH as the postgres OS user: its version
+    recorded with the dumps, the globals with the role stock_app and its password, and a
+    custom-format dump of `stock` that pg_restore loads with every row and its owner. A
+    database the plan names and the server lacks fails the VM before anything is archived."""
+    stock = [db for db in PLAN.vm("db1").databases if db.engine == "postgresql"]
+    results, _ = await _take_archives(vm("db1", archives=[], databases=stock), tmp_path,
+                                      uuid.uuid4(), lab)
+    assert [(r.source_path, r.server_version[:2]) for r in results] == [
+        ("postgresql:globals", "15"), ("stock", "15")]
+    globals_sql = subprocess.run(["zstd", "-dc", str(results[0].file)], capture_output=True,
+                                 check=True).stdout.decode()
+    assert "CREATE ROLE stock_app;" in globals_sql
+    assert "ALTER ROLE stock_app WITH NOSUPERUSER INHERIT NOCREATEROLE NOCREATEDB LOGIN " \
+           "NOREPLICATION NOBYPASSRLS PASSWORD 'SCRAM-SHA-256$" in globals_sql
+    dump = subprocess.run(["zstd", "-dc", str(results[1].file)], capture_output=True,
+                          check=True).stdout
+    assert dump.startswith(b"PGDMP")  # pg_dump's custom format
+    await site.run("db1", *PSQL, "-d", "postgres", "-c", "DROP DATABASE IF EXISTS restored",
+                   "-c", "CREATE DATABASE restored")
+    try:
+        await site.run("db1", "runuser", "-u", "postgres", "--", "pg_restore",
+                       "--exit-on-error", "-d", "restored", input=dump)
+        query = ("SELECT count(*), sum(delta), string_agg(DISTINCT tableowner, ',') FROM "
+                 "movements, pg_tables WHERE tablename = 'movements'")
+        restored = await site.run("db1", *PSQL, "-d", "restored", "-c", query)
+        assert restored == await site.run("db1", *PSQL, "-d", "stock", "-c", query)
+        assert restored.strip().endswith("|stock_app")
+    finally:
+        await site.run("db1", *PSQL, "-d", "postgres", "-c", "DROP DATABASE restored")
+    missing = [*stock, DatabaseSpec(engine="postgresql", name="nosuch")]
+    with pytest.raises(DumpError) as caught:
+        await _take_archives(vm("db1", databases=missing), tmp_path, uuid.uuid4(), lab)
+    assert str(caught.value) == ("db1: PostgreSQL server of postgresql database 'stock' on "
+                                 "its local socket: the server has no database 'nosuch': the "
+                                 "plan names it, the host has not")
 
 
 async def test_a_dump_with_a_password_over_tcp(site, lab, tmp_path, monkeypatch):
@@ -320,8 +366,8 @@ async def test_up_again_is_a_check_and_down_leaves_nothing(site, lab):
     assert "up (already)" in again.timings
     pids = {procs.recorded_pid(p) for p in (lab.lab_dir / "legacy/.state/run").glob("*.pid")}
     # sshd on each of the six hosts, nginx on app1 and old1, mariadbd on db1, db2, net1 and
-    # plan1, and the site's DNS (named)
-    assert len(pids - {None}) == sum(len(h.daemons) for h in site.hosts.values()) + 1 == 13
+    # plan1, postgres on db1, and the site's DNS (named)
+    assert len(pids - {None}) == sum(len(h.daemons) for h in site.hosts.values()) + 1 == 14
     roots = [host.root for host in site.hosts.values()]
     await legacy.down(lab)
     assert not [ns for ns in net.namespaces() if ns.startswith("ferry-legacy")]

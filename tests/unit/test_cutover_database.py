@@ -22,8 +22,10 @@ def runbook(tmp_path: Path, mode: str, engine: str = "mariadb"):
     plan = load_plan_file(EXAMPLE)
     legacy, new = Recorder("legacy db1", {}), Recorder("new db1", {})
     db1 = plan.vm("db1")
+    # The example master's MariaDB database, of `engine` (not its PostgreSQL one).
     db1 = db1.model_copy(update={"databases": [
-        DatabaseSpec(engine=engine, name=db.name) for db in db1.databases]})
+        DatabaseSpec(engine=engine, name=db.name) for db in db1.databases
+        if db.engine == "mariadb"]})
     machine = Machine(db1, uuid.uuid4(), str(db1.network.address.ip), new, legacy)
     book = GroupRunbook(plan, [machine], FakeProvider(), None, tmp_path, database_mode=mode)
     return book, legacy, new

@@ -312,7 +312,9 @@ def test_the_engine_of_a_vm_is_its_databases_or_its_masters():
         DatabaseSpec(engine="mariadb", name="shop"), DatabaseSpec(engine="postgresql", name="pg"),
         DatabaseSpec(engine="mysql", name="other")]})
     assert databases.rebuild_engines(both) == [engine("mariadb"), engine("postgresql")]
-    assert databases.rebuild_engines(plan.vm("db2"), plan) == [engine("mariadb")]
+    # The example's master holds MariaDB and PostgreSQL: its replica runs both servers.
+    assert databases.rebuild_engines(plan.vm("db2"), plan) == [engine("mariadb"),
+                                                               engine("postgresql")]
     assert databases.rebuild_engines(plan.vm("app1")) == [databases.DEFAULT]
 
 

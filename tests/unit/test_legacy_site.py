@@ -30,9 +30,11 @@ def test_the_site_table_gives_each_host_an_address_namespace_and_link():
     assert {n: str(h.address) for n, h in site.hosts.items()} == {
         "app1": "10.213.0.11", "db1": "10.213.0.12", "db2": "10.213.0.13",
         "old1": "10.213.0.21", "net1": "10.213.0.22", "plan1": "10.213.0.23"}
-    assert site.hosts["db1"].seed.sql.name == "shop.sql"
-    assert site.hosts["net1"].seed.database == "ledger"
-    assert site.hosts["net1"].seed.sql.is_file()
+    assert [(s.engine, s.database, s.sql.name) for s in site.hosts["db1"].seeds] == [
+        ("mariadb", "shop", "shop.sql"), ("postgresql", "stock", "stock.sql")]
+    assert "postgresql" in site.hosts["db1"].daemons
+    assert [(s.engine, s.database) for s in site.hosts["net1"].seeds] == [("mariadb", "ledger")]
+    assert all(s.sql.is_file() for h in site.hosts.values() for s in h.seeds)
     assert all(len(h.site_link) <= 15 and len(h.namespace) <= 64 for h in site.hosts.values())
     assert all(site.hosts[n].public_address is None for n in ("old1", "net1", "plan1"))
 
@@ -172,3 +174,16 @@ def test_mount_points_are_unescaped_as_the_kernel_writes_them():
     """/proc/self/mountinfo writes a blank as \\040 and a backslash as \\134."""
     assert _unescape(r"/srv/my\040root/proc") == "/srv/my root/proc"
     assert _unescape(r"/a\134b/café") == "/a\\b/café"
+
+
+@pytest.mark.parametrize("seed, message", [
+    ({"engine": "mysql", "database": "shop", "sql": "shop.sql"}, "seed engine 'mysql'"),
+    ({"engine": "postgresql", "database": "stock", "sql": "stock.sql"},
+     "a postgresql seed, but postgresql is not among its daemons"),
+    ({"engine": "mariadb", "database": "shop; DROP", "sql": "shop.sql"},
+     "seed database 'shop; DROP'"),
+])
+def test_a_seed_names_a_server_the_host_runs_and_a_plain_database(tmp_path: Path, seed,
+                                                                   message):
+    with pytest.raises(SiteConfigError, match=re.escape(f"host h1: {message}")):
+        load_site(_site_file(tmp_path, daemons=["sshd", "mariadb"], seeds=[seed]))

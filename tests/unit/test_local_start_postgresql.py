@@ -150,6 +150,8 @@ def test_a_postgresql_replica_copies_its_master_and_streams(tmp_path: Path):
     args = backup["args"]
     assert args[:4] == ["-h", "10.20.0.12", "-p", "5432"]
     assert {"-R", "-C"} <= set(args) and args[args.index("-S") + 1] == "ferry_db2"
+    # The master's checkpoint at once, not spread over minutes before the copy begins.
+    assert "--checkpoint=fast" in args
     assert args[args.index("-D") + 1] == str(root / "db/postgresql")
     # The password by environment only.
     assert backup["PGPASSWORD"] == REPLICATION["password"]
@@ -157,6 +159,20 @@ def test_a_postgresql_replica_copies_its_master_and_streams(tmp_path: Path):
     assert "port = 5432" in (root / "db/postgresql/ferryman.conf").read_text()
     assert "as a PostgreSQL standby (slot ferry_db2)" in \
         run.posted("state")[-2]["message"]
+
+
+def test_a_replica_whose_slot_an_earlier_boot_made_uses_it(tmp_path: Path):
+    """pg_basebackup -C finds the slot there (the master kept it from an attempt of an earlier
+    boot): the copy is made again through it, without -C, the data dir emptied first."""
+    with_binaries(tmp_path)
+    run, root = run_pg(tmp_path, "db2", pg_refs(), env={"FERRY_STUB_SLOT_EXISTS": "1"})
+    assert run.returncode == 0, run.stderr
+    first, second = (c["args"] for c in run.of("pg_basebackup"))
+    assert "-C" in first and "-C" not in second
+    for args in (first, second):
+        assert args[args.index("-S") + 1] == "ferry_db2" and "--checkpoint=fast" in args
+    assert "replication slot ferry_db2 exists on 10.20.0.12 already: using it" in run.texts()
+    assert run.states()[-1] == ("ready", "replicating")
 
 
 def test_a_major_the_vm_does_not_have_fails_the_load_saying_so(tmp_path: Path):

@@ -10,12 +10,14 @@ from pathlib import Path
 import pytest
 
 from shared.plan import load_plan
-from tests.unit.test_render import EXAMPLE_PLAN, MASTER_LOG, archive_refs, run_local_start
+from tests.unit.test_render import (EXAMPLE_PLAN, MASTER_LOG, archive_refs, mariadb_only,
+                                    run_local_start)
 
 
 def mysql_plan():
-    return load_plan(EXAMPLE_PLAN.read_text().replace("engine: mariadb", "engine: mysql"),
-                     base_dir=EXAMPLE_PLAN.parent)
+    return mariadb_only(load_plan(EXAMPLE_PLAN.read_text().replace("engine: mariadb",
+                                                                   "engine: mysql"),
+                                  base_dir=EXAMPLE_PLAN.parent))
 
 
 def run(tmp_path: Path, vm_name: str, version: str, *, fields: str = "Slave",
@@ -101,7 +103,7 @@ def test_a_server_local_start_cannot_speak_to_fails_the_load_naming_it(
 
 def test_a_mariadb_103_replica_speaks_slave(tmp_path: Path):
     from tests.unit.test_render import EXAMPLE_PLAN as shop
-    plan = load_plan(shop.read_text(), base_dir=shop.parent)
+    plan = mariadb_only(load_plan(shop.read_text(), base_dir=shop.parent))
     result = run(tmp_path, "db2", "10.3.39-MariaDB-0+deb10u1", plan=plan)
     assert result.returncode == 0, result.stderr
     assert "STOP SLAVE;\nCHANGE MASTER TO MASTER_HOST=" in fed(result)

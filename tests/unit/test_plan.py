@@ -34,13 +34,16 @@ def problems(plan: dict | str) -> list[str]:
 
 
 def test_example_loads():
-    """The shipped example is a valid three-VM group with a master and its replica."""
+    """The shipped example is a valid three-VM group with a master and its replica; the master
+    holds a MariaDB and a PostgreSQL database."""
     plan = load_plan_file(EXAMPLE)
     assert plan.group == "shop"
     assert [(vm.name, vm.role) for vm in plan.vms] == [
         ("app1", Role.APP), ("db1", Role.DB_MASTER), ("db2", Role.DB_REPLICA)]
     assert plan.vm("db2").replica_of == "db1"
     assert plan.vm("db1").databases[0].effective_port == 3306
+    assert [(db.engine, db.name, db.effective_port) for db in plan.vm("db1").databases] == [
+        ("mariadb", "shop", 3306), ("postgresql", "stock", 5432)]
     assert plan.cutover.checks[0].host == "shop.example"
 
 
@@ -59,15 +62,22 @@ def test_source_root_is_resolved_against_the_plan_folder():
 def test_the_examples_read_the_lab_legacy_hosts_over_ssh(example, local_example, hosts):
     """The shipped examples' sources are the lab's legacy hosts (examples/legacy/site.yaml),
     over SSH as root, each VM its namesake; the local variant is the same group but for its
-    sources. Between them, the two examples migrate every host of the site."""
+    sources, and its PostgreSQL databases (the local sources' dumps are this machine's
+    servers', which have none of them). Between them, the two examples migrate every host of
+    the site."""
     site = yaml.safe_load((REPO / "examples" / "legacy" / "site.yaml").read_text())
     plan = load_plan_file(example)
     assert {vm.name: (vm.source.kind, vm.source.host, vm.source.user) for vm in plan.vms} == {
         name: ("ssh", site["hosts"][name]["address"], "root") for name in hosts}
     local = load_plan_file(local_example)
     assert {vm.source.kind for vm in local.vms} == {"local"}
+
+    def without_postgresql(vm) -> dict:
+        found = vm.model_dump(exclude={"source"})
+        found["databases"] = [db for db in found["databases"] if db["engine"] != "postgresql"]
+        return found
     assert ([vm.model_dump(exclude={"source"}) for vm in local.vms]
-            == [vm.model_dump(exclude={"source"}) for vm in plan.vms])
+            == [without_postgresql(vm) for vm in plan.vms])
     assert local.cutover == plan.cutover
 
 

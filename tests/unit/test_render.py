@@ -24,6 +24,7 @@ from services.configurator.render import (TEMPLATES, ArchiveRef, RenderError, bu
                                           render_local_start, render_script)
 from shared.plan import (VM, ArchiveSpec, CutoverSettings, DatabaseSpec, Disk, Filesystem,
                          Network, Plan, Role, load_plan_file)
+from shared.databases import engine
 from shared.providers.base import ProviderDisk, disk_serial
 from shared.providers.simvm import SCRIPT_STEPS
 from tests.unit.test_disks import VM_ID, fake_sysfs
@@ -88,6 +89,13 @@ if name == "psql" and "-c" in args:
            "SELECT status FROM pg_stat_wal_receiver": b"streaming\n"}}.get(query, b"")
 if name == "pg_basebackup":
     record["PGPASSWORD"] = os.environ.get("PGPASSWORD")
+    if "-C" in args and os.environ.get("FERRY_STUB_SLOT_EXISTS"):  # an earlier boot made it
+        with open(os.environ["FERRY_STUB_LOG"], "a") as log:
+            log.write(json.dumps(record) + "\n")
+        sys.stderr.write('pg_basebackup: error: could not send replication command '
+                         '"CREATE_REPLICATION_SLOT": ERROR:  replication slot "'
+                         + arg_after("-S") + '" already exists\n')
+        sys.exit(1)
 if name in ("initdb", "pg_basebackup"):
     datadir = arg_after("-D")
     os.makedirs(datadir, exist_ok=True)
@@ -285,7 +293,7 @@ def disks_of(vm: VM) -> list[ProviderDisk]:
 
 def script_for(plan: Plan, vm: VM, archives: list[ArchiveRef] | None = None, **kwargs) -> str:
     """The VM's configuration script, with its archives (all of them by default) and disks."""
-    archives = archive_refs(vm) if archives is None else archives
+    archives = archive_refs(vm, plan) if archives is None else archives
     kwargs.setdefault("mac", MAC)
     return render_script(plan, vm, archives, disks=disks_of(vm), **kwargs)
 
@@ -302,13 +310,40 @@ def pwned_files(*roots: Path) -> list[Path]:
     return [p for root in roots for p in root.rglob("*") if p.name in PWNED]
 
 
-def archive_refs(vm: VM) -> list[ArchiveRef]:
+# What the archiver records of a PostgreSQL 15 server (its server_version_num).
+PG_SERVER_VERSION = "150004"
+
+
+def archive_refs(vm: VM, plan: Plan | None = None) -> list[ArchiveRef]:
+    """The VM's archives as the store gives them (shared/store/archives.py): each path, the
+    globals of each server that has them (PostgreSQL's), each dump, PostgreSQL's with the
+    server's version; and for a replica (`plan` given) its master's dumps and globals too."""
     refs = [ArchiveRef(id=f"a{i}", kind="path", source=spec.path, sha256=EMPTY_SHA256, size=0)
             for i, spec in enumerate(vm.archives)]
-    refs += [ArchiveRef(id=f"d{i}", kind="database", source=db.name, sha256=EMPTY_SHA256,
-                        size=0, engine=db.engine)
-             for i, db in enumerate(vm.databases)]
-    return refs
+    return refs + database_refs(vm) + (database_refs(plan.vm(vm.replica_of), "m")
+                                       if plan is not None and vm.replica_of else [])
+
+
+def database_refs(vm: VM, prefix: str = "") -> list[ArchiveRef]:
+    servers = {db.engine: engine(db.engine) for db in vm.databases}
+    refs = [ArchiveRef(id=f"{prefix}g{i}", kind="database", source=server.globals_source,
+                       sha256=EMPTY_SHA256, size=0, engine=name, server_version=PG_SERVER_VERSION)
+            for i, (name, server) in enumerate(servers.items())
+            if server.globals_source is not None]
+    return refs + [ArchiveRef(id=f"{prefix}d{i}", kind="database", source=db.name,
+                              sha256=EMPTY_SHA256, size=0, engine=db.engine,
+                              server_version=(PG_SERVER_VERSION if db.engine == "postgresql"
+                                              else None))
+                   for i, db in enumerate(vm.databases)]
+
+
+def mariadb_only(plan: Plan) -> Plan:
+    """The plan without its PostgreSQL databases: the example group as the MariaDB tests know
+    it (the PostgreSQL side of local.start has its own: test_local_start_postgresql.py)."""
+    return plan.model_copy(update={"vms": [
+        vm.model_copy(update={"databases": [db for db in vm.databases
+                                            if db.engine != "postgresql"]})
+        for vm in plan.vms]})
 
 
 @pytest.fixture(scope="module")
@@ -324,7 +359,7 @@ def test_example_scripts_pass_bash_and_shellcheck(shop: Plan, name: str, tmp_pat
     vm = shop.vm(name)
     script = script_for(shop, vm)
     check_script(script, tmp_path, f"{name}-configure.sh")
-    check_script(render_local_start(shop, vm, archive_refs(vm)), tmp_path,
+    check_script(render_local_start(shop, vm, archive_refs(vm, shop)), tmp_path,
                  f"{name}-local.start")
     check_script(heredoc(script, "FIRSTBOOT"), tmp_path, f"{name}-firstboot.sh")
     check_script(heredoc(script, "HOOK"), tmp_path, f"{name}-config-management")
@@ -735,6 +770,7 @@ def test_local_start_of_an_app_server_checks_in_once(shop: Plan, tmp_path: Path)
 
 def test_local_start_of_a_master_loads_and_reports_its_position(shop: Plan, tmp_path: Path):
     """A master loads its dumps with binary logging off, then reports ready with its position."""
+    shop = mariadb_only(shop)
     vm = shop.vm("db1")
     dumps = [a for a in archive_refs(vm) if a.kind == "database"]
     run = run_local_start(shop, vm, tmp_path, dumps)
@@ -757,6 +793,7 @@ def test_local_start_of_a_master_loads_and_reports_its_position(shop: Plan, tmp_
 
 def test_local_start_of_a_replica_holds_then_replicates(shop: Plan, tmp_path: Path):
     """A replica loads, holds until its master is complete, then replicates from its position."""
+    shop = mariadb_only(shop)
     vm = shop.vm("db2")
     dumps = [ArchiveRef("d0", "database", "shop", EMPTY_SHA256, 0, "mariadb")]
     run = run_local_start(shop, vm, tmp_path, dumps)
