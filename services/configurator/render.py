@@ -132,6 +132,7 @@ def build_context(plan: Plan, vm: VM, archives: list[ArchiveRef], *,
         "fstab_root": q(fstab_line(_lv_device(_root(volumes)), "/", fs_type(_root(volumes)),
                                    "defaults", 0, 1)),
         "fstab_volumes": q("\n".join(_fstab_volume(fs) for fs in volumes if fs.mount != "/")),
+        "boot_mount_options": q(MOUNT_OPTIONS),
         **_system_context(system, vm, mac),
         "migrating_marker": q(f"group={plan.group}\nvm={vm.name}"),
         "local_start": q(render_local_start(plan, vm, archives)),
@@ -250,10 +251,16 @@ def _mounts(volumes: list[Filesystem]) -> list[dict]:
             for fs in volumes if fs.mount != "swap"]
 
 
+# systemd gives up on a mount's device after 90 s and drops to emergency mode: a VM first
+# booted from its disk on a loaded host (under emulation) has been seen to need longer for
+# /boot's. Other inits' mount(8) ignores x- options.
+MOUNT_OPTIONS = "defaults,x-systemd.device-timeout=600s"
+
+
 def _fstab_volume(fs: Filesystem) -> str:
     if fs.mount == "swap":
         return fstab_line(_lv_device(fs), "none", "swap", "sw", 0, 0)
-    return fstab_line(_lv_device(fs), fs.mount, fs_type(fs), "defaults", 0, 2)
+    return fstab_line(_lv_device(fs), fs.mount, fs_type(fs), MOUNT_OPTIONS, 0, 2)
 
 
 def _unpack_order(archive: ArchiveRef) -> tuple[int, str]:

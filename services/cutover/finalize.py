@@ -89,7 +89,7 @@ async def forget_cancelled(event: ev.GroupCancelled, ctx: Context) -> None:
     every WAL file until the disk fills)."""
     async with ctx.store.session() as db:
         group = await db.groups.get(ctx.group_id)
-        ran = bool(await db.views.cutover_runs(ctx.group_id, 1)) if group else False
+        ran = await db.cutover_runs.ever_ran(ctx.group_id) if group else False
     if group is None:
         return
     await _remove_staging(ctx, group.id, group.name)

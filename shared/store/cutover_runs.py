@@ -42,6 +42,14 @@ class CutoverRuns:
             "SELECT true FROM cutover_runs WHERE group_id = $1 AND status = 'running' LIMIT 1",
             group_id))
 
+    async def ever_ran(self, group_id: uuid.UUID) -> bool:
+        """A run of the group got to work once (whatever became of it): what it may have left
+        on the legacy hosts is the group's to clean up."""
+        return bool(await self.conn.fetchval(
+            "SELECT true FROM cutover_runs WHERE group_id = $1"
+            " AND NOT status = ANY($2::text[]) AND status <> 'refused' LIMIT 1",
+            group_id, list(PENDING)))
+
     async def refuse_pending(self, group_id: uuid.UUID, reason: str) -> None:
         """Runs of the group not started yet end refused."""
         await self.conn.execute(

@@ -237,9 +237,7 @@ async def new_master_replicates(lab: Lab) -> bool:
 
 async def new_master_subscribes(lab: Lab) -> bool:
     """Whether the new db1's PostgreSQL holds the hand-off's subscription."""
-    said = await lab.new("db1", "cd / && runuser -u postgres -- psql -X -A -t -c "
-                                "'SELECT count(*) FROM pg_subscription'")
-    return said.strip() != "0"
+    return (await lab.new_pg("db1", "SELECT count(*) FROM pg_subscription")).strip() != "0"
 
 
 async def rehearse_database_in_replication_mode(lab: Lab) -> str:
@@ -373,15 +371,21 @@ async def mark_sides(lab: Lab) -> None:
 
 async def replicates_before_window(lab: Lab) -> str:
     """After the prepared run (mode replication): a row written on the legacy master reaches
-    the new master through the tunnel, and the new replica through the new master."""
+    the new master through the tunnel, and the new replica through the new master; in
+    MariaDB's shop (the binary log) and PostgreSQL's stock (the subscription, then the
+    standby's stream)."""
     tag = await lab.write_order()
+    await lab.write_movement(tag)
     count = "mariadb -N -B -e " + shlex.quote(
         f"SELECT COUNT(*) FROM shop.orders WHERE customer = '{tag}'")
+    movements = f"SELECT count(*) FROM {MOVEMENTS} WHERE note = '{tag}'"
 
     async def arrived():
-        return all([(await lab.new(vm, count)).strip() == "1" for vm in ("db1", "db2")])
+        return all([(await lab.new(vm, count)).strip() == "1" for vm in ("db1", "db2")]
+                   + [(await lab.new_pg(vm, movements)).strip() == "1" for vm in ("db1", "db2")])
     await eventually(arrived, 60, interval=0.5, what=f"row {tag} to replicate to db1 and db2")
-    return f"row {tag} written on the legacy master replicated to the new db1 and db2"
+    return (f"row {tag} written on the legacy master in shop (MariaDB) and stock (PostgreSQL) "
+            "replicated to the new db1 and db2")
 
 
 async def legacy_changes_before_window(lab: Lab) -> tuple[str, str]:

@@ -256,6 +256,10 @@ class FakeCutoverRuns(_Repo):
         return any(run["group_id"] == group_id and run["status"] == "running"
                    for run in self.t.cutover_runs.values())
 
+    async def ever_ran(self, group_id: uuid.UUID) -> bool:
+        return any(run["group_id"] == group_id and run["status"] not in (*PENDING, "refused")
+                   for run in self.t.cutover_runs.values())
+
     async def refuse_pending(self, group_id: uuid.UUID, reason: str) -> None:
         for run in self.t.cutover_runs.values():
             if run["group_id"] == group_id and run["status"] in PENDING:

@@ -20,7 +20,7 @@ import chevron
 import pytest
 
 from shared.systems import BASE_IMAGE_SYSTEM, HostSystem, Init
-from services.configurator.render import (TEMPLATES, ArchiveRef, RenderError, build_context,
+from services.configurator.render import (MOUNT_OPTIONS, TEMPLATES, ArchiveRef, RenderError, build_context,
                                           render_local_start, render_script)
 from shared.plan import (VM, ArchiveSpec, CutoverSettings, DatabaseSpec, Disk, Filesystem,
                          Network, Plan, Role, load_plan_file)
@@ -507,7 +507,7 @@ def test_hostile_values_are_never_executed_and_arrive_intact(tmp_path: Path):
     fstab = (newroot / "etc/fstab").read_text()
     assert "/srv/my\\040data\\040it's" in fstab and "\\012touch\\040PWNED4" in fstab
     assert "/srv/tab\\011here" in fstab
-    assert f"UUID={BOOT_UUID}\t/boot\text3\tdefaults\t0\t2" in fstab
+    assert f"UUID={BOOT_UUID}\t/boot\text3\t{MOUNT_OPTIONS}\t0\t2" in fstab
     assert all(len(line.split()) == 6 for line in fstab.splitlines() if not line.startswith("#"))
 
     gateway_env = newroot / "etc/ferryman/gateway.env"
@@ -579,7 +579,7 @@ def test_disks_on_scsi_are_found_by_serial_whatever_their_names(shop: Plan, tmp_
     assert run.of("grub-install")[0]["args"][-1] == "/dev/sdb"
     assert ["-t", "ext3", "/dev/sdb1", f"{newroot}/boot"] in [c["args"] for c in run.of("mount")]
     fstab = (newroot / "etc/fstab").read_text()
-    assert f"UUID={BOOT_UUID}\t/boot\text3\tdefaults\t0\t2" in fstab and "/dev/sd" not in fstab
+    assert f"UUID={BOOT_UUID}\t/boot\text3\t{MOUNT_OPTIONS}\t0\t2" in fstab and "/dev/sd" not in fstab
     assert f"search --no-floppy --fs-uuid --set=root {BOOT_UUID}" in \
         (newroot / "boot/grub/grub.cfg").read_text()
 
