@@ -27,8 +27,12 @@ JOURNEY: tuple[str, ...] = tuple(s.value for s in (
 
 STATE_STYLE = {
     "failed": "bold red", "halted": "yellow", "ready": "green", "live": "bold green",
+    "cancelling": "yellow", "cancelled": "dim", "finalizing": "green", "finalized": "bold green",
 }
-TERMINAL_STATUSES = {"ready", "live"}
+# Ready, or past it: what --until-ready waits for.
+TERMINAL_STATUSES = {"ready", "live", "finalizing", "finalized"}
+# A group on its way out before its cutover: it will never be ready.
+CANCELLED_STATUSES = {"cancelling", "cancelled"}
 # A group whose VMs are simulated (provider sim) says so wherever it is shown: its states are
 # those of processes playing VMs, not of machines.
 SIMULATED = "SIMULATED VMs"
@@ -205,6 +209,8 @@ def _watch(group: str | None, path: str, until_ready: bool, interval: float,
             state = answer.get("status") if group else None
             if until_ready and state in TERMINAL_STATUSES:
                 return
+            if until_ready and state in CANCELLED_STATUSES:
+                raise CliError(f"group {group} is {state}: it will not be ready")
             if until_ready and state == "halted":
                 raise CliError(f"group {group} halted: {answer.get('halted_reason')}",
                                Exit.HALTED)

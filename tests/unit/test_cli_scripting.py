@@ -182,6 +182,18 @@ def test_a_halted_group_is_3(gateway):
     assert "group shop is halted: db2 failed in archiving" in result.stderr
 
 
+def test_a_wait_for_a_cancelled_group_ends_at_once(gateway):
+    """`--until-ready` stops on a group that is being cancelled (exit 1: it will never be
+    ready), and ends at once on one already finalized (it was ready, and more)."""
+    gateway.answer("GET", "/v1/groups/shop", (200, {**GROUP, "status": "cancelling"}))
+    result = ferry("status", "shop", "--until-ready", "--interval", "0", "--timeout", "5")
+    assert result.exit_code == Exit.FAILED
+    assert "group shop is cancelling: it will not be ready" in result.stderr
+    gateway.answer("GET", "/v1/groups/shop", (200, {**GROUP, "status": "finalized"}))
+    result = ferry("status", "shop", "--until-ready", "--interval", "0", "--timeout", "5")
+    assert result.exit_code == Exit.OK
+
+
 def test_a_wait_that_runs_out_is_4(gateway):
     gateway.answer("GET", "/v1/groups/shop", (200, GROUP))  # active, for ever
     result = ferry("status", "shop", "--until-ready", "--timeout", "0.05", "--interval", "0.01")
