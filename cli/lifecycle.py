@@ -37,8 +37,8 @@ def commands() -> list[click.Command]:
                   help="Seconds to wait for the group to be cancelled.")
     def cancel(group: str, yes: bool, no_wait: bool, timeout: float) -> None:
         """Cancel a group before its cutover: its VMs deleted through the provider, its
-        archives removed, its VMs' tokens revoked; the legacy hosts are not touched, and the
-        group's name may be submitted again. Asks for the group's name to be typed, unless
+        archives removed, its VMs' tokens revoked; on the legacy hosts only what a prepared
+        cutover set up is removed, and the group's name may be submitted again. Asks for the group's name to be typed, unless
         --yes. Run again to retry a cancel that stopped short."""
         if not yes and not stdin_is_terminal():
             fail("ferry cancel asks for the group's name to be typed, and there is no "
@@ -52,12 +52,9 @@ def commands() -> list[click.Command]:
         if no_wait:
             return
         ended = _wait_for(detail, "cancelled", timeout)
-        if json_wanted():
-            emit(ended)
-            return
-        say(f"group {detail['name']} cancelled: its VMs are deleted, its archives removed and "
-            "its VMs' tokens revoked; the legacy hosts were not touched, and the name "
-            f"{detail['name']} is free again")
+        _report(ended, f"group {detail['name']} cancelled: its VMs are deleted, its archives "
+                "removed and its VMs' tokens revoked; on the legacy hosts only what a prepared "
+                f"cutover set up was removed, and the name {detail['name']} is free again")
 
     @click.command()
     @output_option
@@ -80,11 +77,9 @@ def commands() -> list[click.Command]:
         if no_wait:
             return
         ended = _wait_for(detail, "finalized", timeout)
-        if json_wanted():
-            emit(ended)
-            return
-        say(f"group {detail['name']} finalized: the forwarding on the legacy hosts was "
-            f"{ended.get('legacy_forwarding')}, its archives and VM tokens removed; it is closed")
+        _report(ended, f"group {detail['name']} finalized: the forwarding on the legacy hosts "
+                f"was {ended.get('legacy_forwarding')}, its archives and VM tokens removed; it "
+                "is closed")
 
     @click.command()
     @output_option
@@ -95,22 +90,27 @@ def commands() -> list[click.Command]:
         events, processed-event records, VM messages of groups closed long ago); the
         coordinator also does it periodically."""
         found = call("POST", "/v1/retention/prune", {"dry_run": dry_run})
-        if json_wanted():
-            emit(found)
-            return
-        say(("would delete" if dry_run else "deleted")
-            + f" {found['outbox']} published outbox events, {found['inbox']} inbox records, "
-            f"{found['vm_messages']} VM messages of closed groups")
+        _report(found, ("would delete" if dry_run else "deleted")
+                + f" {found['outbox']} published outbox events, {found['inbox']} inbox records, "
+                f"{found['vm_messages']} VM messages of closed groups")
 
     return [cancel, finalize, prune]
+
+
+def _report(data: dict, text: str) -> None:
+    """What a command ends with: `data` as JSON with -o json, else `text` for a person."""
+    if json_wanted():
+        emit(data)
+    else:
+        say(text)
 
 
 def _confirm(detail: dict) -> None:
     name = detail["name"]
     vms = ", ".join(f"{vm['name']} {vm['state']}" for vm in detail["vms"])
     say(f"Cancelling group {name} ({detail['status']}; {vms}) deletes its VMs through the "
-        "provider and removes its archives. The legacy hosts are not touched. It cannot be "
-        "undone.")
+        "provider and removes its archives; on the legacy hosts only what a prepared cutover "
+        "set up is removed. It cannot be undone.")
     try:
         typed = click.prompt("Type the group's name to cancel it", default="",
                              show_default=False, err=True)

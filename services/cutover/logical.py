@@ -17,6 +17,7 @@ import asyncio
 import secrets
 import time
 
+from services.cutover import replication
 from services.cutover.replication import (
     CATCH_UP_S, HandoffError, Link, close_tunnel, open_tunnel, server_on,
 )
@@ -30,11 +31,10 @@ POSTGRESQL = engine("postgresql")
 
 
 async def sql(machine: Remote, statements: str, *, what: str, database: str | None = None,
-              batch: bool = True, timeout: float | None = None) -> str:
-    """SQL on the machine's cluster, as its superuser, statements on stdin."""
-    kwargs = {} if timeout is None else {"timeout": timeout}
-    return await machine.run(POSTGRESQL.client(database, batch=batch), what=what,
-                             stdin=statements.encode() + b"\n", **kwargs)
+              timeout: float | None = None) -> str:
+    """SQL on the machine's cluster, as its superuser; its answer as psql's unaligned rows."""
+    return await replication.sql(POSTGRESQL, machine, statements, what=what, batch=True,
+                                 timeout=timeout, database=database)
 
 
 async def subscribed(link: Link) -> list[str]:
@@ -188,7 +188,7 @@ async def _release_legacy(link: Link) -> None:
 async def release_on_legacy(legacy: Remote, names: list[str]) -> None:
     """What a hand-off set up on the legacy master removed, its new master gone (a cancelled
     group): the tunnel, and the slots, which would otherwise keep every WAL file from then on."""
-    await legacy.run(TUNNELS["postgresql"].stop_script(), what="closing the tunnel")
+    await legacy.run(TUNNELS[POSTGRESQL.family].stop_script(), what="closing the tunnel")
     await sql(legacy, logical.release_sql(names), what="removing the slots, publications and role")
 
 

@@ -181,11 +181,12 @@ async def release_on_legacy(legacy: Remote, server: Engine) -> None:
 # --- SQL on a machine ---------------------------------------------------------------------------
 
 async def sql(server: Engine, machine: Remote, statements: str, *, what: str,
-              batch: bool = False, timeout: float | None = None) -> str:
-    """Run SQL with the machine's client of `server`, the statements on stdin (never in
-    argv: they may hold a password)."""
+              batch: bool = False, timeout: float | None = None,
+              database: str | None = None) -> str:
+    """Run SQL with the machine's client of `server` (in `database`), the statements on stdin
+    (never in argv: they may hold a password)."""
     kwargs = {} if timeout is None else {"timeout": timeout}
-    return await machine.run(server.client(batch=batch), what=what,
+    return await machine.run(server.client(database, batch=batch), what=what,
                              stdin=statements.encode() + b"\n", **kwargs)
 
 
