@@ -80,6 +80,16 @@ class Settings(BaseSettings):
     lab_images: Path | None = None
     # The archiver's SSH identity for `kind: ssh` sources without a key_file of their own.
     ssh_key_file: Path | None = None
+    # How the archiver notices a legacy host gone quiet (docs/reliability.md, "Archive store
+    # and legacy host faults"). A host that does not answer the TCP connect or send its SSH
+    # banner within ssh_connect_timeout_s fails at once; one that vanishes mid-stream is given
+    # up after ssh_alive_count_max keepalives ssh_alive_interval_s apart go unanswered; one
+    # whose connection lives but whose stream sends no byte for archive_no_data_timeout_s
+    # (a tar stuck on a hung mount, a dump waiting on a lock) is given up too.
+    ssh_connect_timeout_s: int = Field(15, ge=1)
+    ssh_alive_interval_s: int = Field(15, ge=1)
+    ssh_alive_count_max: int = Field(3, ge=1)
+    archive_no_data_timeout_s: float = Field(600.0, gt=0)
     # A process without the gateway serves its own Prometheus /metrics here (0: none; the
     # gateway serves /metrics itself, for everything its process hosts).
     metrics_host: str = "127.0.0.1"

@@ -28,6 +28,7 @@ from shared import proc
 SSH = "ssh"
 CONNECT_TIMEOUT_S = 15
 SERVER_ALIVE_INTERVAL_S = 15
+SERVER_ALIVE_COUNT_MAX = 3  # ssh's own default, named so the wording below can count with it
 CLOSE_TIMEOUT_S = 30.0
 TIMEOUT_S = 300.0  # a command on a Remote, unless its caller says otherwise
 # ssh's own failures (cannot connect, authentication, host key) exit 255; anything else is the
@@ -38,6 +39,10 @@ _UNREACHABLE = ("Connection timed out", "No route to host", "Connection refused"
                 "Network is unreachable", "Could not resolve hostname",
                 "Name or service not known", "Temporary failure in name resolution",
                 "Connection closed by", "Connection reset by")
+# ConnectTimeout also bounds the banner exchange; ServerAliveCountMax keepalives unanswered.
+_BANNER_TIMEOUT = "timed out during banner exchange"
+_NOT_RESPONDING = "not responding"
+_KNOWN_HOST_ADDED = "Permanently added"  # at LogLevel=INFO, on a first contact: no failure
 _KEY_REFUSED = ("Permission denied", "Too many authentication failures", "Load key")
 _HOST_KEY = ("Host key verification failed", "REMOTE HOST IDENTIFICATION HAS CHANGED",
              "host key for", "No ED25519 host key is known")
@@ -61,6 +66,15 @@ class SshHost:
     # handshake with a VM under emulation costs a second or more, and a cutover's window has a
     # dozen of them. None: every command connects on its own.
     control_dir: Path | None = None
+    # How long to wait for the connection and the banner, and how a host that stops answering
+    # mid-stream is noticed: this many keepalives this far apart unanswered (Settings.ssh_*).
+    connect_timeout_s: int = CONNECT_TIMEOUT_S
+    alive_interval_s: int = SERVER_ALIVE_INTERVAL_S
+    alive_count_max: int = SERVER_ALIVE_COUNT_MAX
+    # ERROR: no "Permanently added ... to the list of known hosts" in the stderr we report.
+    # INFO also keeps "Timeout, server ... not responding." (keepalives unanswered), which
+    # ssh logs at that level: a long stream's caller wants it (explain_ssh drops the other).
+    log_level: str = "ERROR"
 
     def ssh_argv(self, remote_command: str) -> list[str]:
         """`ssh ... -- host 'remote_command'`; the remote login shell runs the command."""
@@ -71,14 +85,14 @@ class SshHost:
             "-o", "BatchMode=yes",  # never prompt (for a password or a passphrase)
             "-o", "StrictHostKeyChecking=accept-new",
             "-o", f"UserKnownHostsFile={_config_path(self.known_hosts)}",
-            "-o", f"ConnectTimeout={CONNECT_TIMEOUT_S}",
-            "-o", f"ServerAliveInterval={SERVER_ALIVE_INTERVAL_S}",
+            "-o", f"ConnectTimeout={self.connect_timeout_s}",
+            "-o", f"ServerAliveInterval={self.alive_interval_s}",
+            "-o", f"ServerAliveCountMax={self.alive_count_max}",
             # Only this key: not whatever an agent offers first (a wrong key would read as
             # "refused" after several tries, or lock the account on fail2ban'd hosts).
             "-o", "IdentitiesOnly=yes",
             "-o", f"IdentityFile={_config_path(self.key_file)}",
-            # No "Permanently added ... to the list of known hosts" in the stderr we report.
-            "-o", "LogLevel=ERROR",
+            "-o", f"LogLevel={self.log_level}",
             "-p", str(self.port), "-l", self.user,
             # "--": a host named "-oProxyCommand=..." is a host name, not an option.
             "--", self.host, remote_command,
@@ -109,6 +123,8 @@ class SshHost:
     def explain_ssh(self, tail: str) -> str:
         """ssh's own failure (exit 255), by cause."""
         where = f"{self.host} port {self.port}"
+        tail = "\n".join(line for line in tail.splitlines()
+                         if _KNOWN_HOST_ADDED not in line).strip()
         if any(mark in tail for mark in _HOST_KEY):
             # ssh's banner of @ lines says it at length; its last two lines say it enough.
             brief = " ".join(tail.splitlines()[-2:])
@@ -118,6 +134,12 @@ class SshHost:
                     f" {self.known_hosts}): {brief}")
         if any(mark in tail for mark in _KEY_REFUSED):
             return f"{where} refused the SSH key {self.key_file} for user {self.user}: {tail}"
+        if _BANNER_TIMEOUT in tail:
+            return (f"{where} accepted the connection but sent no SSH banner within "
+                    f"{self.connect_timeout_s} s (not an SSH server, or one that hangs): {tail}")
+        if _NOT_RESPONDING in tail:
+            return (f"{where} stopped answering ({self.alive_count_max} SSH keepalives "
+                    f"{self.alive_interval_s} s apart went unanswered): {tail}")
         if any(mark in tail for mark in _UNREACHABLE):
             return f"cannot reach {where} over SSH: {tail}"
         return f"SSH to {self.user}@{where} failed: {tail or 'no message'}"
