@@ -37,3 +37,15 @@ def remove_vm(root: Path, group_id: uuid.UUID, vm_name: str) -> None:
         group_folder(root, group_id).rmdir()
     except OSError:
         pass  # other VMs' archives are there, or it is gone already
+
+
+def free_bytes(folder: Path) -> int:
+    """Space left for an unprivileged writer on the filesystem holding `folder` (or its
+    nearest existing parent), as `df` shows it."""
+    for candidate in (folder, *folder.parents):
+        try:
+            stats = shutil.disk_usage(candidate)
+        except OSError:
+            continue
+        return stats.free
+    return 0

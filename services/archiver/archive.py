@@ -9,6 +9,7 @@ the file once afterwards, to hash it while it is flushed to disk.
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import hashlib
 import os
@@ -20,6 +21,9 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Literal, Mapping, Protocol, Sequence
+
+from services.archiver.watch import Progress, file_size, megabytes, out_of_space, quiet_for
+from shared.archive_store import free_bytes
 
 CHUNK = 1 << 20
 ZSTD = ("zstd", "-T0", "-3", "-q", "-c")
@@ -76,7 +80,8 @@ class TreeSource(Protocol):
     stream arrives on ssh's stdout.
 
     A source may also have `explain(error: PipelineError) -> str`, to word its own failures
-    (SshTree tells an unreachable host from a refused key)."""
+    (SshTree tells an unreachable host from a refused key), and `no_data_timeout_s`: how long
+    its stream may send nothing before it is given up (StreamStalled)."""
 
     def tar_command(self, path: str, excludes: Sequence[str],
                     first: Sequence[str] = ()) -> list[str]: ...
@@ -87,6 +92,7 @@ class LocalTree:
     """A local directory standing for a host's "/" (an example legacy host, or "/" itself)."""
 
     root: Path
+    no_data_timeout_s: float | None = None  # a hung mount under the root stalls the stream
 
     def tar_command(self, path: str, excludes: Sequence[str],
                     first: Sequence[str] = ()) -> list[str]:
@@ -174,11 +180,13 @@ async def archive_path(source: TreeSource, path: str, excludes: list[str],
     argv = source.tar_command(path, all_excludes, ROOT_FIRST if is_root else ())
     try:
         done = await compress(argv, dest, tolerated={
-            TAR_FILES_CHANGED: "tar: files changed while it read them, archived as read"})
+            TAR_FILES_CHANGED: "tar: files changed while it read them, archived as read"},
+            no_data_timeout=getattr(source, "no_data_timeout_s", None))
     except PipelineError as exc:
         explain = getattr(source, "explain", None)
         reason = explain(exc) if explain else str(exc)
-        raise ArchiveError(f"archive of {path} from {source} failed: {reason}") from None
+        raise ArchiveError(f"archive of {path} from {source} failed{exc.after()}: "
+                           f"{reason}") from None
     return ArchiveResult(file=dest, sha256=done.sha256, size=done.size, source_path=path,
                          warnings=done.warnings)
 
@@ -230,6 +238,27 @@ class PipelineError(Exception):
     def __init__(self, message: str, failures: Sequence[tuple[str, int | None, str]] = ()):
         super().__init__(message)
         self.failures = list(failures)
+        self.received: int | None = None  # bytes of the stream that had arrived, if known
+
+    def after(self) -> str:
+        """" after 12.3 MB received" for a stream that had brought something, else "". The count
+        is the watch's last look, a fraction of a second old at most."""
+        if not self.received or self.received < 100_000:
+            return ""
+        return f" after {megabytes(self.received)} received"
+
+
+class StoreFull(PipelineError):
+    """The archive store's filesystem ran out of space (or quota) while the file was written;
+    the message says where, how much was written and how much is free."""
+
+
+class StreamStalled(PipelineError):
+    """No byte of the stream arrived for `seconds`; its programs were killed."""
+
+    def __init__(self, seconds: float, producer: str):
+        super().__init__(f"no data from {producer} for {seconds:g} s")
+        self.seconds = seconds
 
 
 @dataclass(frozen=True)
@@ -248,17 +277,20 @@ async def compress_to_file(argv: Sequence[str], dest: Path, *,
 
 async def compress(argv: Sequence[str], dest: Path, *, env: Mapping[str, str] | None = None,
                    stdin: bytes | None = None,
-                   tolerated: Mapping[int, str] | None = None) -> Compressed:
+                   tolerated: Mapping[int, str] | None = None,
+                   no_data_timeout: float | None = None) -> Compressed:
     """Run `argv | zstd` into `dest` atomically.
 
     `env` is the producer's whole environment; `stdin` is written to the producer's stdin
     (secrets go in one of those, never into argv, which every user can read in `ps`).
     `tolerated` maps producer exit statuses that still mean a complete stream to what they
-    mean; they become warnings (with the producer's stderr tail) instead of a failure."""
+    mean; they become warnings (with the producer's stderr tail) instead of a failure.
+    `no_data_timeout`: StreamStalled once no byte has come for that long. A full archive store
+    is StoreFull. On any failure the partial file is gone."""
     # Unique per writer: two deliveries of one request may archive the same path at once, and
     # the last rename wins with a whole file either way.
     partial = dest.with_name(f"{dest.name}.partial-{os.getpid()}-{secrets.token_hex(4)}")
-    producer = compressor = None
+    producer = compressor = progress = None
     try:
         _make_folder(dest.parent)
         # An OS pipe, so the uncompressed stream goes from producer to zstd without Python,
@@ -275,11 +307,11 @@ async def compress(argv: Sequence[str], dest: Path, *, env: Mapping[str, str] | 
         finally:
             os.close(read_end)
             os.close(write_end)
-        producer_tail, zstd_tail, _ = await asyncio.gather(
-            _stderr_tail(producer.stderr), _stderr_tail(compressor.stderr),
-            _feed(producer, stdin),
-        )
-        await asyncio.gather(producer.wait(), compressor.wait())
+        progress = Progress(compressor.pid, partial)
+        producer_tail, zstd_tail = await _stream(producer, compressor, stdin, progress,
+                                                 no_data_timeout, argv[0])
+        if compressor.returncode != 0 and out_of_space(zstd_tail):
+            raise _store_full(partial, dest, zstd_tail)
         warnings = []
         meaning = (tolerated or {}).get(producer.returncode)
         if meaning is not None:
@@ -288,13 +320,64 @@ async def compress(argv: Sequence[str], dest: Path, *, env: Mapping[str, str] | 
                             + (f": {producer_tail}" if producer_tail else ""))
         _check_exits([(argv[0], 0 if meaning else producer.returncode, producer_tail),
                       (ZSTD[0], compressor.returncode, zstd_tail)])
-        sha256, size = await _hash_and_sync(partial)
+        sha256, size = await _hash_and_sync(partial, dest)
         await asyncio.to_thread(_publish, partial, dest)
         return Compressed(sha256=sha256, size=size, warnings=tuple(warnings))
+    except PipelineError as exc:
+        await _stop(producer, compressor)
+        partial.unlink(missing_ok=True)
+        exc.received = progress.received() if progress else None
+        raise
     except BaseException:
         await _stop(producer, compressor)
         partial.unlink(missing_ok=True)
         raise
+
+
+async def _stream(producer: asyncio.subprocess.Process, compressor: asyncio.subprocess.Process,
+                  stdin: bytes | None, progress: Progress, no_data_timeout: float | None,
+                  name: str) -> tuple[str, str]:
+    """Run the pipeline to its end: the stderr tails of producer and zstd. StreamStalled (both
+    killed) once no byte has reached zstd for `no_data_timeout` seconds (None: never). The
+    watch runs either way: its last look is what a failure reports as received, zstd's
+    counter being gone with it."""
+    work = asyncio.ensure_future(_to_the_end(producer, compressor, stdin))
+    watch = asyncio.ensure_future(quiet_for(progress, no_data_timeout))
+    try:
+        await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+        if not work.done() and not watch.done():
+            work.cancel()  # cancelled from outside: compress kills the programs
+    if work.done():
+        return work.result()
+    received = progress.received()
+    await _stop(producer, compressor)  # their stderr then ends, and with it `work`
+    await asyncio.gather(work, return_exceptions=True)
+    stalled = StreamStalled(no_data_timeout, name)
+    stalled.received = received
+    raise stalled
+
+
+async def _to_the_end(producer: asyncio.subprocess.Process,
+                      compressor: asyncio.subprocess.Process,
+                      stdin: bytes | None) -> tuple[str, str]:
+    producer_tail, zstd_tail, _ = await asyncio.gather(
+        _stderr_tail(producer.stderr), _stderr_tail(compressor.stderr),
+        _feed(producer, stdin),
+    )
+    await asyncio.gather(producer.wait(), compressor.wait())
+    return producer_tail, zstd_tail
+
+
+def _store_full(partial: Path, dest: Path, detail: str) -> StoreFull:
+    """The store's filesystem is full: the partial file goes first, so that the space it took
+    counts in what is reported free (what the operator has to work with)."""
+    written = file_size(partial)
+    partial.unlink(missing_ok=True)
+    return StoreFull(f"archive store full: no space left in {dest.parent} after writing "
+                     f"{megabytes(written)} of {dest.name} (the partial file is removed; "
+                     f"{megabytes(free_bytes(dest.parent))} free now): {detail}")
 
 
 @functools.cache
@@ -328,7 +411,7 @@ async def _spawn(argv: Sequence[str], *, stdin, stdout, env=None) -> asyncio.sub
         raise PipelineError(f"cannot run {argv[0]}: {exc}") from None
 
 
-async def _hash_and_sync(partial: Path) -> tuple[str, int]:
+async def _hash_and_sync(partial: Path, dest: Path) -> tuple[str, int]:
     """sha256 and size of the file zstd wrote, read back (from the page cache) while another
     thread makes it durable: the two overlap, and neither runs on the event loop (a big
     archive would stall the service's broker heartbeats)."""
@@ -336,6 +419,8 @@ async def _hash_and_sync(partial: Path) -> tuple[str, int]:
         (sha256, size), _ = await asyncio.gather(asyncio.to_thread(_sha256_of, partial),
                                                  asyncio.to_thread(_fsync_file, partial))
     except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # a delayed allocation failing at fsync
+            raise _store_full(partial, dest, str(exc)) from None
         raise PipelineError(f"cannot write {partial}: {exc}") from None
     return sha256, size
 

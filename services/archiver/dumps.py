@@ -69,18 +69,20 @@ async def dump_globals(db: DatabaseSource, dest: Path, version: str | None = Non
     else:
         script, stdin = server.globals_script(db)
         done = await run_dump(what, tree.ssh_argv(script), dest, stdin=stdin,
-                              explain=lambda error: tree.explain(error, what="pg_dumpall"))
+                              explain=lambda error: tree.explain(error, what="pg_dumpall"),
+                              no_data_timeout=tree.no_data_timeout_s)
     return replace(done, server_version=version)
 
 
 async def run_dump(db: DatabaseSource, argv: Sequence[str], dest: Path, *,
                    env: Mapping[str, str] | None = None, stdin: bytes | None = None,
-                   explain: Callable[[PipelineError], str] = str) -> ArchiveResult:
+                   explain: Callable[[PipelineError], str] = str,
+                   no_data_timeout: float | None = None) -> ArchiveResult:
     """`argv | zstd > dest`, failures worded by `explain` and scrubbed of the password."""
     try:
-        done = await compress(argv, dest, env=env, stdin=stdin)
+        done = await compress(argv, dest, env=env, stdin=stdin, no_data_timeout=no_data_timeout)
     except PipelineError as exc:
-        raise DumpError(_scrub(f"dump of {db} failed: {explain(exc)}",
+        raise DumpError(_scrub(f"dump of {db} failed{exc.after()}: {explain(exc)}",
                                db.password)) from None
     return ArchiveResult(file=dest, sha256=done.sha256, size=done.size, source_path=db.name,
                          kind="database", engine=db.engine)

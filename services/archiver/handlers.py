@@ -95,7 +95,10 @@ async def archive_vm(event: ev.ArchiveRequested, ctx: Context) -> None:
 
 def _vm_dir(ctx: Context, group_id: uuid.UUID, vm_name: str) -> Path:
     folder = archive_store.vm_folder(ctx.settings.archive_root, group_id, vm_name)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a full or read-only store: the VM's failure, not a handler's crash
+        raise ArchiveError(f"{vm_name}: cannot make the archive folder {folder}: {exc}") from None
     remove_abandoned_partials(folder)
     return folder
 
@@ -135,7 +138,8 @@ async def _archive_source(planned: VM, folder: Path, vm_id: uuid.UUID,
         # One connection first: an unreachable host or a refused key fails here, worded.
         tree = await SshTree.for_source(source, settings).probe()
     else:
-        tree = LocalTree(Path(source.root or "/"))
+        tree = LocalTree(Path(source.root or "/"),
+                         no_data_timeout_s=settings.archive_no_data_timeout_s)
     # Read before anything is archived: a system Ferryman cannot rebuild stops here. The plan
     # may name it instead (a root that does not show it, such as a folder standing for one).
     system = source.system
@@ -169,7 +173,10 @@ async def _archive_source(planned: VM, folder: Path, vm_id: uuid.UUID,
         for warning in result.warnings:
             log.warning("archive warning", vm=planned.name, source=result.source_path,
                         warning=warning)
-    write_manifest(results, folder)
+    try:
+        write_manifest(results, folder)
+    except OSError as exc:
+        raise ArchiveError(f"cannot write the manifest in {folder}: {exc}") from None
     return results, system
 
 

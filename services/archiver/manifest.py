@@ -21,11 +21,15 @@ def write_manifest(results: list[ArchiveResult], dest_dir: Path) -> Path:
     lines = [f"{sha256}  {name}\n" for name, sha256 in named]
     path = dest_dir / MANIFEST
     partial = dest_dir / (MANIFEST + ".partial")
-    with partial.open("w", encoding="utf-8") as handle:
-        handle.writelines(lines)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(partial, path)
+    try:
+        with partial.open("w", encoding="utf-8") as handle:
+            handle.writelines(lines)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, path)
+    except OSError:
+        partial.unlink(missing_ok=True)  # a full store keeps no half manifest
+        raise
     return path
 
 

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Sequence
 
 from services.archiver.archive import (
-    ROOT_FIRST, ArchiveError, ArchiveResult, PipelineError, relative_path, tar_create_argv,
+    ROOT_FIRST, ArchiveError, ArchiveResult, PipelineError, StreamStalled, relative_path,
+    tar_create_argv,
 )
 from services.archiver.dumps import run_dump
 from shared import proc
@@ -43,13 +44,22 @@ class SshTree(SshHost):
     acls: bool = True
     xattrs: bool = True
     present: frozenset[str] | None = field(default=None, compare=False)
+    # The connection alive (keepalives answered) but no byte of the stream for this long: the
+    # host's tar or dump is stuck, and is given up (TreeSource).
+    no_data_timeout_s: float | None = None
 
     @classmethod
     def for_source(cls, source, settings) -> SshTree:
         """The tree of a plan's `source` (kind ssh) with the archiver's identity by default."""
         key = Path(source.key_file).expanduser() if source.key_file else settings.ssh_identity
         return cls(host=source.host, port=source.port, user=source.user, key_file=key,
-                   known_hosts=settings.ssh_known_hosts)
+                   known_hosts=settings.ssh_known_hosts,
+                   connect_timeout_s=settings.ssh_connect_timeout_s,
+                   alive_interval_s=settings.ssh_alive_interval_s,
+                   alive_count_max=settings.ssh_alive_count_max,
+                   no_data_timeout_s=settings.archive_no_data_timeout_s,
+                   # A host gone mid-archive: ssh says so only at INFO (shared/ssh.py).
+                   log_level="INFO")
 
     def __str__(self) -> str:
         return f"{self.user}@{self.host}:{self.port} over SSH"
@@ -75,6 +85,10 @@ class SshTree(SshHost):
 
     def explain(self, error: PipelineError, what: str = "tar") -> str:
         """An archive or dump pipeline's failure, worded for an operator."""
+        if isinstance(error, StreamStalled):
+            return (f"no data from {self.host} for {error.seconds:g} s while its {what} ran: "
+                    f"the connection is alive but the stream stopped (a hung mount or lock on "
+                    f"the host?)")
         for program, code, tail in error.failures:
             if program != SSH:
                 continue
@@ -128,7 +142,8 @@ async def dump_database_over_ssh(tree: SshTree, db: DatabaseSource,
     except Unsupported as exc:
         raise DumpError(f"dump of {db} failed: {exc}") from None
     return await run_dump(db, argv, dest, stdin=stdin,
-                          explain=lambda error: tree.explain(error, what=server.dump_program))
+                          explain=lambda error: tree.explain(error, what=server.dump_program),
+                          no_data_timeout=tree.no_data_timeout_s)
 
 
 def _join(relative: str, name: str) -> str:

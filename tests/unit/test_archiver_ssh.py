@@ -223,6 +223,12 @@ def test_a_database_on_the_host_itself_is_dumped_by_socket(spec, over_ssh, socke
     ("kex_exchange_identification: read: Connection reset by peer",
      "cannot reach 10.213.0.11 port 22 over SSH"),
     ("something new", "SSH to root@10.213.0.11 port 22 failed: something new"),
+    ("Connection to 10.213.0.11 port 22 timed out\nConnection timed out during banner exchange",
+     "10.213.0.11 port 22 accepted the connection but sent no SSH banner within 15 s"),
+    ("Warning: Permanently added '10.213.0.11' (ED25519) to the list of known hosts.\n"
+     "Timeout, server 10.213.0.11 not responding.",
+     "10.213.0.11 port 22 stopped answering (3 SSH keepalives 15 s apart went unanswered): "
+     "Timeout, server 10.213.0.11 not responding."),
 ])
 def test_ssh_failures_are_worded_by_cause(stderr: str, expected: str):
     """ssh's own failures (exit 255) name the host, port and cause; a failure of the remote
@@ -231,6 +237,41 @@ def test_ssh_failures_are_worded_by_cause(stderr: str, expected: str):
     assert tree().explain(error).startswith(expected)
     remote = PipelineError("ssh exited 2", [("ssh", 2, "tar: /x: Cannot open")])
     assert tree().explain(remote) == "tar on 10.213.0.11 exited 2: tar: /x: Cannot open"
+
+
+def test_the_settings_bound_how_long_a_silent_host_is_waited_for(tmp_path: Path):
+    """The connect timeout, the keepalives and the no-data bound come from the settings, and
+    the archive stream's ssh logs at INFO (where it says a server stopped responding)."""
+    settings = Settings(state_dir=tmp_path, ssh_connect_timeout_s=4, ssh_alive_interval_s=2,
+                        ssh_alive_count_max=5, archive_no_data_timeout_s=30)
+    source = SshTree.for_source(Source(kind="ssh", host="db1"), settings)
+    argv = source.ssh_argv("true")
+    options = {argv[i + 1] for i, word in enumerate(argv) if word == "-o"}
+    assert {"ConnectTimeout=4", "ServerAliveInterval=2", "ServerAliveCountMax=5",
+            "LogLevel=INFO"} <= options
+    assert source.no_data_timeout_s == 30
+    assert "LogLevel=ERROR" in tree().ssh_argv("true")  # other callers keep ssh quiet
+
+
+async def test_a_stream_that_stops_is_given_up_after_the_no_data_bound(tmp_path: Path):
+    """A producer that sends 2 MB and then nothing (still running) is killed once no byte has
+    come for the bound: the error says so with what had arrived, and no file is left."""
+    source = Recorder("head -c 2000000 /dev/urandom; exec sleep 60")
+    source.no_data_timeout_s = 0.5
+    dest = tmp_path / "data.tar.zst"
+    with pytest.raises(ArchiveError) as failure:
+        await archive_path(source, "/data", [], dest)
+    message = str(failure.value)
+    assert "failed after 2.0 MB received: no data from sh for 0.5 s" in message, message
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_a_slow_steady_stream_is_not_given_up(tmp_path: Path):
+    """Bytes that keep coming, however slowly, keep the stream alive past the bound."""
+    source = Recorder("for i in 1 2 3 4 5 6 7 8 9 10; do printf x; sleep 0.1; done")
+    source.no_data_timeout_s = 0.5
+    result = await archive_path(source, "/data", [], tmp_path / "slow.tar.zst")
+    assert result.file.exists()
 
 
 async def test_a_missing_key_fails_before_connecting(tmp_path: Path):
