@@ -123,8 +123,7 @@ class SshHost:
     def explain_ssh(self, tail: str) -> str:
         """ssh's own failure (exit 255), by cause."""
         where = f"{self.host} port {self.port}"
-        tail = "\n".join(line for line in tail.splitlines()
-                         if _KNOWN_HOST_ADDED not in line).strip()
+        tail = without_notices(tail)
         if any(mark in tail for mark in _HOST_KEY):
             # ssh's banner of @ lines says it at length; its last two lines say it enough.
             brief = " ".join(tail.splitlines()[-2:])
@@ -212,6 +211,13 @@ async def pipe(source: Remote, produce: str, sink: Remote, consume: str, *, what
         raise RemoteError(source.explain(what, first.returncode, first.stderr))
     if second.returncode != 0:
         raise RemoteError(sink.explain(what, second.returncode, second.stderr))
+
+
+def without_notices(stderr: str) -> str:
+    """ssh's stderr without what it says at LogLevel=INFO on a success (a first contact's
+    "Permanently added ... to the list of known hosts"): what is left is worth reporting."""
+    return "\n".join(line for line in stderr.splitlines()
+                     if _KNOWN_HOST_ADDED not in line).strip()
 
 
 def _config_path(path: Path) -> str:

@@ -21,7 +21,7 @@ from services.archiver.archive import (
 from services.archiver.dumps import run_dump
 from shared import proc
 from shared.databases import DatabaseSource, DumpError, Unsupported, engine
-from shared.ssh import SSH, SSH_FAILED, SshHost
+from shared.ssh import SSH, SSH_FAILED, SshHost, without_notices
 
 PROBE_TIMEOUT_S = 90
 # Exit status of a remote command that is not installed (the shell's own).
@@ -97,6 +97,7 @@ class SshTree(SshHost):
 
     def explain_exit(self, code: int, tail: str, what: str) -> str:
         """A remote program's exit status `code` (ssh's own, 255, included), worded."""
+        tail = without_notices(tail)
         if code == SSH_FAILED:
             return self.explain_ssh(tail)
         if code == NOT_FOUND:
@@ -121,7 +122,8 @@ class SshTree(SshHost):
         except proc.CommandTimedOut:
             raise SshError(f"SSH to {self.host} port {self.port} gave no answer in "
                            f"{PROBE_TIMEOUT_S} s") from None
-        text, tail = done.stdout.decode(errors="replace"), proc.tail(done.stderr, 2000)
+        text = done.stdout.decode(errors="replace")
+        tail = without_notices(proc.tail(done.stderr, 2000))
         if done.returncode == SSH_FAILED:
             raise SshError(self.explain_ssh(tail))
         if "GNU tar" not in text:

@@ -29,7 +29,7 @@ from shared.databases import DatabaseSource, DumpError
 from shared.providers.base import BootSource
 from tests.conftest import eventually
 from tests.integration import legacy_netns
-from tests.integration.harness import Ferry, start_ferry
+from tests.integration.harness import Ferry, ferry_cli, start_ferry
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_broker_and_db")]
 
@@ -88,7 +88,7 @@ async def test_a_full_archive_store_fails_the_vm_clearly_and_a_retry_completes_o
     """A 32 MB incompressible source into a 20 MB store: the VM fails at its archive step with
     "archive store full", where, how much was written and how much is free (not a traceback,
     not the producer's broken pipe), the partial file is gone and the group halted; once the
-    store is made bigger, the operator's retry and resume archive it whole."""
+    store is made bigger, the operator's `ferry retry` and `ferry resume` archive it whole."""
     settings = settings.model_copy(update={"archive_dir": small_store})
     root = tmp_path / "legacy"
     blob = incompressible(root / "srv", 32 * MB)
@@ -112,10 +112,9 @@ async def test_a_full_archive_store_fails_the_vm_clearly_and_a_retry_completes_o
         assert await ferry.pool.fetchval("SELECT count(*) FROM archives") == 0
 
         subprocess.run(["mount", "-o", "remount,size=100m", str(small_store)], check=True)
-        async with operator.post(f"/v1/vms/{vm_id}/retry") as answer:
-            assert answer.status == 200, await answer.text()
-        async with operator.post(f"/v1/groups/{group_id}/resume") as answer:
-            assert answer.status == 200, await answer.text()
+        # The operator's way back: the VM redoes its archive once the halt is lifted.
+        assert "app1 will redo from planned" in await ferry_cli(settings, "retry", "full/app1")
+        await ferry_cli(settings, "resume", "full")
         await ferry.wait_booted(vm_id, BootSource.NETWORK)  # archived, and on its way
         row = await ferry.pool.fetchrow("SELECT * FROM archives WHERE vm_id = $1", vm_id)
         archive = Path(row["file"])

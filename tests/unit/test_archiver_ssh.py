@@ -237,6 +237,10 @@ def test_ssh_failures_are_worded_by_cause(stderr: str, expected: str):
     assert tree().explain(error).startswith(expected)
     remote = PipelineError("ssh exited 2", [("ssh", 2, "tar: /x: Cannot open")])
     assert tree().explain(remote) == "tar on 10.213.0.11 exited 2: tar: /x: Cannot open"
+    first_contact = PipelineError("ssh exited 2", [("ssh", 2, (
+        "Warning: Permanently added '10.213.0.11' (ED25519) to the list of known hosts.\n"
+        "tar: /x: Cannot open"))])
+    assert tree().explain(first_contact) == "tar on 10.213.0.11 exited 2: tar: /x: Cannot open"
 
 
 def test_the_settings_bound_how_long_a_silent_host_is_waited_for(tmp_path: Path):
