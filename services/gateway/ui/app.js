@@ -397,6 +397,8 @@ function renderGroups() {
   $("groups-older").disabled = !(ui.listing && ui.listing.next_cursor);
 }
 
+const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
+
 // The fleet at a glance: groups by status (each a filter of the list) and VMs by state.
 function renderFleet() {
   const f = ui.fleet;
@@ -404,7 +406,7 @@ function renderFleet() {
   const ordered = (counts, order) => order.filter((k) => counts[k]).map((k) => [k, counts[k]])
     .concat(Object.entries(counts).filter(([k]) => !order.includes(k)));
   $("fleet").replaceChildren(
-    h("div", { class: "counts", id: "fleet-groups" }, h("strong", {}, `${f.groups} groups`),
+    h("div", { class: "counts", id: "fleet-groups" }, h("strong", {}, plural(f.groups, "group")),
       ordered(f.group_statuses, GROUP_STATUSES).map(([status, n]) => h("button", {
         type: "button", class: `badge ${status}`, dataset: { status },
         "aria-pressed": ui.filter.status === status ? "true" : "false",
@@ -414,7 +416,7 @@ function renderFleet() {
           filterGroups();
         },
       }, `${status} ${n}`))),
-    h("div", { class: "counts", id: "fleet-vms" }, h("strong", {}, `${f.vms} VMs`),
+    h("div", { class: "counts", id: "fleet-vms" }, h("strong", {}, plural(f.vms, "VM")),
       ordered(f.vm_states, VM_STATES).map(([state, n]) => h("span", {
         class: `badge ${state}`, dataset: { state },
       }, `${state} ${n}`))));
