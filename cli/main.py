@@ -17,6 +17,7 @@ from cli import session
 from cli.config_commands import config
 from cli.cutover import cutover, verify
 from cli.exits import CliError, epilog
+from cli.listings import vms
 from cli.output import emit, emit_line, json_wanted, out, output_option
 from cli.session import context_option
 from cli.status import status
@@ -142,6 +143,7 @@ def retry(vm: str) -> None:
 
 
 main.add_command(status)
+main.add_command(vms)
 main.add_command(cutover)
 main.add_command(verify)
 main.add_command(config)

@@ -14,6 +14,7 @@ from rich.text import Text
 
 from cli import session
 from cli.exits import CliError, Exit
+from cli.listings import fetch, listing_options, listing_path, show
 from cli.output import emit, emit_line, json_wanted, out, output_option
 from cli.session import context_option
 from shared.states import VmState
@@ -164,25 +165,35 @@ def group_watch(group: dict) -> RenderableType:
               "halted (exit 3) or --timeout passes (exit 4).")
 @click.option("--interval", default=1.0, show_default=True, help="Seconds between refreshes.")
 @click.option("--timeout", default=0.0, help="With --watch: give up after this many seconds.")
+@listing_options
 @output_option
 @context_option
 def status(group: str | None, watch: bool, until_ready: bool, interval: float,
-           timeout: float) -> None:
-    """The groups, or one group's VMs with their states, steps and messages (exit 3 when the
-    group is halted)."""
+           timeout: float, every_page: bool, **query) -> None:
+    """The groups (a page at a time, newest first), or one group's VMs with their states, steps
+    and messages (exit 3 when the group is halted)."""
     if until_ready and not group:
         raise click.UsageError("--until-ready watches one group: name it")
+    if group and (every_page or any(v not in (None, ()) for v in query.values())):
+        raise click.UsageError("--limit, --cursor, --status, --name and --all page through "
+                               "the groups: leave GROUP out (`ferry vms --group GROUP` pages "
+                               "through a group's VMs)")
+    if watch and every_page:
+        raise click.UsageError("--watch shows one page: use --limit (up to 500) rather than "
+                               "--all")
     watch = watch or until_ready
-    path = f"/v1/groups/{group}" if group else "/v1/groups"
+    if not group and not watch:
+        show(fetch("/v1/groups", "groups", every_page, **query), "groups", groups_table,
+             "ferry status", **query)
+        return
+    path = f"/v1/groups/{group}" if group else listing_path("/v1/groups", **query)
     if not watch:
         answer = session.call("GET", path)
         if json_wanted():
             emit(answer)
-        elif group:
-            out.print(group_table(answer))
         else:
-            out.print(groups_table(answer["groups"]))
-        if group and answer["status"] == "halted":
+            out.print(group_table(answer))
+        if answer["status"] == "halted":
             raise click.exceptions.Exit(Exit.HALTED)
         return
     _watch(group, path, until_ready, interval, timeout)

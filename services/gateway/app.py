@@ -15,6 +15,7 @@ from services.gateway import health_routes  # noqa: F401 - registers /healthz an
 from services.gateway import metrics_routes  # noqa: F401 - registers /metrics
 from services.gateway import ui_routes  # noqa: F401 - registers the web UI at /
 from services.gateway import verify_routes  # noqa: F401 - registers ferry verify's route
+from services.gateway import listing_routes  # noqa: F401 - registers the listings, /v1/fleet
 from services.gateway.api import api
 from services.gateway.errors import UNSTORABLE, problem, storable, unreadable_body
 from services.gateway.keys import BUS, DEPS, LIMITER, LIVE, OPERATOR_TOKEN

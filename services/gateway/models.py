@@ -87,7 +87,39 @@ class GroupDetail(GroupSummary):
 
 
 class GroupList(BaseModel):
+    """One page of groups, newest first."""
+
     groups: list[GroupSummary]
+    total: int = Field(description="groups that match the filter, over all pages")
+    limit: int = Field(description="the most groups this page could hold")
+    next_cursor: str | None = Field(
+        description="pass as ?cursor= (with the same filter) for the next page; null on the "
+        "last page")
+
+
+class VmListed(VmView):
+    group_id: uuid.UUID
+    group: str = Field(description="the group's name")
+
+
+class VmList(BaseModel):
+    """One page of VMs: newest group first, then by group and plan position."""
+
+    vms: list[VmListed]
+    total: int = Field(description="VMs that match the filter, over all pages")
+    limit: int = Field(description="the most VMs this page could hold")
+    next_cursor: str | None = Field(
+        description="pass as ?cursor= (with the same filter) for the next page; null on the "
+        "last page")
+
+
+class Fleet(BaseModel):
+    """Counts across all groups, for the overview."""
+
+    groups: int = Field(description="groups in the store, whatever their status")
+    vms: int
+    group_statuses: dict[str, int] = Field(description="groups by status")
+    vm_states: dict[str, int] = Field(description="VMs by state")
 
 
 class Submitted(BaseModel):

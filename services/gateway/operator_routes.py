@@ -73,15 +73,6 @@ def _relative_roots(plan) -> list[dict]:
     ]
 
 
-@api.route("GET", "/v1/groups", "All groups with their VMs counted by state", auth="operator",
-           tag="operator", response=m.GroupList)
-async def list_groups(request: web.Request) -> web.Response:
-    require_operator(request)
-    async with request.app[DEPS].store.session() as db:
-        rows = await db.views.groups()
-    return json_response(m.GroupList(groups=[_summary(r) for r in rows]))
-
-
 @api.route("GET", "/v1/groups/{group}", "One group (by id or name): its VMs, states and latest "
            "log messages", auth="operator", tag="operator", response=m.GroupDetail)
 async def show_group(request: web.Request) -> web.Response:

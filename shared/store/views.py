@@ -7,8 +7,7 @@ import uuid
 
 import asyncpg
 
-# The most groups one listing returns.
-GROUPS_LISTED = 500
+from shared.listing import PageRequest, like_pattern
 
 _GROUP = (
     "SELECT g.*, coalesce((SELECT jsonb_object_agg(state, n) FROM"
@@ -23,11 +22,49 @@ class Views:
     def __init__(self, conn: asyncpg.Connection):
         self.conn = conn
 
-    async def groups(self) -> list[asyncpg.Record]:
-        """Groups, newest first, each with its VMs counted by state (`states`) and whether any
-        of them is simulated."""
-        return await self.conn.fetch(f"{_GROUP} ORDER BY g.created_at DESC LIMIT $1",
-                                     GROUPS_LISTED)
+    async def groups(self, page: PageRequest) -> tuple[list[asyncpg.Record], int]:
+        """One page of groups, newest first by (created_at, id), each with its VMs counted by
+        state (`states`) and whether any of them is simulated: up to page.limit + 1 rows (one
+        more tells the caller there is a next page), and how many groups match the filter."""
+        where = _Where()
+        if page.statuses:
+            where.add("g.status = ANY({}::text[])", list(page.statuses))
+        if page.name:
+            where.add("g.name ILIKE {} ESCAPE '\\'", like_pattern(page.name))
+        total = await self.conn.fetchval(f"SELECT count(*) FROM groups g{where.sql()}",
+                                         *where.args)
+        if page.after:
+            where.add("(g.created_at, g.id) < ({}, {})", *page.after)
+        limit = where.param(page.limit + 1)
+        rows = await self.conn.fetch(
+            f"{_GROUP}{where.sql()} ORDER BY g.created_at DESC, g.id DESC LIMIT {limit}",
+            *where.args)
+        return rows, total
+
+    async def vms_listed(self, page: PageRequest,
+                         group_id: uuid.UUID | None) -> tuple[list[asyncpg.Record], int]:
+        """One page of VMs across groups (or of one), with their group's name (`group_name`):
+        newest group first, then by group and plan position; up to page.limit + 1 rows, and
+        how many VMs match the filter."""
+        where = _Where()
+        if group_id:
+            where.add("v.group_id = {}", group_id)
+        if page.statuses:
+            where.add("v.state = ANY({}::text[])", list(page.statuses))
+        if page.name:
+            where.add("v.name ILIKE {} ESCAPE '\\'", like_pattern(page.name))
+        total = await self.conn.fetchval(f"SELECT count(*) FROM vms v{where.sql()}", *where.args)
+        if page.after:
+            # Newest first, then ascending by (group, position): no single row comparison
+            # says that, so it is spelled out.
+            where.add("(v.created_at < {0} OR (v.created_at = {0} AND"
+                      " (v.group_id, v.position) > ({1}, {2})))", *page.after)
+        limit = where.param(page.limit + 1)
+        rows = await self.conn.fetch(
+            "SELECT v.*, g.name AS group_name FROM vms v JOIN groups g ON g.id = v.group_id"
+            f"{where.sql()} ORDER BY v.created_at DESC, v.group_id, v.position LIMIT {limit}",
+            *where.args)
+        return rows, total
 
     async def group(self, group_id: uuid.UUID) -> asyncpg.Record | None:
         return await self.conn.fetchrow(f"{_GROUP} WHERE g.id = $1", group_id)
@@ -88,3 +125,22 @@ class Views:
             "       coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS age, "
             "       count(*) FILTER (WHERE error IS NOT NULL) AS unroutable "
             "FROM outbox WHERE published_at IS NULL")
+
+
+class _Where:
+    """A WHERE clause built from conditions with numbered parameters ({} in a condition takes
+    the next argument's $n; {0}, {1} number the condition's own arguments)."""
+
+    def __init__(self):
+        self.conditions: list[str] = []
+        self.args: list = []
+
+    def param(self, value) -> str:
+        self.args.append(value)
+        return f"${len(self.args)}"
+
+    def add(self, condition: str, *values) -> None:
+        self.conditions.append(condition.format(*(self.param(v) for v in values)))
+
+    def sql(self) -> str:
+        return f" WHERE {' AND '.join(self.conditions)}" if self.conditions else ""

@@ -17,6 +17,7 @@ from playwright.async_api import Page, async_playwright, expect
 
 from shared.cutover_names import WINDOW_STEPS
 from services.cutover.runbook import Journal, Step, run_steps
+from services.runtime import Host
 from shared.events import CutoverRequested, Envelope, GroupHalted
 from shared.providers.base import BootSource
 from shared.store.session import Store
@@ -155,9 +156,14 @@ async def test_operator_follows_a_group_live_and_lifts_its_halt(ferry: Ferry, pa
     await expect(page.locator("#confirm-dialog")).to_be_hidden()
     assert await ferry.state(ids["app1"]) == "failed"
 
-    # Resuming while app1 is still failed is refused, and the UI says why.
-    await confirm(page, halt.locator('[data-action="resume"]'), "Resume shop?")
-    await expect(page.locator("#error")).to_contain_text("app1 still failed")
+    # While app1 is still failed nothing offers to resume: the banner says to retry it first
+    # (the gateway would refuse a resume, saying why).
+    await expect(halt.locator("#retry-first")).to_have_text(
+        "Retry app1 first: the group can be resumed once none of its VMs is failed.")
+    await expect(page.locator('[data-action="resume"]')).to_have_count(0)
+    async with ferry.operator.post("/v1/groups/shop/resume") as refused:
+        assert refused.status == 409
+        assert "app1 still failed" in (await refused.json())["error"]
 
     await confirm(page, halt.locator('[data-action="retry"]'), "Retry app1?")
     await expect(app.locator(".state")).to_have_text("halted")
@@ -391,3 +397,67 @@ async def test_a_cancelled_group_says_so_and_stays_apart_from_the_one_that_took_
     await expect(page.locator("#group-status")).to_have_text("active")
     await expect(page.locator("#ended")).to_have_count(0)
     assert page.url.endswith(f"#group={second}")
+
+
+@pytest.fixture
+async def gateway_alone(settings):
+    """A gateway without the services: nothing moves unless the test moves it. (Asked for
+    before `page`, so that the browser has gone before it stops.)"""
+    host = Host(settings, [], gateway=True)
+    await host.start()
+    yield host
+    await host.stop()
+
+
+async def test_the_first_page_shows_the_fleet_and_pages_through_its_groups(
+        settings, operator, gateway_alone: Host, page: Page):
+    """53 groups (a gateway alone: nothing moves), two of them halted: the overview counts
+    groups by status and VMs by state; the list shows 50, then the 3 older ones; a status in
+    the overview filters the list, and so does a name; a group submitted meanwhile is counted
+    live."""
+    for i in range(53):
+        async with operator.post("/v1/groups",
+                                 data=THREE_VMS.format(group=f"g{i:02d}")) as answer:
+            assert answer.status == 201, await answer.text()
+    await gateway_alone.pool.execute(
+        f"UPDATE {settings.database_schema}.groups SET status = 'halted'"
+        " WHERE name IN ('g07', 'g41')")
+    await sign_in(page, settings.gateway_url)
+    groups, vms = page.locator("#fleet-groups"), page.locator("#fleet-vms")
+    await expect(groups).to_contain_text("53 groups")
+    await expect(groups.locator('[data-status="active"]')).to_have_text("active 51")
+    await expect(groups.locator('[data-status="halted"]')).to_have_text("halted 2")
+    await expect(vms).to_contain_text("159 VMs")
+    await expect(vms.locator('[data-state="planned"]')).to_have_text("planned 159")
+    listed = page.locator("#groups li")
+    await expect(listed).to_have_count(50)
+    await expect(listed.first).to_contain_text("g52")
+    await expect(page.locator("#groups-count")).to_have_text("1–50 of 53")
+    await expect(page.locator("#groups-newer")).to_be_disabled()
+    await shot(page, "08-fleet")
+
+    await page.locator("#groups-older").click()
+    await expect(page.locator("#groups-count")).to_have_text("51–53 of 53")
+    await expect(listed).to_have_count(3)
+    assert await listed.all_text_contents() == ["g02active", "g01active", "g00active"]
+    await expect(page.locator("#groups-older")).to_be_disabled()
+    await page.locator("#groups-newer").click()
+    await expect(page.locator("#groups-count")).to_have_text("1–50 of 53")
+
+    await groups.locator('[data-status="halted"]').click()
+    await expect(page.locator("#groups-count")).to_have_text("1–2 of 2")
+    assert await listed.all_text_contents() == ["g41halted", "g07halted"]
+    await expect(page.locator("#filter-status")).to_have_value("halted")
+    await page.locator("#filter-name").fill("G4")
+    await expect(page.locator("#groups-count")).to_have_text("1–1 of 1")
+    await page.locator("#filter-name").fill("nothing-like-it")
+    await expect(page.locator("#no-match")).to_be_visible()
+    await page.locator("#filter-name").fill("")
+    await page.locator("#filter-status").select_option("")
+    await expect(page.locator("#groups-count")).to_have_text("1–50 of 53")
+
+    async with operator.post("/v1/groups", data=THREE_VMS.format(group="late")) as answer:
+        assert answer.status == 201
+    # Over the event stream, well before the 15 s catch-up poll.
+    await expect(groups).to_contain_text("54 groups", timeout=5000)
+    await expect(listed.first).to_contain_text("late")

@@ -16,12 +16,30 @@ const EVENT_TYPES = [
   "group.finalize_requested", "group.finalized", "group.finalize_failed",
 ];
 
+// The statuses the listing filters by and the overview counts, in the journey's order
+// (shared/states.py: GroupStatus, VmState; tests/unit/test_ui_states.py keeps them in step).
+const GROUP_STATUSES = [
+  "active", "halted", "ready", "cutting_over", "live", "cancelling", "cancelled", "finalizing",
+  "finalized",
+];
+const VM_STATES = [
+  "planned", "archiving", "archived", "creating", "created", "configuring", "configured",
+  "provisioning", "provisioned", "loading", "replicating", "ready", "cutting_over", "live",
+  "failed", "halted", "rolled_back", "cancelled",
+];
+const GROUPS_PER_PAGE = 50;
+
 const $ = (id) => document.getElementById(id);
 
 const ui = {
   token: sessionStorage.getItem(TOKEN_KEY),
   services: [],
-  groups: [],
+  groups: [], // the page of groups shown
+  listing: null, // that page's total and next_cursor
+  filter: { name: "", status: "" },
+  cursors: [null], // cursors[i]: where page i starts (keyset: still valid as groups arrive)
+  page: 0,
+  fleet: null,
   selected: decodeURIComponent((location.hash.match(/^#group=(.+)$/) || [])[1] || "") || null,
   detail: null,
   timeline: null,
@@ -241,10 +259,34 @@ async function refresh() {
 }
 
 async function refreshGroups() {
-  const { groups } = await api("GET", "/v1/groups");
-  ui.groups = groups;
-  if (!ui.selected && groups.length) ui.selected = groups[0].name;
+  const query = new URLSearchParams({ limit: String(GROUPS_PER_PAGE) });
+  if (ui.cursors[ui.page]) query.set("cursor", ui.cursors[ui.page]);
+  if (ui.filter.name) query.set("name", ui.filter.name);
+  if (ui.filter.status) query.set("status", ui.filter.status);
+  const [listing, fleet] = await Promise.all([
+    api("GET", `/v1/groups?${query}`), api("GET", "/v1/fleet"),
+  ]);
+  ui.groups = listing.groups;
+  ui.listing = listing;
+  ui.cursors[ui.page + 1] = listing.next_cursor;
+  ui.fleet = fleet;
+  if (!ui.selected && ui.groups.length) ui.selected = ui.groups[0].name;
   renderGroups();
+  renderFleet();
+}
+
+// The filter as its controls say; a new filter starts again at the first page (a cursor pages
+// within its own filter).
+function filterGroups() {
+  ui.filter = { name: $("filter-name").value.trim(), status: $("filter-status").value };
+  ui.cursors = [null];
+  ui.page = 0;
+  refreshGroups().catch(failed);
+}
+
+function turnPage(step) {
+  ui.page = Math.max(0, ui.page + step);
+  refreshGroups().catch(failed);
 }
 
 async function refreshDetail() {
@@ -344,7 +386,40 @@ function renderGroups() {
       type: "button", dataset: { group: g.name }, "aria-current": groupKey(g) === ui.selected ? "true" : "false",
       onclick: () => select(groupKey(g)),
     }, h("span", { class: "name" }, g.name), badge(g.status), g.simulated ? simulatedBadge() : null))));
-  $("no-groups").hidden = ui.groups.length > 0;
+  const filtered = Boolean(ui.filter.name || ui.filter.status);
+  $("no-groups").hidden = ui.groups.length > 0 || filtered;
+  $("no-match").hidden = ui.groups.length > 0 || !filtered;
+  const total = ui.listing ? ui.listing.total : 0;
+  const first = ui.page * GROUPS_PER_PAGE;
+  $("groups-count").textContent = ui.groups.length
+    ? `${first + 1}–${first + ui.groups.length} of ${total}` : `0 of ${total}`;
+  $("groups-newer").disabled = ui.page === 0;
+  $("groups-older").disabled = !(ui.listing && ui.listing.next_cursor);
+}
+
+const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
+
+// The fleet at a glance: groups by status (each a filter of the list) and VMs by state.
+function renderFleet() {
+  const f = ui.fleet;
+  if (!f) return;
+  const ordered = (counts, order) => order.filter((k) => counts[k]).map((k) => [k, counts[k]])
+    .concat(Object.entries(counts).filter(([k]) => !order.includes(k)));
+  $("fleet").replaceChildren(
+    h("div", { class: "counts", id: "fleet-groups" }, h("strong", {}, plural(f.groups, "group")),
+      ordered(f.group_statuses, GROUP_STATUSES).map(([status, n]) => h("button", {
+        type: "button", class: `badge ${status}`, dataset: { status },
+        "aria-pressed": ui.filter.status === status ? "true" : "false",
+        title: `list the ${status} groups`,
+        onclick: () => {
+          $("filter-status").value = ui.filter.status === status ? "" : status;
+          filterGroups();
+        },
+      }, `${status} ${n}`))),
+    h("div", { class: "counts", id: "fleet-vms" }, h("strong", {}, plural(f.vms, "VM")),
+      ordered(f.vm_states, VM_STATES).map(([state, n]) => h("span", {
+        class: `badge ${state}`, dataset: { state },
+      }, `${state} ${n}`))));
 }
 
 // A group of simulated VMs (provider sim) says so wherever it is shown.
@@ -372,21 +447,30 @@ function logList(vmId, limit) {
   return list;
 }
 
+// A halted group is resumed only once no VM of it is failed (the gateway refuses otherwise):
+// while one is, the banner names the VMs to retry first and offers no resume.
+function failedVms(group) {
+  return group.vms.filter((vm) => vm.state === "failed");
+}
+
 function haltBanner(group) {
-  const failing = group.vms.filter((vm) => vm.state === "failed");
+  const failing = failedVms(group);
+  const names = failing.map((vm) => vm.name).join(", ");
   return h("div", { id: "halt", class: "card halt" },
     h("h3", {}, `Group halted: ${group.halted_reason || "a VM failed"}`),
     failing.length
-      ? failing.map((vm) => h("div", { class: "failing", dataset: { vm: vm.name } },
+      ? [h("p", { class: "first", id: "retry-first" },
+        `Retry ${names} first: the group can be resumed once none of its VMs is failed.`),
+      failing.map((vm) => h("div", { class: "failing", dataset: { vm: vm.name } },
         h("p", {}, h("strong", { class: "failing-vm" }, vm.name), ` failed while ${vm.failed_from || "?"}`,
           vm.step ? ` at step ${vm.step}` : "", vm.message ? `: ${vm.message}` : ""),
         h("p", { class: "muted" }, "Last messages:"),
         logList(vm.id, 8),
         h("p", {}, h("button", { type: "button", class: "danger", dataset: { action: "retry" },
-          onclick: () => actions.retry(vm) }, `Retry ${vm.name}`))))
-      : h("p", {}, "No VM is failed any more: resume the group to let the held VMs carry on."),
-    h("p", {}, h("button", { type: "button", class: "primary", dataset: { action: "resume" },
-      onclick: () => actions.resume(group) }, `Resume ${group.name}`)));
+          onclick: () => actions.retry(vm) }, `Retry ${vm.name}`))))]
+      : [h("p", {}, "No VM is failed any more: resume the group to let the held VMs carry on."),
+        h("p", {}, h("button", { type: "button", class: "primary", dataset: { action: "resume" },
+          onclick: () => actions.resume(group) }, `Resume ${group.name}`))]);
 }
 
 // A group at its end: cancelled or finalized (closed), on its way there, or stopped short.
@@ -504,7 +588,7 @@ function renderDetail() {
       h("span", { id: "group-status", class: `badge ${group.status}` }, group.status),
       group.simulated ? simulatedBadge() : null,
       h("span", { class: "muted" }, `${group.vm_count} VMs — ${states}`),
-      h("div", { class: "actions" }, group.status === "halted"
+      h("div", { class: "actions" }, group.status === "halted" && !failedVms(group).length
         ? h("button", { type: "button", dataset: { action: "resume" }, onclick: () => actions.resume(group) }, "Resume group")
         : null))),
     h("div", { class: "vms" }, group.vms.map(vmCard)),
@@ -562,6 +646,16 @@ function start() {
   $("sign-out").addEventListener("click", signOut);
   $("show-dead-letters").addEventListener("click", showDeadLetters);
   $("refresh-dead-letters").addEventListener("click", () => loadDeadLetters().catch(failed));
+  $("filter-status").append(...GROUP_STATUSES.map((s) => h("option", { value: s }, s)));
+  $("filter-status").addEventListener("change", filterGroups);
+  let typing = null; // the list follows the name as it is typed, once the typing pauses
+  $("filter-name").addEventListener("input", () => {
+    clearTimeout(typing);
+    typing = setTimeout(filterGroups, 250);
+  });
+  $("group-filter").addEventListener("submit", (event) => event.preventDefault());
+  $("groups-newer").addEventListener("click", () => turnPage(-1));
+  $("groups-older").addEventListener("click", () => turnPage(1));
   setInterval(tick, 1000);
   setInterval(() => { if (ui.token && document.visibilityState === "visible") refresh(); }, POLL_MS);
   if (ui.token) signIn(ui.token);
