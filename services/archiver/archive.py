@@ -17,9 +17,11 @@ import shutil
 import signal
 import subprocess
 from collections import deque
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Literal, Mapping, Protocol, Sequence
+from typing import Iterator, Literal, Mapping, Protocol, Sequence
 
 CHUNK = 1 << 20
 ZSTD = ("zstd", "-T0", "-3", "-q", "-c")
@@ -258,7 +260,7 @@ async def compress(argv: Sequence[str], dest: Path, *, env: Mapping[str, str] | 
     # Unique per writer: two deliveries of one request may archive the same path at once, and
     # the last rename wins with a whole file either way.
     partial = dest.with_name(f"{dest.name}.partial-{os.getpid()}-{secrets.token_hex(4)}")
-    producer = compressor = None
+    producer = compressor = throttle = None
     try:
         _make_folder(dest.parent)
         # An OS pipe, so the uncompressed stream goes from producer to zstd without Python,
@@ -267,6 +269,9 @@ async def compress(argv: Sequence[str], dest: Path, *, env: Mapping[str, str] | 
         # (docs/performance.md).
         read_end, write_end = os.pipe()
         try:
+            cap = _STREAM_CAP.get()
+            if cap:
+                throttle, read_end = await _spawn_throttle(cap, read_end)
             compressor = await _spawn([*_dies_with_us(), *ZSTD_TO_FILE, str(partial)],
                                       stdin=read_end, stdout=subprocess.DEVNULL)
             producer = await _spawn(
@@ -275,11 +280,13 @@ async def compress(argv: Sequence[str], dest: Path, *, env: Mapping[str, str] | 
         finally:
             os.close(read_end)
             os.close(write_end)
-        producer_tail, zstd_tail, _ = await asyncio.gather(
+        producer_tail, zstd_tail, throttle_tail, _ = await asyncio.gather(
             _stderr_tail(producer.stderr), _stderr_tail(compressor.stderr),
+            _stderr_tail(throttle.stderr) if throttle else _nothing(),
             _feed(producer, stdin),
         )
-        await asyncio.gather(producer.wait(), compressor.wait())
+        await asyncio.gather(producer.wait(), compressor.wait(),
+                             *([throttle.wait()] if throttle else []))
         warnings = []
         meaning = (tolerated or {}).get(producer.returncode)
         if meaning is not None:
@@ -287,14 +294,58 @@ async def compress(argv: Sequence[str], dest: Path, *, env: Mapping[str, str] | 
             warnings.append(f"{meaning} (exit status {producer.returncode})"
                             + (f": {producer_tail}" if producer_tail else ""))
         _check_exits([(argv[0], 0 if meaning else producer.returncode, producer_tail),
-                      (ZSTD[0], compressor.returncode, zstd_tail)])
+                      (ZSTD[0], compressor.returncode, zstd_tail),
+                      *([(PV[0], throttle.returncode, throttle_tail)] if throttle else [])])
         sha256, size = await _hash_and_sync(partial)
         await asyncio.to_thread(_publish, partial, dest)
         return Compressed(sha256=sha256, size=size, warnings=tuple(warnings))
     except BaseException:
-        await _stop(producer, compressor)
+        await _stop(producer, throttle, compressor)
         partial.unlink(missing_ok=True)
         raise
+
+
+# --- the bandwidth cap ------------------------------------------------------------------------
+
+# pv from Debian (deploy/local/lib.sh installs it), quiet, at most N bytes/s.
+PV = ("pv", "--quiet", "--rate-limit")
+# Bytes per second each stream compress() reads may pass at most (0: uncapped). A context
+# variable, set once around one VM's archiving (archive_stream_cap), rather than a parameter of
+# every path archive and database dump function on the way down to here.
+_STREAM_CAP: ContextVar[int] = ContextVar("archive_stream_cap", default=0)
+
+
+@contextmanager
+def archive_stream_cap(bytes_s: int) -> Iterator[None]:
+    """Within this block, every archive stream is read at most `bytes_s` bytes per second
+    (FERRY_ARCHIVE_BANDWIDTH_BYTES_S), so the legacy host's production keeps serving while it
+    is archived; 0: uncapped."""
+    token = _STREAM_CAP.set(max(0, bytes_s))
+    try:
+        yield
+    finally:
+        _STREAM_CAP.reset(token)
+
+
+async def _spawn_throttle(cap: int, stream: int) -> tuple[asyncio.subprocess.Process, int]:
+    """pv between the producer and zstd, reading `stream` (closed here) at `cap` bytes/s; its
+    process and the read end of its output. The bytes still pass from program to program,
+    never through Python; the producer is slowed by the full pipe, as it would be by a slow
+    network."""
+    throttled, into = os.pipe()
+    try:
+        throttle = await _spawn([*_dies_with_us(), *PV, str(cap)], stdin=stream, stdout=into)
+    except BaseException:
+        os.close(throttled)
+        raise  # `stream` stays the caller's to close
+    finally:
+        os.close(into)
+    os.close(stream)
+    return throttle, throttled
+
+
+async def _nothing() -> str:
+    return ""
 
 
 @functools.cache
