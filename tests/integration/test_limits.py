@@ -128,3 +128,28 @@ async def test_two_creator_replicas_never_admit_past_the_limit(settings, operato
     finally:
         await second.stop()
         await ferry.host.stop()
+
+
+async def test_a_creator_starting_admits_what_waits_without_an_event(settings, operator):
+    """VMs left waiting when the creator stopped (a slot freed, or the limit raised, while it
+    was down) are admitted and made when it starts again, with no event to tell it."""
+    provider = FakeProvider()
+    ferry = await start_ferry(limited(settings, limit_in_flight=1), operator, provider=provider)
+    try:
+        group_id = await ferry.submit(plan("shop"))
+        ids = await ferry.vm_ids(group_id)
+        await ferry.wait_state(ids["app1"], "created", "configuring")
+        await eventually(lambda: _says(ferry, "shop", "db2", "waiting for a slot: 1 of 1 in "
+                                       "flight overall"), what="db2 to say it waits")
+    finally:
+        await ferry.host.stop()
+    creator = Host(limited(settings, limit_in_flight=3), ["creator"], provider=provider)
+    await creator.start()
+    try:
+        await eventually(lambda: provider.created == 3, what="the waiting VMs to be made")
+        async with creator.pool.acquire() as conn:
+            rows = await conn.fetch("SELECT name, state, waiting FROM vms WHERE name <> 'app1'"
+                                    " ORDER BY position")
+    finally:
+        await creator.stop()
+    assert [tuple(r) for r in rows] == [("db1", "created", None), ("db2", "created", None)]
