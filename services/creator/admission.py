@@ -25,6 +25,10 @@ from shared.store.limits import Waiting
 
 log = get_logger(__name__)
 
+# The step of a VM admitted (CREATING) and not yet handed to the provider: a cancel knows the
+# provider never saw it. handlers._create moves it to step "create" before the provider call.
+ADMITTED = "admitted"
+
 
 async def admit(deps: Deps, cause: ev.Envelope | None = None) -> list[uuid.UUID]:
     """One round of admission; the VMs it admitted (now CREATING, their host recorded)."""
@@ -85,7 +89,7 @@ async def _admit(tx, candidate: Waiting, host: str) -> bool:
     vm = await tx.vms.get(candidate.vm_id, lock=True)
     if vm is None or vm.state != VmState.ARCHIVED or vm.group_status in ENDING:
         return False
-    await journey.transition(tx, vm, VmState.CREATING, step="create")
+    await journey.transition(tx, vm, VmState.CREATING, step=ADMITTED)
     await tx.limits.set_host(vm.id, host)
     return True
 

@@ -18,6 +18,7 @@ from shared import archive_store
 from shared import events as ev
 from shared import journey
 from services.creator import admission as limits_admission
+from services.creator.admission import ADMITTED
 from services.creator.specs import vm_key, vm_spec
 from shared.logging import get_logger
 from shared.model import Vm
@@ -94,6 +95,14 @@ async def admit_and_create(deps: Deps, *, also: Sequence[uuid.UUID] = (),
 
 async def _create(deps: Deps, vm_id: uuid.UUID, cause: ev.Envelope | None) -> None:
     """Make an admitted (CREATING) VM on the host it was admitted to."""
+    # First, committed: the VM is handed to the provider (step "create"), so a cancel from now
+    # on asks the provider for it, and a cancel before never involves the provider.
+    async with deps.store.transaction(cause=cause) as tx:
+        vm = await tx.vms.get(vm_id, lock=True)
+        if vm is None or vm.state != VmState.CREATING or await _ending(tx, vm):
+            return
+        if vm.step != "create":
+            await journey.transition(tx, vm, VmState.CREATING, step="create")
     # The provider is called under the VM's row lock, in the transaction that records the
     # result: a concurrent duplicate waits and then finds the VM created; a crash rolls back
     # and the call is made again with the same idempotency key, which returns the same VM.
@@ -170,9 +179,10 @@ async def _delete(ctx: Context, plan: Plan, vm_id: uuid.UUID) -> bool:
         if vm is None or vm.state == VmState.CANCELLED:
             return False  # deleted by an earlier attempt
         ref = vm.provider_ref
-        if ref is None and vm.state == VmState.CREATING:
+        if ref is None and vm.state == VmState.CREATING and vm.step != ADMITTED:
             # A creation cut off before it was recorded may have made the VM: the provider
             # returns it for the same idempotency key (making it, if it had not), to delete.
+            # (Admitted and never handed to the provider, it was not made: nothing to ask.)
             ref = (await ctx.provider.create_vm(vm_spec(plan, vm), idempotency_key=vm_key(vm),
                                                 host=vm.host)).ref
         if ref is not None:
