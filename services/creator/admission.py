@@ -31,7 +31,8 @@ ADMITTED = "admitted"
 
 
 async def admit(deps: Deps, cause: ev.Envelope | None = None) -> list[uuid.UUID]:
-    """One round of admission; the VMs it admitted (now CREATING, their host recorded)."""
+    """One round of admission; the VMs it admitted (now CREATING at step "admitted", their
+    host recorded)."""
     s = deps.settings
     admitted: list[uuid.UUID] = []
     groups: dict[uuid.UUID, Group | None] = {}

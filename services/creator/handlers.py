@@ -12,7 +12,6 @@ went cancelling (then never made)."""
 from __future__ import annotations
 
 import uuid
-from typing import Sequence
 
 from shared import archive_store
 from shared import events as ev
@@ -71,25 +70,23 @@ async def admit_after_failure(event: ev.VmFailed, ctx: Context) -> None:
 @router.on_start
 async def admit_on_start(deps: Deps) -> None:
     """A creator killed between admitting VMs and making them, or between a slot freeing and
-    the admission it causes: what it left is finished when it starts again."""
+    the admission it causes: what it left is finished when it (or any creator) starts."""
     await admit_and_create(deps)
 
 
 async def _create_group_vms(ctx: Context) -> None:
-    """The group's VMs admitted before (a redelivery after a crash) are made, and VMs waiting
-    for a slot (this group's, or older groups') admitted and made."""
-    async with ctx.store.session() as db:
-        admitted = await db.vms.ids_in(ctx.group_id, VmState.CREATING)
-    await admit_and_create(ctx.deps, also=admitted, cause=ctx.envelope)
+    await admit_and_create(ctx.deps, cause=ctx.envelope)
 
 
-async def admit_and_create(deps: Deps, *, also: Sequence[uuid.UUID] = (),
-                           cause: ev.Envelope | None = None) -> None:
-    """Admit the VMs waiting for an in-flight slot as far as the limits allow, then make them
-    (and `also`: VMs admitted before, whose creation was cut off). Admission is idempotent:
-    it admits from what the store holds now, so a redelivered event admits nothing twice."""
-    admitted = await limits_admission.admit(deps, cause)
-    for vm_id in dict.fromkeys([*also, *admitted]):
+async def admit_and_create(deps: Deps, *, cause: ev.Envelope | None = None) -> None:
+    """Admit the VMs waiting for an in-flight slot as far as the limits allow, then make every
+    VM admitted and not made: this round's, and those a creator killed after admitting them
+    left (of any group: admission is not per group). Admission is idempotent: it admits from
+    what the store holds now, so a redelivered event admits nothing twice."""
+    await limits_admission.admit(deps, cause)
+    async with deps.store.session() as db:
+        admitted = await db.limits.creating()
+    for vm_id in admitted:
         await _create(deps, vm_id, cause)
 
 
@@ -98,6 +95,8 @@ async def _create(deps: Deps, vm_id: uuid.UUID, cause: ev.Envelope | None) -> No
     # First, committed: the VM is handed to the provider (step "create"), so a cancel from now
     # on asks the provider for it, and a cancel before never involves the provider.
     async with deps.store.transaction(cause=cause) as tx:
+        if not await tx.limits.lock_unless_busy(vm_id):
+            return  # another creator is making it (if it dies, the next event or start-up)
         vm = await tx.vms.get(vm_id, lock=True)
         if vm is None or vm.state != VmState.CREATING or await _ending(tx, vm):
             return

@@ -55,8 +55,15 @@ class Limits:
             " ORDER BY g.archived_at, g.created_at, g.id, v.position")
         return [Waiting(r["id"], r["group_id"], r["waiting"]) for r in rows]
 
+    async def lock_unless_busy(self, vm_id: uuid.UUID) -> bool:
+        """Row-lock the VM for this transaction unless another holds it (a creator making
+        it); whether it was locked here."""
+        return bool(await self.conn.fetchval(
+            "SELECT true FROM vms WHERE id = $1 FOR UPDATE SKIP LOCKED", vm_id))
+
     async def creating(self) -> list[uuid.UUID]:
-        """VMs admitted and not yet made (a creation cut off by a crash, to finish)."""
+        """VMs admitted and not yet made, oldest first (just admitted, or left by a creator
+        killed before it made them)."""
         rows = await self.conn.fetch(
             "SELECT id FROM vms WHERE state = 'creating' AND provider_ref IS NULL"
             " ORDER BY state_changed_at")

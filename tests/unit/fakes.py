@@ -198,6 +198,9 @@ class FakeLimits(_Repo):
             and self.t.groups[v.group_id].status == GroupStatus.ACTIVE
             and self.t.groups[v.group_id].archived_at is not None)]
 
+    async def lock_unless_busy(self, vm_id: uuid.UUID) -> bool:
+        return True  # one handler at a time: nobody else holds it
+
     async def creating(self) -> list[uuid.UUID]:
         return [v.id for v in self.t.vms.values()
                 if v.state == VmState.CREATING and v.provider_ref is None]
