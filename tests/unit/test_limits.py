@@ -127,3 +127,16 @@ async def test_archives_of_a_site_wait_their_turn(limited):
     waited = {m[1] for m in world.store.tables.messages
               if m[3] == "waiting for an archive slot: 1 of 1 on site shop"}
     assert waited == {world.vm("db1").id, world.vm("db2").id}
+
+
+def test_libvirt_offers_the_hosts_that_fit_most_free_memory_first():
+    """libvirt's placements: hosts with the memory for the VM, most free first, ties in the
+    order FERRY_LIBVIRT_URIS lists them; none fitting is a ProviderError naming each host."""
+    from shared.providers.base import ProviderError
+    from shared.providers.libvirt_hosts import choose, rank
+
+    free = {"qemu:///a": 4000, "qemu:///b": 9000, "qemu:///c": 4000, "qemu:///d": 500}
+    assert rank(free, 1024) == ["qemu:///b", "qemu:///a", "qemu:///c"]
+    assert choose(free, 1024) == "qemu:///b"
+    with pytest.raises(ProviderError, match="qemu:///d: 500 MiB free"):
+        rank(free, 16000)
