@@ -36,6 +36,10 @@ async def admit(deps: Deps, cause: ev.Envelope | None = None) -> list[uuid.UUID]
     s = deps.settings
     admitted: list[uuid.UUID] = []
     groups: dict[uuid.UUID, Group | None] = {}
+    # The provider is asked once per shape of VM in a round (libvirt asks every host): VMs
+    # of one shape fit the same hosts, then. (One made already, retried after a failed
+    # creation, may be on another: create_vm answers where, and _create records that.)
+    offered: dict[tuple, list[str] | ProviderError] = {}
     async with deps.store.transaction(cause=cause) as tx:
         await tx.limits.lock("creation")
         waiting = await tx.limits.waiting_for_creation()
@@ -50,7 +54,7 @@ async def admit(deps: Deps, cause: ev.Envelope | None = None) -> list[uuid.UUID]
                 continue
             hosts: list[str] = []
             if not _full(in_flight, s.limit_in_flight):
-                hosts = await _placements(deps, tx, group, candidate)
+                hosts = await _placements(deps, tx, group, candidate, offered)
                 if hosts is None:
                     continue  # failed: the provider has no host for it
             host, why = place(hosts, in_flight, overall=s.limit_in_flight,
@@ -70,19 +74,26 @@ def _full(in_flight: dict[str, int], overall: int) -> bool:
     return overall > 0 and sum(in_flight.values()) >= overall
 
 
-async def _placements(deps: Deps, tx, group: Group, candidate: Waiting) -> list[str] | None:
+async def _placements(deps: Deps, tx, group: Group, candidate: Waiting,
+                      offered: dict[tuple, list[str] | ProviderError]) -> list[str] | None:
     """The provider's hosts for the VM, best first; None when it has none (the VM failed,
     as a creation the provider refused fails)."""
     vm = await tx.vms.get(candidate.vm_id)
-    try:
-        return await deps.provider.placements(vm_spec(group.parsed_plan(), vm),
-                                              idempotency_key=vm_key(vm))
-    except ProviderError as exc:
-        vm = await tx.vms.get(candidate.vm_id, lock=True)
-        if vm is not None and vm.state == VmState.ARCHIVED:
-            vm = await journey.transition(tx, vm, VmState.CREATING, step="create")
-            await journey.transition(tx, vm, VmState.FAILED, step="create", message=str(exc))
-        return None
+    spec = vm_spec(group.parsed_plan(), vm)
+    shape = (spec.cpus, spec.memory_mb, tuple(spec.disks_gb), tuple(spec.disk_buses))
+    if shape not in offered:
+        try:
+            offered[shape] = await deps.provider.placements(spec, idempotency_key=vm_key(vm))
+        except ProviderError as exc:
+            offered[shape] = exc
+    hosts = offered[shape]
+    if not isinstance(hosts, ProviderError):
+        return hosts
+    vm = await tx.vms.get(candidate.vm_id, lock=True)
+    if vm is not None and vm.state == VmState.ARCHIVED:
+        vm = await journey.transition(tx, vm, VmState.CREATING, step="create")
+        await journey.transition(tx, vm, VmState.FAILED, step="create", message=str(hosts))
+    return None
 
 
 async def _admit(tx, candidate: Waiting, host: str) -> bool:

@@ -140,3 +140,20 @@ def test_libvirt_offers_the_hosts_that_fit_most_free_memory_first():
     assert choose(free, 1024) == "qemu:///b"
     with pytest.raises(ProviderError, match="qemu:///d: 500 MiB free"):
         rank(free, 16000)
+
+
+async def test_a_provider_with_no_host_for_a_vm_fails_it_at_create(limited, monkeypatch):
+    """placements() refusing (libvirt: no host has the memory) fails the VM at create with the
+    provider's words, as a refused creation would, and halts its group; nothing is made."""
+    from shared.providers.base import ProviderError
+
+    async def no_room(spec, *, idempotency_key):
+        raise ProviderError(f"no libvirt host has {spec.memory_mb} MiB of free memory")
+
+    monkeypatch.setattr(limited.provider, "placements", no_room)
+    await limited.submit()
+    app1 = limited.vm("app1")
+    assert (app1.state, app1.step, app1.failed_from) == (S.FAILED, "create", S.CREATING)
+    assert app1.message == "no libvirt host has 512 MiB of free memory"
+    assert limited.provider.created == 0
+    assert limited.group().status == "halted"
