@@ -8,6 +8,7 @@ import time
 import click
 from rich.console import Group, RenderableType
 from rich.live import Live
+from rich.markup import escape
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
@@ -68,8 +69,16 @@ def group_table(group: dict) -> Table:
         state = vm["state"] + (f" (at {vm['held_state']})" if vm.get("held_state") else "")
         table.add_row(vm["name"], vm["role"], system_cell(vm.get("system")),
                       _styled(vm["state"], state), vm.get("step") or "",
-                      f"{vm['seconds_in_state']:.0f}s", (vm.get("message") or "")[:60])
+                      f"{vm['seconds_in_state']:.0f}s", note(vm, 60))
     return table
+
+
+def note(vm: dict, width: int) -> str:
+    """What the VM says: why it waits (for a slot: docs/operations.md, "Limits"), which goes
+    whole, else its message, cut to `width`."""
+    if vm.get("waiting"):
+        return f"[yellow]{escape(vm['waiting'])}[/yellow]"
+    return (vm.get("message") or "")[:width]
 
 
 def system_cell(system: dict | None) -> str:
@@ -152,7 +161,7 @@ def group_watch(group: dict) -> RenderableType:
             state += f" (in {vm['failed_from']})"
         table.add_row(vm["name"], vm["role"], _styled(vm["state"], state),
                       _bar(fraction, vm["state"]), vm.get("step") or "",
-                      duration(vm["seconds_in_state"]), (vm.get("message") or "")[:50])
+                      duration(vm["seconds_in_state"]), note(vm, 50))
     parts.append(table)
     return Group(*parts)
 

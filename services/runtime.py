@@ -65,6 +65,7 @@ class Host:
         self._site_runner: web.AppRunner | None = None
         self._metrics_runner: web.AppRunner | None = None
         self._closing = AsyncExitStack()
+        self._start_tasks: set[asyncio.Task] = set()
         self.port: int | None = None
         self.metrics_port: int | None = None  # this process's own /metrics, without a gateway
 
@@ -114,6 +115,9 @@ class Host:
             await consumer.start()
             close.push_async_callback(consumer.close)
             self.consumers.append(consumer)
+        for service in self.services:
+            for hook in router_of(service).start_hooks:
+                self._start_hook(service, hook, deps)
 
     async def _start_gateway(self, deps: Deps) -> None:
         from services.gateway.app import build_app, ssl_context
@@ -132,6 +136,27 @@ class Host:
         self._closing.push_async_callback(feed.close)
         self.consumers.append(feed)
 
+    def _start_hook(self, service: str, hook, deps: Deps) -> None:
+        """Run a service's start-up work beside its consumers (it may take a while: admitting
+        and creating VMs), cancelled if the host stops first; a failure is logged, and the
+        next event does the same work."""
+
+        async def run() -> None:
+            try:
+                await hook(deps)
+            except Exception:  # noqa: BLE001 - logged; events retry the same work
+                log.exception("start-up work failed", service=service, work=hook.__name__)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._start_tasks.add(task)
+        task.add_done_callback(self._start_tasks.discard)
+
+        async def cancel() -> None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+        self._closing.push_async_callback(cancel)
+
     async def stop(self, timeout: float = 30.0) -> None:
         consumers, self.consumers = self.consumers, []
         await asyncio.gather(*(c.stop_taking_work() for c in consumers))
@@ -148,6 +173,8 @@ class Host:
         roll back. Never raises."""
         for consumer in self.consumers:
             consumer.abandon()
+        for task in self._start_tasks:
+            task.cancel()
         try:
             if self.relay:
                 self.relay.abandon()

@@ -38,6 +38,9 @@ class Vm:
     # until archived, and for a VM without a root archive.
     legacy_system: dict[str, Any] | None = None
     mac: str | None = None  # its NIC's, as the provider made it
+    host: str | None = None  # the destination host it was admitted to (shared/limits.py)
+    # Why it is not moving on while its group is: it waits for a slot (shared/limits.py).
+    waiting: str | None = None
 
 
 @dataclass(frozen=True)

@@ -474,10 +474,20 @@ class Plan(_Model):
     ending with -."""
     description: str = ""
     """Free text about the group."""
+    legacy_site: str | None = Field(None, pattern=LABEL)
+    """The legacy site the group's VMs are archived from (a datacenter, a customer's rack):
+    at most FERRY_LIMIT_ARCHIVES_PER_SITE VMs are archived at once per site, across groups,
+    so production there keeps serving. Default: the group's own name (each group its own
+    site). Same rules as `group`."""
     vms: list[VM] = Field(min_length=1)
     """The group's VMs, at least one."""
     cutover: CutoverSettings = CutoverSettings()
     """How the group is cut over once ready."""
+
+    @property
+    def site(self) -> str:
+        """The legacy site its archives count against (docs/operations.md, "Limits")."""
+        return self.legacy_site or self.group
 
     def vm(self, name: str) -> VM:
         for vm in self.vms:

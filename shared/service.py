@@ -110,6 +110,14 @@ class Router:
     def __init__(self, service: str):
         self.service = service
         self.subscriptions: dict[str, Subscription] = {}
+        # What the service does once when its host starts, after it consumes (catching up on
+        # work a killed process left, which no event will announce again).
+        self.start_hooks: list[Callable[[Deps], Awaitable[None]]] = []
+
+    def on_start(self, fn: Callable[[Deps], Awaitable[None]]) -> Callable[[Deps], Awaitable[None]]:
+        """Register `fn(deps)` to run when the service starts."""
+        self.start_hooks.append(fn)
+        return fn
 
     def on(self, payload: type[P], *, to_state: str | None = None,
            ) -> Callable[[HandlerFn], HandlerFn]:

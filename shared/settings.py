@@ -106,6 +106,17 @@ class Settings(BaseSettings):
     retention_messages_days: float = Field(30.0, ge=0)
     retention_interval_s: float = Field(3600.0, gt=0)
     retention_batch: int = Field(1000, ge=1)
+    # Limits (docs/operations.md, "Limits"). VMs in the expensive phases (creating to
+    # provisioning) at once, overall and per destination host; 0: no limit. The lab runs 6 VMs
+    # at once on one host, well inside these.
+    limit_in_flight: int = Field(20, ge=0)
+    limit_in_flight_per_host: int = Field(8, ge=0)
+    # VMs archived at once per legacy site (a plan's legacy_site, default its group); 0: no
+    # limit. 8: the lab's 6 VMs of one group are archived together.
+    limit_archives_per_site: int = Field(8, ge=0)
+    # Bytes per second each archive stream (a path's tar, a database dump) is read from a
+    # legacy host at most, so its production keeps serving; 0: uncapped.
+    archive_bandwidth_bytes_s: int = Field(0, ge=0)
     log_format: str = "auto"  # auto | json | console
     log_level: str = "info"
 

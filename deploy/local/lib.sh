@@ -67,6 +67,22 @@ ensure_services() {
     ensure_postgres
     ensure_rabbitmq
     ensure_mariadb
+    ensure_archiver_tools
+}
+
+# The archiver's tools beyond Debian's base: pv caps each archive stream's bandwidth
+# (FERRY_ARCHIVE_BANDWIDTH_BYTES_S, docs/operations.md "Limits").
+ensure_archiver_tools() {
+    command -v pv >/dev/null && return 0
+    if [[ $(id -u) -ne 0 ]]; then
+        say "pv is missing and installing it needs root: a bandwidth cap on archives would fail"
+        return 0
+    fi
+    say "installing pv from Debian (log: /tmp/ferry-pv.log)"
+    if ! apt_no_services pv >/tmp/ferry-pv.log 2>&1; then
+        tail -n 30 /tmp/ferry-pv.log >&2
+        say "installing pv failed"; return 1
+    fi
 }
 
 # The web UI's browser test drives Debian's chromium (Playwright never downloads a browser).

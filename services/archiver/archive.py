@@ -18,9 +18,11 @@ import shutil
 import signal
 import subprocess
 from collections import deque
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Literal, Mapping, Protocol, Sequence
+from typing import Iterator, Literal, Mapping, Protocol, Sequence
 
 from services.archiver.watch import Progress, file_size, megabytes, out_of_space, quiet_for
 from shared.archive_store import free_bytes
@@ -290,7 +292,7 @@ async def compress(argv: Sequence[str], dest: Path, *, env: Mapping[str, str] | 
     # Unique per writer: two deliveries of one request may archive the same path at once, and
     # the last rename wins with a whole file either way.
     partial = dest.with_name(f"{dest.name}.partial-{os.getpid()}-{secrets.token_hex(4)}")
-    producer = compressor = progress = None
+    producer = compressor = throttle = progress = None
     try:
         _make_folder(dest.parent)
         # An OS pipe, so the uncompressed stream goes from producer to zstd without Python,
@@ -299,6 +301,9 @@ async def compress(argv: Sequence[str], dest: Path, *, env: Mapping[str, str] | 
         # (docs/performance.md).
         read_end, write_end = os.pipe()
         try:
+            cap = _STREAM_CAP.get()
+            if cap:
+                throttle, read_end = await _spawn_throttle(cap, read_end)
             compressor = await _spawn([*_dies_with_us(), *ZSTD_TO_FILE, str(partial)],
                                       stdin=read_end, stdout=subprocess.DEVNULL)
             producer = await _spawn(
@@ -308,8 +313,8 @@ async def compress(argv: Sequence[str], dest: Path, *, env: Mapping[str, str] | 
             os.close(read_end)
             os.close(write_end)
         progress = Progress(compressor.pid, partial)
-        producer_tail, zstd_tail = await _stream(producer, compressor, stdin, progress,
-                                                 no_data_timeout, argv[0])
+        producer_tail, zstd_tail, throttle_tail = await _stream(
+            producer, compressor, throttle, stdin, progress, no_data_timeout, argv[0])
         if compressor.returncode != 0 and out_of_space(zstd_tail):
             raise _store_full(partial, dest, zstd_tail)
         warnings = []
@@ -319,29 +324,31 @@ async def compress(argv: Sequence[str], dest: Path, *, env: Mapping[str, str] | 
             warnings.append(f"{meaning} (exit status {producer.returncode})"
                             + (f": {producer_tail}" if producer_tail else ""))
         _check_exits([(argv[0], 0 if meaning else producer.returncode, producer_tail),
-                      (ZSTD[0], compressor.returncode, zstd_tail)])
+                      (ZSTD[0], compressor.returncode, zstd_tail),
+                      *([(PV[0], throttle.returncode, throttle_tail)] if throttle else [])])
         sha256, size = await _hash_and_sync(partial, dest)
         await asyncio.to_thread(_publish, partial, dest)
         return Compressed(sha256=sha256, size=size, warnings=tuple(warnings))
     except PipelineError as exc:
-        await _stop(producer, compressor)
+        await _stop(producer, throttle, compressor)
         partial.unlink(missing_ok=True)
         exc.received = progress.received() if progress else None
         raise
     except BaseException:
-        await _stop(producer, compressor)
+        await _stop(producer, throttle, compressor)
         partial.unlink(missing_ok=True)
         raise
 
 
 async def _stream(producer: asyncio.subprocess.Process, compressor: asyncio.subprocess.Process,
-                  stdin: bytes | None, progress: Progress, no_data_timeout: float | None,
-                  name: str) -> tuple[str, str]:
-    """Run the pipeline to its end: the stderr tails of producer and zstd. StreamStalled (both
-    killed) once no byte has reached zstd for `no_data_timeout` seconds (None: never). The
-    watch runs either way: its last look is what a failure reports as received, zstd's
+                  throttle: asyncio.subprocess.Process | None, stdin: bytes | None,
+                  progress: Progress, no_data_timeout: float | None,
+                  name: str) -> tuple[str, str, str]:
+    """Run the pipeline to its end: the stderr tails of producer, zstd and the throttle (if
+    any). StreamStalled (all killed) once no byte has reached zstd for `no_data_timeout`
+    seconds (None: never). The watch runs either way: its last look is what a failure reports as received, zstd's
     counter being gone with it."""
-    work = asyncio.ensure_future(_to_the_end(producer, compressor, stdin))
+    work = asyncio.ensure_future(_to_the_end(producer, compressor, throttle, stdin))
     watch = asyncio.ensure_future(quiet_for(progress, no_data_timeout))
     try:
         await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
@@ -352,7 +359,7 @@ async def _stream(producer: asyncio.subprocess.Process, compressor: asyncio.subp
     if work.done():
         return work.result()
     received = progress.received()
-    await _stop(producer, compressor)  # their stderr then ends, and with it `work`
+    await _stop(producer, throttle, compressor)  # their stderr then ends, and with it `work`
     await asyncio.gather(work, return_exceptions=True)
     stalled = StreamStalled(no_data_timeout, name)
     stalled.received = received
@@ -361,13 +368,16 @@ async def _stream(producer: asyncio.subprocess.Process, compressor: asyncio.subp
 
 async def _to_the_end(producer: asyncio.subprocess.Process,
                       compressor: asyncio.subprocess.Process,
-                      stdin: bytes | None) -> tuple[str, str]:
-    producer_tail, zstd_tail, _ = await asyncio.gather(
+                      throttle: asyncio.subprocess.Process | None,
+                      stdin: bytes | None) -> tuple[str, str, str]:
+    producer_tail, zstd_tail, throttle_tail, _ = await asyncio.gather(
         _stderr_tail(producer.stderr), _stderr_tail(compressor.stderr),
+        _stderr_tail(throttle.stderr) if throttle else _nothing(),
         _feed(producer, stdin),
     )
-    await asyncio.gather(producer.wait(), compressor.wait())
-    return producer_tail, zstd_tail
+    await asyncio.gather(producer.wait(), compressor.wait(),
+                         *([throttle.wait()] if throttle else []))
+    return producer_tail, zstd_tail, throttle_tail
 
 
 def _store_full(partial: Path, dest: Path, detail: str) -> StoreFull:
@@ -378,6 +388,49 @@ def _store_full(partial: Path, dest: Path, detail: str) -> StoreFull:
     return StoreFull(f"archive store full: no space left in {dest.parent} after writing "
                      f"{megabytes(written)} of {dest.name} (the partial file is removed; "
                      f"{megabytes(free_bytes(dest.parent))} free now): {detail}")
+
+
+# --- the bandwidth cap ------------------------------------------------------------------------
+
+# pv from Debian (deploy/local/lib.sh installs it), quiet, at most N bytes/s.
+PV = ("pv", "--quiet", "--rate-limit")
+# Bytes per second each stream compress() reads may pass at most (0: uncapped). A context
+# variable, set once around one VM's archiving (archive_stream_cap), rather than a parameter of
+# every path archive and database dump function on the way down to here.
+_STREAM_CAP: ContextVar[int] = ContextVar("archive_stream_cap", default=0)
+
+
+@contextmanager
+def archive_stream_cap(bytes_s: int) -> Iterator[None]:
+    """Within this block, every archive stream is read at most `bytes_s` bytes per second
+    (FERRY_ARCHIVE_BANDWIDTH_BYTES_S), so the legacy host's production keeps serving while it
+    is archived; 0: uncapped."""
+    token = _STREAM_CAP.set(max(0, bytes_s))
+    try:
+        yield
+    finally:
+        _STREAM_CAP.reset(token)
+
+
+async def _spawn_throttle(cap: int, stream: int) -> tuple[asyncio.subprocess.Process, int]:
+    """pv between the producer and zstd, reading `stream` (closed here) at `cap` bytes/s; its
+    process and the read end of its output. The bytes still pass from program to program,
+    never through Python; the producer is slowed by the full pipe, as it would be by a slow
+    network."""
+    throttled, into = os.pipe()
+    try:
+        throttle = await _spawn([*_dies_with_us(), *PV, str(cap)], stdin=stream, stdout=into)
+    except BaseException:
+        os.close(throttled)
+        raise  # `stream` stays the caller's to close
+    finally:
+        os.close(into)
+    os.close(stream)
+    return throttle, throttled
+
+
+async def _nothing() -> str:
+    return ""
 
 
 @functools.cache

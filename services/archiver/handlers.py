@@ -10,7 +10,7 @@ from pathlib import Path
 
 from shared import archive_store
 from shared import events as ev
-from shared import journey, rules
+from shared import journey
 from shared.databases import database_source, engine
 from shared.logging import get_logger
 from shared.plan import VM
@@ -19,8 +19,10 @@ from shared.settings import Settings
 from shared.states import VmState
 from shared.systems import HostSystem
 from shared.store.archives import ArchiveRecord
+from services.archiver import admission
 from services.archiver.archive import (
-    ArchiveError, ArchiveResult, LocalTree, TreeSource, archive_path, remove_abandoned_partials,
+    ArchiveError, ArchiveResult, LocalTree, TreeSource, archive_path, archive_stream_cap,
+    remove_abandoned_partials,
 )
 from services.archiver.dumps import DumpError, dump_database, dump_globals, probe_server
 from services.archiver.manifest import write_manifest
@@ -43,42 +45,59 @@ async def archive_resumed_group(event: ev.GroupResumed, ctx: Context) -> None:
 
 
 async def _request_archives(ctx: Context) -> None:
-    """One archive request per planned VM, so archiver replicas share the work per VM."""
+    """The group's planned VMs are admitted to archiving as far as its site's limit allows
+    (services/archiver/admission.py), one archive request per VM, so archiver replicas share
+    the work per VM."""
     async with ctx.transaction() as tx:
-        for vm in await tx.vms.of_group(ctx.group_id):
-            if vm.state == VmState.PLANNED:
-                await tx.publish(ev.ArchiveRequested(), group_id=ctx.group_id, vm_id=vm.id)
+        group = await tx.groups.get(ctx.group_id)
+        if group is not None:
+            await admission.admit(tx, ctx.settings, group.parsed_plan().site)
+
+
+@router.on(ev.GroupCancelled)
+async def admit_after_cancel(event: ev.GroupCancelled, ctx: Context) -> None:
+    """A cancelled group's archives stopped: VMs of its site waiting for a slot go on."""
+    await _request_archives(ctx)
 
 
 @router.on(ev.ArchiveRequested)
 async def archive_vm(event: ev.ArchiveRequested, ctx: Context) -> None:
     assert ctx.vm_id
     async with ctx.guarded_transaction() as tx:
-        vm = await tx.vms.get(ctx.vm_id, lock=True)
-        if vm is None:
-            return
-        if rules.may_move_on(vm, VmState.PLANNED):
-            vm = await journey.transition(tx, vm, VmState.ARCHIVING, step="archive")
+        vm = await tx.vms.get(ctx.vm_id)
         group = await tx.groups.get(ctx.group_id)
-    if vm.state != VmState.ARCHIVING or group is None:
+    if vm is None or group is None:
+        return
+    site = group.parsed_plan().site
+    if vm.state == VmState.PLANNED:
+        # Requested before admission existed (or by hand): it waits for a slot like the rest.
+        async with ctx.transaction() as tx:
+            await admission.admit(tx, ctx.settings, site)
+        return
+    if vm.state != VmState.ARCHIVING:
         return  # archived already, held by a halt, or failed: nothing to do here
     planned = group.parsed_plan().vm(vm.name)
     try:
-        results, system = await _take_archives(planned, _vm_dir(ctx, group.id, vm.name), vm.id,
-                                               ctx.settings)
+        with archive_stream_cap(ctx.settings.archive_bandwidth_bytes_s):
+            results, system = await _take_archives(planned, _vm_dir(ctx, group.id, vm.name),
+                                                   vm.id, ctx.settings)
     except (ArchiveError, DumpError) as exc:
         async with ctx.transaction() as tx:
+            await admission.lock_site(tx, site)
             vm = await tx.vms.get(vm.id, lock=True)
             if vm.state == VmState.ARCHIVING:
                 await journey.transition(tx, vm, VmState.FAILED, step="archive",
                                          message=str(exc))
             _discard_if_cancelled(ctx, vm)
+            await admission.admit(tx, ctx.settings, site)
         return
     async with ctx.transaction() as tx:
+        await admission.lock_site(tx, site)
         vm = await tx.vms.get(vm.id, lock=True)
         if vm.state != VmState.ARCHIVING:
             # A duplicate delivery got here first, or the group was cancelled meanwhile.
             _discard_if_cancelled(ctx, vm)
+            await admission.admit(tx, ctx.settings, site)
             return
         items = [await _record(tx, vm.id, result) for result in results]
         if system is not None:
@@ -91,6 +110,8 @@ async def archive_vm(event: ev.ArchiveRequested, ctx: Context) -> None:
                                           f"archive of {result.source_path}: {warning}")
         await journey.transition(tx, vm, VmState.ARCHIVED, step="archive")
         await tx.publish(ev.ArchiveReady(archives=items), group_id=group.id, vm_id=vm.id)
+        # Its archive slot is free: the next VM of the site goes on, in this same commit.
+        await admission.admit(tx, ctx.settings, site)
 
 
 def _vm_dir(ctx: Context, group_id: uuid.UUID, vm_name: str) -> Path:

@@ -16,11 +16,14 @@ import uuid
 from shared import archive_store
 from shared import events as ev
 from shared import journey
+from services.creator import admission as limits_admission
+from services.creator.admission import ADMITTED
+from services.creator.specs import vm_key, vm_spec
 from shared.logging import get_logger
 from shared.model import Vm
 from shared.plan import Plan
 from shared.providers.base import ProviderError, VmSpec
-from shared.service import Context, Router
+from shared.service import Context, Deps, Router
 from shared.states import ENDING, GroupStatus, VmState
 
 router = Router("creator")
@@ -51,55 +54,75 @@ async def create_group_vms(event: ev.GroupArchived, ctx: Context) -> None:
     await _create_group_vms(ctx)
 
 
+# A slot frees when a VM leaves the expensive phases (shared/limits.py): provisioned, failed,
+# or cancelled (cancel_group admits when it is done). Each admits the VMs waiting for one.
+
+@router.on(ev.VmProvisioned)
+async def admit_after_provisioned(event: ev.VmProvisioned, ctx: Context) -> None:
+    await admit_and_create(ctx.deps, cause=ctx.envelope)
+
+
+@router.on(ev.VmFailed)
+async def admit_after_failure(event: ev.VmFailed, ctx: Context) -> None:
+    await admit_and_create(ctx.deps, cause=ctx.envelope)
+
+
+@router.on_start
+async def admit_on_start(deps: Deps) -> None:
+    """A creator killed between admitting VMs and making them, or between a slot freeing and
+    the admission it causes: what it left is finished when it (or any creator) starts."""
+    await admit_and_create(deps)
+
+
 async def _create_group_vms(ctx: Context) -> None:
-    async with ctx.store.session() as db:
-        group = await db.groups.get(ctx.group_id)
-        members = await db.vms.of_group(ctx.group_id)
-    if group is None or group.archived_at is None or group.status != GroupStatus.ACTIVE:
-        return
-    plan = group.parsed_plan()
-    for vm in members:
-        if vm.state in (VmState.ARCHIVED, VmState.CREATING):
-            await _create(ctx, plan, vm.id)
+    await admit_and_create(ctx.deps, cause=ctx.envelope)
 
 
-async def _create(ctx: Context, plan: Plan, vm_id: uuid.UUID) -> None:
-    async with ctx.guarded_transaction() as tx:
+async def admit_and_create(deps: Deps, *, cause: ev.Envelope | None = None) -> None:
+    """Admit the VMs waiting for an in-flight slot as far as the limits allow, then make every
+    VM admitted and not made: this round's, and those a creator killed after admitting them
+    left (of any group: admission is not per group). Admission is idempotent: it admits from
+    what the store holds now, so a redelivered event admits nothing twice."""
+    await limits_admission.admit(deps, cause)
+    async with deps.store.session() as db:
+        admitted = await db.limits.creating()
+    for vm_id in admitted:
+        await _create(deps, vm_id, cause)
+
+
+async def _create(deps: Deps, vm_id: uuid.UUID, cause: ev.Envelope | None) -> None:
+    """Make an admitted (CREATING) VM on the host it was admitted to."""
+    # First, committed: the VM is handed to the provider (step "create"), so a cancel from now
+    # on asks the provider for it, and a cancel before never involves the provider.
+    async with deps.store.transaction(cause=cause) as tx:
+        if not await tx.limits.lock_unless_busy(vm_id):
+            return  # another creator is making it (if it dies, the next event or start-up)
         vm = await tx.vms.get(vm_id, lock=True)
-        if vm and vm.state == VmState.ARCHIVED and not await _ending(tx, vm):
+        if vm is None or vm.state != VmState.CREATING or await _ending(tx, vm):
+            return
+        if vm.step != "create":
             await journey.transition(tx, vm, VmState.CREATING, step="create")
     # The provider is called under the VM's row lock, in the transaction that records the
     # result: a concurrent duplicate waits and then finds the VM created; a crash rolls back
     # and the call is made again with the same idempotency key, which returns the same VM.
-    async with ctx.guarded_transaction() as tx:
+    async with deps.store.transaction(cause=cause) as tx:
         vm = await tx.vms.get(vm_id, lock=True)
         if vm is None or vm.state != VmState.CREATING or await _ending(tx, vm):
             return
+        group = await tx.groups.get(vm.group_id)
         try:
-            made = await ctx.provider.create_vm(_spec(plan, vm), idempotency_key=_key(vm))
+            made = await deps.provider.create_vm(vm_spec(group.parsed_plan(), vm),
+                                                 idempotency_key=vm_key(vm), host=vm.host)
         except ProviderError as exc:
             await journey.transition(tx, vm, VmState.FAILED, step="create", message=str(exc))
             return
-        await tx.vms.record_made(vm.id, provider=ctx.provider.name, ref=made.ref,
-                                 simulated=ctx.provider.simulated, mac=made.mac)
+        await tx.vms.record_made(vm.id, provider=deps.provider.name, ref=made.ref,
+                                 simulated=deps.provider.simulated, mac=made.mac)
+        if made.host and made.host != vm.host:
+            await tx.limits.set_host(vm.id, made.host)  # made before, elsewhere
         await journey.transition(tx, vm, VmState.CREATED, step="create")
-        await tx.publish(ev.VmCreated(provider=ctx.provider.name, provider_ref=made.ref),
+        await tx.publish(ev.VmCreated(provider=deps.provider.name, provider_ref=made.ref),
                          group_id=vm.group_id, vm_id=vm.id)
-
-
-def _spec(plan: Plan, vm: Vm) -> VmSpec:
-    planned = plan.vm(vm.name)
-    return VmSpec(
-        vm_id=vm.id, group=plan.group, name=vm.name, role=vm.role, cpus=planned.cpus,
-        memory_mb=planned.memory_mb, disks_gb=[d.size_gb for d in planned.disks],
-        disk_buses=[d.bus for d in planned.disks],
-        address=str(planned.network.address),
-        gateway=str(planned.network.gateway) if planned.network.gateway else None,
-    )
-
-
-def _key(vm: Vm) -> str:
-    return f"vm:{vm.id}"
 
 
 async def _ending(tx, vm: Vm) -> bool:
@@ -134,6 +157,7 @@ async def cancel_group(event: ev.GroupCancelRequested, ctx: Context) -> None:
             await journey.ending_stopped(
                 tx, group.id, f"the provider did not delete {'; '.join(problems)}; the other "
                 f"VMs are deleted. Cancel again to retry (`ferry cancel {group.name}`)")
+        await admit_and_create(ctx.deps, cause=ctx.envelope)
         return
     # Files first: a crash after this leaves records whose files are gone, which the next
     # delivery removes again harmlessly.
@@ -142,6 +166,8 @@ async def cancel_group(event: ev.GroupCancelRequested, ctx: Context) -> None:
     archive_store.remove_group(ctx.settings.archive_root, group.id, files)
     async with ctx.transaction() as tx:
         await journey.cancelled(tx, group.id, deleted)
+    # Its VMs' slots are free: VMs of other groups waiting for one go on.
+    await admit_and_create(ctx.deps, cause=ctx.envelope)
 
 
 async def _delete(ctx: Context, plan: Plan, vm_id: uuid.UUID) -> bool:
@@ -152,10 +178,12 @@ async def _delete(ctx: Context, plan: Plan, vm_id: uuid.UUID) -> bool:
         if vm is None or vm.state == VmState.CANCELLED:
             return False  # deleted by an earlier attempt
         ref = vm.provider_ref
-        if ref is None and vm.state == VmState.CREATING:
+        if ref is None and vm.state == VmState.CREATING and vm.step != ADMITTED:
             # A creation cut off before it was recorded may have made the VM: the provider
             # returns it for the same idempotency key (making it, if it had not), to delete.
-            ref = (await ctx.provider.create_vm(_spec(plan, vm), idempotency_key=_key(vm))).ref
+            # (Admitted and never handed to the provider, it was not made: nothing to ask.)
+            ref = (await ctx.provider.create_vm(vm_spec(plan, vm), idempotency_key=vm_key(vm),
+                                                host=vm.host)).ref
         if ref is not None:
             await ctx.provider.delete(ref)  # stops it first; one already gone is fine
         await journey.transition(tx, vm, VmState.CANCELLED, step="cancel")

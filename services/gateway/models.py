@@ -53,6 +53,12 @@ class VmView(BaseModel):
         None, description="the legacy host's system as read from its root when archived "
         "(family, release, name, init, network, interface, renderer, initramfs); null before "
         "that and for a VM without a root archive")
+    host: str | None = Field(None, description="the destination host the VM was admitted to "
+                             "(the provider's name for it); null before its creation")
+    waiting: str | None = Field(
+        None, description="why the VM is not moving on while its group is: it waits for a "
+        "slot (`waiting for a slot: 20 of 20 in flight on host X`, `waiting for an archive "
+        "slot: 4 of 4 on site Y`); null otherwise")
 
 
 class MessageView(BaseModel):

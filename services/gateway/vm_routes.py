@@ -178,4 +178,5 @@ def vm_view(row) -> m.VmView:
         held_state=row["held_state"], failed_from=row["failed_from"], step=row["step"],
         message=row["message"], state_changed_at=row["state_changed_at"], seconds_in_state=age,
         provider=row["provider"], simulated=row["simulated"], system=row["legacy_system"],
+        host=row.get("host"), waiting=row.get("waiting"),
     )

@@ -91,6 +91,9 @@ class ProviderVm(BaseModel):
 
     ref: str
     mac: str | None = None
+    # The destination host it is on, in the provider's words (libvirt: the URI): the limits
+    # count VMs in flight per host (shared/limits.py).
+    host: str | None = None
 
 
 class ProviderError(Exception):
@@ -103,8 +106,16 @@ class Provider(Protocol):
     # not machines: the API, `ferry status` and the UI say so.
     simulated: bool
 
-    async def create_vm(self, spec: VmSpec, *, idempotency_key: str) -> ProviderVm:
-        """Create a blank VM attached to the migration network; the same key returns the same VM."""
+    async def placements(self, spec: VmSpec, *, idempotency_key: str) -> list[str]:
+        """The hosts that could take this VM now, best first (the order create_vm would pick
+        them in); only its host when the VM was made already for this key. ProviderError when
+        none can (libvirt: no host has the memory)."""
+
+    async def create_vm(self, spec: VmSpec, *, idempotency_key: str,
+                        host: str | None = None) -> ProviderVm:
+        """Create a blank VM attached to the migration network, on `host` (one of
+        placements()) or where the provider chooses; the same key returns the same VM,
+        wherever it was made."""
 
     async def attach(self, ref: str, network: str) -> None:
         """Move the VM's interface to `network` (MIGRATION_NETWORK or group_network(...))."""

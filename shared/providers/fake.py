@@ -15,6 +15,7 @@ class FakeVm:
     spec: VmSpec
     ref: str
     mac: str
+    host: str = "fake"
     network: str = "migration"
     powered: bool = False
     boots: list[tuple[BootSource, dict[str, str]]] = field(default_factory=list)
@@ -24,7 +25,9 @@ class FakeProvider:
     name = "fake"
     simulated = True
 
-    def __init__(self) -> None:
+    def __init__(self, hosts: tuple[str, ...] = ("fake",)) -> None:
+        # The hosts it offers, in this order (a test of the per-host limit gives several).
+        self.hosts = hosts
         self.vms: dict[str, FakeVm] = {}
         self._by_key: dict[str, str] = {}
         self.create_calls = 0
@@ -36,20 +39,28 @@ class FakeProvider:
         self.outbound_open: dict[str, bool] = {}
         self._lock = asyncio.Lock()
 
-    async def create_vm(self, spec: VmSpec, *, idempotency_key: str) -> ProviderVm:
+    async def placements(self, spec: VmSpec, *, idempotency_key: str) -> list[str]:
+        ref = self._by_key.get(idempotency_key)
+        return [self.vms[ref].host] if ref in self.vms else list(self.hosts)
+
+    async def create_vm(self, spec: VmSpec, *, idempotency_key: str,
+                        host: str | None = None) -> ProviderVm:
         self.create_calls += 1
+        if host is not None and host not in self.hosts:
+            raise ProviderError(f"fake: no host {host!r} (hosts: {', '.join(self.hosts)})")
         async with self._lock:
             ref = self._by_key.get(idempotency_key)
             if ref is None:
                 n = next(self._serial)
                 ref = f"fake-{n}"
-                self.vms[ref] = FakeVm(spec=spec, ref=ref, mac=f"52:54:00:00:{n // 256:02x}:{n % 256:02x}")
+                self.vms[ref] = FakeVm(spec=spec, ref=ref, mac=f"52:54:00:00:{n // 256:02x}:{n % 256:02x}",
+                                       host=host or self.hosts[0])
                 self._by_key[idempotency_key] = ref
                 self.created += 1
             vm = self.vms[ref]
         if self.gate is not None:
             await self.gate.wait()
-        return ProviderVm(ref=vm.ref, mac=vm.mac)
+        return ProviderVm(ref=vm.ref, mac=vm.mac, host=vm.host)
 
     def _vm(self, ref: str) -> FakeVm:
         if ref not in self.vms:

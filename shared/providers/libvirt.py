@@ -33,7 +33,7 @@ from shared.providers.base import (
     group_network, planned_disks,
 )
 from shared.providers.kvm_probe import kvm_verdict
-from shared.providers.libvirt_hosts import Hypervisor, choose, free_memory_mb
+from shared.providers.libvirt_hosts import Hypervisor, choose, free_memory_mb, rank
 from shared.settings import Settings
 
 log = get_logger(__name__)
@@ -97,19 +97,39 @@ class LibvirtProvider:
 
     # --- the protocol ---
 
-    async def create_vm(self, spec: VmSpec, *, idempotency_key: str) -> ProviderVm:
+    async def placements(self, spec: VmSpec, *, idempotency_key: str) -> list[str]:
+        made = await self._made(spec, idempotency_key)
+        if made is not None:
+            return [made.host]
+        return rank(await self._free_memory(), spec.memory_mb)
+
+    async def _made(self, spec: VmSpec, idempotency_key: str) -> ProviderVm | None:
+        """The VM made already for this key, on whichever host (a repeated create)."""
         vm_id = str(spec.vm_id)
-        # Every host is asked first: the VM may exist on any of them (a repeated create).
         found = await asyncio.gather(*(self._find(hv, vm_id, spec) for hv in self.hosts.values()))
         for uri, record in zip(self.hosts, found):
             if record is not None:
                 if record.key != idempotency_key:
                     raise ProviderError(f"libvirt: domain {xml.domain_name(record.spec)} on {uri} "
                                         "belongs to another request (idempotency key)")
-                return ProviderVm(ref=self._ref(vm_id, uri), mac=xml.mac_address(vm_id))
-        free = dict(zip(self.hosts, await asyncio.gather(
+                return ProviderVm(ref=self._ref(vm_id, uri), mac=xml.mac_address(vm_id), host=uri)
+        return None
+
+    async def _free_memory(self) -> dict[str, int]:
+        return dict(zip(self.hosts, await asyncio.gather(
             *(hv.call(free_memory_mb) for hv in self.hosts.values()))))
-        uri = choose(free, spec.memory_mb)
+
+    async def create_vm(self, spec: VmSpec, *, idempotency_key: str,
+                        host: str | None = None) -> ProviderVm:
+        vm_id = str(spec.vm_id)
+        # Every host is asked first: the VM may exist on any of them (a repeated create).
+        made = await self._made(spec, idempotency_key)
+        if made is not None:
+            return made
+        if host is not None and host not in self.hosts:
+            raise ProviderError(f"libvirt: {host!r} is not one of the hosts in "
+                                f"FERRY_LIBVIRT_URIS ({', '.join(self.hosts)})")
+        uri = host or choose(await self._free_memory(), spec.memory_mb)
         hv = self.hosts[uri]
         disks = xml.disk_entries(planned_disks(spec), vm_id)
         record = xml.Record(key=idempotency_key, spec=spec.model_dump(mode="json"),
@@ -122,7 +142,7 @@ class LibvirtProvider:
                                                             BootSource.DISK, None)))
         log.info("libvirt: VM created", vm=spec.name, host=uri, domain=xml.domain_name(record.spec),
                  disks=[f"{d['size_gb']}G {d['bus']}" for d in disks], type=domain_type)
-        return ProviderVm(ref=self._ref(vm_id, uri), mac=xml.mac_address(vm_id))
+        return ProviderVm(ref=self._ref(vm_id, uri), mac=xml.mac_address(vm_id), host=uri)
 
     async def disks(self, ref: str) -> list[ProviderDisk]:
         record = await self._record(ref)

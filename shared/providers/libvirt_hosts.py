@@ -80,11 +80,17 @@ def free_memory_mb(conn: Any) -> int:
     return (stats["free"] + stats.get("buffers", 0) + stats.get("cached", 0)) // 1024
 
 
-def choose(free_mb: dict[str, int], memory_mb: int) -> str:
-    """The host with the most free memory that fits the VM (ties: the first listed)."""
+def rank(free_mb: dict[str, int], memory_mb: int) -> list[str]:
+    """The hosts that fit the VM, most free memory first (ties: the first listed)."""
     fits = {uri: free for uri, free in free_mb.items() if free >= memory_mb}
     if not fits:
         seen = ", ".join(f"{uri}: {free} MiB free" for uri, free in free_mb.items())
         raise ProviderError(f"no libvirt host has {memory_mb} MiB of free memory for this VM "
                             f"({seen})")
-    return max(fits, key=lambda uri: (fits[uri], -list(free_mb).index(uri)))
+    order = list(free_mb)
+    return sorted(fits, key=lambda uri: (-fits[uri], order.index(uri)))
+
+
+def choose(free_mb: dict[str, int], memory_mb: int) -> str:
+    """The host with the most free memory that fits the VM (ties: the first listed)."""
+    return rank(free_mb, memory_mb)[0]

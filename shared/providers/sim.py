@@ -17,6 +17,8 @@ from shared.providers.base import (
 
 # Every create_vm call, one JSON line each (see SimProvider._log_create_call).
 CREATE_CALLS = "create-calls.log"
+# Its VMs are processes on this machine: one host.
+HOST = "local"
 
 
 class SimProvider:
@@ -42,7 +44,13 @@ class SimProvider:
         tmp.write_text(json.dumps(record))
         tmp.replace(self._path(ref))
 
-    async def create_vm(self, spec: VmSpec, *, idempotency_key: str) -> ProviderVm:
+    async def placements(self, spec: VmSpec, *, idempotency_key: str) -> list[str]:
+        return [HOST]
+
+    async def create_vm(self, spec: VmSpec, *, idempotency_key: str,
+                        host: str | None = None) -> ProviderVm:
+        if host is not None and host != HOST:
+            raise ProviderError(f"sim: no host {host!r} (its one host: {HOST})")
         ref = "sim-" + hashlib.sha256(idempotency_key.encode()).hexdigest()[:12]
         mac = "52:54:00:" + ":".join(ref[4 + i:6 + i] for i in (0, 2, 4))
         made = not self._path(ref).exists()
@@ -50,7 +58,7 @@ class SimProvider:
             self._save(ref, {"spec": spec.model_dump(mode="json"), "mac": mac,
                              "network": "migration", "pid": None, "kernel_args": {}})
         self._log_create_call(ref, idempotency_key, made)
-        return ProviderVm(ref=ref, mac=mac)
+        return ProviderVm(ref=ref, mac=mac, host=HOST)
 
     def _log_create_call(self, ref: str, key: str, made: bool) -> None:
         """One line per create call, durable across restarts of the calling service, so a test

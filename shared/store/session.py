@@ -23,6 +23,7 @@ from shared.store.cutover_runs import CutoverRuns
 from shared.store.cutover_steps import CutoverSteps
 from shared.store.groups import Groups
 from shared.store.inbox import AlreadyProcessed, Inbox
+from shared.store.limits import Limits
 from shared.store.messages import Messages
 from shared.store.outbox import Outbox
 from shared.store.retention import Retention
@@ -52,6 +53,10 @@ class Session:
     @cached_property
     def transitions(self) -> Transitions:
         return Transitions(self.conn)
+
+    @cached_property
+    def limits(self) -> Limits:
+        return Limits(self.conn)
 
     @cached_property
     def messages(self) -> Messages:

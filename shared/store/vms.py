@@ -25,7 +25,8 @@ def _vm(row: asyncpg.Record) -> Vm:
         group_status=GroupStatus(row["group_status"]),
         state_changed_at=row["state_changed_at"], detail=row["detail"],
         provider=row["provider"], simulated=row["simulated"],
-        legacy_system=row["legacy_system"], mac=row["mac"],
+        legacy_system=row["legacy_system"], mac=row["mac"], host=row["host"],
+        waiting=row["waiting"],
     )
 
 
@@ -37,7 +38,9 @@ _SELECT = (
 # trip per transition, the most frequent write of a migration.
 _WRITE = (
     "WITH v AS (UPDATE vms SET state = $2, held_state = $3, step = $4, message = $5,"
-    " failed_from = $6, detail = COALESCE($7, detail), state_changed_at = now() WHERE id = $1"
+    " failed_from = $6, detail = COALESCE($7, detail), state_changed_at = now(),"
+    # A VM that moved waits for nothing any more (shared/limits.py).
+    " waiting = NULL WHERE id = $1"
     " RETURNING id, state_changed_at)"
     " INSERT INTO vm_transitions (vm_id, from_state, to_state, step)"
     " SELECT id, $8, $2, $4 FROM v RETURNING (SELECT state_changed_at FROM v)"

@@ -34,6 +34,7 @@ from shared.events import Envelope
 from shared.providers.sim import CREATE_CALLS
 from services.topology import topology
 from shared.topology import Names, routing_key
+from tests.limits_history import most_at_once
 from tests.chaos.infra import PrivatePostgres, PrivateRabbit, free_port
 from tests.chaos.supervisor import PROCESSES, REPO, Supervisor, kill_sim_vms, sim_vm_pids
 
@@ -55,6 +56,11 @@ MIN_KILLS = 20
 SUBMIT_EVERY = float(os.environ.get("FERRY_CHAOS_SUBMIT_EVERY", "3"))
 # Seconds between two faults (uniform).
 GAP = (1.0, 3.0)
+# Limits (docs/operations.md, "Limits"), set below the wave's 200 VMs so that they bind: the
+# services run with these, and the audit checks from the store's history that no more VMs
+# were ever in flight (or archiving per site) at once.
+LIMIT_IN_FLIGHT = int(os.environ.get("FERRY_CHAOS_LIMIT_IN_FLIGHT", "40"))
+LIMIT_ARCHIVES_PER_SITE = int(os.environ.get("FERRY_CHAOS_LIMIT_ARCHIVES_PER_SITE", "8"))
 WAVE_TIMEOUT = 300.0
 QUIET_TIMEOUT = 90.0
 
@@ -299,7 +305,11 @@ async def _audit(db_url: str, sim_folder: Path) -> dict:
     records = sorted(p.name for p in sim_folder.glob("sim-*.json"))
     refs = {r["provider_ref"] for r in vms if r["provider_ref"]}
 
+    most = await _query(db_url, most_at_once)
+    assert most, "the database did not answer the audit of the limits"
+
     return {
+        **most,
         "vms": len(vms),
         "vm_states": dict(collections.Counter(r["state"] for r in vms)),
         "groups": len(groups),
@@ -407,6 +417,10 @@ async def test_a_200_vm_wave_survives_kills_and_server_restarts(
         "FERRY_BUS_PREFIX": PREFIX,
         "FERRY_STATE_DIR": str(state_dir),
         "FERRY_PROVIDER": "sim",
+        "FERRY_LIMIT_IN_FLIGHT": str(LIMIT_IN_FLIGHT),
+        # The sim's one host: the per-host limit is the overall one.
+        "FERRY_LIMIT_IN_FLIGHT_PER_HOST": str(LIMIT_IN_FLIGHT),
+        "FERRY_LIMIT_ARCHIVES_PER_SITE": str(LIMIT_ARCHIVES_PER_SITE),
         "FERRY_LAB_IMAGES": str(chaos_dir / "images"),
         # The product's default back-off: a handler failing while the database restarts is
         # retried (1 s, 5 s, 30 s) before its message would be dead-lettered.
@@ -516,6 +530,7 @@ async def test_a_200_vm_wave_survives_kills_and_server_restarts(
             "queues_not_empty": {q: d for q, d in depths.items() if d["ready"] or d["unacked"]},
             "submit_attempts": wave.submit_attempts,
             "wave_seconds": round(wave_seconds, 1),
+            "limits": {"in_flight": LIMIT_IN_FLIGHT, "archives_per_site": LIMIT_ARCHIVES_PER_SITE},
             "timeline": chaos.timeline,
         })
     finally:
@@ -565,6 +580,10 @@ async def test_a_200_vm_wave_survives_kills_and_server_restarts(
     assert figures["provider_records"] == GROUPS * GROUP_SIZE
     assert figures["provider_vms_made_twice"] == 0
     assert not figures["queues_not_empty"]
+    # The limits held, and bound: more VMs than the limit were ready to go.
+    assert 0 < figures["most_in_flight"] <= LIMIT_IN_FLIGHT
+    assert max(figures["most_in_flight_per_host"].values()) <= LIMIT_IN_FLIGHT
+    assert 0 < max(figures["most_archiving_per_site"].values()) <= LIMIT_ARCHIVES_PER_SITE
     figures["passed"] = True
     (ARTIFACTS / "figures.json").write_text(json.dumps(figures, indent=2, default=str) + "\n")
 

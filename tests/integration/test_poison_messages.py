@@ -27,11 +27,11 @@ class FlakyProvider(FakeProvider):
         self.down = True
         self.refused_at: list[float] = []
 
-    async def create_vm(self, spec, *, idempotency_key):
+    async def create_vm(self, spec, *, idempotency_key, host=None):
         if self.down:
             self.refused_at.append(time.monotonic())
             raise ConnectionError("provider API unreachable")
-        return await super().create_vm(spec, idempotency_key=idempotency_key)
+        return await super().create_vm(spec, idempotency_key=idempotency_key, host=host)
 
 
 async def dlq_depth(settings, service: str) -> int:

@@ -58,6 +58,28 @@ async def test_create_is_idempotent_by_key(infra: Infra):
     assert infra.vms() == {first.ref}
 
 
+async def test_a_vm_lands_on_a_host_placements_offered(infra: Infra):
+    """placements() offers at least one host; a VM created on the first lands there and says
+    so, and from then on placements() offers that host alone."""
+    vm = spec(a_group())
+    key = f"vm:{vm.vm_id}"
+    hosts = await infra.provider.placements(vm, idempotency_key=key)
+    assert hosts and all(isinstance(h, str) and h for h in hosts)
+    made = await infra.provider.create_vm(vm, idempotency_key=key, host=hosts[0])
+    assert made.host == hosts[0]
+    assert await infra.provider.placements(vm, idempotency_key=key) == [hosts[0]]
+    assert (await create(infra, vm)).host == hosts[0]  # asked again, wherever it would go
+
+
+async def test_a_host_it_does_not_have_is_refused(infra: Infra):
+    """create_vm on a host the provider does not offer is a ProviderError; nothing is made."""
+    vm = spec(a_group())
+    with pytest.raises(ProviderError, match="no-such-host"):
+        await infra.provider.create_vm(vm, idempotency_key=f"vm:{vm.vm_id}",
+                                       host="no-such-host")
+    assert infra.vms() == set()
+
+
 async def test_another_key_makes_another_vm(infra: Infra):
     """A different idempotency key makes a different VM, with its own reference and MAC."""
     group = a_group()

@@ -461,3 +461,29 @@ async def test_the_first_page_shows_the_fleet_and_pages_through_its_groups(
     # Over the event stream, well before the 15 s catch-up poll.
     await expect(groups).to_contain_text("54 groups", timeout=5000)
     await expect(listed.first).to_contain_text("late")
+
+
+async def test_a_vm_waiting_for_a_slot_says_why_until_it_goes_on(settings, operator,
+                                                                 page: Page):
+    """With two VMs in flight at most, the third VM's card says why it waits; once a VM is
+    provisioned and frees its slot, the reason goes and the VM moves on."""
+    limited = settings.model_copy(update={"limit_in_flight": 2, "limit_in_flight_per_host": 0})
+    ferry = await start_ferry(limited, operator)
+    try:
+        group_id = await ferry.submit(THREE_VMS.format(group="shop"))
+        ids = await ferry.vm_ids(group_id)
+        await page.goto(settings.gateway_url + "/")
+        await page.locator("#token-input").fill(OPERATOR_TOKEN)
+        await page.locator("#token-submit").click()
+        await expect(page.locator("#group-name")).to_have_text("shop")
+        db2 = page.locator('.vms [data-vm="db2"]')
+        await expect(db2.locator(".waiting")).to_have_text(
+            "waiting for a slot: 2 of 2 in flight overall")
+        await expect(db2.locator(".state")).to_have_text("archived")
+        await shot(page, "10-waiting-for-a-slot")
+        await configure_vm(ferry, ids["app1"])
+        await boot_from_disk(ferry, ids["app1"], ("provisioned", "first-boot"))
+        await expect(db2.locator(".state")).not_to_have_text("archived")
+        await expect(db2.locator(".waiting")).to_have_count(0)
+    finally:
+        await ferry.host.stop()

@@ -30,6 +30,8 @@ from shared.store.archives import ArchiveRecord
 from shared.store.cutover_runs import PENDING
 from shared.store.groups import GroupExists
 from shared.store.inbox import AlreadyProcessed
+from shared.store.limits import Waiting
+from shared.limits import holds_slot
 from shared.topology import routing_key
 
 
@@ -152,7 +154,7 @@ class FakeVms(_Repo):
         was = self.t.vms[vm.id]
         self.t.vms[vm.id] = replace(
             was, state=move.state, held_state=move.held_state, failed_from=move.failed_from,
-            step=step, message=message, state_changed_at=at,
+            step=step, message=message, state_changed_at=at, waiting=None,
             detail=detail if detail is not None else was.detail)
         self.t.transitions.append((vm.id, vm.state, move.state, step))
         return at
@@ -167,6 +169,61 @@ class FakeVms(_Repo):
 
     async def record_system(self, vm_id: uuid.UUID, system: dict[str, Any]) -> None:
         self.t.vms[vm_id] = replace(self.t.vms[vm_id], legacy_system=system)
+
+
+class FakeLimits(_Repo):
+    """shared/store/limits.py in memory (its lock: the fake store runs one handler at a time)."""
+
+    async def lock(self, what: str) -> None:
+        pass
+
+    def _site(self, vm: Vm) -> str:
+        group = self.t.groups[vm.group_id]
+        return group.plan.get("legacy_site") or group.name
+
+    def _oldest_first(self, vms) -> list[Vm]:
+        return sorted(vms, key=lambda v: (self.t.groups[v.group_id].archived_at or _now(),
+                                          self.t.groups[v.group_id].created_at, v.position))
+
+    async def in_flight_per_host(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for vm in self.t.vms.values():
+            if holds_slot(vm.state, vm.held_state):
+                counts[vm.host or ""] = counts.get(vm.host or "", 0) + 1
+        return counts
+
+    async def waiting_for_creation(self) -> list[Waiting]:
+        return [Waiting(v.id, v.group_id, v.waiting) for v in self._oldest_first(
+            v for v in self.t.vms.values() if v.state == VmState.ARCHIVED
+            and self.t.groups[v.group_id].status == GroupStatus.ACTIVE
+            and self.t.groups[v.group_id].archived_at is not None)]
+
+    async def lock_unless_busy(self, vm_id: uuid.UUID) -> bool:
+        return True  # one handler at a time: nobody else holds it
+
+    async def creating(self) -> list[uuid.UUID]:
+        return [v.id for v in self.t.vms.values()
+                if v.state == VmState.CREATING and v.provider_ref is None]
+
+    async def archiving_at(self, site: str) -> int:
+        return sum(1 for v in self.t.vms.values()
+                   if v.state == VmState.ARCHIVING and self._site(v) == site)
+
+    async def waiting_for_archive(self, site: str) -> list[Waiting]:
+        return [Waiting(v.id, v.group_id, v.waiting) for v in sorted(
+            (v for v in self.t.vms.values() if v.state == VmState.PLANNED
+             and self.t.groups[v.group_id].status == GroupStatus.ACTIVE
+             and self._site(v) == site),
+            key=lambda v: (self.t.groups[v.group_id].created_at, v.position))]
+
+    async def set_waiting(self, vm_id: uuid.UUID, waiting: str, state: VmState) -> bool:
+        if self.t.vms[vm_id].state != state:
+            return False
+        self.t.vms[vm_id] = replace(self.t.vms[vm_id], waiting=waiting)
+        return True
+
+    async def set_host(self, vm_id: uuid.UUID, host: str) -> None:
+        self.t.vms[vm_id] = replace(self.t.vms[vm_id], host=host, waiting=None)
 
 
 class FakeTransitions(_Repo):
@@ -302,6 +359,7 @@ class FakeSession:
         self.groups, self.vms, self.transitions = FakeGroups(t), FakeVms(t), FakeTransitions(t)
         self.messages, self.archives, self.scripts = FakeMessages(t), FakeArchives(t), FakeScripts(t)
         self.tokens, self.inbox = FakeTokens(t), FakeInbox(t)
+        self.limits = FakeLimits(t)
         self.cutover_runs, self.cutover_steps = FakeCutoverRuns(t), FakeCutoverSteps(t)
 
     def transaction(self, cause: Envelope | None = None):

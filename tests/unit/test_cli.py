@@ -154,6 +154,23 @@ def test_a_group_of_simulated_vms_says_so_in_every_view():
             assert (SIMULATED in console.export_text()) is marked, render.__name__
 
 
+def test_a_vm_waiting_for_a_slot_says_so_whole_in_every_group_view():
+    """A VM that waits for a slot shows why, uncut (its message column would cut it), in the
+    table and the watch; without `waiting` the message shows as before."""
+    from rich.console import Console
+
+    from cli.status import group_table, group_watch
+
+    why = "waiting for a slot: 20 of 20 in flight on host qemu+ssh://root@hv2.example/system"
+    vms = [{**vm, "waiting": why if vm["name"] == "db2" else None} for vm in GROUP["vms"]]
+    for render in (group_table, group_watch):
+        console = Console(record=True, width=250, color_system=None)
+        console.print(render({**GROUP, "vms": vms}))
+        text = console.export_text()
+        assert why in text, render.__name__
+        assert text.count("waiting for a slot") == 1, render.__name__
+
+
 def test_a_gateway_that_never_answers_is_an_error_not_a_traceback():
     """The gateway accepts the connection, then says nothing (a long replay, a stuck proxy):
     the client's time-out is a GatewayError naming the request, which `ferry` prints as its

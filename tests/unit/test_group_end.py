@@ -11,6 +11,7 @@ import pytest
 
 from services.archiver import handlers as archiver
 from services.creator import handlers as creator
+from services.creator.specs import vm_spec
 from services.cutover.scripts import UNFORWARD
 from services.topology import router_of
 from shared import events as ev
@@ -124,8 +125,7 @@ async def test_a_creation_asked_for_after_the_cancel_makes_nothing(world):
     assert world.group().status == G.CANCELLING  # no creator heard the cancel
     deps = world.bus.deps
     await router_of("creator").dispatch(archived, archived.typed(), deps)
-    await creator._create(Context("creator", archived, deps), world.group().parsed_plan(),
-                          world.vm("db2").id)
+    await creator._create(deps, world.vm("db2").id, archived)
     assert world.provider.create_calls == 0
     assert world.state("db2") == S.CREATING and world.state("app1") == S.ARCHIVED
 
@@ -139,7 +139,7 @@ async def test_a_vm_whose_creation_was_cut_off_is_found_by_its_key_and_deleted(w
     vm = world.vm("app1")
     async with world.store.transaction() as tx:
         await journey.transition(tx, vm.id, S.CREATING, step="create")
-    made = await world.provider.create_vm(creator._spec(world.group().parsed_plan(), vm),
+    made = await world.provider.create_vm(vm_spec(world.group().parsed_plan(), vm),
                                           idempotency_key=f"vm:{vm.id}")
     world.bus.routes = [*world.bus.routes, ("creator", {"group.cancel_requested"},
                                             router_of("creator"))]

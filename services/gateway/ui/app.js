@@ -498,6 +498,8 @@ function vmCard(vm) {
     h("dl", { class: "facts" },
       h("dt", {}, "step"), h("dd", { class: "step" }, vm.step || "—"),
       h("dt", {}, "in phase"), h("dd", {}, since(vm.seconds_in_state)),
+      // Why it is not moving on: it waits for a slot (docs/operations.md, "Limits").
+      vm.waiting ? [h("dt", {}, "waiting"), h("dd", { class: "waiting" }, vm.waiting)] : null,
       vm.system ? [h("dt", {}, "legacy system"), h("dd", { class: "system" }, systemText(vm.system))] : null,
       vm.message ? [h("dt", {}, "message"), h("dd", { class: "message" }, vm.message)] : null),
     vm.state === "failed" ? h("p", {}, h("button", { type: "button", class: "danger",
