@@ -30,6 +30,16 @@ ATTEMPT_HEADER = "x-ferry-attempt"
 REPLAYS_HEADER = "x-ferry-replays"
 
 
+# AMQP heartbeat the client asks for, in seconds. A connection that the network silently
+# dropped (packets lost, nothing reset) is only found dead when heartbeats stop arriving:
+# aiormq gives up after three missed ones ((5 + 1) x 3 = 18 s), where the server's 60 s default
+# left a consumer deaf for three minutes (tests/integration/test_network_cut.py).
+HEARTBEAT_S = 5
+# How long one attempt to (re)connect may take before the robust connection tries again: a
+# connection opened into a silent network would otherwise wait aiormq's 60 s.
+CONNECT_TIMEOUT_S = 10
+
+
 class Bus:
     """One connection, one confirming publisher channel, and the declared topology."""
 
@@ -44,8 +54,9 @@ class Bus:
         self.exchange: AbstractExchange | None = None
 
     async def connect(self) -> None:
-        self.connection = await aio_pika.connect_robust(self.url, client_properties={
-            "connection_name": f"ferryman:{self.names.prefix}"})
+        self.connection = await aio_pika.connect_robust(
+            self.url, heartbeat=HEARTBEAT_S, timeout=CONNECT_TIMEOUT_S,
+            client_properties={"connection_name": f"ferryman:{self.names.prefix}"})
         self._channel = await self.connection.channel(
             publisher_confirms=True, on_return_raises=True
         )

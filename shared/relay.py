@@ -7,13 +7,16 @@ import asyncio
 import asyncpg
 from aio_pika.exceptions import PublishError
 
-from shared.bus import Bus, Outgoing
+from shared.bus import Bus, BrokerUnavailable, Outgoing
 from shared.logging import get_logger
 from shared.store.outbox import notify_channel
 from shared.store.session import Store
 from shared.topology import routing_key
 
 log = get_logger(__name__)
+
+# Longest one batch's confirms may take (tests/integration/test_network_cut.py).
+PUBLISH_TIMEOUT_S = 30.0
 
 
 def _outgoing(row) -> Outgoing:
@@ -66,7 +69,13 @@ class OutboxRelay:
             try:
                 sent = await self.flush()
             except asyncio.CancelledError:
-                raise
+                if asyncio.current_task().cancelling():
+                    raise  # the relay itself is stopped
+                # Something under it was cancelled (a lost connection's pending work): the
+                # relay goes on.
+                log.warning("outbox relay: a publish was cancelled, retrying")
+                await asyncio.sleep(self.idle_poll)
+                continue
             except Exception as exc:  # noqa: BLE001 - broker or database away: try again soon
                 log.warning("outbox relay failed, retrying", error=str(exc))
                 await asyncio.sleep(self.idle_poll)
@@ -84,14 +93,24 @@ class OutboxRelay:
         async with self.store.transaction() as tx:
             rows = await tx.outbox.unpublished(self.batch)
             events = [_outgoing(row) for row in rows]
-            # Confirms are awaited together: the frames still leave in outbox order.
-            results = await asyncio.gather(*(self.bus.publish(e) for e in events),
-                                           return_exceptions=True)
+            # Confirms are awaited together: the frames still leave in outbox order. Bounded:
+            # a publish into a connection the network silently dropped may wait for a confirm
+            # that never comes, holding these rows locked; on time-out the transaction rolls
+            # back and the batch is sent again (a second copy is ignored by the inboxes).
+            async with asyncio.timeout(PUBLISH_TIMEOUT_S):
+                results = await asyncio.gather(*(self.bus.publish(e) for e in events),
+                                               return_exceptions=True)
             for row, event, result in zip(rows, events, results):
                 if isinstance(result, PublishError):
                     # Nobody is bound to this type: a wiring fault, recorded, not retried forever.
                     log.error("unroutable event", event_type=event.type, event_id=str(event.id))
                     await tx.outbox.unroutable(row["id"], f"unroutable: {result}")
+                elif isinstance(result, asyncio.CancelledError):
+                    # aiormq cancels the confirms pending on a connection it finds dead (a
+                    # missed heartbeat). Raised as is, it ended the relay's task for good: the
+                    # outbox stopped being published, silently (test_network_cut.py).
+                    raise BrokerUnavailable("a publish was cut short: the broker connection "
+                                            "was lost") from result
                 elif isinstance(result, BaseException):
                     raise result
             if rows:

@@ -26,6 +26,11 @@ class Route:
     query: dict[str, dict] = field(default_factory=dict)
     # A body documented by its schema though the handler reads it itself (a plan, YAML or JSON).
     body_schema: type[BaseModel] | None = None
+    # The status of a success (201 for what creates), and its OpenAPI links: which operations
+    # take a value of its answer (name -> {"operationId", "parameters"}), what a stateful fuzz
+    # follows (tests/integration/test_gateway_fuzz.py).
+    status: int = 200
+    links: dict[str, dict] = field(default_factory=dict)
 
 
 class Api:
@@ -35,10 +40,12 @@ class Api:
     def route(self, method: str, path: str, summary: str, *, auth: Auth, tag: str,
               body: type[BaseModel] | None = None, response: type[BaseModel] | None = None,
               responses: dict[int, str] | None = None, query: dict[str, dict] | None = None,
-              body_schema: type[BaseModel] | None = None):
+              body_schema: type[BaseModel] | None = None, status: int = 200,
+              links: dict[str, dict] | None = None):
         def register(fn):
             self.routes.append(Route(method, path, fn, summary, auth, body, response, tag,
-                                     responses or {}, query or {}, body_schema))
+                                     responses or {}, query or {}, body_schema, status,
+                                     links or {}))
             return fn
 
         return register

@@ -61,10 +61,12 @@ def openapi_document(api: Api, version: str = "0.1.0") -> dict:
 
 
 def _responses(route, refs) -> dict:
-    ok = {"description": "OK"}
+    ok = {"description": "Created" if route.status == 201 else "OK"}
     if route.response:
         ok["content"] = {"application/json": {"schema": refs[(route.response, "validation")]}}
-    answers = {"200": ok}
+    if route.links:
+        ok["links"] = route.links
+    answers = {str(route.status): ok}
     if route.auth != "none":  # the UI's files and the health checks ask for no token
         answers["401"] = {"description": "no or invalid token"}
         answers["403"] = {"description": "the token is not for this"}

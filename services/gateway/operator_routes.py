@@ -33,7 +33,10 @@ RUNS_LISTED = 100
            auth="operator", tag="operator", response=m.Submitted,
            responses={422: "the plan is not valid; nothing was written", 409: "already migrating",
                       413: "the plan is larger than the gateway accepts"},
-           body_schema=Plan)
+           body_schema=Plan, status=201, links={
+               name: {"operationId": operation, "parameters": {"group": "$response.body#/id"}}
+               for name, operation in (("ShowGroup", "show_group"), ("Timeline", "timeline"),
+                                       ("Resume", "resume"), ("Cancel", "cancel"))})
 async def submit(request: web.Request) -> web.Response:
     require_operator(request)
     raw = await read_body(request)

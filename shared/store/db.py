@@ -14,6 +14,12 @@ from shared.settings import Settings
 
 log = get_logger(__name__)
 
+# Longest a new connection may take to open, and one statement to answer, in seconds. No
+# statement of Ferryman's takes long (the long poll waits outside the database); a statement
+# that waits on a row lock held by another handler is the longest legitimate wait, far shorter.
+CONNECT_TIMEOUT_S = 10.0
+COMMAND_TIMEOUT_S = 60.0
+
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
@@ -95,7 +101,7 @@ async def _reset_connection(conn: asyncpg.Connection) -> None:
 async def open_pool(settings: Settings, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
     """Open the pool on the configured schema, migrating it first."""
     schema = _check_schema(settings.database_schema)
-    conn = await asyncpg.connect(settings.database_url)
+    conn = await asyncpg.connect(settings.database_url, timeout=CONNECT_TIMEOUT_S)
     try:
         await migrate(conn, schema)
     finally:
@@ -104,6 +110,10 @@ async def open_pool(settings: Settings, *, min_size: int = 1, max_size: int = 10
         settings.database_url,
         min_size=min_size,
         max_size=max_size,
+        # A connection the network silently dropped never answers: without these a query on it,
+        # or a connection opened into it, waits for ever (tests/integration/test_network_cut.py).
+        timeout=CONNECT_TIMEOUT_S,
+        command_timeout=COMMAND_TIMEOUT_S,
         server_settings={"search_path": schema},
         init=_init_connection,
         reset=_reset_connection,

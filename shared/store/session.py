@@ -10,6 +10,7 @@ they commit (or not) with its changes. `Store` makes both.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from contextlib import asynccontextmanager
 from functools import cached_property
@@ -130,6 +131,16 @@ class Tx(Session):
         await self.inbox.claim(service, event_id)
 
 
+# A statement cut short (its command time-out, a cancelled request or probe) or a failed
+# connection. Such a connection may still be waiting for its statement's answer, or be silent
+# for good (a network that drops packets without a reset): asyncpg's release would wait for the
+# cancellation for ever, and a reused one would hang the next statement. It is terminated; the
+# pool opens a new one when it needs it (tests/integration/test_network_cut.py).
+CUT_SHORT = (TimeoutError, asyncio.CancelledError, OSError, asyncpg.InterfaceError,
+             asyncpg.PostgresConnectionError)
+RELEASE_TIMEOUT_S = 10.0
+
+
 class Store:
     """Sessions and transactions on the pool."""
 
@@ -137,18 +148,31 @@ class Store:
         self.pool = pool
 
     @asynccontextmanager
+    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection, dropped instead of reused when a statement on it was cut
+        short or the connection failed (see CUT_SHORT)."""
+        conn = await self.pool.acquire()
+        try:
+            yield conn
+        except CUT_SHORT:
+            conn.terminate()
+            raise
+        finally:
+            await self.pool.release(conn, timeout=RELEASE_TIMEOUT_S)
+
+    @asynccontextmanager
     async def transaction(self, cause: Envelope | None = None) -> AsyncIterator[Tx]:
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self.connection() as conn, conn.transaction():
             yield Tx(conn, cause)
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[Session]:
-        async with self.pool.acquire() as conn:
+        async with self.connection() as conn:
             yield Session(conn)
 
     async def ping(self) -> None:
         """A round trip to the database on a pooled connection (/readyz); raises if none."""
-        async with self.pool.acquire() as conn:
+        async with self.connection() as conn:
             await conn.fetchval("SELECT 1")
 
     async def claim(self, service: str, event_id: uuid.UUID) -> None:

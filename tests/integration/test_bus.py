@@ -7,8 +7,11 @@ import uuid
 
 import pytest
 
-from shared.bus import Bus, Consumer, dead_letters, replay_dead_letters
+from shared.bus import Bus, Consumer, Outgoing, dead_letters, replay_dead_letters
 from shared.events import Envelope, GroupSubmitted
+from shared.relay import OutboxRelay
+from shared.store.db import open_pool
+from shared.store.session import Store
 from services.topology import topology
 from shared.topology import Names
 from tests.conftest import eventually
@@ -133,3 +136,35 @@ async def test_replaying_a_letter_that_fails_again_puts_it_back_once(bus):
     assert await replay_dead_letters(bus, "creator", event_id="no-such-id") == 0
     assert len(await dead_letters(bus, "creator")) == 1  # a filtered replay leaves it in place
     await consumer.stop()
+
+
+async def test_a_publish_cancelled_under_the_relay_is_sent_again(bus, settings):
+    """aiormq cancels the confirms pending on a connection it finds dead (a missed heartbeat).
+    The relay takes that for a lost broker and sends the batch again; it used to raise the
+    cancellation as its own, its task ended and the outbox was never published again (found by
+    tests/integration/test_network_cut.py's blackhole)."""
+    pool = await open_pool(settings)
+    store = Store(pool)
+    cut_short: list[Outgoing] = []
+    real_publish = bus.publish
+
+    async def publish(event):
+        if not cut_short:  # the first publish is cancelled, as aiormq does on a dead connection
+            cut_short.append(event)
+            raise asyncio.CancelledError()
+        await real_publish(event)
+    bus.publish = publish
+    relay = OutboxRelay(store, bus, settings.database_schema, idle_poll=0.1)
+    async with store.transaction() as tx:
+        event = await tx.publish(GroupSubmitted(group_name="shop", vm_count=1),
+                                 group_id=uuid.uuid4())
+    await relay.start()
+    try:
+        await eventually(lambda: pool.fetchval(
+            "SELECT published_at IS NOT NULL FROM outbox WHERE event_id = $1", event.id),
+            what="the event published after the cancelled try")
+        assert [e.id for e in cut_short] == [str(event.id)]
+        assert not relay._task.done()
+    finally:
+        await relay.stop()
+        await pool.close()

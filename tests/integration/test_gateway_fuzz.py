@@ -203,3 +203,69 @@ def test_every_operation_was_fuzzed_and_the_documented_total_sent(served_schema)
     assert set(SENT) == set(_labels()), set(_labels()) - set(SENT)
     if EXAMPLES == 40:
         assert sum(SENT.values()) >= DOCUMENTED_REQUESTS, sum(SENT.values())
+
+
+# The stateful fuzz: FERRY_FUZZ_SCENARIOS sequences (default 30) of at most STEPS calls each,
+# following the document's links (a submitted group's id into the calls on that group) and
+# those schemathesis infers from the answers' schemas (a group's VMs into the VM calls).
+SCENARIOS = int(os.environ.get("FERRY_FUZZ_SCENARIOS", "30"))
+STEPS = 10
+# docs/reliability.md's figure for a CI run (FERRY_FUZZ_SCENARIOS=30): at least this many
+# requests sent, and at least this many of them by following a link from an earlier answer.
+DOCUMENTED_STATEFUL = 200
+DOCUMENTED_LINKED = 50
+STATEFUL_SENT: collections.Counter[str] = collections.Counter()
+STATEFUL_STATUSES: collections.Counter[int] = collections.Counter()
+
+
+def test_no_sequence_of_linked_requests_makes_the_gateway_answer_5xx(served_schema, gateway):
+    """schemathesis' stateful mode: scenarios of calls where a later call takes values from
+    an earlier answer (submit a group, then show, resume, cancel it; list groups, then call
+    a listed VM), in positive and negative mode, all answered below 500."""
+    linked = []
+
+    class Machine(served_schema.as_state_machine()):
+        def before_call(self, case):
+            security = {next(iter(s)) for s in case.operation.definition.raw.get("security", [])}
+            vm_id = str((case.path_parameters or {}).get("vm_id", ""))
+            vm_token = gateway.tokens.get(vm_id) or next(iter(gateway.tokens.values()))
+            case.headers = {k: v for k, v in (case.headers or {}).items()
+                            if k.lower() != "authorization"}
+            if "operatorToken" in security:
+                case.headers["Authorization"] = f"Bearer {OPERATOR_TOKEN}"
+            elif "vmToken" in security:
+                case.headers["Authorization"] = f"Bearer {vm_token}"
+            if "bootToken" in security:
+                case.query = {**(case.query or {}), "token": vm_token}
+
+        def step(self, input):
+            if input.transition is not None and input.applied_parameters:
+                # A value of an earlier answer put into this call by a link.
+                linked.append(f"{input.case.method.upper()} {input.case.path}")
+            return super().step(input)
+
+        def get_call_kwargs(self, case):
+            return {"base_url": gateway.url, "timeout": 30}
+
+        def validate_response(self, response, case, **kwargs):
+            label = f"{case.method.upper()} {case.path}"
+            STATEFUL_SENT[label] += 1
+            STATEFUL_STATUSES[response.status_code] += 1
+            assert response.status_code < 500, (
+                f"{response.status_code} {response.text[:500]}\n{case.as_curl_command()}")
+
+    Machine.run(settings=hypothesis_settings(
+        max_examples=SCENARIOS, stateful_step_count=STEPS, deadline=None, database=None,
+        derandomize=not RANDOM, suppress_health_check=list(HealthCheck),
+        phases=[Phase.generate], print_blob=True))
+    total = sum(STATEFUL_SENT.values())
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "gateway-stateful.json").write_text(json.dumps(
+        {"scenarios": SCENARIOS, "steps": STEPS, "total": total, "linked": len(linked),
+         "statuses": dict(sorted(STATEFUL_STATUSES.items())),
+         "requests": dict(sorted(STATEFUL_SENT.items()))}, indent=2) + "\n")
+    print(f"stateful fuzz: {total} requests, {len(linked)} following a link; "
+          f"statuses {dict(sorted(STATEFUL_STATUSES.items()))}")
+    if SCENARIOS == 30:
+        assert total >= DOCUMENTED_STATEFUL, total
+        assert len(linked) >= DOCUMENTED_LINKED, linked
