@@ -38,6 +38,10 @@ class Vm:
     # until archived, and for a VM without a root archive.
     legacy_system: dict[str, Any] | None = None
     mac: str | None = None  # its NIC's, as the provider made it
+    # When it last said anything to the gateway (or the service progressed on it), and the last
+    # step it named: what a deadline counts from (shared/deadlines.py).
+    last_word_at: datetime | None = None
+    last_step: str | None = None
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,9 @@ class StateReport(StrictModel):
 class MessageReport(StrictModel):
     level: Literal["debug", "info", "warning", "error"] = "info"
     text: str = Field(max_length=8000)
+    step: str | None = Field(default=None, max_length=200, description="what the VM is doing "
+                             "now (`unpacking /data`), if the line starts a step of its own: "
+                             "the last step a missed deadline names")
 
 
 class Accepted(BaseModel):
@@ -53,6 +56,10 @@ class VmView(BaseModel):
         None, description="the legacy host's system as read from its root when archived "
         "(family, release, name, init, network, interface, renderer, initramfs); null before "
         "that and for a VM without a root archive")
+    last_word_at: datetime | None = Field(
+        None, description="when the VM last said anything to the gateway (or the archiver "
+        "progressed on it): its phase's deadline counts from this or state_changed_at")
+    last_step: str | None = Field(None, description="the last step it named")
 
 
 class MessageView(BaseModel):

@@ -100,7 +100,7 @@ async def report_message(request: web.Request) -> web.Response:
         vm_id = await require_vm(request, db)
         report = await parse_body(request, m.MessageReport)
         async with db.transaction() as tx:
-            await journey.add_message(tx, vm_id, report.level, report.text)
+            await journey.add_message(tx, vm_id, report.level, report.text, step=report.step)
     return json_response(m.Accepted(), 201)
 
 
@@ -178,4 +178,5 @@ def vm_view(row) -> m.VmView:
         held_state=row["held_state"], failed_from=row["failed_from"], step=row["step"],
         message=row["message"], state_changed_at=row["state_changed_at"], seconds_in_state=age,
         provider=row["provider"], simulated=row["simulated"], system=row["legacy_system"],
+        last_word_at=row.get("last_word_at"), last_step=row.get("last_step"),
     )
