@@ -78,6 +78,10 @@ class VmClient:
             body["step"] = step
         await self._call("POST", f"/v1/vms/{self.vm_id}/messages", json=body)
 
+    async def heartbeat(self, step: str | None = None) -> None:
+        body = {} if step is None else {"step": step}
+        await self._call("POST", f"/v1/vms/{self.vm_id}/heartbeat", json=body)
+
     async def script(self) -> str:
         return await (await self._call("GET", f"/v1/vms/{self.vm_id}/script")).text()
 

@@ -35,6 +35,11 @@ class MessageReport(StrictModel):
                              "the last step a missed deadline names")
 
 
+class Heartbeat(StrictModel):
+    step: str | None = Field(default=None, max_length=200, description="what the VM is doing "
+                             "now, if it names it: the last step a missed deadline names")
+
+
 class Accepted(BaseModel):
     ok: bool = True
 

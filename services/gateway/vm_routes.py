@@ -104,6 +104,19 @@ async def report_message(request: web.Request) -> web.Response:
     return json_response(m.Accepted(), 201)
 
 
+@api.route("POST", "/v1/vms/{vm_id}/heartbeat", "heartbeat: the VM is at work (its phase's "
+           "deadline counts from now), at `step` if it names one", auth="vm", tag="vm",
+           body=m.Heartbeat, response=m.Accepted)
+async def heartbeat(request: web.Request) -> web.Response:
+    await body_in(request)  # as report_state: one pool connection, the body already in
+    async with request.app[DEPS].store.session() as db:
+        vm_id = await require_vm(request, db)  # the token check hears the VM
+        beat = await parse_body(request, m.Heartbeat)
+        if beat.step is not None:
+            await db.vms.heard(vm_id, beat.step)
+    return json_response(m.Accepted())
+
+
 @api.route("GET", "/v1/vms/{vm_id}/master",
            "hold_until_complete: the master's status for a replica, long-polled with ?wait=s",
            auth="vm", tag="vm", response=m.MasterStatus,

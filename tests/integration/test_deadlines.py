@@ -61,8 +61,8 @@ async def vm_row(ferry: Ferry, vm_id: uuid.UUID):
 async def test_a_silent_vm_fails_with_the_reason_and_halts_its_group_a_talking_one_does_not(
         settings, operator):
     """The coordinator's process, looking every 0.2 s, fails app1 (silent 700 s, last step
-    named by its log line) and halts the group; db1, aged as much but speaking since, and db2,
-    booted a moment ago, go on configuring."""
+    named by its log line) and halts the group; db1 and db2, aged as much but speaking since
+    (a heartbeat naming a step; a script download), go on configuring."""
     ferry = await start_ferry(deadline_settings(settings, 0.2), operator)
     try:
         group_id = await ferry.submit(THREE_VMS.format(group="quiet"))
@@ -77,7 +77,10 @@ async def test_a_silent_vm_fails_with_the_reason_and_halts_its_group_a_talking_o
         await age(ferry, ids["app1"], 700)
         await age(ferry, ids["db1"], 700)
         async with ferry.vm(ids["db1"]) as db1:
-            await db1.script()  # any request with its token is a word
+            await db1.heartbeat("unpacking /")  # as the scripts' pulse does, naming a step
+        await age(ferry, ids["db2"], 700)
+        async with ferry.vm(ids["db2"]) as db2:
+            await db2.script()  # any request with its token is a word
 
         reason = "no word for 600 s in configuring, last step: unpacking /data"
         assert await ferry.wait_state(ids["app1"], "failed") == "failed"
@@ -91,9 +94,11 @@ async def test_a_silent_vm_fails_with_the_reason_and_halts_its_group_a_talking_o
         logged = await ferry.pool.fetchval(
             "SELECT text FROM vm_messages WHERE vm_id = $1 AND level = 'error'", ids["app1"])
         assert logged == reason
-        # Neither the one that spoke nor the one just booted is failed, at any later look.
+        # Neither of those that spoke is failed, at any later look.
         for name in ("db1", "db2"):
             assert await ferry.state(ids[name]) == "configuring", name
+        assert (await vm_row(ferry, ids["db1"]))["last_step"] == "unpacking /"
+        assert (await vm_row(ferry, ids["db2"]))["last_step"] == "pxe-boot"
         assert await fail_the_silent(Store(ferry.pool), ferry.settings) == []
     finally:
         await ferry.host.stop()
@@ -166,5 +171,28 @@ async def test_a_cancelled_groups_vms_and_resting_vms_have_no_deadline(settings,
         await age(ferry, resting_vm, 7000)
 
         assert await fail_the_silent(Store(ferry.pool), ferry.settings) == []
+    finally:
+        await ferry.host.stop()
+
+
+async def test_the_archivers_progress_is_the_vms_word_while_it_is_archived(settings, operator,
+                                                                          tmp_path):
+    """Each item the archiver starts on restarts the VM's clock (and names its last step)."""
+    root = tmp_path / "legacy"
+    (root / "data").mkdir(parents=True)
+    (root / "data" / "file").write_text("content")
+    plan = ONE_VM.format(group="archived", deadlines="") + f"""
+    source: {{kind: local, root: {root}}}
+    archives: [{{path: /data}}]
+"""
+    ferry = await start_ferry(deadline_settings(settings, 3600), operator)
+    try:
+        vm_id = (await ferry.vm_ids(await ferry.submit(plan)))["app1"]
+        await ferry.wait_state(vm_id, "configuring")
+        row = await ferry.pool.fetchrow(
+            "SELECT v.last_word_at, t.at AS archived_at FROM vms v JOIN vm_transitions t"
+            " ON t.vm_id = v.id AND t.to_state = 'archived' WHERE v.id = $1", vm_id)
+        # Heard before it was archived: no token was issued yet, so only the archiver spoke.
+        assert row["last_word_at"] is not None and row["last_word_at"] <= row["archived_at"]
     finally:
         await ferry.host.stop()
