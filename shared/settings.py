@@ -105,7 +105,7 @@ class Settings(BaseSettings):
     # minutes. The watchdog looks every deadline_interval_s, at most deadline_batch VMs a look.
     deadline_archiving_s: float = Field(3600.0, ge=0)
     deadline_creating_s: float = Field(900.0, ge=0)
-    deadline_configuring_s: float = Field(1800.0, ge=0)
+    deadline_configuring_s: float = Field(900.0, ge=0)
     deadline_provisioning_s: float = Field(1800.0, ge=0)
     deadline_provisioned_s: float = Field(1800.0, ge=0)
     deadline_loading_s: float = Field(3600.0, ge=0)

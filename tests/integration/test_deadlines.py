@@ -19,7 +19,7 @@ from shared.deadlines import fail_the_silent
 from shared.providers.base import BootSource
 from shared.store.session import Store
 from tests.conftest import eventually
-from tests.integration.harness import THREE_VMS, Ferry, start_ferry
+from tests.integration.harness import THREE_VMS, Ferry, ferry_cli, start_ferry
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_broker_and_db")]
 
@@ -100,6 +100,9 @@ async def test_a_silent_vm_fails_with_the_reason_and_halts_its_group_a_talking_o
         assert (await vm_row(ferry, ids["db1"]))["last_step"] == "unpacking /"
         assert (await vm_row(ferry, ids["db2"]))["last_step"] == "pxe-boot"
         assert await fail_the_silent(Store(ferry.pool), ferry.settings) == []
+        # What the operator sees: the reason, as for any failure.
+        shown = await ferry_cli(ferry.settings, "status", "quiet", expect=3)
+        assert f"HALTED: app1 failed at unpack-archives: {reason}" in shown
     finally:
         await ferry.host.stop()
 
