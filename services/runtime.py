@@ -21,6 +21,7 @@ from aiohttp import web
 from services.topology import SERVICES, router_of, topology
 from shared.bus import Bus, Consumer
 from shared.cutover_adapters import CutoverAdapters
+from shared.deadlines import Watchdog
 from shared.health import dependency_probes
 from shared.logging import configure_logging, get_logger
 from shared.metrics import start_metrics_server
@@ -39,7 +40,8 @@ log = get_logger(__name__)
 __all__ = ["SERVICES", "Host", "main", "router_of", "serve"]
 
 USES_PROVIDER = {"creator", "configurator", "provisioner", "cutover"}
-# The process of the coordinator (one small service, whatever the deployment) prunes the store.
+# The process of the coordinator (one small service, whatever the deployment) prunes the store
+# and watches the deadlines.
 PRUNES = "coordinator"
 GATEWAY_POOL = 12  # database connections added for a Host that runs the gateway
 
@@ -60,6 +62,7 @@ class Host:
         self.bus: Bus | None = None
         self.relay: OutboxRelay | None = None
         self.pruner: Pruner | None = None
+        self.watchdog: Watchdog | None = None
         self.consumers: list = []  # the services' Consumers, and the gateway's LiveFeed
         self.gateway_app: web.Application | None = None
         self._site_runner: web.AppRunner | None = None
@@ -109,6 +112,9 @@ class Host:
             self.pruner = Pruner(store, s)
             self.pruner.start()
             close.push_async_callback(self.pruner.stop)
+            self.watchdog = Watchdog(store, s)
+            self.watchdog.start()
+            close.push_async_callback(self.watchdog.stop)
         for service in self.services:
             router = router_of(service)
             consumer = Consumer(self.bus, service, partial(router.dispatch, deps=deps), s.prefetch)
@@ -180,6 +186,8 @@ class Host:
                 self.relay.abandon()
             if self.pruner:
                 self.pruner.abandon()
+            if self.watchdog:
+                self.watchdog.abandon()
             if self.bus and self.bus.connection:
                 await self.bus.connection.close()
             if self._site_runner:

@@ -105,9 +105,11 @@ async def retry(tx: UnitOfWork, vm_id: uuid.UUID) -> Vm:
                         message=None)
 
 
-async def add_message(tx: UnitOfWork, vm_id: uuid.UUID, level: str, text: str) -> int:
-    """Store a log line of the VM and announce it (the live feed streams it to operators)."""
-    message_id, group_id = await tx.messages.add(vm_id, level, text)
+async def add_message(tx: UnitOfWork, vm_id: uuid.UUID, level: str, text: str, *,
+                      step: str | None = None) -> int:
+    """Store a log line of the VM and announce it (the live feed streams it to operators).
+    `step`: the line starts this step (the last step a missed deadline names)."""
+    message_id, group_id = await tx.messages.add(vm_id, level, text, step=step)
     await tx.publish(ev.VmMessageLogged(message_id=message_id, level=level, text=text),
                      group_id=group_id, vm_id=vm_id)
     return message_id

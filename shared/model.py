@@ -41,6 +41,10 @@ class Vm:
     host: str | None = None  # the destination host it was admitted to (shared/limits.py)
     # Why it is not moving on while its group is: it waits for a slot (shared/limits.py).
     waiting: str | None = None
+    # When it last said anything to the gateway (or the service progressed on it), and the last
+    # step it named: what a deadline counts from (shared/deadlines.py).
+    last_word_at: datetime | None = None
+    last_step: str | None = None
 
 
 @dataclass(frozen=True)

@@ -466,6 +466,13 @@ class CutoverSettings(_Model):
     """The public zone whose names move to the new VMs (none: DNS is left to you)."""
 
 
+# The phases a plan may give deadlines (shared/states.DEADLINE_PHASES; a unit test compares).
+DeadlinePhase = Literal["archiving", "creating", "configuring", "provisioning", "provisioned",
+                        "loading", "replicating"]
+Seconds = Annotated[float, BeforeValidator(_not_bool), Field(ge=0, le=7 * 24 * 3600,
+                                                              allow_inf_nan=False)]
+
+
 class Plan(_Model):
     """One group of VMs migrating together."""
 
@@ -483,6 +490,11 @@ class Plan(_Model):
     """The group's VMs, at least one."""
     cutover: CutoverSettings = CutoverSettings()
     """How the group is cut over once ready."""
+    deadlines: dict[DeadlinePhase, Seconds] = {}
+    """This group's deadlines, overriding the settings' (FERRY_DEADLINE_<PHASE>_S): per phase
+    (archiving, creating, configuring, provisioning, provisioned, loading, replicating), the
+    longest its VMs may stay silent there, in seconds (0: no deadline; at most a week). A VM
+    silent longer fails, which halts the group."""
 
     @property
     def site(self) -> str:

@@ -121,6 +121,12 @@ def halt_reason(vm_name: str, step: str | None, message: str | None) -> str:
     return f"{vm_name} failed{where}: {message or 'no message'}"
 
 
+def silence_reason(deadline_s: float, state: VmState, last_step: str | None) -> str:
+    """Why the deadline watchdog failed a VM: how long it may be silent in its phase, and what
+    it said it was doing last."""
+    return f"no word for {deadline_s:g} s in {state}, last step: {last_step or 'none'}"
+
+
 def all_ready(members: Iterable[Vm]) -> bool:
     return all(vm.state == S.READY for vm in members)
 

@@ -7,6 +7,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.states import DEADLINE_PHASES
+
 
 def _state_dir() -> Path:
     return Path.home() / ".local" / "state" / "ferryman"
@@ -117,12 +119,31 @@ class Settings(BaseSettings):
     # Bytes per second each archive stream (a path's tar, a database dump) is read from a
     # legacy host at most, so its production keeps serving; 0: uncapped.
     archive_bandwidth_bytes_s: int = Field(0, ge=0)
+    # Deadlines (docs/operations.md): the longest a VM may stay silent in each phase (seconds
+    # since its last word, or its last change of state; 0: no deadline) before the
+    # coordinator's watchdog fails it, which halts its group. A plan's `deadlines` overrides
+    # them for its group. Generous: under TCG a VM unpacking a big archive says nothing for
+    # minutes. The watchdog looks every deadline_interval_s, at most deadline_batch VMs a look.
+    deadline_archiving_s: float = Field(3600.0, ge=0)
+    deadline_creating_s: float = Field(900.0, ge=0)
+    deadline_configuring_s: float = Field(900.0, ge=0)
+    deadline_provisioning_s: float = Field(1800.0, ge=0)
+    deadline_provisioned_s: float = Field(1800.0, ge=0)
+    deadline_loading_s: float = Field(3600.0, ge=0)
+    deadline_replicating_s: float = Field(1800.0, ge=0)
+    deadline_interval_s: float = Field(15.0, gt=0)
+    deadline_batch: int = Field(100, ge=1)
     log_format: str = "auto"  # auto | json | console
     log_level: str = "info"
 
     @property
     def libvirt_hosts(self) -> list[str]:
         return [uri.strip() for uri in self.libvirt_uris.split(",") if uri.strip()]
+
+    @property
+    def deadlines(self) -> dict[str, float]:
+        """Each watched phase's deadline (seconds of silence; 0: none), by VM state."""
+        return {str(phase): getattr(self, f"deadline_{phase}_s") for phase in DEADLINE_PHASES}
 
     @property
     def archive_root(self) -> Path:

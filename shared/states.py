@@ -73,6 +73,13 @@ NOT_CANCELLABLE = frozenset({S.CUTTING_OVER, S.LIVE, S.CANCELLED})
 # a VM arriving at one of these while its group is halted is parked as HALTED instead.
 RESTING = frozenset({S.PLANNED, S.ARCHIVED, S.CREATED, S.CONFIGURED})
 
+# The phases with a deadline (shared/deadlines.py): where Ferryman waits for the VM to speak,
+# or for its own work on it. Configuring starts when the VM is booted from the network (step
+# pxe-boot), so its deadline covers the wait for the VM's first word. The resting states wait
+# for a service (or, with the external provider, a person) and ready for the operator.
+DEADLINE_PHASES = (S.ARCHIVING, S.CREATING, S.CONFIGURING, S.PROVISIONING, S.PROVISIONED,
+                   S.LOADING, S.REPLICATING)
+
 # Where an operator's retry sends a failed VM: the resting state before the phase that failed,
 # so that phase runs again.
 RETRY_FROM: dict[VmState, VmState] = {

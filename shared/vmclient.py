@@ -72,8 +72,15 @@ class VmClient:
         response = await self._call("POST", f"/v1/vms/{self.vm_id}/state", json=body)
         return await response.json()
 
-    async def message(self, text: str, level: str = "info") -> None:
-        await self._call("POST", f"/v1/vms/{self.vm_id}/messages", json={"level": level, "text": text})
+    async def message(self, text: str, level: str = "info", *, step: str | None = None) -> None:
+        body = {"level": level, "text": text}
+        if step is not None:
+            body["step"] = step
+        await self._call("POST", f"/v1/vms/{self.vm_id}/messages", json=body)
+
+    async def heartbeat(self, step: str | None = None) -> None:
+        body = {} if step is None else {"step": step}
+        await self._call("POST", f"/v1/vms/{self.vm_id}/heartbeat", json=body)
 
     async def script(self) -> str:
         return await (await self._call("GET", f"/v1/vms/{self.vm_id}/script")).text()

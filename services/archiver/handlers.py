@@ -7,6 +7,7 @@ import hashlib
 import uuid
 from dataclasses import replace
 from pathlib import Path
+from typing import Awaitable, Callable
 
 from shared import archive_store
 from shared import events as ev
@@ -31,6 +32,9 @@ from services.archiver.system import read_host_system
 
 router = Router("archiver")
 log = get_logger(__name__)
+
+# Told what the archiver starts on next ("archiving /data"): the VM's word while it is archived.
+Progress = Callable[[str], Awaitable[None]] | None
 
 
 @router.on(ev.GroupSubmitted)
@@ -77,10 +81,16 @@ async def archive_vm(event: ev.ArchiveRequested, ctx: Context) -> None:
     if vm.state != VmState.ARCHIVING:
         return  # archived already, held by a halt, or failed: nothing to do here
     planned = group.parsed_plan().vm(vm.name)
+
+    async def progress(step: str) -> None:
+        # The archiver's progress is the VM's word in archiving: its deadline counts per item.
+        async with ctx.store.session() as db:
+            await db.vms.heard(vm.id, step)
+
     try:
         with archive_stream_cap(ctx.settings.archive_bandwidth_bytes_s):
             results, system = await _take_archives(planned, _vm_dir(ctx, group.id, vm.name),
-                                                   vm.id, ctx.settings)
+                                                   vm.id, ctx.settings, progress)
     except (ArchiveError, DumpError) as exc:
         async with ctx.transaction() as tx:
             await admission.lock_site(tx, site)
@@ -138,20 +148,22 @@ def archive_id(vm_id: uuid.UUID, kind: str, source: str) -> str:
     return "a" + hashlib.sha256(f"{vm_id}:{kind}:{source}".encode()).hexdigest()[:20]
 
 
-async def _take_archives(planned: VM, folder: Path, vm_id: uuid.UUID,
-                         settings: Settings) -> tuple[list[ArchiveResult], HostSystem | None]:
+async def _take_archives(planned: VM, folder: Path, vm_id: uuid.UUID, settings: Settings,
+                         progress: Progress = None,
+                         ) -> tuple[list[ArchiveResult], HostSystem | None]:
     """Every planned archive and dump of one VM, and the system of its root when the root is
     archived; an error names the VM (and, from the source, the host and the cause)."""
     if planned.source is None:
         return [], None  # a new VM: nothing to carry over
     try:
-        return await _archive_source(planned, folder, vm_id, settings)
+        return await _archive_source(planned, folder, vm_id, settings, progress or _quiet)
     except (ArchiveError, DumpError) as exc:
         raise type(exc)(f"{planned.name}: {exc}") from None
 
 
-async def _archive_source(planned: VM, folder: Path, vm_id: uuid.UUID,
-                          settings: Settings) -> tuple[list[ArchiveResult], HostSystem | None]:
+async def _archive_source(planned: VM, folder: Path, vm_id: uuid.UUID, settings: Settings,
+                          progress: Callable[[str], Awaitable[None]],
+                          ) -> tuple[list[ArchiveResult], HostSystem | None]:
     source = planned.source
     over_ssh = source.kind == "ssh"
     tree: TreeSource
@@ -176,13 +188,16 @@ async def _archive_source(planned: VM, folder: Path, vm_id: uuid.UUID,
             database_source(specs[0], over_ssh), [spec.name for spec in specs], tree=remote)
     results: list[ArchiveResult] = []
     for spec in planned.archives:
+        await progress(f"archiving {spec.path}")
         dest = folder / f"{archive_id(vm_id, 'path', spec.path)}.tar.zst"
         results.append(await archive_path(tree, spec.path, list(spec.excludes), dest))
     for server, specs in with_globals:
+        await progress(f"dumping the {server.name} globals")
         dest = folder / f"{archive_id(vm_id, 'database', server.globals_source)}.sql.zst"
         results.append(await dump_globals(database_source(specs[0], over_ssh), dest,
                                           versions[server.name], tree=remote))
     for db in planned.databases:
+        await progress(f"dumping database {db.name}")
         dest = folder / f"{archive_id(vm_id, 'database', db.name)}{engine(db.engine).dump_suffix}"
         database = database_source(db, over_ssh)
         if over_ssh:
@@ -199,6 +214,10 @@ async def _archive_source(planned: VM, folder: Path, vm_id: uuid.UUID,
     except OSError as exc:
         raise ArchiveError(f"cannot write the manifest in {folder}: {exc}") from None
     return results, system
+
+
+async def _quiet(step: str) -> None:
+    """No one to tell of the progress (a caller without a VM row)."""
 
 
 def _servers_with_globals(planned: VM) -> list[tuple]:

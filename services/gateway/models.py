@@ -30,6 +30,14 @@ class StateReport(StrictModel):
 class MessageReport(StrictModel):
     level: Literal["debug", "info", "warning", "error"] = "info"
     text: str = Field(max_length=8000)
+    step: str | None = Field(default=None, max_length=200, description="what the VM is doing "
+                             "now (`unpacking /data`), if the line starts a step of its own: "
+                             "the last step a missed deadline names")
+
+
+class Heartbeat(StrictModel):
+    step: str | None = Field(default=None, max_length=200, description="what the VM is doing "
+                             "now, if it names it: the last step a missed deadline names")
 
 
 class Accepted(BaseModel):
@@ -59,6 +67,10 @@ class VmView(BaseModel):
         None, description="why the VM is not moving on while its group is: it waits for a "
         "slot (`waiting for a slot: 20 of 20 in flight on host X`, `waiting for an archive "
         "slot: 4 of 4 on site Y`); null otherwise")
+    last_word_at: datetime | None = Field(
+        None, description="when the VM last said anything to the gateway (or the archiver "
+        "progressed on it): its phase's deadline counts from this or state_changed_at")
+    last_step: str | None = Field(None, description="the last step it named")
 
 
 class MessageView(BaseModel):

@@ -100,8 +100,21 @@ async def report_message(request: web.Request) -> web.Response:
         vm_id = await require_vm(request, db)
         report = await parse_body(request, m.MessageReport)
         async with db.transaction() as tx:
-            await journey.add_message(tx, vm_id, report.level, report.text)
+            await journey.add_message(tx, vm_id, report.level, report.text, step=report.step)
     return json_response(m.Accepted(), 201)
+
+
+@api.route("POST", "/v1/vms/{vm_id}/heartbeat", "heartbeat: the VM is at work (its phase's "
+           "deadline counts from now), at `step` if it names one", auth="vm", tag="vm",
+           body=m.Heartbeat, response=m.Accepted)
+async def heartbeat(request: web.Request) -> web.Response:
+    await body_in(request)  # as report_state: one pool connection, the body already in
+    async with request.app[DEPS].store.session() as db:
+        vm_id = await require_vm(request, db)  # the token check hears the VM
+        beat = await parse_body(request, m.Heartbeat)
+        if beat.step is not None:
+            await db.vms.heard(vm_id, beat.step)
+    return json_response(m.Accepted())
 
 
 @api.route("GET", "/v1/vms/{vm_id}/master",
@@ -179,4 +192,5 @@ def vm_view(row) -> m.VmView:
         message=row["message"], state_changed_at=row["state_changed_at"], seconds_in_state=age,
         provider=row["provider"], simulated=row["simulated"], system=row["legacy_system"],
         host=row.get("host"), waiting=row.get("waiting"),
+        last_word_at=row.get("last_word_at"), last_step=row.get("last_step"),
     )

@@ -22,6 +22,7 @@ from shared.events import Envelope, Payload
 from shared.store.archives import Archives
 from shared.store.cutover_runs import CutoverRuns
 from shared.store.cutover_steps import CutoverSteps
+from shared.store.deadlines import Deadlines
 from shared.store.groups import Groups
 from shared.store.inbox import AlreadyProcessed, Inbox
 from shared.store.limits import Limits
@@ -94,6 +95,10 @@ class Session:
     @cached_property
     def retention(self) -> Retention:
         return Retention(self.conn)
+
+    @cached_property
+    def deadlines(self) -> Deadlines:
+        return Deadlines(self.conn)
 
     @cached_property
     def views(self) -> Views:

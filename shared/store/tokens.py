@@ -31,11 +31,13 @@ class Tokens:
 
     async def owner(self, token: str) -> uuid.UUID | None:
         """The VM a token belongs to, if the token is current and the VM is neither live nor
-        cancelled."""
+        cancelled. Every request a VM makes shows its token here first, so this is also where
+        the VM is heard (its last word, which its deadline counts from): in the same statement,
+        no round trip more."""
         return await self.conn.fetchval(
-            "SELECT t.vm_id FROM vm_tokens t JOIN vms v ON v.id = t.vm_id"
-            " WHERE t.token_hash = $1 AND t.revoked_at IS NULL"
-            " AND v.state NOT IN ('live', 'cancelled')",
+            "UPDATE vms v SET last_word_at = now() FROM vm_tokens t"
+            " WHERE t.token_hash = $1 AND t.revoked_at IS NULL AND v.id = t.vm_id"
+            " AND v.state NOT IN ('live', 'cancelled') RETURNING v.id",
             _hash(token))
 
     async def revoke_group(self, group_id: uuid.UUID) -> None:

@@ -15,7 +15,7 @@ from shared.rules import Move
 from shared.states import GroupStatus, VmState
 
 
-def _vm(row: asyncpg.Record) -> Vm:
+def vm_of_row(row: asyncpg.Record) -> Vm:
     return Vm(
         id=row["id"], group_id=row["group_id"], name=row["name"], role=row["role"],
         position=row["position"], state=VmState(row["state"]),
@@ -26,7 +26,7 @@ def _vm(row: asyncpg.Record) -> Vm:
         state_changed_at=row["state_changed_at"], detail=row["detail"],
         provider=row["provider"], simulated=row["simulated"],
         legacy_system=row["legacy_system"], mac=row["mac"], host=row["host"],
-        waiting=row["waiting"],
+        waiting=row["waiting"], last_word_at=row["last_word_at"], last_step=row["last_step"],
     )
 
 
@@ -38,6 +38,7 @@ _SELECT = (
 # trip per transition, the most frequent write of a migration.
 _WRITE = (
     "WITH v AS (UPDATE vms SET state = $2, held_state = $3, step = $4, message = $5,"
+    " last_step = COALESCE($4, last_step),"
     " failed_from = $6, detail = COALESCE($7, detail), state_changed_at = now(),"
     # A VM that moved waits for nothing any more (shared/limits.py).
     " waiting = NULL WHERE id = $1"
@@ -55,12 +56,12 @@ class Vms:
         """The VM (with its group's status); `lock`: row-locked for this transaction."""
         row = await self.conn.fetchrow(
             f"{_SELECT} WHERE v.id = $1" + (" FOR UPDATE OF v" if lock else ""), vm_id)
-        return _vm(row) if row else None
+        return vm_of_row(row) if row else None
 
     async def of_group(self, group_id: uuid.UUID) -> list[Vm]:
         rows = await self.conn.fetch(f"{_SELECT} WHERE v.group_id = $1 ORDER BY v.position",
                                      group_id)
-        return [_vm(r) for r in rows]
+        return [vm_of_row(r) for r in rows]
 
     async def ids_in(self, group_id: uuid.UUID, *states: VmState,
                      role: str | None = None) -> list[uuid.UUID]:
@@ -89,7 +90,15 @@ class Vms:
             detail, vm.state)
 
     async def set_step(self, vm_id: uuid.UUID, step: str) -> None:
-        await self.conn.execute("UPDATE vms SET step = $2 WHERE id = $1", vm_id, step)
+        await self.conn.execute("UPDATE vms SET step = $2, last_step = $2 WHERE id = $1",
+                                vm_id, step)
+
+    async def heard(self, vm_id: uuid.UUID, step: str | None = None) -> None:
+        """The VM said something (a heartbeat), or the service progressed on it: its deadline
+        counts from now; `step` (if given) is what it is doing."""
+        await self.conn.execute(
+            "UPDATE vms SET last_word_at = now(), last_step = COALESCE($2, last_step)"
+            " WHERE id = $1", vm_id, step)
 
     async def record_made(self, vm_id: uuid.UUID, *, provider: str, ref: str,
                           simulated: bool, mac: str | None = None) -> None:

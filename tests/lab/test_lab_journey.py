@@ -7,13 +7,14 @@ systemd-networkd, Debian 12 with netplan), and each is rebuilt the way its own s
 Then the VMs themselves are checked over SSH, and the shop is verified and cut over: a rehearsed failure at every step rolls back, the cutover service's process is
 killed in the middle of a run and rolls it back when started again, a rehearsed failure in the
 replication mode rolls back and the link is set up again, then the real cutover moves the site
-while a prober outside measures the downtime."""
+while a prober outside measures the downtime. A third group of one VM, made to hang while it is
+configured (its domain suspended), fails its deadline and halts alone."""
 
 from __future__ import annotations
 
 import subprocess
 import time
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,10 @@ REPO = Path(__file__).resolve().parents[2]
 PLAN = REPO / "examples" / "shop.yaml"
 # Legacy hosts of other kinds (docs/legacy-hosts.md), migrated in the same run.
 OTHER_KINDS = REPO / "examples" / "ledger.yaml"
+# One VM whose domain is suspended once it names this step (tests/lab/silent.yaml): its short
+# configuring deadline (the plan's) fails it while the others are on their way.
+SILENT = REPO / "tests" / "lab" / "silent.yaml"
+SILENT_STEP = "unpacking the base image"
 JOURNEY_TIMEOUT_S = 2400  # under TCG on 2 cores the whole group takes minutes per phase
 
 
@@ -51,7 +56,7 @@ async def site(lab_settings):
     finally:
         await host.stop()
         await down(lab_settings)
-    assert not [d for d in virsh_domains("--all") if d.endswith((".shop", ".ledger"))]
+    assert not [d for d in virsh_domains("--all") if d.endswith((".shop", ".ledger", ".silent"))]
 
 
 def virsh_domains(*flags: str) -> list[str]:
@@ -175,6 +180,10 @@ async def test_example_group_is_rebuilt_on_real_vms(site, cutover_process, lab_s
     started = time.monotonic()
     group_id = await submit(operator, PLAN)
     other_id = await submit(operator, OTHER_KINDS)
+    silent_id = await submit(operator, SILENT)
+    figures = await silenced_vm_fails_its_deadline(operator, silent_id)
+    with capsys.disabled():
+        print(f"\nsilent VM: {figures}")
     detail = await settle(operator, group_id)
     other = await settle(operator, other_id)
     wall = time.monotonic() - started
@@ -189,6 +198,45 @@ async def test_example_group_is_rebuilt_on_real_vms(site, cutover_process, lab_s
     failed += await checked_on_its_vms(operator, site, lab_settings, other_kinds, other, capsys)
     assert not failed, failed
     await cut_over(operator, group_id, plan, site, lab_settings, cutover_process, capsys)
+
+
+async def silenced_vm_fails_its_deadline(operator, group_id: str) -> str:
+    """The silent group's VM is suspended (a hung VM, as it looks from outside) once it says it
+    is unpacking; the watchdog fails it with the plan's deadline and its last step, its group
+    halts alone, and a cancel deletes it. Figures for the report."""
+    deadline = load_plan_file(SILENT).deadlines["configuring"]
+
+    async def unpacking():
+        vm = (await group_status(operator, group_id))["vms"][0]
+        assert vm["state"] in ("planned", "archiving", "archived", "creating", "created",
+                               "configuring"), vm
+        return vm if vm["last_step"] == SILENT_STEP else None
+
+    vm = await eventually(unpacking, JOURNEY_TIMEOUT_S, interval=1,
+                          what=f"the silent VM to say {SILENT_STEP!r}")
+    subprocess.run(["virsh", "-c", "qemu:///system", "suspend", f"{vm['name']}.silent"],
+                   check=True, capture_output=True)
+    suspended_at = datetime.now(timezone.utc)
+    detail = await settle(operator, group_id)
+    failed = detail["vms"][0]
+    reason = f"no word for {deadline:g} s in configuring, last step: {SILENT_STEP}"
+    assert detail["status"] == "halted", detail
+    assert (failed["state"], failed["failed_from"]) == ("failed", "configuring"), failed
+    assert failed["message"] == reason, failed
+    assert reason in detail["halted_reason"], detail
+    failed_at = datetime.fromisoformat(failed["state_changed_at"])
+    last_word = datetime.fromisoformat(failed["last_word_at"])
+    assert (failed_at - last_word).total_seconds() >= deadline, failed
+    async with operator.post(f"/v1/groups/{group_id}/cancel") as response:
+        assert response.status == 202, await response.text()
+
+    async def cancelled():
+        return (await group_status(operator, group_id))["status"] == "cancelled"
+    await eventually(cancelled, 600, interval=2, what="the silent group to be cancelled")
+    assert f"{vm['name']}.silent" not in virsh_domains("--all")
+    return (f"suspended at {suspended_at:%H:%M:%S} (last word {last_word:%H:%M:%S}), failed at "
+            f"{failed_at:%H:%M:%S}: {(failed_at - suspended_at).total_seconds():.0f} s later; "
+            f"reason {failed['message']!r}; halted: {detail['halted_reason']!r}; cancelled")
 
 
 async def cut_over(operator, group_id: str, plan, site, settings, cutover_process,

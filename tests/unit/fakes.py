@@ -155,12 +155,17 @@ class FakeVms(_Repo):
         self.t.vms[vm.id] = replace(
             was, state=move.state, held_state=move.held_state, failed_from=move.failed_from,
             step=step, message=message, state_changed_at=at, waiting=None,
+            last_step=step if step is not None else was.last_step,
             detail=detail if detail is not None else was.detail)
         self.t.transitions.append((vm.id, vm.state, move.state, step))
         return at
 
     async def set_step(self, vm_id: uuid.UUID, step: str) -> None:
-        self.t.vms[vm_id] = replace(self.t.vms[vm_id], step=step)
+        self.t.vms[vm_id] = replace(self.t.vms[vm_id], step=step, last_step=step)
+
+    async def heard(self, vm_id: uuid.UUID, step: str | None = None) -> None:
+        was = self.t.vms[vm_id]
+        self.t.vms[vm_id] = replace(was, last_word_at=_now(), last_step=step or was.last_step)
 
     async def record_made(self, vm_id: uuid.UUID, *, provider: str, ref: str,
                           simulated: bool, mac: str | None = None) -> None:
@@ -234,7 +239,10 @@ class FakeTransitions(_Repo):
 class FakeMessages(_Repo):
     _ids = itertools.count(1)
 
-    async def add(self, vm_id: uuid.UUID, level: str, text: str) -> tuple[int, uuid.UUID]:
+    async def add(self, vm_id: uuid.UUID, level: str, text: str, *,
+                  step: str | None = None) -> tuple[int, uuid.UUID]:
+        if step is not None:
+            self.t.vms[vm_id] = replace(self.t.vms[vm_id], last_step=step)
         message_id = next(self._ids)
         self.t.messages.append((message_id, vm_id, level, text))
         return message_id, self.t.vms[vm_id].group_id
@@ -285,6 +293,7 @@ class FakeTokens(_Repo):
         found = self.t.tokens.get(hashlib.sha256(token.encode()).digest())
         if found is None or self.t.vms[found[0]].state in (VmState.LIVE, VmState.CANCELLED):
             return None
+        self.t.vms[found[0]] = replace(self.t.vms[found[0]], last_word_at=_now())
         return found[0]
 
     async def revoke_group(self, group_id: uuid.UUID) -> None:

@@ -28,7 +28,7 @@ def test_each_fake_repository_has_the_real_ones_methods_and_signatures(name):
 
 
 def test_every_repository_of_a_session_has_a_fake_except_the_read_side():
-    """The views and the outbox are read by the API and the relay only, and retention is the
-    pruner's: never by handlers."""
+    """The views and the outbox are read by the API and the relay only, retention is the
+    pruner's and deadlines the watchdog's: never by handlers."""
     real = {n for n, v in vars(session.Session).items() if hasattr(v, "func")}
-    assert real - set(REPOSITORIES) == {"views", "outbox", "retention"}
+    assert real - set(REPOSITORIES) == {"views", "outbox", "retention", "deadlines"}
