@@ -52,7 +52,11 @@ async def boot_script(request: web.Request) -> web.Response:
     # address it must call, whatever the gateway's own settings name.
     gw = f"{request.scheme}://{request.host}"
     token = request.query["token"]
-    args = f"ferry.gateway={gw} ferry.vm={owner} ferry.token={token} console=ttyS0"
+    # no_timer_check: under emulation (TCG) on a loaded host the kernel's early IO-APIC timer
+    # check can miss its ticks and panic ("IO-APIC + timer doesn't work!"); the migration
+    # kernel lives minutes, and a paravirtual or emulated timer is fine without the check.
+    args = (f"ferry.gateway={gw} ferry.vm={owner} ferry.token={token} console=ttyS0"
+            " no_timer_check")
     text = (
         "#!ipxe\n"
         f"kernel {gw}/v1/support/migration-vmlinuz?token={token} {args}\n"
