@@ -64,8 +64,9 @@ def actor(request: web.Request) -> Actor:
 async def operator_of(request: web.Request, store, cookie_accepted: bool = False) -> Actor:
     """The operator token's holder: the bootstrap token (configured, compared in constant
     time) or a stored, unrevoked one (one lookup by its unique hash, nothing cached, so a
-    revoked token is refused on its very next request). 401 otherwise. With
-    `cookie_accepted` (the event stream), the web UI's cookie stands for the token."""
+    revoked token is refused on its very next request): 401 without a token, 403 for one
+    that is not valid. With `cookie_accepted` (the event stream), the web UI's cookie stands
+    for the token."""
     token = bearer(request)
     cookie = request.cookies.get(EVENTS_COOKIE)
     if token is None and cookie and cookie_accepted:
@@ -79,7 +80,7 @@ async def operator_of(request: web.Request, store, cookie_accepted: bool = False
     async with store.session() as db:
         holder = await db.operator_tokens.holder(token)
     if holder is None:
-        raise problem(web.HTTPUnauthorized, "the operator token is not valid (unknown or revoked)")
+        raise problem(web.HTTPForbidden, "the operator token is not valid (unknown or revoked)")
     return Actor(holder.name, holder.role, holder.token_hash)
 
 

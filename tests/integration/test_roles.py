@@ -146,7 +146,7 @@ async def test_a_revoked_token_is_refused_at_once_and_tokens_are_stored_hashed(g
         assert answer.status == 200
         assert (await answer.json())["revoked_at"] is not None
     status, body = await ask(operator, "GET", "/v1/whoami", token)
-    assert status == 401 and "unknown or revoked" in body["error"]
+    assert status == 403 and "unknown or revoked" in body["error"]
     # The name stays taken; the bootstrap token's name is not for a stored one.
     for name in ("ci", "bootstrap"):
         async with operator.post("/v1/tokens", json={"name": name, "role": "viewer"}) as answer:
