@@ -207,6 +207,10 @@ async def test_ferry_token_and_ferry_audit_against_the_gateway(gateway: Ferry, s
                                "admin", token=token)
     assert code == 1 and "needs the admin role" in err and "FERRY_OPERATOR_TOKEN" in err
 
+    code, out, err = await cli(settings, tmp_path, "token", "list", "-o", "json")
+    [listed] = json.loads(out)["tokens"]
+    assert listed["last_used_at"] is not None  # bob's status above
+
     code, out, err = await cli(settings, tmp_path, "token", "revoke", "bob")
     assert code == 0 and "token bob revoked" in out, err
     code, out, err = await cli(settings, tmp_path, "status", token=token)
@@ -220,6 +224,7 @@ async def test_ferry_token_and_ferry_audit_against_the_gateway(gateway: Ferry, s
     assert trail == [("bootstrap", "POST", "/v1/tokens", 201),
                      ("bootstrap", "GET", "/v1/tokens", 200),
                      ("bob", "POST", "/v1/tokens", 403),
+                     ("bootstrap", "GET", "/v1/tokens", 200),
                      ("bootstrap", "DELETE", "/v1/tokens/{name}", 200)]
     code, out, err = await cli(settings, tmp_path, "audit")
     assert code == 0 and "DELETE /v1/tokens/bob" in out, err
