@@ -91,12 +91,18 @@ def audit(group: str | None, limit: int | None, cursor: str | None) -> None:
         emit(answer)
         return
     table = Table(title=f"audit of {group}" if group else "audit")
-    for column in ("at", "token", "role", "action", "group", "status", "detail"):
-        table.add_column(column)
+    columns = ["at", "token (role)", "action", "status", "detail"]
+    if not group:
+        columns.insert(3, "group")
+    for column in columns:
+        table.add_column(column, overflow="fold")
     for line in answer["lines"]:
-        table.add_row(line["at"][:19], line["actor"], line["role"],
-                      f"{line['method']} {line['path']}", line.get("group") or "",
-                      str(line["status"]), line.get("detail") or "")
+        cells = [line["at"][:19].replace("T", " "), f"{line['actor']} ({line['role']})",
+                 f"{line['method']} {line['path']}", str(line["status"]),
+                 line.get("detail") or ""]
+        if not group:
+            cells.insert(3, line.get("group") or "")
+        table.add_row(*cells)
     out.print(table)
     if answer.get("next_cursor"):
         say(f"more: ferry audit {group + ' ' if group else ''}--cursor {answer['next_cursor']}")
