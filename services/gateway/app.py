@@ -113,7 +113,8 @@ def _too_large(request: web.Request) -> web.HTTPException:
 
 @web.middleware
 async def guard(request: web.Request, handler):
-    """Body size, token-failure rate and handling time, before and around every handler."""
+    """Body size, token-failure rate, the operator token and its role (before any handler
+    reads a body), handling time, and the audit line of every action, around every handler."""
     settings = request.app[DEPS].settings
     if (request.content_length or 0) > settings.gateway_max_body_bytes:
         raise _too_large(request)
