@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from cli import session
+from cli.access import audit, token
 from cli.config_commands import config
 from cli.cutover import cutover, verify
 from cli.exits import CliError, epilog
@@ -147,6 +148,8 @@ main.add_command(vms)
 main.add_command(cutover)
 main.add_command(verify)
 main.add_command(config)
+main.add_command(token)
+main.add_command(audit)
 
 
 @main.command("dlq")

@@ -25,7 +25,13 @@ DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
 MAX_NAME = 200  # a name filter longer than any name is a mistake, not a search
 _WHOLE_NUMBER = re.compile(r"[0-9]{1,6}")  # int() would take "٣" and " 3 "
-_KEYS = {"groups": (datetime, uuid.UUID), "vms": (datetime, uuid.UUID, int)}
+
+
+class Serial(int):
+    """A key that is a bigserial id (the audit trail's lines, newest first)."""
+
+
+_KEYS = {"groups": (datetime, uuid.UUID), "vms": (datetime, uuid.UUID, int), "audit": (Serial,)}
 
 
 class ListingError(ValueError):
@@ -133,6 +139,10 @@ def _value(kind: type, value):
         return parsed
     if kind is uuid.UUID:
         return uuid.UUID(value)
+    if kind is Serial:
+        if type(value) is not int or not 0 < value < 2**63:  # noqa: E721 (a bool is no id)
+            raise ValueError("an id is a whole number")
+        return value
     if type(value) is not int or not 0 <= value < 2**31:  # noqa: E721 (a bool is no position)
         raise ValueError("a position is a whole number")
     return value

@@ -8,6 +8,8 @@ from typing import Awaitable, Callable, Literal
 from aiohttp import web
 from pydantic import BaseModel
 
+from shared.roles import ROLES, Role
+
 Auth = Literal["vm", "operator", "vm-boot", "none"]
 
 
@@ -31,6 +33,9 @@ class Route:
     # follows (tests/integration/test_gateway_fuzz.py).
     status: int = 200
     links: dict[str, dict] = field(default_factory=dict)
+    # The role an operator token needs (auth "operator" only): the gateway checks it before
+    # the handler runs, and the OpenAPI document states it (x-ferry-role).
+    role: Role | None = None
 
 
 class Api:
@@ -41,11 +46,16 @@ class Api:
               body: type[BaseModel] | None = None, response: type[BaseModel] | None = None,
               responses: dict[int, str] | None = None, query: dict[str, dict] | None = None,
               body_schema: type[BaseModel] | None = None, status: int = 200,
-              links: dict[str, dict] | None = None):
+              links: dict[str, dict] | None = None, role: Role | None = None):
+        # Every operator route says which role it needs, so none is left to a default.
+        if (auth == "operator") != (role in ROLES):
+            raise ValueError(f"{method} {path}: an operator route names its role (one of "
+                             f"{', '.join(ROLES)}), and only an operator route does")
+
         def register(fn):
             self.routes.append(Route(method, path, fn, summary, auth, body, response, tag,
                                      responses or {}, query or {}, body_schema, status,
-                                     links or {}))
+                                     links or {}, role))
             return fn
 
         return register

@@ -16,7 +16,10 @@ from services.gateway import metrics_routes  # noqa: F401 - registers /metrics
 from services.gateway import ui_routes  # noqa: F401 - registers the web UI at /
 from services.gateway import verify_routes  # noqa: F401 - registers ferry verify's route
 from services.gateway import listing_routes  # noqa: F401 - registers the listings, /v1/fleet
+from services.gateway import access_routes  # noqa: F401 - registers tokens, whoami, audit
+from services.gateway import audit
 from services.gateway.api import api
+from services.gateway.auth import ACTOR, operator_of, refuse_role
 from services.gateway.errors import UNSTORABLE, problem, storable, unreadable_body
 from services.gateway.keys import BUS, DEPS, LIMITER, LIVE, OPERATOR_TOKEN
 from services.gateway.broadcast import Broadcaster
@@ -26,14 +29,17 @@ from shared.bus import Bus
 from shared.logging import get_logger
 from shared.metrics import http_metrics
 from shared.service import Deps
+from shared.roles import allows, is_action
 from shared.settings import Settings
 
 log = get_logger(__name__)
 
 # Handlers that stream for as long as the client listens: no request timeout for them.
 STREAMING = {live.events_stream}
-# The auth kind of each handler, to know which requests present a token.
-AUTH_OF = {route.handler: route.auth for route in api.routes}
+# Each handler's route: its auth kind (which requests present a token) and role.
+ROUTE_OF = {route.handler: route for route in api.routes}
+# The web UI's event-stream cookie stands for its token there alone (see auth.EVENTS_COOKIE).
+COOKIE_ACCEPTED = {live.events_stream}
 
 
 def operator_token(settings: Settings) -> str:
@@ -107,7 +113,8 @@ def _too_large(request: web.Request) -> web.HTTPException:
 
 @web.middleware
 async def guard(request: web.Request, handler):
-    """Body size, token-failure rate and handling time, before and around every handler."""
+    """Body size, token-failure rate, the operator token and its role (before any handler
+    reads a body), handling time, and the audit line of every action, around every handler."""
     settings = request.app[DEPS].settings
     if (request.content_length or 0) > settings.gateway_max_body_bytes:
         raise _too_large(request)
@@ -117,7 +124,8 @@ async def guard(request: web.Request, handler):
         raise problem(web.HTTPBadRequest, "the URL is not valid",
                       [{"location": where, "message": UNSTORABLE} for where in bad])
     route_handler = getattr(request.match_info.route, "handler", None)
-    auth = AUTH_OF.get(route_handler, "none")
+    route = ROUTE_OF.get(route_handler)
+    auth = route.auth if route else "none"
     limiter = request.app[LIMITER]
     address = request.remote or "?"
     if auth != "none":
@@ -126,16 +134,52 @@ async def guard(request: web.Request, handler):
             raise problem(web.HTTPTooManyRequests,
                           f"too many refused tokens from {address}; retry in {wait} s",
                           headers={"Retry-After": str(wait)})
+    held = None
+    if auth == "operator":
+        held = await _operator(request, route, limiter, address)
+    auditing = held is not None and is_action(route.role)
+    status = 500
     try:
-        if route_handler in STREAMING:
-            response = await handler(request)
-        else:
-            async with asyncio.timeout(settings.gateway_request_timeout_s):
-                response = await handler(request)
+        response = await _handle(request, handler, route_handler, settings)
+        status = response.status
     except web.HTTPException as exc:
+        status = exc.status
         if auth != "none" and exc.status in (401, 403):
             limiter.failed(address)
         raise
+    finally:
+        if auditing and request.get(audit.AUDITED) != status:
+            await audit.record_after(request, held, status)
+    if auth != "none" and response.status in (401, 403):
+        limiter.failed(address)
+    return response
+
+
+async def _operator(request: web.Request, route, limiter: FailureLimiter, address: str):
+    """The operator token's holder, if its role is enough for the route: a token that is not
+    valid counts toward the address's refused tokens; a valid one short of the role does not
+    (it guessed nothing) but is audited."""
+    try:
+        held = await operator_of(request, request.app[DEPS].store,
+                                 cookie_accepted=route.handler in COOKIE_ACCEPTED)
+    except web.HTTPException as exc:
+        if exc.status in (401, 403):
+            limiter.failed(address)
+        raise
+    request[ACTOR] = held
+    request[audit.ROUTE] = route
+    if not allows(held.role, route.role):
+        await audit.record_after(request, held, 403, detail=f"needs the {route.role} role")
+        raise refuse_role(route.role, held)
+    return held
+
+
+async def _handle(request: web.Request, handler, route_handler, settings: Settings):
+    try:
+        if route_handler in STREAMING:
+            return await handler(request)
+        async with asyncio.timeout(settings.gateway_request_timeout_s):
+            return await handler(request)
     except TimeoutError:
         if request.body_exists and not request.content.is_eof():
             # The client's fault, not the gateway's: it promised more body than it sent.
@@ -147,9 +191,6 @@ async def guard(request: web.Request, handler):
                     timeout_s=settings.gateway_request_timeout_s)
         raise problem(web.HTTPServiceUnavailable, f"the request took longer than "
                       f"{settings.gateway_request_timeout_s:g} s; retry") from None
-    if auth != "none" and response.status in (401, 403):
-        limiter.failed(address)
-    return response
 
 
 async def _openapi(request: web.Request) -> web.Response:

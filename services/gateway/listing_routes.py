@@ -8,7 +8,6 @@ from aiohttp import web
 
 from services.gateway import models as m
 from services.gateway.api import api
-from services.gateway.auth import require_operator
 from services.gateway.errors import json_response, problem
 from services.gateway.keys import DEPS
 from services.gateway.operator_routes import _summary
@@ -52,11 +51,10 @@ def _next_cursor(kind: str, rows, limit: int, key) -> str | None:
 
 
 @api.route("GET", "/v1/groups", "Groups a page at a time, newest first, with their VMs counted "
-           "by state; filtered by status and name", auth="operator", tag="operator",
+           "by state; filtered by status and name", auth="operator", role="viewer", tag="operator",
            response=m.GroupList, query=_query("groups", [s.value for s in GroupStatus]),
            responses={400: _BAD})
 async def list_groups(request: web.Request) -> web.Response:
-    require_operator(request)
     page = _page(request, "groups", [s.value for s in GroupStatus])
     async with request.app[DEPS].store.session() as db:
         rows, total = await db.views.groups(page)
@@ -67,13 +65,13 @@ async def list_groups(request: web.Request) -> web.Response:
 
 @api.route("GET", "/v1/vms", "VMs across groups (or of one: ?group=) a page at a time, newest "
            "group first, then in plan order; filtered by state and name", auth="operator",
+           role="viewer",
            tag="operator", response=m.VmList,
            query={"group": {"type": "string", "description": "only this group's VMs (its id, "
                             "or the name of its newest submission)"},
                   **_query("VMs", [s.value for s in VmState])},
            responses={400: _BAD, 404: "no such group"})
 async def list_vms(request: web.Request) -> web.Response:
-    require_operator(request)
     page = _page(request, "vms", [s.value for s in VmState])
     ref = request.query.get("group")
     async with request.app[DEPS].store.session() as db:
@@ -98,9 +96,9 @@ async def _group_of(db, ref: str):
 
 
 @api.route("GET", "/v1/fleet", "The fleet at a glance: groups counted by status and VMs by "
-           "state, across all groups", auth="operator", tag="operator", response=m.Fleet)
+           "state, across all groups", auth="operator",
+           role="viewer", tag="operator", response=m.Fleet)
 async def fleet(request: web.Request) -> web.Response:
-    require_operator(request)
     async with request.app[DEPS].store.session() as db:
         groups = {r["status"]: r["n"] for r in await db.views.group_statuses()}
         vms = {r["state"]: r["n"] for r in await db.views.vm_states()}

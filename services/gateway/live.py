@@ -11,7 +11,6 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from services.gateway.api import api
-from services.gateway.auth import require_operator_or_events_cookie
 from services.gateway.broadcast import Broadcaster
 from services.gateway.keys import LIVE
 from shared.bus import Bus
@@ -89,9 +88,9 @@ async def start_live_feed(app: web.Application, bus: Bus) -> LiveFeed:
 
 @api.route("GET", "/v1/events", "Server-sent events: every event as it happens (?group=id to "
            "follow one group); the web UI's event-stream cookie is accepted too", auth="operator",
+           role="viewer",
            tag="operator", query={"group": {"type": "string", "description": "a group id"}})
 async def events_stream(request: web.Request) -> web.StreamResponse:
-    require_operator_or_events_cookie(request)
     group = request.query.get("group")
     broadcaster: Broadcaster = request.app[LIVE]
     queue: asyncio.Queue[Envelope] = asyncio.Queue(QUEUE_PER_CLIENT)

@@ -316,3 +316,64 @@ class Verification(BaseModel):
     sites: list[SiteView]
     checks: list[CheckView]
     passed: bool  # every check passed (true when the plan has none)
+
+
+# Operators with roles: named tokens, who a token is, and the audit trail.
+TOKEN_NAME = r"^[a-z0-9][a-z0-9._-]{0,62}$"  # shared.roles.NAME
+RoleName = Literal["viewer", "operator", "admin"]  # shared.roles.ROLES
+
+
+class TokenRequest(StrictModel):
+    name: str = Field(pattern=TOKEN_NAME, description="the token's name, shown in the audit "
+                      "trail: lowercase letters, digits, '.', '_' and '-', at most 63; a name "
+                      "is never reused, even once revoked")
+    role: RoleName = Field(description="viewer (reads), operator (and submit, retry, resume, "
+                           "verify, cutover) or admin (and everything)")
+
+
+class TokenView(BaseModel):
+    name: str
+    role: RoleName
+    created_at: datetime
+    created_by: str
+    revoked_at: datetime | None = None
+    last_used_at: datetime | None = Field(
+        default=None, description="when it was last presented (noted at most once a minute)")
+
+
+class TokenCreated(TokenView):
+    token: str = Field(description="the bearer token itself: shown this once, stored only as "
+                       "its hash")
+
+
+class TokenList(BaseModel):
+    tokens: list[TokenView]
+
+
+class WhoAmI(BaseModel):
+    name: str = Field(description="the token's name ('bootstrap' for the configured one)")
+    role: RoleName
+
+
+class AuditEntry(BaseModel):
+    id: int
+    at: datetime
+    actor: str = Field(description="the name of the token that asked")
+    role: RoleName = Field(description="the token's role when it asked")
+    method: str
+    route: str = Field(description="the route, e.g. /v1/groups/{group}/cutover")
+    path: str = Field(description="the path as asked")
+    status: int = Field(description="the HTTP status of the answer (403: refused by role)")
+    group_id: uuid.UUID | None = None
+    group: str | None = Field(default=None, description="the group's name")
+    vm_id: uuid.UUID | None = None
+    detail: str | None = None
+
+
+class AuditPage(BaseModel):
+    """Audit lines, newest first."""
+
+    lines: list[AuditEntry]
+    limit: int
+    next_cursor: str | None = Field(description="pass as ?cursor= (with the same group) for "
+                                    "the next page; null on the last page")

@@ -7,6 +7,7 @@ import re
 from pydantic.json_schema import models_json_schema
 
 from services.gateway.api import Api
+from shared.roles import ROLES
 
 SECURITY = {
     "vm": [{"vmToken": []}],
@@ -40,6 +41,12 @@ def openapi_document(api: Api, version: str = "0.1.0") -> dict:
             ],
             "responses": _responses(route, refs),
         }
+        if route.role:
+            # Which operator role the operation needs, for readers and for the tests that
+            # walk every action (tests/integration/test_roles.py).
+            operation["x-ferry-role"] = route.role
+            operation["description"] = (f"Needs an operator token with the {route.role} role "
+                                        f"(or higher: {' < '.join(ROLES)}).")
         if route.body or route.body_schema:
             operation["requestBody"] = {"required": True, "content": {"application/json": {
                 "schema": refs[(route.body or route.body_schema, "validation")]}}}
@@ -54,7 +61,10 @@ def openapi_document(api: Api, version: str = "0.1.0") -> dict:
                 "vmToken": {"type": "http", "scheme": "bearer",
                             "description": "the VM's own token, issued when it is booted"},
                 "bootToken": {"type": "apiKey", "in": "query", "name": "token"},
-                "operatorToken": {"type": "http", "scheme": "bearer"},
+                "operatorToken": {"type": "http", "scheme": "bearer",
+                                  "description": "an operator token: the bootstrap (admin) "
+                                  "token, or a named one with its role (x-ferry-role says "
+                                  "which each operation needs)"},
             },
         },
     }
@@ -69,7 +79,8 @@ def _responses(route, refs) -> dict:
     answers = {str(route.status): ok}
     if route.auth != "none":  # the UI's files and the health checks ask for no token
         answers["401"] = {"description": "no or invalid token"}
-        answers["403"] = {"description": "the token is not for this"}
+        answers["403"] = {"description": f"the token's role is below {route.role}"
+                          if route.role else "the token is not for this"}
     if route.body or route.body_schema:
         answers["415"] = {"description": "the body is encoded (Content-Encoding): send it as is"}
     for status, text in route.responses.items():

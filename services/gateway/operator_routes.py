@@ -8,9 +8,10 @@ from dataclasses import asdict
 
 from aiohttp import web
 
+from services.gateway import audit
 from services.gateway import models as m
 from services.gateway.api import api
-from services.gateway.auth import path_uuid, require_operator
+from services.gateway.auth import path_uuid
 from services.gateway.errors import json_response, parse_body, problem, read_body
 from services.gateway.keys import BUS, DEPS
 from services.gateway.vm_routes import vm_view
@@ -30,7 +31,7 @@ RUNS_LISTED = 100
 
 
 @api.route("POST", "/v1/groups", "Submit a plan (YAML or JSON); the group starts its journey",
-           auth="operator", tag="operator", response=m.Submitted,
+           auth="operator", role="operator", tag="operator", response=m.Submitted,
            responses={422: "the plan is not valid; nothing was written", 409: "already migrating",
                       413: "the plan is larger than the gateway accepts"},
            body_schema=Plan, status=201, links={
@@ -38,7 +39,6 @@ RUNS_LISTED = 100
                for name, operation in (("ShowGroup", "show_group"), ("Timeline", "timeline"),
                                        ("Resume", "resume"), ("Cancel", "cancel"))})
 async def submit(request: web.Request) -> web.Response:
-    require_operator(request)
     raw = await read_body(request)
     try:
         plan = load_plan(raw.decode("utf-8", errors="replace"), source="plan")
@@ -55,6 +55,7 @@ async def submit(request: web.Request) -> web.Response:
     try:
         async with store.transaction() as tx:
             group_id = await journey.submit(tx, plan)
+            await audit.record_in(tx, request, group_id=group_id)
     except GroupExists as exc:
         async with store.session() as db:
             holder = await db.groups.find(plan.group)
@@ -77,9 +78,8 @@ def _relative_roots(plan) -> list[dict]:
 
 
 @api.route("GET", "/v1/groups/{group}", "One group (by id or name): its VMs, states and latest "
-           "log messages", auth="operator", tag="operator", response=m.GroupDetail)
+           "log messages", auth="operator", role="viewer", tag="operator", response=m.GroupDetail)
 async def show_group(request: web.Request) -> web.Response:
-    require_operator(request)
     async with request.app[DEPS].store.session() as db:
         group = await _find_group(db, request)
         row = await db.views.group(group.id)
@@ -93,11 +93,10 @@ async def show_group(request: web.Request) -> web.Response:
 
 
 @api.route("GET", "/v1/vms/{vm_id}/messages", "A VM's log messages (?after=id for new ones)",
-           auth="operator", tag="operator", response=m.MessageList,
+           auth="operator", role="viewer", tag="operator", response=m.MessageList,
            query={"after": {"type": "integer", "minimum": 0, "maximum": MAX_ID,
                             "description": "only messages after this id"}})
 async def vm_messages(request: web.Request) -> web.Response:
-    require_operator(request)
     vm_id = path_uuid(request, "vm_id")
     try:
         after = int(request.query.get("after", "0"))
@@ -112,28 +111,28 @@ async def vm_messages(request: web.Request) -> web.Response:
 
 
 @api.route("POST", "/v1/groups/{group}/resume", "Lift a halt; held VMs carry on",
-           auth="operator", tag="operator", response=m.Accepted,
+           auth="operator", role="operator", tag="operator", response=m.Accepted,
            responses={409: "not halted, or a VM is still failed"})
 async def resume(request: web.Request) -> web.Response:
-    require_operator(request)
     async with request.app[DEPS].store.transaction() as tx:
         group = await _find_group(tx, request)
         try:
             await journey.resume(tx, group.id)
         except journey.ResumeRefused as exc:
             raise problem(web.HTTPConflict, str(exc)) from None
+        await audit.record_in(tx, request, group_id=group.id)
     return json_response(m.Accepted())
 
 
 @api.route("POST", "/v1/vms/{vm_id}/retry", "Send a failed VM back to redo the phase that failed",
-           auth="operator", tag="operator", response=m.VmView,
+           auth="operator", role="operator", tag="operator", response=m.VmView,
            responses={409: "the VM has not failed"})
 async def retry(request: web.Request) -> web.Response:
-    require_operator(request)
     vm_id = path_uuid(request, "vm_id")
     try:
         async with request.app[DEPS].store.transaction() as tx:
             vm = await journey.retry(tx, vm_id)
+            await audit.record_in(tx, request, group_id=vm.group_id, vm_id=vm_id)
     except LookupError:
         raise problem(web.HTTPNotFound, f"no VM {vm_id}") from None
     except IllegalTransition as exc:
@@ -143,10 +142,10 @@ async def retry(request: web.Request) -> web.Response:
 
 
 @api.route("POST", "/v1/groups/{group}/cutover", "Request the cutover of a ready group",
-           auth="operator", tag="operator", body=m.CutoverRequest, response=m.CutoverAccepted,
+           auth="operator",
+           role="operator", tag="operator", body=m.CutoverRequest, response=m.CutoverAccepted,
            responses={409: "the group is not ready"})
 async def cutover(request: web.Request) -> web.Response:
-    require_operator(request)
     body = await parse_body(request, m.CutoverRequest)
     run_id = uuid.uuid4()
     async with request.app[DEPS].store.transaction() as tx:
@@ -158,31 +157,33 @@ async def cutover(request: web.Request) -> web.Response:
                                              rehearse_failure_at=body.rehearse_failure_at,
                                              database_mode=body.database_mode),
                          group_id=group.id)
+        await audit.record_in(tx, request, group_id=group.id, status=202,
+                              detail=f"cutover run {run_id}" + (" (prepare)" if body.prepare
+                                                                else ""))
     return json_response(m.CutoverAccepted(run_id=run_id), 202)
 
 
 @api.route("POST", "/v1/groups/{group}/cancel", "Cancel a group before its cutover: its VMs "
            "deleted through the provider, its archives removed, its VMs' tokens revoked, the "
            "legacy hosts untouched; once cancelled its name may be submitted again. Asked again "
-           "while it is cancelling, it retries", auth="operator", tag="operator",
+           "while it is cancelling, it retries", auth="operator", role="admin", tag="operator",
            response=m.GroupEnding,
            responses={202: "accepted: the group is cancelling (group.cancelled ends it)",
                       404: "no such group",
                       409: "cut over or being cut over (finalize it instead, or wait), or "
                            "ended already; the error says which"})
 async def cancel(request: web.Request) -> web.Response:
-    require_operator(request)
     return await _end(request, journey.request_cancel)
 
 
 @api.route("POST", "/v1/groups/{group}/finalize", "Close a live group: the legacy hosts' "
            "forwarding of the old public addresses kept or removed as the body says, its "
            "archives and VM tokens removed. Asked again while it is finalizing, it retries",
-           auth="operator", tag="operator", body=m.FinalizeRequest, response=m.GroupEnding,
+           auth="operator",
+           role="admin", tag="operator", body=m.FinalizeRequest, response=m.GroupEnding,
            responses={202: "accepted: the group is finalizing (group.finalized ends it)",
                       404: "no such group", 409: "not live; the error says what instead"})
 async def finalize(request: web.Request) -> web.Response:
-    require_operator(request)
     body = await parse_body(request, m.FinalizeRequest)
     return await _end(request, lambda tx, group: journey.request_finalize(tx, group,
                                                                           body.forwarding))
@@ -197,15 +198,15 @@ async def _end(request: web.Request, ask) -> web.Response:
             group = await ask(tx, group)
         except journey.Refused as exc:
             raise problem(web.HTTPConflict, str(exc)) from None
+        await audit.record_in(tx, request, group_id=group.id, status=202)
     return json_response(m.GroupEnding(id=group.id, name=group.name, status=group.status), 202)
 
 
 @api.route("POST", "/v1/retention/prune", "Delete now what the retention settings let go "
            "(delivered outbox events, old inbox records, old VM messages of closed groups), or "
            "count it (dry_run); the coordinator also does this periodically",
-           auth="operator", tag="operator", body=m.PruneRequest, response=m.Pruned)
+           auth="operator", role="admin", tag="operator", body=m.PruneRequest, response=m.Pruned)
 async def prune(request: web.Request) -> web.Response:
-    require_operator(request)
     body = await parse_body(request, m.PruneRequest)
     deps = request.app[DEPS]
     found = await retention.prune(deps.store, deps.settings, dry_run=body.dry_run)
@@ -213,28 +214,27 @@ async def prune(request: web.Request) -> web.Response:
 
 
 @api.route("GET", "/v1/needs-provisioning", "Configured VMs waiting to be provisioned (for an "
-           "external provider)", auth="operator", tag="provider", response=m.NeedsProvisioning)
+           "external provider)", auth="operator",
+           role="viewer", tag="provider", response=m.NeedsProvisioning)
 async def needs_provisioning(request: web.Request) -> web.Response:
-    require_operator(request)
     async with request.app[DEPS].store.session() as db:
         rows = await db.views.needs_provisioning()
     return json_response(m.NeedsProvisioning(vms=[vm_view(r) for r in rows]))
 
 
 @api.route("GET", "/v1/dead-letters/{service}", "A service's dead letters with their errors",
-           auth="operator", tag="operator", response=m.DeadLetters)
+           auth="operator", role="viewer", tag="operator", response=m.DeadLetters)
 async def list_dead_letters(request: web.Request) -> web.Response:
-    require_operator(request)
     service = _service(request)
     found = await dead_letters(request.app[BUS], service)
     return json_response(m.DeadLetters(service=service, messages=found))
 
 
 @api.route("POST", "/v1/dead-letters/{service}/replay", "Put a service's dead letters (all, or "
-           "?id=message id) back on its queue", auth="operator", tag="operator", response=m.Replayed,
+           "?id=message id) back on its queue", auth="operator",
+           role="admin", tag="operator", response=m.Replayed,
            query={"id": {"type": "string", "description": "replay only the message with this id"}})
 async def replay(request: web.Request) -> web.Response:
-    require_operator(request)
     service = _service(request)
     moved = await replay_dead_letters(request.app[BUS], service, request.query.get("id"))
     return json_response(m.Replayed(replayed=moved))
@@ -275,9 +275,8 @@ def _message(row) -> m.MessageView:
 
 
 @api.route("GET", "/v1/groups/{group}/timeline", "Each VM's phases with the time spent in each",
-           auth="operator", tag="operator", response=m.Timeline)
+           auth="operator", role="viewer", tag="operator", response=m.Timeline)
 async def timeline(request: web.Request) -> web.Response:
-    require_operator(request)
     async with request.app[DEPS].store.session() as db:
         group = await _find_group(db, request)
         rows = await db.views.timeline(group.id)
@@ -299,10 +298,10 @@ def _phases(entries) -> list[m.Phase]:
 
 
 @api.route("GET", "/v1/groups/{group}/cutover", "The group's cutover runs, newest first, with "
-           "their steps, timings and measured downtime", auth="operator", tag="operator",
+           "their steps, timings and measured downtime", auth="operator",
+           role="viewer", tag="operator",
            response=m.CutoverRuns)
 async def cutover_runs(request: web.Request) -> web.Response:
-    require_operator(request)
     async with request.app[DEPS].store.session() as db:
         group = await _find_group(db, request)
         runs = await db.views.cutover_runs(group.id, RUNS_LISTED)

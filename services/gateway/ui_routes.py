@@ -9,8 +9,7 @@ from aiohttp import web
 
 from services.gateway import models as m
 from services.gateway.api import api
-from services.gateway.auth import (EVENTS_COOKIE, EVENTS_PATH, events_cookie_value,
-                                   require_operator)
+from services.gateway.auth import EVENTS_COOKIE, EVENTS_PATH, actor, events_cookie_value
 from services.gateway.errors import json_response, problem
 from services.gateway.keys import DEPS, OPERATOR_TOKEN
 
@@ -50,11 +49,11 @@ async def asset(request: web.Request) -> web.StreamResponse:
 
 @api.route("POST", "/v1/ui/session", "Open a web UI session: checks the operator token and sets "
            "the HttpOnly cookie that lets the browser's EventSource read /v1/events",
-           auth="operator", tag="ui", response=m.UiSession)
+           auth="operator", role="viewer", tag="ui", response=m.UiSession)
 async def session(request: web.Request) -> web.Response:
-    require_operator(request)
     response = json_response(m.UiSession(events=EVENTS_PATH, services=request.app[DEPS].topology.services))
-    response.set_cookie(EVENTS_COOKIE, events_cookie_value(request.app[OPERATOR_TOKEN]),
+    response.set_cookie(EVENTS_COOKIE, events_cookie_value(request.app[OPERATOR_TOKEN],
+                                                         actor(request)),
                         path=EVENTS_PATH, httponly=True, samesite="Strict",
                         secure=request.secure)
     return response

@@ -20,6 +20,7 @@ import asyncpg
 
 from shared.events import Envelope, Payload
 from shared.store.archives import Archives
+from shared.store.audit import Audit
 from shared.store.cutover_runs import CutoverRuns
 from shared.store.cutover_steps import CutoverSteps
 from shared.store.deadlines import Deadlines
@@ -27,6 +28,7 @@ from shared.store.groups import Groups
 from shared.store.inbox import AlreadyProcessed, Inbox
 from shared.store.limits import Limits
 from shared.store.messages import Messages
+from shared.store.operator_tokens import OperatorTokens
 from shared.store.outbox import Outbox
 from shared.store.retention import Retention
 from shared.store.scripts import Scripts
@@ -75,6 +77,14 @@ class Session:
     @cached_property
     def tokens(self) -> Tokens:
         return Tokens(self.conn)
+
+    @cached_property
+    def operator_tokens(self) -> OperatorTokens:
+        return OperatorTokens(self.conn)
+
+    @cached_property
+    def audit(self) -> Audit:
+        return Audit(self.conn)
 
     @cached_property
     def cutover_runs(self) -> CutoverRuns:

@@ -103,7 +103,7 @@ def request_head(method: str, path: str, *headers: str) -> str:
 
 
 def path_of(route, vm_id) -> str:
-    return route.path.format(vm_id=vm_id, group="shop", service="archiver")
+    return route.path.format(vm_id=vm_id, group="shop", service="archiver", name="someone")
 
 
 async def test_no_token_no_answer_but_401_whatever_the_body(gateway):

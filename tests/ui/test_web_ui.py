@@ -487,3 +487,38 @@ async def test_a_vm_waiting_for_a_slot_says_why_until_it_goes_on(settings, opera
         await expect(db2.locator(".waiting")).to_have_count(0)
     finally:
         await ferry.host.stop()
+
+
+async def test_a_viewer_sees_the_group_and_its_audit_but_no_action(ferry: Ferry, page: Page,
+                                                                   settings):
+    """A viewer token signs in (its name and role shown): a halted group with a failed VM
+    offers it no retry, no resume and no cutover; the group's audit lines show who submitted
+    it. The admin (bootstrap) token on the same page gets the retry button back."""
+    group_id = await ferry.submit(THREE_VMS.format(group="shop"))
+    ids = await ferry.vm_ids(group_id)
+    async with ferry.operator.post("/v1/tokens", json={"name": "wall", "role": "viewer"}) as made:
+        viewer = (await made.json())["token"]
+    for name in ids:
+        await ferry.wait_booted(ids[name], BootSource.NETWORK)
+    async with ferry.vm(ids["app1"]) as vm:
+        await vm.state("failed", "lvm", message="lvcreate: insufficient free space")
+    await ferry.wait_group(group_id, "halted")
+
+    await page.goto(settings.gateway_url + "/")
+    await page.locator("#token-input").fill(viewer)
+    await page.locator("#token-submit").click()
+    await expect(page.locator("#whoami")).to_have_text("wall (viewer)")
+    await expect(page.locator("#halt")).to_be_visible()
+    await expect(page.locator('.vms [data-vm="app1"] .state')).to_have_text("failed")
+    await page.locator("#audit summary").click()
+    first = page.locator("#audit .audit-line").first
+    await expect(first).to_contain_text("bootstrap")
+    await expect(first).to_contain_text("POST /v1/groups")
+    await shot(page, "20-viewer")
+    assert await page.locator("[data-action]").count() == 0
+
+    await page.locator("#sign-out").click()
+    await page.locator("#token-input").fill(OPERATOR_TOKEN)
+    await page.locator("#token-submit").click()
+    await expect(page.locator("#whoami")).to_have_text("bootstrap (admin)")
+    await expect(page.locator('#halt [data-action="retry"]')).to_be_visible()

@@ -29,6 +29,8 @@ def test_each_fake_repository_has_the_real_ones_methods_and_signatures(name):
 
 def test_every_repository_of_a_session_has_a_fake_except_the_read_side():
     """The views and the outbox are read by the API and the relay only, retention is the
-    pruner's and deadlines the watchdog's: never by handlers."""
+    pruner's, deadlines the watchdog's, operator tokens and the audit trail the gateway's:
+    never by handlers."""
     real = {n for n, v in vars(session.Session).items() if hasattr(v, "func")}
-    assert real - set(REPOSITORIES) == {"views", "outbox", "retention", "deadlines"}
+    assert real - set(REPOSITORIES) == {"views", "outbox", "retention", "deadlines",
+                                        "operator_tokens", "audit"}

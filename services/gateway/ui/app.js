@@ -28,11 +28,24 @@ const VM_STATES = [
   "failed", "halted", "rolled_back", "cancelled",
 ];
 const GROUPS_PER_PAGE = 50;
+const AUDIT_LINES = 20; // a group's latest audit lines on its page
+
+// The role each action button needs (the gateway checks it too; docs/security.md): a button
+// the signed-in token's role may not use is not drawn at all.
+const ROLES = ["viewer", "operator", "admin"];
+const ACTION_ROLE = {
+  retry: "operator", resume: "operator", "prepare-cutover": "operator",
+  "start-cutover": "operator", "replay-all": "admin", replay: "admin",
+};
+function may(action) {
+  return ROLES.indexOf(ui.role) >= ROLES.indexOf(ACTION_ROLE[action] || "admin");
+}
 
 const $ = (id) => document.getElementById(id);
 
 const ui = {
   token: sessionStorage.getItem(TOKEN_KEY),
+  role: null, // the token's role (GET /v1/whoami): which action buttons are drawn
   services: [],
   groups: [], // the page of groups shown
   listing: null, // that page's total and next_cursor
@@ -54,6 +67,7 @@ const ui = {
 // ---- DOM helpers -----------------------------------------------------------------------
 
 function h(tag, props = {}, ...children) {
+  if (props && props.dataset && props.dataset.action && !may(props.dataset.action)) return null;
   const el = document.createElement(tag);
   for (const [key, value] of Object.entries(props || {})) {
     if (value === null || value === undefined || value === false) continue;
@@ -143,6 +157,10 @@ async function signIn(token) {
   try {
     const session = await api("POST", "/v1/ui/session");
     ui.services = session.services;
+    const me = await api("GET", "/v1/whoami");
+    ui.role = me.role;
+    $("whoami").textContent = `${me.name} (${me.role})`;
+    document.body.dataset.role = me.role;
     sessionStorage.setItem(TOKEN_KEY, token);
     if ($("token-dialog").open) $("token-dialog").close();
     openEvents(session.events);
@@ -292,10 +310,11 @@ function turnPage(step) {
 async function refreshDetail() {
   if (!ui.selected) { ui.detail = null; renderDetail(); return; }
   const ref = encodeURIComponent(ui.selected);
-  const [detail, timeline, cutover] = await Promise.all([
+  const [detail, timeline, cutover, audit] = await Promise.all([
     api("GET", `/v1/groups/${ref}`),
     api("GET", `/v1/groups/${ref}/timeline`),
     api("GET", `/v1/groups/${ref}/cutover`),
+    api("GET", `/v1/audit?group=${ref}&limit=${AUDIT_LINES}`),
   ]);
   if (ui.detail && ui.detail.id !== detail.id) ui.logs.clear();
   await Promise.all(detail.vms.map(async (vm) => {
@@ -311,11 +330,12 @@ async function refreshDetail() {
   // selection); seconds_in_state always changes and is ticked locally anyway.
   const shape = JSON.stringify([
     detail.status, detail.halted_reason, detail.closing_error, detail.vms.map(({ seconds_in_state, ...vm }) => vm),
-    timeline, cutover, [...ui.logs.values()].map((log) => log.items.map((m) => m.id).join()),
+    timeline, cutover, audit, ui.role, [...ui.logs.values()].map((log) => log.items.map((m) => m.id).join()),
   ]);
   ui.detail = detail;
   ui.timeline = timeline;
   ui.cutover = cutover;
+  ui.audit = audit;
   if (shape !== ui.shape || !document.querySelector("#detail #group-name")) {
     ui.shape = shape;
     renderDetail();
@@ -596,12 +616,27 @@ function renderDetail() {
     h("div", { class: "vms" }, group.vms.map(vmCard)),
     timelineCard(),
     cutoverCard(group),
+    auditCard(),
   ].filter(Boolean));
   if (timelineOpen) $("timeline").open = true;
   for (const log of section.querySelectorAll(".vms [data-vm] .log")) {
     const before = scroll.get(log.closest("[data-vm]").dataset.vm);
     log.scrollTop = before === undefined || before + log.clientHeight >= log.scrollHeight - 40 ? log.scrollHeight : before;
   }
+}
+
+// Who did what to this group: its latest audit lines, newest first (`ferry audit GROUP`).
+function auditCard() {
+  const lines = (ui.audit || { lines: [] }).lines;
+  return h("details", { class: "card", id: "audit" },
+    h("summary", {}, h("strong", {}, "Audit"), ` the latest ${AUDIT_LINES} actions on this group`),
+    lines.length ? h("table", { class: "audit" },
+      h("tr", {}, ["at", "token", "role", "action", "status"].map((c) => h("th", {}, c))),
+      lines.map((l) => h("tr", { class: "audit-line", dataset: { status: String(l.status) } },
+        h("td", {}, clock(l.at)), h("td", {}, l.actor), h("td", {}, l.role),
+        h("td", { class: "mono" }, `${l.method} ${l.path}`),
+        h("td", { class: l.status >= 400 ? "error" : "" }, String(l.status)))))
+      : h("p", { class: "muted" }, "No action yet."));
 }
 
 async function loadDeadLetters() {
@@ -624,7 +659,7 @@ async function loadDeadLetters() {
         letters.map((l) => h("tr", {},
           h("td", {}, l.failed_at || ""), h("td", {}, l.type || ""), h("td", { class: "mono" }, l.message_id || ""),
           h("td", {}, l.attempts ?? ""), h("td", { class: "error mono" }, l.error || ""),
-          h("td", {}, l.message_id ? h("button", { type: "button", onclick: () => actions.replay(service, l.message_id) }, "Replay") : null))))
+          h("td", {}, l.message_id ? h("button", { type: "button", dataset: { action: "replay" }, onclick: () => actions.replay(service, l.message_id) }, "Replay") : null))))
         : h("p", { class: "muted" }, "none"));
   }));
   box.replaceChildren(...cards);
