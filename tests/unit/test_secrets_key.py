@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 
 import pytest
 from cryptography.fernet import Fernet
 
+from shared.plan import Plan
 from shared.secrets_key import SecretsKey, SecretsKeyError, make_key_file, read_keys, write_keys
 
 PASSWORD = "Zq3-replication-secret-7781"
@@ -99,3 +101,31 @@ def test_a_new_key_in_front_seals_from_then_on_and_old_values_still_open(tmp_pat
         key.unseal(under_old)
     with pytest.raises(SecretsKeyError, match="does not hold"):
         key.reseal(under_old)
+
+
+def secret_like_fields(schema: dict) -> dict[str, dict]:
+    """Every property of the plan's JSON schema (its definitions included) whose name says it
+    holds a secret, by `Model.field`."""
+    found = {}
+    for model, definition in {"Plan": schema, **schema.get("$defs", {})}.items():
+        for name, field in definition.get("properties", {}).items():
+            if SECRET_WORDS.search(name):
+                found[f"{model}.{name}"] = field
+    return found
+
+
+SECRET_WORDS = re.compile(r"pass|secret|token|credential|private", re.IGNORECASE)
+
+
+def test_the_stored_plan_carries_no_secret_only_names_of_variables_holding_them():
+    """The plan is stored whole (groups.plan), so it must hold no secret to seal: every field
+    whose name says secret is the NAME of an environment variable (`*_env`, an identifier
+    pattern). A field that could carry a password itself fails here, and then belongs sealed
+    (shared/store/sealed.py)."""
+    fields = secret_like_fields(Plan.model_json_schema())
+    assert "DatabaseSpec.password_env" in fields  # the search finds what is there
+    for name, field in fields.items():
+        variants = field.get("anyOf", [field])
+        assert name.endswith("_env") and all(
+            v.get("type") == "null" or v.get("pattern", "").startswith("^[A-Za-z_]")
+            for v in variants), f"{name} could hold a secret in the stored plan: {field}"
