@@ -39,6 +39,16 @@ class Sealed:
             f"SELECT count(*) FROM {table} WHERE {column} IS NOT NULL")
             for table, column in SEALED.items()])
 
+    async def newest(self) -> tuple[str, str] | None:
+        """A sealed value (of the row updated last), and what it is, if any."""
+        for table, column in SEALED.items():
+            row = await self.conn.fetchrow(
+                f"SELECT id, {column} AS value FROM {table} WHERE {column} IS NOT NULL"
+                " ORDER BY updated_at DESC LIMIT 1")
+            if row:
+                return row["value"], f"{table} {row['id']}'s {column}"
+        return None
+
     async def seal_clear(self, key: SecretsKey) -> int:
         """Seal the values still in clear and empty their clear column; how many."""
         done = 0
@@ -75,7 +85,8 @@ async def open_secrets_key(settings: Settings) -> SecretsKey:
     """The gateway's start-up: the key file, made (one new key, mode 0600) if missing while the
     store holds nothing sealed, then every clear value left from before migration 011 sealed.
     Raises SecretsKeyError when the file is missing but sealed values exist (a lost or
-    misplaced key file: a new key would open none of them), or is garbled."""
+    misplaced key file: a new key would open none of them), is garbled, or does not open the
+    newest sealed value (another installation's key file)."""
     path = settings.secrets_key_path
     conn = await connect(settings)
     try:
@@ -90,7 +101,11 @@ async def open_secrets_key(settings: Settings) -> SecretsKey:
                 if make_key_file(path):
                     log.info("secrets key made", file=str(path))
             key = SecretsKey(path)
-            key.keys  # noqa: B018 - a garbled file is refused at start, not at first use
+            newest = await Sealed(conn).newest()
+            if newest:  # another installation's key file is refused at start, not at first use
+                key.unseal(newest[0], what=f"the store's {newest[1]}")
+            else:
+                key.keys  # noqa: B018 - a garbled file too
             async with conn.transaction():
                 sealed_now = await Sealed(conn).seal_clear(key)
             if sealed_now:

@@ -144,8 +144,9 @@ async def test_the_gateways_start_seals_the_clear_passwords_left_from_before(set
 
 async def test_a_lost_or_wrong_key_file_is_an_error_naming_it(settings, operator):
     """With the key file gone, the gateway refuses to start (no new key is made over the sealed
-    values) and the rotation command exits 1 naming the file; with another key in its place, a
-    password cannot be unsealed and the error names the file, never the value."""
+    values) and the rotation command exits 1 naming the file; with another key in its place, the
+    gateway refuses to start and a password cannot be unsealed, each error naming the file,
+    never the value."""
     ferry = await start_ferry(settings, operator)
     try:
         group_id = await ferry.submit(THREE_VMS.format(group="shop"))
@@ -162,6 +163,9 @@ async def test_a_lost_or_wrong_key_file_is_an_error_naming_it(settings, operator
     assert code == 1 and f"{path} does not exist" in err, (out, err)
 
     write_keys(path, [Fernet.generate_key()])
+    with pytest.raises(SecretsKeyError) as caught:  # the gateway's start
+        await open_secrets_key(settings)
+    assert str(path) in str(caught.value) and "does not hold" in str(caught.value)
     pool = await open_pool(settings)
     try:
         async with pool.acquire() as conn:
