@@ -32,6 +32,7 @@ from shared.retention import Pruner
 from shared.service import Deps
 from shared.settings import Settings
 from shared.store.db import open_pool
+from shared.store.sealed import open_secrets_key
 from shared.store.session import Store
 from shared.topology import Names
 
@@ -90,7 +91,9 @@ class Host:
         self.pool = await open_pool(s, max_size=4 + 2 * len(self.services)
                                     + (GATEWAY_POOL if self.with_gateway else 0))
         close.push_async_callback(self.pool.close)
-        store = Store(self.pool)
+        # The secrets key is read where secrets are used: the gateway stores the group's
+        # replication password and hands it to the database VMs; no service touches it.
+        store = Store(self.pool, await open_secrets_key(s) if self.with_gateway else None)
         self.bus = Bus(s.amqp_url, Names(s.bus_prefix), s.retry_delays, topology())
         close.push_async_callback(self.bus.close)
         await self.bus.connect()

@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     # The TSIG key (BIND key file, as tsig-keygen prints it) that signs the cutover's DNS
     # updates; default: state_dir/dns/tsig.key (the lab's site DNS makes one there).
     dns_key_file: Path | None = None
+    # The Fernet keys that seal the secrets the store keeps (docs/security.md); default:
+    # state_dir/secrets.key, made (mode 0600) at the gateway's first start.
+    secrets_key_file: Path | None = None
 
     state_dir: Path = Field(default_factory=_state_dir)
     archive_dir: Path | None = None
@@ -170,6 +173,10 @@ class Settings(BaseSettings):
     @property
     def tsig_key_file(self) -> Path:
         return self.dns_key_file or self.state_dir / "dns" / "tsig.key"
+
+    @property
+    def secrets_key_path(self) -> Path:
+        return self.secrets_key_file or self.state_dir / "secrets.key"
 
     @property
     def operator_token_file(self) -> Path:

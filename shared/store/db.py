@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from contextlib import asynccontextmanager
 from importlib import resources
+from typing import AsyncIterator
 
 import asyncpg
 
@@ -45,12 +47,30 @@ def _migrations() -> list[tuple[int, str, str]]:
     return sorted(found)
 
 
+@asynccontextmanager
+async def migration_lock(conn: asyncpg.Connection, schema: str) -> AsyncIterator[None]:
+    """The schema's migration lock, held on `conn` (a connection of its own, not a pooled one)
+    for the block: the migrations, and the work on every sealed secret (shared/store/sealed.py),
+    run one process at a time."""
+    await conn.execute("SELECT pg_advisory_lock($1)", _lock_key(_check_schema(schema)))
+    try:
+        yield
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", _lock_key(schema))
+
+
+async def connect(settings: Settings) -> asyncpg.Connection:
+    """A connection of its own (outside the pool) on the configured schema."""
+    return await asyncpg.connect(
+        settings.database_url, timeout=CONNECT_TIMEOUT_S,
+        server_settings={"search_path": _check_schema(settings.database_schema)})
+
+
 async def migrate(conn: asyncpg.Connection, schema: str) -> list[str]:
     """Apply the migrations not yet applied to `schema`; returns the names applied now."""
     schema = _check_schema(schema)
     applied_now = []
-    await conn.execute("SELECT pg_advisory_lock($1)", _lock_key(schema))
-    try:
+    async with migration_lock(conn, schema):
         await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
         await conn.execute(
             f"CREATE TABLE IF NOT EXISTS {schema}.schema_migrations ("
@@ -70,8 +90,6 @@ async def migrate(conn: asyncpg.Connection, schema: str) -> list[str]:
                 )
             applied_now.append(name)
             log.info("migration applied", migration=name, schema=schema)
-    finally:
-        await conn.execute("SELECT pg_advisory_unlock($1)", _lock_key(schema))
     return applied_now
 
 

@@ -1,4 +1,5 @@
-"""Group rows."""
+"""Group rows. The group's replication password is kept sealed (shared/secrets_key.py): sealed
+as it is written, unsealed only when a database VM asks for it."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import asyncpg
 
 from shared.model import Group
 from shared.plan import Plan
+from shared.secrets_key import SecretsKey, SecretsKeyError
 from shared.states import GroupStatus
 
 
@@ -27,8 +29,16 @@ def _group(row: asyncpg.Record) -> Group:
 
 
 class Groups:
-    def __init__(self, conn: asyncpg.Connection):
+    def __init__(self, conn: asyncpg.Connection, secrets_key: SecretsKey | None = None):
         self.conn = conn
+        self.secrets_key = secrets_key
+
+    def _key(self) -> SecretsKey:
+        # Only the gateway's process reads the key file; elsewhere a secret is never touched.
+        if self.secrets_key is None:
+            raise SecretsKeyError("this process holds no secrets key (only the gateway's does):"
+                                  " it can neither seal nor unseal a group's password")
+        return self.secrets_key
 
     async def get(self, group_id: uuid.UUID, *, lock: bool = False) -> Group | None:
         row = await self.conn.fetchrow(
@@ -48,9 +58,10 @@ class Groups:
     async def add(self, group_id: uuid.UUID, plan: Plan, replication_password: str) -> None:
         try:
             await self.conn.execute(
-                "INSERT INTO groups (id, name, plan, replication_password)"
+                "INSERT INTO groups (id, name, plan, sealed_replication_password)"
                 " VALUES ($1, $2, $3, $4)",
-                group_id, plan.group, plan.model_dump(mode="json"), replication_password)
+                group_id, plan.group, plan.model_dump(mode="json"),
+                self._key().seal(replication_password))
         except asyncpg.UniqueViolationError as exc:
             raise GroupExists(f"group {plan.group!r} is already being migrated") from exc
 
@@ -102,5 +113,8 @@ class Groups:
             "SELECT master_complete FROM groups WHERE id = $1", group_id) or {}
 
     async def replication_password(self, group_id: uuid.UUID) -> str:
-        return await self.conn.fetchval(
-            "SELECT replication_password FROM groups WHERE id = $1", group_id)
+        sealed = await self.conn.fetchval(
+            "SELECT sealed_replication_password FROM groups WHERE id = $1", group_id)
+        if sealed is None:  # the gateway's start seals a clear one before it serves
+            raise SecretsKeyError(f"group {group_id} has no sealed replication password")
+        return self._key().unseal(sealed, what=f"group {group_id}'s replication password")

@@ -19,6 +19,7 @@ from typing import AsyncIterator
 import asyncpg
 
 from shared.events import Envelope, Payload
+from shared.secrets_key import SecretsKey
 from shared.store.archives import Archives
 from shared.store.audit import Audit
 from shared.store.cutover_runs import CutoverRuns
@@ -41,14 +42,16 @@ __all__ = ["AlreadyProcessed", "Session", "Store", "Tx"]
 
 
 class Session:
-    """The repositories, on one connection."""
+    """The repositories, on one connection. `secrets_key` seals and unseals the secrets the
+    store keeps; only the gateway's process has one (shared/store/sealed.py)."""
 
-    def __init__(self, conn: asyncpg.Connection):
+    def __init__(self, conn: asyncpg.Connection, secrets_key: SecretsKey | None = None):
         self.conn = conn
+        self.secrets_key = secrets_key
 
     @cached_property
     def groups(self) -> Groups:
-        return Groups(self.conn)
+        return Groups(self.conn, self.secrets_key)
 
     @cached_property
     def vms(self) -> Vms:
@@ -119,14 +122,15 @@ class Session:
         """A transaction on this session's connection (a request that already holds one takes
         the pool once)."""
         async with self.conn.transaction():
-            yield Tx(self.conn, cause)
+            yield Tx(self.conn, cause, self.secrets_key)
 
 
 class Tx(Session):
     """A session inside a transaction: the unit of work."""
 
-    def __init__(self, conn: asyncpg.Connection, cause: Envelope | None = None):
-        super().__init__(conn)
+    def __init__(self, conn: asyncpg.Connection, cause: Envelope | None = None,
+                 secrets_key: SecretsKey | None = None):
+        super().__init__(conn, secrets_key)
         self.cause = cause
         self.published: list[Envelope] = []
 
@@ -159,8 +163,9 @@ RELEASE_TIMEOUT_S = 10.0
 class Store:
     """Sessions and transactions on the pool."""
 
-    def __init__(self, pool: asyncpg.Pool):
+    def __init__(self, pool: asyncpg.Pool, secrets_key: SecretsKey | None = None):
         self.pool = pool
+        self.secrets_key = secrets_key
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
@@ -178,12 +183,12 @@ class Store:
     @asynccontextmanager
     async def transaction(self, cause: Envelope | None = None) -> AsyncIterator[Tx]:
         async with self.connection() as conn, conn.transaction():
-            yield Tx(conn, cause)
+            yield Tx(conn, cause, self.secrets_key)
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[Session]:
         async with self.connection() as conn:
-            yield Session(conn)
+            yield Session(conn, self.secrets_key)
 
     async def ping(self) -> None:
         """A round trip to the database on a pooled connection (/readyz); raises if none."""

@@ -18,8 +18,10 @@ from services.runtime import SERVICES, Host
 from shared.cutover_adapters import CutoverAdapters
 from shared.providers.base import BootSource
 from shared.providers.fake import FakeProvider
+from shared.secrets_key import SecretsKey
 from shared.settings import Settings
 from shared.ssh import RemoteError
+from shared.store.session import Session
 from shared.vmclient import VmClient
 from tests.conftest import OPERATOR_TOKEN, eventually
 
@@ -64,6 +66,12 @@ class Ferry:
     def pool(self) -> asyncpg.Pool:
         assert self.host.pool
         return self.host.pool
+
+    async def replication_password(self, group_id: uuid.UUID) -> str:
+        """The group's replication password, unsealed with the gateway's key file."""
+        async with self.pool.acquire() as conn:
+            db = Session(conn, SecretsKey(self.settings.secrets_key_path))
+            return await db.groups.replication_password(group_id)
 
     async def submit(self, plan_text: str) -> uuid.UUID:
         async with self.operator.post("/v1/groups", data=plan_text) as response:

@@ -168,9 +168,8 @@ async def test_the_replication_password_is_handed_to_the_groups_database_vms_onl
     """GET /v1/vms/{vm}/replication with the VM's own token: the master and the replica get
     the group's password, the app server is refused (403) and learns nothing of it."""
     ids = await booted_group(ferry)
-    password = await ferry.pool.fetchval(
-        "SELECT g.replication_password FROM groups g JOIN vms v ON v.group_id = g.id"
-        " WHERE v.id = $1", ids["app1"])
+    password = await ferry.replication_password(await ferry.pool.fetchval(
+        "SELECT group_id FROM vms WHERE id = $1", ids["app1"]))
     async with aiohttp.ClientSession(ferry.settings.gateway_url) as http:
         for name in ("db1", "db2"):
             async with http.get(f"/v1/vms/{ids[name]}/replication",

@@ -14,6 +14,7 @@ from shared.events import Envelope
 from shared.plan import load_plan
 from shared import journey
 from shared.store.db import open_pool
+from shared.store.sealed import open_secrets_key
 from shared.store.session import Store
 from tests.integration.harness import THREE_VMS
 
@@ -25,7 +26,7 @@ NAMES = ["lower-dns-ttl", "maintenance-page", "database", "change-dns", "remove-
 @pytest.fixture
 async def journal(settings):
     pool = await open_pool(settings)
-    store = Store(pool)
+    store = Store(pool, await open_secrets_key(settings))  # the gateway's, which submits
     async with store.transaction() as tx:
         group_id = await journey.submit(tx, load_plan(THREE_VMS.format(group="cut")))
         run_id = uuid.uuid4()

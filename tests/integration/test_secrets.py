@@ -1,6 +1,7 @@
 """Secrets stay where they belong: a whole journey on the real RabbitMQ and PostgreSQL, then
-every log line, every stored event and VM message, and every operator answer is searched for
-the group's replication password, the VMs' tokens and the operator token."""
+every log line, every stored event and VM message, every operator answer and every row of every
+table of the store (as raw text) is searched for the group's replication password, the VMs'
+tokens and the operator token."""
 
 from __future__ import annotations
 
@@ -45,8 +46,8 @@ async def test_no_secret_reaches_logs_events_or_operator_answers(settings, opera
             async with ferry.vm(ids["db2"]) as replica:
                 handed = await replica.replication()
             answers = await operator_answers(ferry, group_id, ids.values())
-        password = await ferry.pool.fetchval(
-            "SELECT replication_password FROM groups WHERE id = $1", group_id)
+        password = await ferry.replication_password(group_id)
+        tables = await raw_tables(ferry.pool, settings.database_schema)
         tokens = {name: ferry.token(vm) for name, vm in ids.items()}
         stored = {
             "events": [r["body"] for r in await ferry.pool.fetch("SELECT body::text FROM outbox")],
@@ -64,9 +65,23 @@ async def test_no_secret_reaches_logs_events_or_operator_answers(settings, opera
     assert len(logs) >= 20 and len(stored["events"]) >= 20
     secrets = {"replication password": password, "operator token": OPERATOR_TOKEN,
                **{f"{name}'s token": token for name, token in tokens.items()}}
-    places = {"logs": [repr(entry) for entry in logs], **stored,
+    # A bytea column's bytes are spelled in hex in the tables' text.
+    secrets |= {f"{what} (as bytes)": secret.encode().hex() for what, secret in secrets.items()}
+    places = {"logs": [repr(entry) for entry in logs], **stored, **tables,
               **{f"answer {path}": [text] for path, text in answers.items()}}
+    assert len(tables) >= 10 and any("sealed_replication_password" in row
+                                     for row in tables["table groups"])
     assert leaks(secrets, places) == []
+
+
+async def raw_tables(pool, schema: str) -> dict[str, list[str]]:
+    """Every row of every table of the test's schema, as PostgreSQL spells the whole row
+    (text, jsonb and bytea columns alike), found from the catalogue rather than a list."""
+    names = [r["table_name"] for r in await pool.fetch(
+        "SELECT table_name FROM information_schema.tables"
+        " WHERE table_schema = $1 AND table_type = 'BASE TABLE'", schema)]
+    return {f"table {name}": [r["row"] for r in await pool.fetch(
+        f"SELECT to_jsonb(t)::text AS row FROM {schema}.{name} t")] for name in names}
 
 
 def leaks(secrets: dict[str, str], places: dict[str, list[str]]) -> list[str]:
