@@ -21,14 +21,15 @@ from aiohttp import web
 from services.topology import SERVICES, router_of, topology
 from shared.bus import Bus, Consumer
 from shared.cutover_adapters import CutoverAdapters
-from shared.deadlines import Watchdog
+from shared.deadlines import watchdog
 from shared.health import dependency_probes
 from shared.logging import configure_logging, get_logger
 from shared.metrics import start_metrics_server
+from shared.periodic import Every
 from shared.providers import make_provider
 from shared.providers.base import Provider
 from shared.relay import OutboxRelay
-from shared.retention import Pruner
+from shared.retention import pruner
 from shared.service import Deps
 from shared.settings import Settings
 from shared.store.db import open_pool
@@ -62,8 +63,8 @@ class Host:
         self.pool: asyncpg.Pool | None = None
         self.bus: Bus | None = None
         self.relay: OutboxRelay | None = None
-        self.pruner: Pruner | None = None
-        self.watchdog: Watchdog | None = None
+        # The coordinator's process also runs the passes over the whole store.
+        self.passes: list[Every] = []
         self.consumers: list = []  # the services' Consumers, and the gateway's LiveFeed
         self.gateway_app: web.Application | None = None
         self._site_runner: web.AppRunner | None = None
@@ -112,12 +113,10 @@ class Host:
                 s.metrics_host, s.metrics_port, dependency_probes(store, self.bus))
             close.push_async_callback(self._metrics_runner.cleanup)
         if PRUNES in self.services:
-            self.pruner = Pruner(store, s)
-            self.pruner.start()
-            close.push_async_callback(self.pruner.stop)
-            self.watchdog = Watchdog(store, s)
-            self.watchdog.start()
-            close.push_async_callback(self.watchdog.stop)
+            for every in (pruner(store, s), watchdog(store, s)):
+                every.start()
+                close.push_async_callback(every.stop)
+                self.passes.append(every)
         for service in self.services:
             router = router_of(service)
             consumer = Consumer(self.bus, service, partial(router.dispatch, deps=deps), s.prefetch)
@@ -187,10 +186,8 @@ class Host:
         try:
             if self.relay:
                 self.relay.abandon()
-            if self.pruner:
-                self.pruner.abandon()
-            if self.watchdog:
-                self.watchdog.abandon()
+            for every in self.passes:
+                every.abandon()
             if self.bus and self.bus.connection:
                 await self.bus.connection.close()
             if self._site_runner:

@@ -6,7 +6,7 @@ Silence is time since the VM's last word (any request it made with its token: a 
 line, a heartbeat, a download; the gateway records it with the token check) or since its last
 change of state, whichever is later; in archiving, the archiver's progress counts as its word.
 The deadlines come from the settings (FERRY_DEADLINE_<PHASE>_S), or from the group's plan
-(`deadlines:`). The coordinator's process looks every `deadline_interval_s` (`Watchdog`,
+(`deadlines:`). The coordinator's process looks every `deadline_interval_s` (`watchdog`,
 started by services/runtime.py); each look is one transaction over at most `deadline_batch`
 VMs, row-locked with SKIP LOCKED, so two replicas never fail one VM twice, and a VM that
 reported meanwhile (its row then held, or its state moved on) is not failed.
@@ -14,11 +14,11 @@ reported meanwhile (its row then held, or its state moved on) is not failed.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 
 from shared import journey, rules
 from shared.logging import get_logger
+from shared.periodic import Every
 from shared.settings import Settings
 from shared.states import VmState
 from shared.store.session import Store
@@ -51,32 +51,7 @@ async def fail_the_silent(store: Store, settings: Settings) -> list[Failed]:
     return failed
 
 
-class Watchdog:
-    """Looks at start, then every `deadline_interval_s`, until stopped. A failed look (the
-    database away) is logged and tried again at the next."""
-
-    def __init__(self, store: Store, settings: Settings):
-        self.store = store
-        self.settings = settings
-        self._task: asyncio.Task | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="deadline-watchdog")
-
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-
-    def abandon(self) -> None:
-        """Stop at once (a kill): a look cut off is rolled back by the database."""
-        if self._task:
-            self._task.cancel()
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await fail_the_silent(self.store, self.settings)
-            except Exception as exc:  # noqa: BLE001 - the next look tries again
-                log.warning("deadline look failed", error=str(exc))
-            await asyncio.sleep(self.settings.deadline_interval_s)
+def watchdog(store: Store, settings: Settings) -> Every:
+    """Looks at start, then every `deadline_interval_s`, until stopped."""
+    return Every("deadline-watchdog", settings.deadline_interval_s,
+                 lambda: fail_the_silent(store, settings))

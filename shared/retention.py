@@ -1,7 +1,7 @@
 """Retention: the store's housekeeping. Published outbox events, processed-event records (the
 inbox) and the VM log lines of closed groups are deleted once older than the settings say, in
 bounded batches (shared/store/retention.py). The coordinator's process runs it periodically
-(`Pruner`, started by services/runtime.py); an operator may run it, or count it, at once
+(`pruner`, started by services/runtime.py); an operator may run it, or count it, at once
 (`POST /v1/retention/prune`, `ferry prune`)."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from shared.logging import get_logger
+from shared.periodic import Every
 from shared.settings import Settings
 from shared.store.retention import KINDS
 from shared.store.session import Store
@@ -62,34 +63,10 @@ async def _in_batches(db, kind: str, before: datetime, batch: int) -> int:
         await asyncio.sleep(BATCH_PAUSE_S)
 
 
-class Pruner:
-    """Prunes at start, then every `retention_interval_s`, until stopped. A failed pass (the
-    database away) is logged and tried again at the next."""
-
-    def __init__(self, store: Store, settings: Settings):
-        self.store = store
-        self.settings = settings
-        self._task: asyncio.Task | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="retention-pruner")
-
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-
-    def abandon(self) -> None:
-        """Stop at once (a kill): a batch cut off is rolled back by the database."""
-        if self._task:
-            self._task.cancel()
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                found = await prune(self.store, self.settings)
-                if any(vars(found).values()):
-                    log.info("retention pruned", **vars(found))
-            except Exception as exc:  # noqa: BLE001 - the next pass tries again
-                log.warning("retention pass failed", error=str(exc))
-            await asyncio.sleep(self.settings.retention_interval_s)
+def pruner(store: Store, settings: Settings) -> Every:
+    """Prunes at start, then every `retention_interval_s`, until stopped."""
+    async def one_pass() -> None:
+        found = await prune(store, settings)
+        if any(vars(found).values()):
+            log.info("retention pruned", **vars(found))
+    return Every("retention-pruner", settings.retention_interval_s, one_pass)
