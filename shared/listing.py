@@ -111,6 +111,12 @@ def encode_cursor(kind: str, key: tuple) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+def next_cursor(kind: str, rows: list, limit: int, key) -> str | None:
+    """The cursor after a page's last row, when the store found one row more than fits (it is
+    asked for limit + 1 rows: the extra one only says that there is a next page)."""
+    return encode_cursor(kind, key(rows[limit - 1])) if len(rows) > limit else None
+
+
 def decode_cursor(kind: str, raw: str | None) -> tuple | None:
     """The key a cursor holds; raises ListingError for one this listing never gave."""
     if raw is None or raw == "":

@@ -10,7 +10,7 @@ from services.gateway.api import api
 from services.gateway.auth import actor
 from services.gateway.errors import json_response, parse_body, problem
 from services.gateway.keys import DEPS
-from services.gateway.listing_routes import _group_of
+from services.gateway.listing_routes import group_of, listing_problem
 from shared import listing
 from shared.roles import BOOTSTRAP
 from shared.store.operator_tokens import NameTaken
@@ -94,15 +94,13 @@ async def audit_trail(request: web.Request) -> web.Response:
         limit = listing.parse_limit(_one(request, "limit"))
         after = listing.decode_cursor("audit", _one(request, "cursor"))
     except listing.ListingError as exc:
-        raise problem(web.HTTPBadRequest, f"{exc.location} {exc.message}",
-                      [{"location": exc.location, "message": exc.message}]) from None
+        raise listing_problem(exc) from None
     ref = _one(request, "group")
     async with request.app[DEPS].store.session() as db:
-        group = await _group_of(db, ref) if ref is not None else None
+        group = await group_of(db, ref) if ref is not None else None
         rows = await db.audit.page(group.id if group else None, limit,
                                    after[0] if after else None)
-    cursor = (listing.encode_cursor("audit", (rows[limit - 1]["id"],))
-              if len(rows) > limit else None)
+    cursor = listing.next_cursor("audit", rows, limit, lambda r: (r["id"],))
     lines = [m.AuditEntry(**{k: v for k, v in dict(r).items() if k != "group_name"},
                           group=r["group_name"]) for r in rows[:limit]]
     return json_response(m.AuditPage(lines=lines, limit=limit, next_cursor=cursor))

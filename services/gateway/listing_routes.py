@@ -41,13 +41,13 @@ def _page(request: web.Request, kind: str, statuses) -> listing.PageRequest:
     try:
         return listing.page_request(kind, query, statuses)
     except listing.ListingError as exc:
-        raise problem(web.HTTPBadRequest, f"{exc.location} {exc.message}",
-                      [{"location": exc.location, "message": exc.message}]) from None
+        raise listing_problem(exc) from None
 
 
-def _next_cursor(kind: str, rows, limit: int, key) -> str | None:
-    """The cursor after the page's last row, when the store found one row more than fits."""
-    return listing.encode_cursor(kind, key(rows[limit - 1])) if len(rows) > limit else None
+def listing_problem(exc: listing.ListingError) -> web.HTTPException:
+    """A 400 naming the query parameter (limit, cursor, status, name) that is not valid."""
+    return problem(web.HTTPBadRequest, f"{exc.location} {exc.message}",
+                   [{"location": exc.location, "message": exc.message}])
 
 
 @api.route("GET", "/v1/groups", "Groups a page at a time, newest first, with their VMs counted "
@@ -58,7 +58,7 @@ async def list_groups(request: web.Request) -> web.Response:
     page = _page(request, "groups", [s.value for s in GroupStatus])
     async with request.app[DEPS].store.session() as db:
         rows, total = await db.views.groups(page)
-    cursor = _next_cursor("groups", rows, page.limit, lambda r: (r["created_at"], r["id"]))
+    cursor = listing.next_cursor("groups", rows, page.limit, lambda r: (r["created_at"], r["id"]))
     return json_response(m.GroupList(groups=[_summary(r) for r in rows[:page.limit]],
                                      total=total, limit=page.limit, next_cursor=cursor))
 
@@ -75,16 +75,17 @@ async def list_vms(request: web.Request) -> web.Response:
     page = _page(request, "vms", [s.value for s in VmState])
     ref = request.query.get("group")
     async with request.app[DEPS].store.session() as db:
-        group = await _group_of(db, ref) if ref is not None else None
+        group = await group_of(db, ref) if ref is not None else None
         rows, total = await db.views.vms_listed(page, group.id if group else None)
-    cursor = _next_cursor("vms", rows, page.limit,
+    cursor = listing.next_cursor("vms", rows, page.limit,
                           lambda r: (r["created_at"], r["group_id"], r["position"]))
     vms = [m.VmListed(**vm_view(r).model_dump(), group_id=r["group_id"], group=r["group_name"])
            for r in rows[:page.limit]]
     return json_response(m.VmList(vms=vms, total=total, limit=page.limit, next_cursor=cursor))
 
 
-async def _group_of(db, ref: str):
+async def group_of(db, ref: str):
+    """The group a `?group=` names (its id, or the name of its newest submission); 400 or 404."""
     if len(ref) > listing.MAX_NAME or not storable(ref):
         raise problem(web.HTTPBadRequest, "group must be a group's id or name",
                       [{"location": "group", "message": "must be a group's id or name"}])

@@ -104,15 +104,23 @@ class GroupDetail(GroupSummary):
     messages: list[MessageView]
 
 
-class GroupList(BaseModel):
-    """One page of groups, newest first."""
+class Page(BaseModel):
+    """What every paged listing says besides its items (groups, VMs, audit lines)."""
 
-    groups: list[GroupSummary]
-    total: int = Field(description="groups that match the filter, over all pages")
-    limit: int = Field(description="the most groups this page could hold")
+    limit: int = Field(description="the most items this page could hold")
     next_cursor: str | None = Field(
         description="pass as ?cursor= (with the same filter) for the next page; null on the "
         "last page")
+
+
+class CountedPage(Page):
+    total: int = Field(description="items that match the filter, over all pages")
+
+
+class GroupList(CountedPage):
+    """One page of groups, newest first."""
+
+    groups: list[GroupSummary]
 
 
 class VmListed(VmView):
@@ -120,15 +128,10 @@ class VmListed(VmView):
     group: str = Field(description="the group's name")
 
 
-class VmList(BaseModel):
+class VmList(CountedPage):
     """One page of VMs: newest group first, then by group and plan position."""
 
     vms: list[VmListed]
-    total: int = Field(description="VMs that match the filter, over all pages")
-    limit: int = Field(description="the most VMs this page could hold")
-    next_cursor: str | None = Field(
-        description="pass as ?cursor= (with the same filter) for the next page; null on the "
-        "last page")
 
 
 class Fleet(BaseModel):
@@ -370,10 +373,7 @@ class AuditEntry(BaseModel):
     detail: str | None = None
 
 
-class AuditPage(BaseModel):
+class AuditPage(Page):
     """Audit lines, newest first."""
 
     lines: list[AuditEntry]
-    limit: int
-    next_cursor: str | None = Field(description="pass as ?cursor= (with the same group) for "
-                                    "the next page; null on the last page")
