@@ -84,7 +84,7 @@ async def soa_answers(zone: str, address: str, port: int) -> bool:
 
 @dataclass
 class AuthoritativeServer:
-    """`async with AuthoritativeServer(folder, "shop.example", {"@": "203.0.113.11"}, port)`."""
+    """`async with AuthoritativeServer(folder, "shop.example", {"@": "198.51.100.11"}, port)`."""
 
     folder: Path
     zone: str

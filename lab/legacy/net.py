@@ -8,7 +8,7 @@ veth, and one veth from the root namespace (where the archiver runs) into the si
 A host's interface is eth0 unless site.yaml names another (`interface:`, as the host's own
 network configuration does: ens3 for a systemd-networkd host, say).
 
-Each host also has its public address (203.0.113.0/24) on the same eth0, and this machine its
+Each host also has its public address (198.51.100.0/24) on the same eth0, and this machine its
 own on the same veth, so the world (this machine) reaches the site at its public addresses. That
 veth and its addresses (the routes come with them) are the only change in the root namespace;
 deleting the site namespace takes the veth with it. The hosts' default route is this machine:
@@ -22,6 +22,7 @@ from __future__ import annotations
 import ipaddress
 import subprocess
 
+from lab.legacy import needed
 from lab.legacy.config import BRIDGE, SITE_NAMESPACE, UPLINK, SiteSpec
 
 
@@ -101,7 +102,13 @@ def ip(*args: str) -> None:
 
 
 def _refuse_overlap(network: ipaddress.IPv4Network) -> None:
-    """This machine must not already be on the legacy network (a real one, or a leftover)."""
+    """This machine must not already be on the legacy network (a real one, or a leftover),
+    nor need an address in it for itself (its resolver, its gateway, its package sources)."""
+    captured = needed.collisions(network, needed.needed())
+    if captured:
+        raise NetworkError(f"the lab's range {network} (examples/legacy/site.yaml) would "
+                           f"capture what this machine needs: {'; '.join(captured)}. Choose "
+                           "another range for the lab")
     out = subprocess.run(["ip", "-4", "-o", "addr", "show"], capture_output=True,
                          text=True).stdout
     for line in out.split("\n"):

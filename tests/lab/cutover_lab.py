@@ -180,9 +180,9 @@ class Writers:
 async def old_site_serves(lab: Lab) -> list[str]:
     """After a rollback: what is not as it was before the cutover (empty when all is back)."""
     wrong = []
-    if (address := await lab.resolve("shop.example")) != "203.0.113.11":
+    if (address := await lab.resolve("shop.example")) != "198.51.100.11":
         wrong.append(f"shop.example resolves to {address}")
-    status, body = await lab.get("203.0.113.11", "/ferry-side.txt")
+    status, body = await lab.get("198.51.100.11", "/ferry-side.txt")
     if (status, body.strip()) != (200, "old"):
         wrong.append(f"the old address answers {status} {body.strip()[:60]!r}")
     try:
@@ -413,9 +413,9 @@ async def after_cutover(lab: Lab, run: dict, tag: str) -> dict[str, str]:
     assert address == "10.20.0.11", f"shop.example resolves to {address}"
     assert await lab.side_by_name() == "new"
     found["by name"] = f"shop.example → {address}, served by the new VM"
-    status, body = await lab.get("203.0.113.11", "/ferry-side.txt")
+    status, body = await lab.get("198.51.100.11", "/ferry-side.txt")
     assert (status, body.strip()) == (200, "new"), (status, body)
-    found["old address"] = "203.0.113.11 answers from the new VM (DNAT on the legacy side)"
+    found["old address"] = "198.51.100.11 answers from the new VM (DNAT on the legacy side)"
     rows = await lab.new("db1", "mariadb -N -B -e " + shlex.quote(
         f"SELECT COUNT(*) FROM shop.orders WHERE customer = '{tag}'"))
     assert rows.strip() == "1", f"row {tag} written just before the window: {rows.strip()} on db1"

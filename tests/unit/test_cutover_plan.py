@@ -115,9 +115,9 @@ def test_excludes_are_anchored_at_each_shared_path(tmp_path):
 
 
 def test_forwarding_is_undone_before_it_is_done_again():
-    script = forward_script("203.0.113.11", "10.20.0.11")
+    script = forward_script("198.51.100.11", "10.20.0.11")
     assert script.index("-D PREROUTING -j FERRY-FORWARD") < script.index("-N FERRY-FORWARD")
-    assert "-d 203.0.113.11 -j DNAT --to-destination 10.20.0.11" in script
+    assert "-d 198.51.100.11 -j DNAT --to-destination 10.20.0.11" in script
     assert "-d 10.20.0.11 -j MASQUERADE" in script
 
 

@@ -291,8 +291,8 @@ RULES = {
         lambda d: d["vms"][1]["network"].update(hostname="APP1.shop.example"),
         "vms[1].network.hostname: duplicate hostname 'app1.shop.example' (also vms[0])"),
     "duplicate public IP": (
-        lambda d: d["vms"][1]["network"].update(public_ip="203.0.113.11"),
-        "vms[1].network.public_ip: duplicate public IP '203.0.113.11' (also vms[0])"),
+        lambda d: d["vms"][1]["network"].update(public_ip="198.51.100.11"),
+        "vms[1].network.public_ip: duplicate public IP '198.51.100.11' (also vms[0])"),
     "gateway off the network": (
         lambda d: d["vms"][0]["network"].update(gateway="10.30.0.1"),
         "vms[0].network.gateway: 10.30.0.1 is not in 10.20.0.0/24"),
