@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from functools import partial
 
@@ -46,6 +47,30 @@ USES_PROVIDER = {"creator", "configurator", "provisioner", "cutover"}
 # and watches the deadlines.
 PRUNES = "coordinator"
 GATEWAY_POOL = 12  # database connections added for a Host that runs the gateway
+# Longest one step of a stop may wait for the broker or the database: a consumer's cancel, a
+# channel's close, the pool's close. Each is a round trip that takes milliseconds on a live
+# connection; on one the network silently dropped the answer never comes (asyncpg's pool close
+# waits for the server to end each connection), and the stop would hang until the supervisor's
+# SIGKILL (systemd's TimeoutStopSec). Past it the step's connection is dropped instead.
+CLOSE_TIMEOUT_S = 5.0
+
+
+def bounded(what: str, close: Callable[[], Awaitable[object]],
+            dropped: Callable[[], object] | None = None,
+            timeout: float | None = None) -> Callable[[], Awaitable[None]]:
+    """`close`, given `timeout` seconds (CLOSE_TIMEOUT_S); past them it is cancelled, `dropped`
+    runs (terminating what it closed) and the stop goes on."""
+
+    async def run() -> None:
+        limit = CLOSE_TIMEOUT_S if timeout is None else timeout
+        try:
+            await asyncio.wait_for(close(), limit)
+        except asyncio.TimeoutError:
+            log.warning("stop: no answer in time, connection dropped", what=what,
+                        timeout_s=limit)
+            if dropped is not None:
+                dropped()
+    return run
 
 
 class Host:
@@ -91,16 +116,17 @@ class Host:
         # share (docs/performance.md).
         self.pool = await open_pool(s, max_size=4 + 2 * len(self.services)
                                     + (GATEWAY_POOL if self.with_gateway else 0))
-        close.push_async_callback(self.pool.close)
+        close.push_async_callback(bounded("the database pool", self.pool.close,
+                                           self.pool.terminate))
         # The secrets key is read where secrets are used: the gateway stores the group's
         # replication password and hands it to the database VMs; no service touches it.
         store = Store(self.pool, await open_secrets_key(s) if self.with_gateway else None)
         self.bus = Bus(s.amqp_url, Names(s.bus_prefix), s.retry_delays, topology())
-        close.push_async_callback(self.bus.close)
+        close.push_async_callback(bounded("the broker connection", self.bus.close))
         await self.bus.connect()
         self.relay = OutboxRelay(store, self.bus, s.database_schema)
         await self.relay.start()
-        close.push_async_callback(self.relay.stop)
+        close.push_async_callback(bounded("the outbox relay", self.relay.stop))
         if self.provider is None and set(self.services) & USES_PROVIDER:
             self.provider = make_provider(s)
             close.push_async_callback(self.provider.close)
@@ -121,7 +147,7 @@ class Host:
             router = router_of(service)
             consumer = Consumer(self.bus, service, partial(router.dispatch, deps=deps), s.prefetch)
             await consumer.start()
-            close.push_async_callback(consumer.close)
+            close.push_async_callback(bounded(f"{service}'s channel", consumer.close))
             self.consumers.append(consumer)
         for service in self.services:
             for hook in router_of(service).start_hooks:
@@ -141,7 +167,7 @@ class Host:
         await site.start()
         self.port = self._site_runner.addresses[0][1]
         feed = await start_live_feed(self.gateway_app, self.bus)
-        self._closing.push_async_callback(feed.close)
+        self._closing.push_async_callback(bounded("the live feed's channel", feed.close))
         self.consumers.append(feed)
 
     def _start_hook(self, service: str, hook, deps: Deps) -> None:
@@ -167,7 +193,8 @@ class Host:
 
     async def stop(self, timeout: float = 30.0) -> None:
         consumers, self.consumers = self.consumers, []
-        await asyncio.gather(*(c.stop_taking_work() for c in consumers))
+        await asyncio.gather(*(bounded("a consumer's cancel", c.stop_taking_work)()
+                               for c in consumers))
         in_flight = [task for c in consumers for task in c.in_flight()]
         if in_flight:
             await asyncio.wait(in_flight, timeout=timeout)

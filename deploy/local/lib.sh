@@ -68,6 +68,7 @@ ensure_services() {
     ensure_rabbitmq
     ensure_mariadb
     ensure_archiver_tools
+    ensure_systemd_tools
 }
 
 # The archiver's tools beyond Debian's base: pv caps each archive stream's bandwidth
@@ -82,6 +83,22 @@ ensure_archiver_tools() {
     if ! apt_no_services pv >/tmp/ferry-pv.log 2>&1; then
         tail -n 30 /tmp/ferry-pv.log >&2
         say "installing pv failed"; return 1
+    fi
+}
+
+# The units' test (tests/unit/test_systemd_units.py) runs systemd-analyze, systemd-sysusers and
+# systemd-tmpfiles on deploy/systemd. Debian's systemd package brings them; with no systemd as
+# PID 1 here, installing it starts nothing.
+ensure_systemd_tools() {
+    command -v systemd-analyze >/dev/null && return 0
+    if [[ $(id -u) -ne 0 ]]; then
+        say "systemd-analyze is missing and installing it needs root: the units' test will be skipped"
+        return 0
+    fi
+    say "installing systemd's tools from Debian (log: /tmp/ferry-systemd.log)"
+    if ! apt_no_services systemd >/tmp/ferry-systemd.log 2>&1; then
+        tail -n 30 /tmp/ferry-systemd.log >&2
+        say "installing systemd's tools failed"; return 1
     fi
 }
 

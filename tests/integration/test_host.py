@@ -1,21 +1,27 @@
 """A process's lifecycle (services/runtime.Host) against the real RabbitMQ and PostgreSQL: a
 start that fails half-way leaves nothing open; a stop stops every consumer's intake before it
-waits for the handlers in flight, and closes the provider the host made."""
+waits for the handlers in flight, and closes the provider the host made; a stop on a network
+that dropped every packet ends within its bounds instead of waiting for ever."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import socket
+import time
 import uuid
+from urllib.parse import urlsplit
 
 import aio_pika
+import asyncpg
 import pytest
 
+from services import runtime
 from services.runtime import Host, router_of
 from shared import events as ev
 from shared.events import Envelope
 from tests.conftest import eventually
+from tests.integration.tcp_proxy import TcpProxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_broker_and_db")]
 
@@ -78,3 +84,44 @@ async def queued(settings, queue: str) -> int:
         channel = await connection.channel()
         declared = await channel.declare_queue(queue, passive=True)
         return declared.declaration_result.message_count
+
+
+async def test_a_stop_on_a_silent_network_ends_within_its_bounds(settings, monkeypatch):
+    """The database and the broker blackholed (tests/integration/tcp_proxy.py: packets
+    dropped, nothing reset): each step of the stop that needs an answer (the consumers' cancel,
+    the channels' close, the relay's, the broker connection's, the pool's) is dropped after
+    CLOSE_TIMEOUT_S instead of waiting for ever, and the pool is terminated. Without the bound
+    asyncpg's own close waits for the server to end each connection: shown first, on a pool of
+    the test's own."""
+    monkeypatch.setattr(runtime, "CLOSE_TIMEOUT_S", 1.0)
+    db, mq = urlsplit(settings.database_url), urlsplit(settings.amqp_url)
+    store, broker = TcpProxy(db.hostname, db.port), TcpProxy(mq.hostname, mq.port)
+    await store.start()
+    await broker.start()
+    relayed = settings.model_copy(update={"database_url": store.url(settings.database_url),
+                                          "amqp_url": broker.url(settings.amqp_url)})
+    try:
+        # The cause: an unbounded pool close on a silenced connection does not end.
+        pool = await asyncpg.create_pool(relayed.database_url, min_size=2, max_size=2)
+        store.blackhole()
+        assert store.silenced >= 2
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(pool.close(), 3)
+        await store.restore()
+
+        host = Host(relayed, ["coordinator", "archiver"], gateway=True)
+        await host.start()
+        pool = host.pool
+        store.blackhole()
+        broker.blackhole()
+        assert store.silenced >= 1 and broker.silenced >= 1
+        began = time.monotonic()
+        await asyncio.wait_for(host.stop(), 60)
+        took = time.monotonic() - began
+        # Bounded steps, each 1 s here: the cancels (together), three channels, the relay, the
+        # broker, the pool; a stop that waited for an answer would not have ended at all.
+        assert took < 15, took
+        assert pool._closed  # asyncpg's own flag: terminated
+    finally:
+        await store.cut()
+        await broker.cut()
