@@ -2,8 +2,9 @@
 sha256 and size of the file written.
 
 The pipeline (`compress_to_file`) is shared with the database dumps: a producer program writes
-a stream to stdout, zstd compresses it into the partial file itself (`-o`), and Python reads
-the file once afterwards, to hash it while it is flushed to disk.
+a stream to stdout, zstd compresses it, `tee` writes the compressed stream into the partial file
+and passes it on to `sha256sum`. No byte crosses Python, and the hash is done when the stream
+ends: only the fsync of the file is left after it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import functools
-import hashlib
 import os
 import secrets
 import shutil
@@ -29,8 +29,10 @@ from shared.archive_store import free_bytes
 
 CHUNK = 1 << 20
 ZSTD = ("zstd", "-T0", "-3", "-q", "-c")
-# The same compression, zstd writing the file itself: no byte of the archive crosses Python.
-ZSTD_TO_FILE = ("zstd", "-T0", "-3", "-q", "-o")
+# The compressed stream into the partial file (named after it) and on to the hash. With
+# --output-error=exit a full store stops the stream at once rather than at its end.
+TEE = ("tee", "--output-error=exit")
+SHA256SUM = ("sha256sum",)
 STDERR_TAIL_BYTES = 2000
 
 
@@ -277,6 +279,27 @@ async def compress_to_file(argv: Sequence[str], dest: Path, *,
     return done.sha256, done.size
 
 
+@dataclass
+class _Pipeline:
+    """The programs of one archive stream, upstream first; None until spawned (a cap off: no
+    throttle)."""
+
+    producer: asyncio.subprocess.Process | None = None
+    throttle: asyncio.subprocess.Process | None = None
+    compressor: asyncio.subprocess.Process | None = None
+    writer: asyncio.subprocess.Process | None = None  # tee, into the partial file
+    hasher: asyncio.subprocess.Process | None = None  # sha256sum of what tee passes on
+
+    def named(self, producer_name: str) -> list[tuple[str, asyncio.subprocess.Process]]:
+        """(name in messages, process) of those spawned, upstream first."""
+        names = (producer_name, PV[0], ZSTD[0], TEE[0], SHA256SUM[0])
+        processes = (self.producer, self.throttle, self.compressor, self.writer, self.hasher)
+        return [(name, p) for name, p in zip(names, processes) if p is not None]
+
+    def all(self) -> list[asyncio.subprocess.Process]:
+        return [p for _, p in self.named("")]
+
+
 async def compress(argv: Sequence[str], dest: Path, *, env: Mapping[str, str] | None = None,
                    stdin: bytes | None = None,
                    tolerated: Mapping[int, str] | None = None,
@@ -292,63 +315,92 @@ async def compress(argv: Sequence[str], dest: Path, *, env: Mapping[str, str] | 
     # Unique per writer: two deliveries of one request may archive the same path at once, and
     # the last rename wins with a whole file either way.
     partial = dest.with_name(f"{dest.name}.partial-{os.getpid()}-{secrets.token_hex(4)}")
-    producer = compressor = throttle = progress = None
+    run = _Pipeline()
+    progress = None
     try:
         _make_folder(dest.parent)
-        # An OS pipe, so the uncompressed stream goes from producer to zstd without Python,
-        # and zstd writes the partial file itself: Python streaming zstd's output (read a
-        # MiB, hash and write it in a thread, read the next) ran at 0.42 of `tar | zstd`
-        # (docs/performance.md).
-        read_end, write_end = os.pipe()
-        try:
-            cap = _STREAM_CAP.get()
-            if cap:
-                throttle, read_end = await _spawn_throttle(cap, read_end)
-            compressor = await _spawn([*_dies_with_us(), *ZSTD_TO_FILE, str(partial)],
-                                      stdin=read_end, stdout=subprocess.DEVNULL)
-            producer = await _spawn(
-                argv, stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
-                stdout=write_end, env=env)
-        finally:
-            os.close(read_end)
-            os.close(write_end)
-        progress = Progress(compressor.pid, partial)
-        producer_tail, zstd_tail, throttle_tail = await _stream(
-            producer, compressor, throttle, stdin, progress, no_data_timeout, argv[0])
-        if compressor.returncode != 0 and out_of_space(zstd_tail):
-            raise _store_full(partial, dest, zstd_tail)
+        await _spawn_pipeline(run, argv, partial, env, stdin)
+        progress = Progress(run.compressor.pid, partial)
+        tails, digest = await _stream(run, stdin, progress, no_data_timeout, argv[0])
+        for process, name in ((run.writer, TEE[0]), (run.compressor, ZSTD[0])):
+            if process.returncode != 0 and out_of_space(tails[name]):
+                raise _store_full(partial, dest, tails[name])
         warnings = []
-        meaning = (tolerated or {}).get(producer.returncode)
+        meaning = (tolerated or {}).get(run.producer.returncode)
         if meaning is not None:
             # Not named after argv[0]: over SSH that is ssh, passing tar's status through.
-            warnings.append(f"{meaning} (exit status {producer.returncode})"
-                            + (f": {producer_tail}" if producer_tail else ""))
-        _check_exits([(argv[0], 0 if meaning else producer.returncode, producer_tail),
-                      (ZSTD[0], compressor.returncode, zstd_tail),
-                      *([(PV[0], throttle.returncode, throttle_tail)] if throttle else [])])
-        sha256, size = await _hash_and_sync(partial, dest)
+            warnings.append(f"{meaning} (exit status {run.producer.returncode})"
+                            + (f": {tails[argv[0]]}" if tails[argv[0]] else ""))
+        _check_exits([(name, 0 if meaning and process is run.producer else process.returncode,
+                       tails[name]) for name, process in run.named(argv[0])])
+        sha256 = _sha256_said(digest)
+        size = await _sync(partial, dest)
         await asyncio.to_thread(_publish, partial, dest)
         return Compressed(sha256=sha256, size=size, warnings=tuple(warnings))
     except PipelineError as exc:
-        await _stop(producer, throttle, compressor)
+        await _stop(*run.all())
         partial.unlink(missing_ok=True)
         exc.received = progress.received() if progress else None
         raise
     except BaseException:
-        await _stop(producer, throttle, compressor)
+        await _stop(*run.all())
         partial.unlink(missing_ok=True)
         raise
 
 
-async def _stream(producer: asyncio.subprocess.Process, compressor: asyncio.subprocess.Process,
-                  throttle: asyncio.subprocess.Process | None, stdin: bytes | None,
-                  progress: Progress, no_data_timeout: float | None,
-                  name: str) -> tuple[str, str, str]:
-    """Run the pipeline to its end: the stderr tails of producer, zstd and the throttle (if
-    any). StreamStalled (all killed) once no byte has reached zstd for `no_data_timeout`
-    seconds (None: never). The watch runs either way: its last look is what a failure reports as received, zstd's
-    counter being gone with it."""
-    work = asyncio.ensure_future(_to_the_end(producer, compressor, throttle, stdin))
+async def _spawn_pipeline(run: _Pipeline, argv: Sequence[str], partial: Path,
+                          env: Mapping[str, str] | None, stdin: bytes | None) -> None:
+    """producer | [pv] | zstd | tee partial | sha256sum, joined by OS pipes so that no byte
+    of the stream crosses Python: hashing and writing run beside the compression, not after
+    it (reading the file back afterwards held the archiver at 0.61-0.71 of `tar | zstd`,
+    docs/performance.md). Spawned downstream first, the producer last (it starts the stream);
+    the throttle first of all, so a missing pv is what a capped run reports."""
+    stream, into = os.pipe()  # the producer's stdout
+    try:
+        cap = _STREAM_CAP.get()
+        if cap:
+            run.throttle, stream = await _spawn_throttle(cap, stream)
+        run.compressor, stream = await _spawn_reading(
+            [*_dies_with_us(), *ZSTD], stream)
+        run.writer, stream = await _spawn_reading(
+            [*_dies_with_us(), *TEE, str(partial)], stream)
+        run.hasher, stream = await _spawn_reading(
+            [*_dies_with_us(), *SHA256SUM], stream, stdout=subprocess.PIPE)
+        run.producer = await _spawn(
+            argv, stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
+            stdout=into, env=env)
+    finally:
+        os.close(into)
+
+
+async def _spawn_reading(argv: Sequence[str], stream: int, stdout=None,
+                         ) -> tuple[asyncio.subprocess.Process, int | None]:
+    """`argv` reading the pipe end `stream` (closed here, whatever happens); its process and
+    the read end of a new pipe it writes to (None when `stdout` is given)."""
+    if stdout is not None:
+        try:
+            return await _spawn(argv, stdin=stream, stdout=stdout), None
+        finally:
+            os.close(stream)
+    out, into = os.pipe()
+    try:
+        process = await _spawn(argv, stdin=stream, stdout=into)
+    except BaseException:
+        os.close(out)
+        raise
+    finally:
+        os.close(into)
+        os.close(stream)
+    return process, out
+
+
+async def _stream(run: _Pipeline, stdin: bytes | None, progress: Progress,
+                  no_data_timeout: float | None, name: str) -> tuple[dict[str, str], bytes]:
+    """Run the pipeline to its end: the stderr tail of each program by name, and what
+    sha256sum printed. StreamStalled (all killed) once no byte has reached zstd for
+    `no_data_timeout` seconds (None: never). The watch runs either way: its last look is what
+    a failure reports as received, zstd's counter being gone with it."""
+    work = asyncio.ensure_future(_to_the_end(run, stdin, name))
     watch = asyncio.ensure_future(quiet_for(progress, no_data_timeout))
     try:
         await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
@@ -359,25 +411,29 @@ async def _stream(producer: asyncio.subprocess.Process, compressor: asyncio.subp
     if work.done():
         return work.result()
     received = progress.received()
-    await _stop(producer, throttle, compressor)  # their stderr then ends, and with it `work`
+    await _stop(*run.all())  # their stderr then ends, and with it `work`
     await asyncio.gather(work, return_exceptions=True)
     stalled = StreamStalled(no_data_timeout, name)
     stalled.received = received
     raise stalled
 
 
-async def _to_the_end(producer: asyncio.subprocess.Process,
-                      compressor: asyncio.subprocess.Process,
-                      throttle: asyncio.subprocess.Process | None,
-                      stdin: bytes | None) -> tuple[str, str, str]:
-    producer_tail, zstd_tail, throttle_tail, _ = await asyncio.gather(
-        _stderr_tail(producer.stderr), _stderr_tail(compressor.stderr),
-        _stderr_tail(throttle.stderr) if throttle else _nothing(),
-        _feed(producer, stdin),
-    )
-    await asyncio.gather(producer.wait(), compressor.wait(),
-                         *([throttle.wait()] if throttle else []))
-    return producer_tail, zstd_tail, throttle_tail
+async def _to_the_end(run: _Pipeline, stdin: bytes | None,
+                      name: str) -> tuple[dict[str, str], bytes]:
+    named = run.named(name)
+    *tails, digest, _ = await asyncio.gather(
+        *(_stderr_tail(process.stderr) for _, process in named),
+        run.hasher.stdout.read(), _feed(run.producer, stdin))
+    await asyncio.gather(*(process.wait() for _, process in named))
+    return {program: tail for (program, _), tail in zip(named, tails)}, digest
+
+
+def _sha256_said(output: bytes) -> str:
+    """The hex digest from sha256sum's `<digest>  -` line."""
+    digest = output.decode("ascii", "replace").split(" ", 1)[0].strip()
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise PipelineError(f"sha256sum printed {output[:200]!r}, not a sha256")
+    return digest
 
 
 def _store_full(partial: Path, dest: Path, detail: str) -> StoreFull:
@@ -417,20 +473,7 @@ async def _spawn_throttle(cap: int, stream: int) -> tuple[asyncio.subprocess.Pro
     process and the read end of its output. The bytes still pass from program to program,
     never through Python; the producer is slowed by the full pipe, as it would be by a slow
     network."""
-    throttled, into = os.pipe()
-    try:
-        throttle = await _spawn([*_dies_with_us(), *PV, str(cap)], stdin=stream, stdout=into)
-    except BaseException:
-        os.close(throttled)
-        raise  # `stream` stays the caller's to close
-    finally:
-        os.close(into)
-    os.close(stream)
-    return throttle, throttled
-
-
-async def _nothing() -> str:
-    return ""
+    return await _spawn_reading([*_dies_with_us(), *PV, str(cap)], stream)
 
 
 @functools.cache
@@ -464,36 +507,22 @@ async def _spawn(argv: Sequence[str], *, stdin, stdout, env=None) -> asyncio.sub
         raise PipelineError(f"cannot run {argv[0]}: {exc}") from None
 
 
-async def _hash_and_sync(partial: Path, dest: Path) -> tuple[str, int]:
-    """sha256 and size of the file zstd wrote, read back (from the page cache) while another
-    thread makes it durable: the two overlap, and neither runs on the event loop (a big
-    archive would stall the service's broker heartbeats)."""
+async def _sync(partial: Path, dest: Path) -> int:
+    """Make the file tee wrote durable (in a thread: a big archive's fsync would stall the
+    service's broker heartbeats); its size."""
     try:
-        (sha256, size), _ = await asyncio.gather(asyncio.to_thread(_sha256_of, partial),
-                                                 asyncio.to_thread(_fsync_file, partial))
+        return await asyncio.to_thread(_fsync_file, partial)
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # a delayed allocation failing at fsync
             raise _store_full(partial, dest, str(exc)) from None
         raise PipelineError(f"cannot write {partial}: {exc}") from None
-    return sha256, size
 
 
-def _sha256_of(path: Path) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    size = 0
-    buffer = bytearray(CHUNK)
-    view = memoryview(buffer)
-    with path.open("rb", buffering=0) as handle:
-        while n := handle.readinto(buffer):
-            digest.update(view[:n])
-            size += n
-    return digest.hexdigest(), size
-
-
-def _fsync_file(path: Path) -> None:
+def _fsync_file(path: Path) -> int:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
+        return os.fstat(fd).st_size
     finally:
         os.close(fd)
 
