@@ -16,7 +16,8 @@ Timed, each on its own, after one warm-up read of the tree:
   bash in the VM's namespace as root, into a temp folder): download, sha256 and unpack;
 - whole: archiver + vm, as a migration runs them; baseline the bare pipe.
 
-MB/s are of tree bytes (the download's too, so stages compare); best of `--repeats`.
+MB/s are of tree bytes (the download's too, so stages compare); best of `--repeats` (of at
+least 3 for the download and nginx, seconds each and the noisiest).
 
     .venv/bin/python -m bench.datapath --size-mb 1024        # --size-mb 256 for a quicker run
 """
@@ -245,11 +246,13 @@ async def measure(size_mb: int, repeats: int, quiet: bool = True, tree_root: Pat
             loads.append(loadavg())
         (work / "pipe.tar.zst").unlink(missing_ok=True)
         vm_id, token, url = await gateway_with_archive(host, settings, archive)
-        for _ in range(repeats):
-            runs["download"].append(await asyncio.to_thread(
-                curl_seconds, vm_ns, url, token, archive.size))
-            runs["nginx"].append(await asyncio.to_thread(
-                curl_seconds, vm_ns, f"{nginx_url}/{dest.name}", None, archive.size))
+        # Seconds each and the noisiest stage on a shared machine: at least 3 of each,
+        # alternating which goes first.
+        fetches = {"download": (url, token), "nginx": (f"{nginx_url}/{dest.name}", None)}
+        for i in range(max(3, repeats)):
+            for name in (("download", "nginx") if i % 2 == 0 else ("nginx", "download")):
+                runs[name].append(await asyncio.to_thread(
+                    curl_seconds, vm_ns, *fetches[name], archive.size))
             loads.append(loadavg())
         for _ in range(repeats):
             runs["vm"].append(await asyncio.to_thread(
