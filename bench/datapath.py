@@ -287,6 +287,12 @@ def report(run: dict, started: str) -> None:
          m["download"], m["nginx"], m["vm"], m["whole"], m["bare_pipe"],
          run["ratio_archiver_to_ssh_tar_zstd"], run["ratio_download_to_nginx"],
          run["ratio_whole_to_bare_pipe"], max(run["loadavg_1min"])])
+    plot(run)
+
+
+def plot(run: dict) -> None:
+    """docs/performance/datapath.png: MB/s of each stage and its baseline."""
+    m = run["mb_per_s"]
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     names = ["archiver", "ssh_tar_zstd", "download", "nginx", "vm", "whole", "bare_pipe"]
