@@ -357,8 +357,9 @@ async def _spawn_pipeline(run: _Pipeline, argv: Sequence[str], partial: Path,
                           env: Mapping[str, str] | None, stdin: bytes | None) -> None:
     """producer | [pv] | zstd | tee partial | the hashing thread, joined by OS pipes: hashing
     and writing run beside the compression, not after it (reading the file back afterwards
-    held the archiver at 0.61-0.71 of `tar | zstd`, docs/performance.md). Spawned downstream first, the producer last (it starts the stream);
-    the throttle first of all, so a missing pv is what a capped run reports."""
+    held the archiver at 0.61-0.71 of `tar | zstd`, docs/performance.md). Spawned downstream
+    first, the producer last (it starts the stream); the throttle first of all, so a missing
+    pv is what a capped run reports."""
     stream, into = os.pipe()  # the producer's stdout
     try:
         cap = _STREAM_CAP.get()
@@ -368,9 +369,8 @@ async def _spawn_pipeline(run: _Pipeline, argv: Sequence[str], partial: Path,
             [*_dies_with_us(), *ZSTD], stream)
         run.writer, stream = await _spawn_reading(
             [*_dies_with_us(), *TEE, str(partial)], stream)
-        # The thread owns the pipe's read end from here; tee's end closing ends it.
-        hashed, stream = stream, None
-        run.hashing = asyncio.ensure_future(asyncio.to_thread(_sha256_of_stream, hashed))
+        # The thread owns tee's output from here (and closes it); tee exiting ends it.
+        run.hashing = asyncio.ensure_future(asyncio.to_thread(_sha256_of_stream, stream))
         run.producer = await _spawn(
             argv, stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
             stdout=into, env=env)
