@@ -46,15 +46,16 @@ def _content(rng: random.Random, size: int) -> bytes:
     return bytes(out)
 
 
-def generate(size_mb: int) -> tuple[Path, int, int]:
-    """The tree for `size_mb`, made unless already there; returns (dir, bytes, files)."""
-    data = TREE / "data"
-    marker = TREE / "tree.json"
+def generate(size_mb: int, root: Path = TREE) -> tuple[Path, int, int]:
+    """The tree for `size_mb` under `root`, made unless already there; returns (dir, bytes,
+    files)."""
+    data = root / "data"
+    marker = root / "tree.json"
     if marker.exists():
         meta = json.loads(marker.read_text())
         if meta.get("size_mb") == size_mb and data.is_dir():
             return data, meta["bytes"], meta["files"]
-    shutil.rmtree(TREE, ignore_errors=True)
+    shutil.rmtree(root, ignore_errors=True)
     rng = random.Random(1234)
     target = size_mb * 1024 * 1024
     total = files = 0

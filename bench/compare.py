@@ -8,6 +8,7 @@ removed at the end; each run is a fresh process of `python -m bench.<name> ... -
 
     .venv/bin/python -m bench.compare --before 3447a6a --pairs 2 pipeline --vms 1000 --no-ceilings
     .venv/bin/python -m bench.compare --before 3447a6a --pairs 2 gateway --clients 1000 --rounds 5
+    .venv/bin/python -m bench.compare --before main --pairs 2 archive --size-mb 512 --repeats 2
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ FIGURES = {
                 "p99 ms": ("gateway", "p99_ms"), "CPU ms/request": ("gateway", "cpu_ms_per_request"),
                 "pg round trips/request": ("gateway", "pg_writes_per_request"),
                 "ratio to bare aiohttp": ("ratio_rps",)},
+    "archive": {"archiver MB/s": ("mb_per_s", "archiver"), "tar|zstd MB/s": ("mb_per_s", "tar_zstd"),
+                "ratio to tar|zstd": ("ratio_archiver_to_tar_zstd",)},
 }
 
 

@@ -2,14 +2,16 @@
 sha256 and size of the file written.
 
 The pipeline (`compress_to_file`) is shared with the database dumps: a producer program writes
-a stream to stdout, zstd compresses it into the partial file itself (`-o`), and Python reads
-the file once afterwards, to hash it while it is flushed to disk.
+a stream to stdout, zstd compresses it, `tee` writes the compressed stream into the partial file
+and passes it on to a thread that hashes it. The uncompressed stream never crosses Python, and
+the hash is done when the stream ends: only the fsync of the file is left after it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
 import functools
 import hashlib
 import os
@@ -29,8 +31,12 @@ from shared.archive_store import free_bytes
 
 CHUNK = 1 << 20
 ZSTD = ("zstd", "-T0", "-3", "-q", "-c")
-# The same compression, zstd writing the file itself: no byte of the archive crosses Python.
-ZSTD_TO_FILE = ("zstd", "-T0", "-3", "-q", "-o")
+# The compressed stream into the partial file (named after it) and on to the hash. With
+# --output-error=exit a full store stops the stream at once rather than at its end.
+TEE = ("tee", "--output-error=exit")
+# The pipe from tee to the hashing thread: 1 MiB (Linux's limit for anyone) rather than 64 KiB,
+# so the thread wakes for a MiB at a time.
+HASH_PIPE_BYTES = 1 << 20
 STDERR_TAIL_BYTES = 2000
 
 
@@ -277,6 +283,29 @@ async def compress_to_file(argv: Sequence[str], dest: Path, *,
     return done.sha256, done.size
 
 
+@dataclass
+class _Pipeline:
+    """The programs of one archive stream, upstream first; None until spawned (a cap off: no
+    throttle)."""
+
+    producer: asyncio.subprocess.Process | None = None
+    throttle: asyncio.subprocess.Process | None = None
+    compressor: asyncio.subprocess.Process | None = None
+    writer: asyncio.subprocess.Process | None = None  # tee, into the partial file
+    # The sha256 of what tee passes on, hashed in a thread (hashlib: OpenSSL's SHA extensions;
+    # coreutils' sha256sum, 6 times slower here, took a core from zstd on a 2-core machine).
+    hashing: asyncio.Future | None = None
+
+    def named(self, producer_name: str) -> list[tuple[str, asyncio.subprocess.Process]]:
+        """(name in messages, process) of those spawned, upstream first."""
+        names = (producer_name, PV[0], ZSTD[0], TEE[0])
+        processes = (self.producer, self.throttle, self.compressor, self.writer)
+        return [(name, p) for name, p in zip(names, processes) if p is not None]
+
+    def all(self) -> list[asyncio.subprocess.Process]:
+        return [p for _, p in self.named("")]
+
+
 async def compress(argv: Sequence[str], dest: Path, *, env: Mapping[str, str] | None = None,
                    stdin: bytes | None = None,
                    tolerated: Mapping[int, str] | None = None,
@@ -292,63 +321,86 @@ async def compress(argv: Sequence[str], dest: Path, *, env: Mapping[str, str] | 
     # Unique per writer: two deliveries of one request may archive the same path at once, and
     # the last rename wins with a whole file either way.
     partial = dest.with_name(f"{dest.name}.partial-{os.getpid()}-{secrets.token_hex(4)}")
-    producer = compressor = throttle = progress = None
+    run = _Pipeline()
+    progress = None
     try:
         _make_folder(dest.parent)
-        # An OS pipe, so the uncompressed stream goes from producer to zstd without Python,
-        # and zstd writes the partial file itself: Python streaming zstd's output (read a
-        # MiB, hash and write it in a thread, read the next) ran at 0.42 of `tar | zstd`
-        # (docs/performance.md).
-        read_end, write_end = os.pipe()
-        try:
-            cap = _STREAM_CAP.get()
-            if cap:
-                throttle, read_end = await _spawn_throttle(cap, read_end)
-            compressor = await _spawn([*_dies_with_us(), *ZSTD_TO_FILE, str(partial)],
-                                      stdin=read_end, stdout=subprocess.DEVNULL)
-            producer = await _spawn(
-                argv, stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
-                stdout=write_end, env=env)
-        finally:
-            os.close(read_end)
-            os.close(write_end)
-        progress = Progress(compressor.pid, partial)
-        producer_tail, zstd_tail, throttle_tail = await _stream(
-            producer, compressor, throttle, stdin, progress, no_data_timeout, argv[0])
-        if compressor.returncode != 0 and out_of_space(zstd_tail):
-            raise _store_full(partial, dest, zstd_tail)
+        await _spawn_pipeline(run, argv, partial, env, stdin)
+        progress = Progress(run.compressor.pid, partial)
+        tails, sha256 = await _stream(run, stdin, progress, no_data_timeout, argv[0])
+        for process, name in ((run.writer, TEE[0]), (run.compressor, ZSTD[0])):
+            if process.returncode != 0 and out_of_space(tails[name]):
+                raise _store_full(partial, dest, tails[name])
         warnings = []
-        meaning = (tolerated or {}).get(producer.returncode)
+        meaning = (tolerated or {}).get(run.producer.returncode)
         if meaning is not None:
             # Not named after argv[0]: over SSH that is ssh, passing tar's status through.
-            warnings.append(f"{meaning} (exit status {producer.returncode})"
-                            + (f": {producer_tail}" if producer_tail else ""))
-        _check_exits([(argv[0], 0 if meaning else producer.returncode, producer_tail),
-                      (ZSTD[0], compressor.returncode, zstd_tail),
-                      *([(PV[0], throttle.returncode, throttle_tail)] if throttle else [])])
-        sha256, size = await _hash_and_sync(partial, dest)
+            warnings.append(f"{meaning} (exit status {run.producer.returncode})"
+                            + (f": {tails[argv[0]]}" if tails[argv[0]] else ""))
+        _check_exits([(name, 0 if meaning and process is run.producer else process.returncode,
+                       tails[name]) for name, process in run.named(argv[0])])
+        size = await _sync(partial, dest)
         await asyncio.to_thread(_publish, partial, dest)
         return Compressed(sha256=sha256, size=size, warnings=tuple(warnings))
     except PipelineError as exc:
-        await _stop(producer, throttle, compressor)
+        await _stop_pipeline(run)
         partial.unlink(missing_ok=True)
         exc.received = progress.received() if progress else None
         raise
     except BaseException:
-        await _stop(producer, throttle, compressor)
+        await _stop_pipeline(run)
         partial.unlink(missing_ok=True)
         raise
 
 
-async def _stream(producer: asyncio.subprocess.Process, compressor: asyncio.subprocess.Process,
-                  throttle: asyncio.subprocess.Process | None, stdin: bytes | None,
-                  progress: Progress, no_data_timeout: float | None,
-                  name: str) -> tuple[str, str, str]:
-    """Run the pipeline to its end: the stderr tails of producer, zstd and the throttle (if
-    any). StreamStalled (all killed) once no byte has reached zstd for `no_data_timeout`
-    seconds (None: never). The watch runs either way: its last look is what a failure reports as received, zstd's
-    counter being gone with it."""
-    work = asyncio.ensure_future(_to_the_end(producer, compressor, throttle, stdin))
+async def _spawn_pipeline(run: _Pipeline, argv: Sequence[str], partial: Path,
+                          env: Mapping[str, str] | None, stdin: bytes | None) -> None:
+    """producer | [pv] | zstd | tee partial | the hashing thread, joined by OS pipes: hashing
+    and writing run beside the compression, not after it (reading the file back afterwards
+    held the archiver at 0.61-0.71 of `tar | zstd`, docs/performance.md). Spawned downstream
+    first, the producer last (it starts the stream); the throttle first of all, so a missing
+    pv is what a capped run reports."""
+    stream, into = os.pipe()  # the producer's stdout
+    try:
+        cap = _STREAM_CAP.get()
+        if cap:
+            run.throttle, stream = await _spawn_throttle(cap, stream)
+        run.compressor, stream = await _spawn_reading(
+            [*_dies_with_us(), *ZSTD], stream)
+        run.writer, stream = await _spawn_reading(
+            [*_dies_with_us(), *TEE, str(partial)], stream)
+        # The thread owns tee's output from here (and closes it); tee exiting ends it.
+        run.hashing = asyncio.ensure_future(asyncio.to_thread(_sha256_of_stream, stream))
+        run.producer = await _spawn(
+            argv, stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
+            stdout=into, env=env)
+    finally:
+        os.close(into)
+
+
+async def _spawn_reading(argv: Sequence[str],
+                         stream: int) -> tuple[asyncio.subprocess.Process, int]:
+    """`argv` reading the pipe end `stream` (closed here, whatever happens); its process and
+    the read end of a new pipe it writes to."""
+    out, into = os.pipe()
+    try:
+        process = await _spawn(argv, stdin=stream, stdout=into)
+    except BaseException:
+        os.close(out)
+        raise
+    finally:
+        os.close(into)
+        os.close(stream)
+    return process, out
+
+
+async def _stream(run: _Pipeline, stdin: bytes | None, progress: Progress,
+                  no_data_timeout: float | None, name: str) -> tuple[dict[str, str], bytes]:
+    """Run the pipeline to its end: the stderr tail of each program by name, and the sha256
+    of the stream written. StreamStalled (all killed) once no byte has reached zstd for
+    `no_data_timeout` seconds (None: never). The watch runs either way: its last look is what
+    a failure reports as received, zstd's counter being gone with it."""
+    work = asyncio.ensure_future(_to_the_end(run, stdin, name))
     watch = asyncio.ensure_future(quiet_for(progress, no_data_timeout))
     try:
         await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
@@ -359,25 +411,44 @@ async def _stream(producer: asyncio.subprocess.Process, compressor: asyncio.subp
     if work.done():
         return work.result()
     received = progress.received()
-    await _stop(producer, throttle, compressor)  # their stderr then ends, and with it `work`
+    await _stop_pipeline(run)  # their stderr then ends, and with it `work`
     await asyncio.gather(work, return_exceptions=True)
     stalled = StreamStalled(no_data_timeout, name)
     stalled.received = received
     raise stalled
 
 
-async def _to_the_end(producer: asyncio.subprocess.Process,
-                      compressor: asyncio.subprocess.Process,
-                      throttle: asyncio.subprocess.Process | None,
-                      stdin: bytes | None) -> tuple[str, str, str]:
-    producer_tail, zstd_tail, throttle_tail, _ = await asyncio.gather(
-        _stderr_tail(producer.stderr), _stderr_tail(compressor.stderr),
-        _stderr_tail(throttle.stderr) if throttle else _nothing(),
-        _feed(producer, stdin),
-    )
-    await asyncio.gather(producer.wait(), compressor.wait(),
-                         *([throttle.wait()] if throttle else []))
-    return producer_tail, zstd_tail, throttle_tail
+async def _to_the_end(run: _Pipeline, stdin: bytes | None,
+                      name: str) -> tuple[dict[str, str], str]:
+    named = run.named(name)
+    *tails, _ = await asyncio.gather(
+        *(_stderr_tail(process.stderr) for _, process in named), _feed(run.producer, stdin))
+    await asyncio.gather(*(process.wait() for _, process in named))
+    # After the programs: tee's exit closed the pipe, so the thread has its last byte.
+    sha256 = await asyncio.shield(run.hashing)
+    return {program: tail for (program, _), tail in zip(named, tails)}, sha256
+
+
+def _sha256_of_stream(fd: int) -> str:
+    """sha256 of all that comes on the pipe `fd` until its end (closed here)."""
+    with open(fd, "rb", buffering=0) as stream:
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, HASH_PIPE_BYTES)
+        except OSError:
+            pass  # the default size: more wake-ups, the same hash
+        digest = hashlib.sha256()
+        buffer = bytearray(HASH_PIPE_BYTES)
+        view = memoryview(buffer)
+        while n := stream.readinto(buffer):
+            digest.update(view[:n])
+        return digest.hexdigest()
+
+
+async def _stop_pipeline(run: _Pipeline) -> None:
+    """Kill the programs; the hashing thread then reads the end of its pipe and is done."""
+    await _stop(*run.all())
+    if run.hashing is not None:
+        await asyncio.gather(run.hashing, return_exceptions=True)
 
 
 def _store_full(partial: Path, dest: Path, detail: str) -> StoreFull:
@@ -417,20 +488,7 @@ async def _spawn_throttle(cap: int, stream: int) -> tuple[asyncio.subprocess.Pro
     process and the read end of its output. The bytes still pass from program to program,
     never through Python; the producer is slowed by the full pipe, as it would be by a slow
     network."""
-    throttled, into = os.pipe()
-    try:
-        throttle = await _spawn([*_dies_with_us(), *PV, str(cap)], stdin=stream, stdout=into)
-    except BaseException:
-        os.close(throttled)
-        raise  # `stream` stays the caller's to close
-    finally:
-        os.close(into)
-    os.close(stream)
-    return throttle, throttled
-
-
-async def _nothing() -> str:
-    return ""
+    return await _spawn_reading([*_dies_with_us(), *PV, str(cap)], stream)
 
 
 @functools.cache
@@ -464,36 +522,22 @@ async def _spawn(argv: Sequence[str], *, stdin, stdout, env=None) -> asyncio.sub
         raise PipelineError(f"cannot run {argv[0]}: {exc}") from None
 
 
-async def _hash_and_sync(partial: Path, dest: Path) -> tuple[str, int]:
-    """sha256 and size of the file zstd wrote, read back (from the page cache) while another
-    thread makes it durable: the two overlap, and neither runs on the event loop (a big
-    archive would stall the service's broker heartbeats)."""
+async def _sync(partial: Path, dest: Path) -> int:
+    """Make the file tee wrote durable (in a thread: a big archive's fsync would stall the
+    service's broker heartbeats); its size."""
     try:
-        (sha256, size), _ = await asyncio.gather(asyncio.to_thread(_sha256_of, partial),
-                                                 asyncio.to_thread(_fsync_file, partial))
+        return await asyncio.to_thread(_fsync_file, partial)
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # a delayed allocation failing at fsync
             raise _store_full(partial, dest, str(exc)) from None
         raise PipelineError(f"cannot write {partial}: {exc}") from None
-    return sha256, size
 
 
-def _sha256_of(path: Path) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    size = 0
-    buffer = bytearray(CHUNK)
-    view = memoryview(buffer)
-    with path.open("rb", buffering=0) as handle:
-        while n := handle.readinto(buffer):
-            digest.update(view[:n])
-            size += n
-    return digest.hexdigest(), size
-
-
-def _fsync_file(path: Path) -> None:
+def _fsync_file(path: Path) -> int:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
+        return os.fstat(fd).st_size
     finally:
         os.close(fd)
 

@@ -1,4 +1,4 @@
-"""Watching an archive stream that no byte of crosses Python (producer | zstd -o file): how
+"""Watching an archive stream that no byte of crosses Python (producer | zstd | tee file): how
 much of it has arrived, and whether it has stopped.
 
 ssh's keepalives end a connection whose host is gone, but not one whose host answers them
@@ -23,8 +23,8 @@ LOOK_EVERY_S = 0.25
 
 class Progress:
     """Bytes of the stream that reached zstd: what zstd has read (its `rchar` in
-    /proc/<pid>/io, exact and at once), or, where that cannot be read, the size of the file it
-    writes (which grows only by whole compressed blocks)."""
+    /proc/<pid>/io, exact and at once), or, where that cannot be read, the size of the file tee
+    writes from its output (which grows only by whole compressed blocks)."""
 
     def __init__(self, zstd_pid: int, partial: Path):
         self._io = Path(f"/proc/{zstd_pid}/io")

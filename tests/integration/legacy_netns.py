@@ -94,10 +94,24 @@ def free_subnet() -> ipaddress.IPv4Network:
     raise RuntimeError(f"no free /30 in {NETWORK}")
 
 
-def start(folder: Path) -> LegacyHost:
-    """Make the namespace, its link and its sshd; `folder` holds keys and configuration."""
+def start(folder: Path, prefix: str = "fa") -> LegacyHost:
+    """Make the namespace, its link and its sshd; `folder` holds keys and configuration.
+    `prefix` (two letters) starts the names of the namespace (`ferry-<prefix>-...`) and link."""
+    namespace, link, here, there = joined_namespace(prefix)
+    try:
+        host = LegacyHost(namespace, link, there, folder / "id_ed25519")
+        host.sshd = _start_sshd(host, folder)
+    except BaseException:
+        stop_namespace(namespace, link)
+        raise
+    return host
+
+
+def joined_namespace(prefix: str) -> tuple[str, str, str, str]:
+    """A new namespace joined to this machine by a veth on a free /30: (namespace, this
+    machine's link, this machine's address, the namespace's address on its eth0)."""
     tag = uuid.uuid4().hex[:8]
-    namespace, link = f"ferry-fa-{tag}", f"fa{tag}"
+    namespace, link = f"ferry-{prefix}-{tag}", f"{prefix}{tag}"
     subnet = free_subnet()
     here, there = (str(a) for a in list(subnet.hosts())[:2])
     run("ip", "netns", "add", namespace)
@@ -109,12 +123,10 @@ def start(folder: Path) -> LegacyHost:
         run("ip", "link", "set", link, "up")
         run("ip", "-n", namespace, "addr", "add", f"{there}/30", "dev", "eth0")
         run("ip", "-n", namespace, "link", "set", "eth0", "up")
-        host = LegacyHost(namespace, link, there, folder / "id_ed25519")
-        host.sshd = _start_sshd(host, folder)
     except BaseException:
         stop_namespace(namespace, link)
         raise
-    return host
+    return namespace, link, here, there
 
 
 def _start_sshd(host: LegacyHost, folder: Path) -> subprocess.Popen:

@@ -1,12 +1,14 @@
-"""The pipeline and gateway benchmarks still run, at a tiny size (no figure is asserted)."""
+"""The benchmarks still run, at a tiny size (no figure is asserted)."""
 
 from __future__ import annotations
 
 import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
 
-from bench import compare, gateway, pipeline, spy_summary
+from bench import compare, datapath, gateway, pipeline, spy_summary
 
 pytestmark = pytest.mark.integration
 
@@ -44,3 +46,17 @@ def test_spy_summary_counts_self_and_inclusive_time():
     own, within = text.split("inclusive time")
     assert " 75.0 %  leaf (b.py)" in own and " 25.0 %  work (a.py)" in own
     assert "100.0 %  work (a.py)" in within and "100.0 %  main (a.py)" in within
+
+
+async def test_datapath_bench_moves_a_small_tree_end_to_end(tmp_path, monkeypatch):
+    """16 MB through archiver, gateway download, nginx and the VM side's fetch_checked |
+    unpack_into (the bench checks each unpacked copy has the tree's files and bytes), and the
+    bench's namespaces and nginx are gone afterwards."""
+    run = await datapath.measure(16, 1, quiet=False, tree_root=tmp_path / "tree")
+    assert run["bytes"] > 15_000_000 and 0 < run["archive_bytes"] < run["bytes"]
+    assert all(s > 0 for s in run["best_s"].values())
+    assert run["best_s"]["whole"] == run["best_s"]["archiver"] + run["best_s"]["vm"]
+    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
+                                check=True).stdout
+    assert "ferry-dp-" not in namespaces and "ferry-dv-" not in namespaces
+    assert not list(Path(tempfile.gettempdir()).glob("ferry-dp-*/nginx.conf"))

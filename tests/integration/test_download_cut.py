@@ -1,11 +1,13 @@
-"""The gateway restarted while a VM downloads an archive: the rendered script's download
-(fetch_checked, fetch_resumed) picks up from the byte where the cut left it, with a Range
-request, and the file is byte-identical to the archive (its sha256 checked as the script does).
+"""A VM's archive download cut mid-stream, by a gateway restart or by a connection that falls
+silent: the rendered script's download (fetch_checked, fetch_resumed) picks up from the byte
+where the cut left it, with a Range request, and the file is byte-identical to the archive (its
+sha256 checked as the script does).
 
 The script's own functions are run under bash, cut out of the script the gateway serves the VM;
-the gateway is its own process, killed with SIGKILL mid-stream and started again; the archive is
-a real one, made by the archiver from a legacy folder of several MB. Only curl is slowed (its
---limit-rate, at the test's edge) so that the kill lands mid-stream for certain."""
+the gateway is its own process, killed with SIGKILL mid-stream and started again, or reached
+through a relay (tests/integration/tcp_proxy.py) that silences the connection; the archive is a
+real one, made by the archiver from a legacy folder of several MB. Only curl is slowed (its
+--limit-rate, at the test's edge) so that the cut lands mid-stream for certain."""
 
 from __future__ import annotations
 
@@ -13,6 +15,9 @@ import asyncio
 import hashlib
 import os
 import re
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +26,7 @@ from shared.providers.base import BootSource
 from shared.providers.fake import FakeProvider
 from tests.conftest import eventually
 from tests.integration.harness import Ferry
+from tests.integration.tcp_proxy import TcpProxy
 from tests.service_process import ServiceProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_broker_and_db")]
@@ -59,8 +65,20 @@ def functions_of(script: str, names: tuple[str, ...]) -> str:
     return "\n".join(found)
 
 
-async def test_a_download_cut_by_a_gateway_restart_resumes_byte_identical(settings, operator,
-                                                                            tmp_path):
+@dataclass
+class Archived:
+    ferry: Ferry
+    gateway: ServiceProcess
+    vm_id: object
+    record: dict
+    archive: bytes
+    script: str
+
+
+@asynccontextmanager
+async def a_vm_with_its_archive(settings, operator, tmp_path: Path):
+    """The product running (the gateway its own process) with one VM booted whose archive of
+    /data (~63 MB, incompressible) is made; the rendered script it is served."""
     data = tmp_path / "legacy" / "data"
     data.mkdir(parents=True)
     for n in range(6):  # incompressible: the archive is as large as its files
@@ -70,7 +88,6 @@ async def test_a_download_cut_by_a_gateway_restart_resumes_byte_identical(settin
     host = Host(settings, SERVICES, provider=provider)
     await host.start()
     gateway.start()
-    bash = None
     try:
         ferry = Ferry(settings, host, provider, operator)
 
@@ -87,49 +104,105 @@ async def test_a_download_cut_by_a_gateway_restart_resumes_byte_identical(settin
         assert len(archive) > 60 * 1024 * 1024
         async with ferry.vm(vm_id) as vm:
             script = await vm.script()
-
-        out = tmp_path / "downloaded"
-        snippet = tmp_path / "download.sh"
-        snippet.write_text(
-            "set -o errexit -o nounset -o pipefail\n"
-            + functions_of(script, FUNCTIONS)
-            # The test's edge: curl held to RATE, so the download is mid-stream when killed.
-            + f'\ncurl() {{ command curl --limit-rate {RATE} "$@"; }}\n'
-            + f'fetch_checked "$FERRY_GATEWAY/v1/archives/$FERRY_VM_ID/{record["id"]}" '
-              f'{record["sha256"]} "archive of /data" >"{out}"\n')
-        work = tmp_path / "work"
-        work.mkdir()
-        env = {"PATH": os.environ["PATH"], "WORK": str(work), "FERRY_GATEWAY":
-               settings.gateway_url, "FERRY_VM_ID": str(vm_id), "FERRY_TOKEN": ferry.token(vm_id)}
-        bash = await asyncio.create_subprocess_exec(
-            "bash", str(snippet), env=env, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE)
-
-        quarter = len(archive) // 4
-
-        async def a_quarter_downloaded():
-            if bash.returncode is not None:
-                said, errors = await bash.communicate()
-                raise AssertionError(f"the download ended early ({bash.returncode}): "
-                                     f"{errors.decode()}")
-            return out.exists() and out.stat().st_size > quarter
-        await eventually(a_quarter_downloaded, 60, what="a quarter of the archive downloaded")
-        gateway.kill()
-        cut_at = out.stat().st_size
-        assert cut_at < len(archive), "the download ended before the gateway was killed"
-        gateway.start()
-
-        said, errors = await asyncio.wait_for(bash.communicate(), 300)
-        errors = errors.decode()
-        assert bash.returncode == 0, errors
-        assert "resuming" in errors, errors
-        got = out.read_bytes()
-        assert len(got) == len(archive) and got == archive
-        assert hashlib.sha256(got).hexdigest() == record["sha256"]
-        print(f"archive {len(archive)} bytes, cut after {cut_at}; {errors.strip()}")
+        yield Archived(ferry, gateway, vm_id, dict(record), archive, script)
     finally:
-        if bash is not None and bash.returncode is None:
-            bash.kill()
-            await bash.wait()
         gateway.stop()
         await host.stop()
+
+
+async def start_download(setup: Archived, tmp_path: Path, gateway_url: str, out: Path,
+                         stall_s: int | None = None) -> asyncio.subprocess.Process:
+    """bash running the script's fetch_checked of the archive into `out`, curl held to RATE;
+    `stall_s`: the script's DOWNLOAD_STALL_S (unset: its own default)."""
+    record = setup.record
+    snippet = tmp_path / "download.sh"
+    snippet.write_text(
+        "set -o errexit -o nounset -o pipefail\n"
+        + functions_of(setup.script, FUNCTIONS)
+        # The test's edge: curl held to RATE, so the download is mid-stream when cut.
+        + f'\ncurl() {{ command curl --limit-rate {RATE} "$@"; }}\n'
+        + f'fetch_checked "$FERRY_GATEWAY/v1/archives/$FERRY_VM_ID/{record["id"]}" '
+          f'{record["sha256"]} "archive of /data" >"{out}"\n')
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {"PATH": os.environ["PATH"], "WORK": str(work), "FERRY_GATEWAY": gateway_url,
+           "FERRY_VM_ID": str(setup.vm_id), "FERRY_TOKEN": setup.ferry.token(setup.vm_id)}
+    if stall_s is not None:
+        env["DOWNLOAD_STALL_S"] = str(stall_s)
+    return await asyncio.create_subprocess_exec(
+        "bash", str(snippet), env=env, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+
+
+async def a_quarter_written(bash: asyncio.subprocess.Process, out: Path, size: int) -> None:
+    async def written():
+        if bash.returncode is not None:
+            said, errors = await bash.communicate()
+            raise AssertionError(f"the download ended early ({bash.returncode}): "
+                                 f"{errors.decode()}")
+        return out.exists() and out.stat().st_size > size // 4
+    await eventually(written, 60, what="a quarter of the archive downloaded")
+
+
+async def finished_identical(bash: asyncio.subprocess.Process, out: Path,
+                             setup: Archived) -> str:
+    """Wait for the script's download to end; it succeeded with the archive's bytes. Its
+    stderr."""
+    said, errors = await asyncio.wait_for(bash.communicate(), 300)
+    errors = errors.decode()
+    assert bash.returncode == 0, errors
+    got = out.read_bytes()
+    assert len(got) == len(setup.archive) and got == setup.archive
+    assert hashlib.sha256(got).hexdigest() == setup.record["sha256"]
+    return errors
+
+
+async def test_a_download_cut_by_a_gateway_restart_resumes_byte_identical(settings, operator,
+                                                                            tmp_path):
+    bash = None
+    async with a_vm_with_its_archive(settings, operator, tmp_path) as setup:
+        try:
+            out = tmp_path / "downloaded"
+            bash = await start_download(setup, tmp_path, settings.gateway_url, out)
+            await a_quarter_written(bash, out, len(setup.archive))
+            setup.gateway.kill()
+            cut_at = out.stat().st_size
+            assert cut_at < len(setup.archive), "the download ended before the gateway was killed"
+            setup.gateway.start()
+            errors = await finished_identical(bash, out, setup)
+            assert "resuming" in errors, errors
+            print(f"archive {len(setup.archive)} bytes, cut after {cut_at}; {errors.strip()}")
+        finally:
+            if bash is not None and bash.returncode is None:
+                bash.kill()
+                await bash.wait()
+
+
+async def test_a_download_whose_connection_falls_silent_resumes_on_a_new_one(settings, operator,
+                                                                             tmp_path):
+    """The connection carrying the download falls silent mid-stream (no reset, no byte: a
+    firewall forgot it) and stays so: the script gives it up after DOWNLOAD_STALL_S (here 3 s)
+    without a byte (curl status 28) and resumes on a new connection."""
+    bash = None
+    async with a_vm_with_its_archive(settings, operator, tmp_path) as setup:
+        host, port = settings.gateway_url.removeprefix("http://").rsplit(":", 1)
+        relay = TcpProxy(host, int(port))
+        await relay.start()
+        try:
+            out = tmp_path / "downloaded"
+            bash = await start_download(setup, tmp_path, f"http://127.0.0.1:{relay.port}", out,
+                                        stall_s=3)
+            await a_quarter_written(bash, out, len(setup.archive))
+            relay.blackhole()
+            await relay.restore()  # new connections pass again; the silenced one stays silent
+            cut_at = out.stat().st_size
+            assert relay.silenced == 1
+            errors = await finished_identical(bash, out, setup)
+            assert "resuming" in errors and "status 28" in errors, errors
+            print(f"archive {len(setup.archive)} bytes, silenced after {cut_at}; "
+                  f"{errors.strip()}")
+        finally:
+            if bash is not None and bash.returncode is None:
+                bash.kill()
+                await bash.wait()
+            await relay.cut()
