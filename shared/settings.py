@@ -34,6 +34,10 @@ class Settings(BaseSettings):
 
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8470
+    # Gateway worker processes on that one port (SO_REUSEPORT: the kernel spreads connections
+    # among them), each with its own pool and live feed; `python -m services.gateway` runs them
+    # under a small supervisor (docs/operations.md).
+    gateway_workers: int = Field(1, ge=1, le=64)
     # The URL VMs use to reach the gateway (the migration network's view of it).
     gateway_url: str = "http://127.0.0.1:8470"
     operator_token: str | None = None
