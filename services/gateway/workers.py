@@ -53,7 +53,9 @@ async def supervise(workers: int) -> int:
     asked = asyncio.create_task(stopping.wait())
     exits = {asyncio.create_task(p.wait()): p for p in procs}
     done, _ = await asyncio.wait({asked, *exits}, return_when=asyncio.FIRST_COMPLETED)
-    died = [exits[task] for task in done if task is not asked]
+    # A stop asked of the whole process group (systemd's SIGTERM to the unit's cgroup, a
+    # Ctrl-C) reaches the workers too: one that ends first is stopping, not dying.
+    died = [] if stopping.is_set() else [exits[task] for task in done if task is not asked]
     for proc in died:
         log.error("a gateway worker exited: stopping the gateway", pid=proc.pid,
                   exit_code=proc.returncode)
