@@ -185,3 +185,18 @@ class Settings(BaseSettings):
     @property
     def operator_token_file(self) -> Path:
         return self.state_dir / "operator-token"
+
+
+def environment_of(settings: Settings, **overrides: str) -> dict[str, str]:
+    """FERRY_* variables that a child process's Settings() reads back as `settings`, plus
+    `overrides` (gateway_workers="2" ...): how a test or a benchmark starts a real process."""
+    import json
+
+    env: dict[str, str] = {}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        text = json.dumps(list(value)) if isinstance(value, (tuple, list)) else str(value)
+        env[f"FERRY_{name.upper()}"] = text
+    env.update({f"FERRY_{k.upper()}": v for k, v in overrides.items()})
+    return env
