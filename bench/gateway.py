@@ -150,7 +150,11 @@ async def load(server: Server, vms: list[tuple[str, str]], job: dict, processes:
     for proc in procs:
         proc.stdin.write(b"go\n")
         await proc.stdin.drain()
-    parts = [json.loads(await asyncio.wait_for(proc.stdout.readline(), 600)) for proc in procs]
+    lines = [await asyncio.wait_for(proc.stdout.readline(), 600) for proc in procs]
+    if not all(lines):
+        raise SystemExit(f"a load process against {server.name} ended without its figures "
+                         "(its traceback is above)")
+    parts = [json.loads(line) for line in lines]
     server_cpu = server.cpu_s() - cpu0
     for proc in procs:
         await proc.wait()

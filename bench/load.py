@@ -46,7 +46,8 @@ class Tally:
                 await answer.read()
                 if answer.status >= 400:
                     self.errors.append(str(answer.status))
-        except aiohttp.ClientError as exc:
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            # A request past the job's timeout counts as an error, with its latency.
             self.errors.append(type(exc).__name__)
         self.latencies_ms.append((time.perf_counter() - since) * 1000)
 
