@@ -29,19 +29,33 @@ FIGURES = {
     "pipeline": {"seconds": ("seconds",), "events/s": ("events_per_s",),
                  "CPU s (this process)": ("process_cpu_s",), "pg round trips/VM": ("pg_writes_per_vm",),
                  "hop p50 ms": ("hop_p50_ms",), "hop p99 ms": ("hop_p99_ms",)},
+    # The top-level gateway figures are one worker's. Since the gateway runs in its own process
+    # (bench/gateway.py), its CPU per request is the gateway's processes' alone (before: the
+    # bench process's, load generator included), and its database round trips are not counted.
     "gateway": {"req/s": ("gateway", "rps"), "p50 ms": ("gateway", "p50_ms"),
                 "p99 ms": ("gateway", "p99_ms"), "CPU ms/request": ("gateway", "cpu_ms_per_request"),
                 "pg round trips/request": ("gateway", "pg_writes_per_request"),
-                "ratio to bare aiohttp": ("ratio_rps",)},
+                "ratio to bare aiohttp": ("ratio_rps",),
+                "2 workers req/s": ("two_workers", "gateway", "rps"),
+                "2 workers ratio to bare": ("two_workers", "ratio_rps"),
+                "open loop p99 ms": ("one_worker", "open_gateway", "p99_ms")},
     "archive": {"archiver MB/s": ("mb_per_s", "archiver"), "tar|zstd MB/s": ("mb_per_s", "tar_zstd"),
                 "ratio to tar|zstd": ("ratio_archiver_to_tar_zstd",)},
 }
 
 
-def _figure(run: dict, path: tuple[str, ...]) -> float:
+def _figure(run: dict, path: tuple[str, ...]) -> float | None:
+    """The figure at `path`, or None when that run's bench did not measure it (an earlier
+    commit's bench, or a later one's that dropped it)."""
     for key in path:
+        if not isinstance(run, dict) or run.get(key) is None:
+            return None
         run = run[key]
     return float(run)
+
+
+def _mean(values: list[float | None]) -> float | None:
+    return None if not values or None in values else statistics.mean(values)
 
 
 def _run(tree: Path, bench: str, args: list[str], variant: str) -> dict:
@@ -87,9 +101,10 @@ def main(argv: list[str] | None = None) -> dict:
                        capture_output=True, check=False)
     figures = {}
     for label, path in FIGURES[args.bench].items():
-        before = statistics.mean(_figure(r, path) for r in runs["before"])
-        after = statistics.mean(_figure(r, path) for r in runs["after"])
-        figures[label] = {"before": before, "after": after, "ratio": after / before if before else None}
+        before = _mean([_figure(r, path) for r in runs["before"]])
+        after = _mean([_figure(r, path) for r in runs["after"]])
+        figures[label] = {"before": before, "after": after,
+                          "ratio": after / before if before and after is not None else None}
     result = {"bench": f"compare-{args.bench}", "started": started, "machine": machine(),
               "before": sha, "bench_args": args.args, "pairs": args.pairs, "figures": figures,
               "runs": runs}
@@ -103,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
                         f["after"], f["ratio"]])
     for label, f in figures.items():
         print(f"{label:28} before {f['before']:12.3f}  after {f['after']:12.3f}  "
-              f"ratio {f['ratio']:.3f}" if f["ratio"] else f"{label}: no figure")
+              f"ratio {f['ratio']:.3f}" if f["ratio"] else f"{label}: not measured on both sides")
     print(f"result: {path}", file=sys.stderr)
     return result
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from pydantic.json_schema import models_json_schema
 
+from services.gateway import live
 from services.topology import PUBLISHERS, topology
 from shared.events import PAYLOADS, Envelope
 from shared.plan import Plan
@@ -112,6 +113,16 @@ def asyncapi() -> dict:
                 "messages": message_ref,
                 "bindings": {"amqp": {"ack": True, "bindingVersion": "0.3.0"}},
             }
+        operations[f"gatewayReceives{channel}"] = {
+            "action": "receive",
+            "channel": {"$ref": f"#/channels/{channel}"},
+            "summary": f"every gateway replica hears {event_type} on its own live-feed queue "
+                       f"({names.live_feed('<replica>')!r}: exclusive, auto-delete, limits "
+                       f"{dict(live.QUEUE_LIMITS)}), without acks, and streams it to the "
+                       "operators' screens it serves (/v1/events).",
+            "messages": message_ref,
+            "bindings": {"amqp": {"ack": False, "bindingVersion": "0.3.0"}},
+        }
     return {
         "asyncapi": "3.0.0",
         "info": {
@@ -120,8 +131,10 @@ def asyncapi() -> dict:
             "description": "Every event on Ferryman's bus: one durable topic exchange "
                            f"({names.exchange!r} with the default prefix, FERRY_BUS_PREFIX), "
                            "the routing key being the event type (for vm.state_changed followed "
-                           "by the target state), and one durable quorum queue "
-                           "per service. Delivery is at least once; handlers are idempotent.",
+                           "by the target state), one durable quorum queue "
+                           "per service, one exclusive live-feed queue per gateway replica, and "
+                           f"{names.unheard!r}, bound to every event and kept empty, so that an "
+                           "event no service handles is still routable. Delivery is at least once; handlers are idempotent.",
         },
         "defaultContentType": "application/json",
         "servers": {"rabbitmq": {"host": "127.0.0.1:5672", "protocol": "amqp",

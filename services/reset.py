@@ -31,6 +31,6 @@ async def remove_everything(settings: Settings, extra_queues: tuple[str, ...] = 
             queues += [names.retry(service, n) for n in range(1, retries + 1)]
             for queue in queues:
                 await channel.queue_delete(queue)
-        for queue in extra_queues:
+        for queue in (names.unheard, *extra_queues):
             await channel.queue_delete(queue)
         await channel.exchange_delete(names.exchange)

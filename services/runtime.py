@@ -162,13 +162,18 @@ class Host:
         self._site_runner = GatewayRunner(self.gateway_app, access_log=None)
         await self._site_runner.setup()
         self._closing.push_async_callback(self._site_runner.cleanup)
-        site = web.TCPSite(self._site_runner, self.settings.gateway_host, self.settings.gateway_port,
-                           ssl_context=ssl_context(self.settings))
-        await site.start()
-        self.port = self._site_runner.addresses[0][1]
+        # The live feed hears events before the first request is taken, so a screen that
+        # connects as soon as the gateway answers misses nothing.
         feed = await start_live_feed(self.gateway_app, self.bus)
         self._closing.push_async_callback(bounded("the live feed's channel", feed.close))
         self.consumers.append(feed)
+        # Workers of one gateway (FERRY_GATEWAY_WORKERS) share its port: the kernel spreads
+        # the connections among them (SO_REUSEPORT).
+        site = web.TCPSite(self._site_runner, self.settings.gateway_host, self.settings.gateway_port,
+                           ssl_context=ssl_context(self.settings),
+                           reuse_port=self.settings.gateway_workers > 1 or None)
+        await site.start()
+        self.port = self._site_runner.addresses[0][1]
 
     def _start_hook(self, service: str, hook, deps: Deps) -> None:
         """Run a service's start-up work beside its consumers (it may take a while: admitting

@@ -1,16 +1,15 @@
 """Who hears what, gathered from where it is declared: each service's router (its handlers'
-event types) and the gateway's live feed. Every process declares all of it at start-up."""
+event types). Every process declares all of it at start-up. The gateway's live feed is not
+here: each gateway replica declares its own queue (services/gateway/live.py)."""
 
 from __future__ import annotations
 
 import importlib
 
-from services.gateway import live
 from shared.service import Router
 from shared.topology import Topology
 
 SERVICES = ("archiver", "creator", "configurator", "provisioner", "coordinator", "cutover")
-GATEWAY = "gateway"
 
 # Who publishes each event type (through its outbox), for the AsyncAPI document
 # (docs/api/asyncapi.json). A VM's state changes come from whichever service moves it, and from
@@ -50,6 +49,4 @@ def router_of(service: str) -> Router:
 
 
 def topology() -> Topology:
-    bindings = {service: router_of(service).binding_keys for service in SERVICES}
-    bindings[GATEWAY] = live.BINDINGS
-    return Topology(bindings, queue_limits={GATEWAY: live.QUEUE_LIMITS})
+    return Topology({service: router_of(service).binding_keys for service in SERVICES})

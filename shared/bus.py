@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from shared.events import Envelope, Payload
 from shared.logging import get_logger
-from shared.topology import Names, Topology, routing_key
+from shared.topology import EVERYTHING, RETIRED_SERVICES, Names, Topology, routing_key
 
 log = get_logger(__name__)
 
@@ -38,6 +38,8 @@ HEARTBEAT_S = 5
 # How long one attempt to (re)connect may take before the robust connection tries again: a
 # connection opened into a silent network would otherwise wait aiormq's 60 s.
 CONNECT_TIMEOUT_S = 10
+# How many retry holding queues an earlier version may have declared for a retired service.
+RETIRED_RETRY_QUEUES = 5
 
 
 class Bus:
@@ -67,6 +69,29 @@ class Bus:
         # consumer first ran is still routed (durable queues keep it).
         for service in self.topology.services:
             await self.declare_service(service)
+        await self._declare_unheard()
+        await self._delete_retired()
+
+    async def _declare_unheard(self) -> None:
+        """Every event reaches at least this queue, which drops it at once (max length 0): an
+        event no service handles is a notification for whoever listens, not an error."""
+        assert self._channel and self.exchange
+        queue = await self._channel.declare_queue(
+            self.names.unheard, durable=True,
+            arguments={"x-max-length": 0, "x-overflow": "drop-head"})
+        await queue.bind(self.exchange, routing_key=EVERYTHING)
+
+    async def _delete_retired(self) -> None:
+        """Delete the queues of earlier versions (RETIRED_SERVICES): left alone, the old shared
+        live-feed queue would keep taking a copy of every event. Deleting a queue that is not
+        there is no error in RabbitMQ, so every process does it on every start."""
+        assert self._channel
+        for service in RETIRED_SERVICES:
+            queues = [self.names.queue(service), self.names.dead_letters(service)]
+            queues += [self.names.retry(service, n)
+                       for n in range(1, max(RETIRED_RETRY_QUEUES, len(self.retry_delays)) + 1)]
+            for queue in queues:
+                await self._channel.queue_delete(queue)
 
     async def declare_service(self, service: str) -> AbstractQueue:
         """The service's quorum queue and bindings, its retry holding queues and its DLQ."""

@@ -34,6 +34,10 @@ class Settings(BaseSettings):
 
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8470
+    # Gateway worker processes on that one port (SO_REUSEPORT: the kernel spreads connections
+    # among them), each with its own pool and live feed; `python -m services.gateway` runs them
+    # under a small supervisor (docs/operations.md).
+    gateway_workers: int = Field(1, ge=1, le=64)
     # The URL VMs use to reach the gateway (the migration network's view of it).
     gateway_url: str = "http://127.0.0.1:8470"
     operator_token: str | None = None
@@ -181,3 +185,18 @@ class Settings(BaseSettings):
     @property
     def operator_token_file(self) -> Path:
         return self.state_dir / "operator-token"
+
+
+def environment_of(settings: Settings, **overrides: str) -> dict[str, str]:
+    """FERRY_* variables that a child process's Settings() reads back as `settings`, plus
+    `overrides` (gateway_workers="2" ...): how a test or a benchmark starts a real process."""
+    import json
+
+    env: dict[str, str] = {}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        text = json.dumps(list(value)) if isinstance(value, (tuple, list)) else str(value)
+        env[f"FERRY_{name.upper()}"] = text
+    env.update({f"FERRY_{k.upper()}": v for k, v in overrides.items()})
+    return env

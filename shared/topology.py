@@ -60,3 +60,20 @@ class Names:
 
     def retry(self, service: str, attempt: int) -> str:
         return f"{self.prefix}.{service}.retry.{attempt}"
+
+    @property
+    def unheard(self) -> str:
+        """The queue bound to every event and kept empty (x-max-length 0): it makes every event
+        routable, pure notifications included (cutover.completed, vm.message_logged ...), whether
+        or not a gateway's live feed is listening, so mandatory publishing never refuses one."""
+        return f"{self.prefix}.unheard"
+
+    def live_feed(self, replica: str) -> str:
+        """One gateway replica's own live-feed queue (exclusive, gone with its connection)."""
+        return f"{self.prefix}.gateway.live.{replica}"
+
+
+# Queues of earlier versions that nothing consumes any more, deleted when a process connects:
+# the live feed used to be one shared queue, `<prefix>.gateway` (with retry holding queues and a
+# DLQ, never used: it was consumed without acks), which two gateway replicas split between them.
+RETIRED_SERVICES = ("gateway",)

@@ -3,7 +3,6 @@ test's settings, so that a test can kill -9 it for real and start it again."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -11,6 +10,7 @@ import sys
 from pathlib import Path
 
 from shared.settings import Settings
+from shared.settings import environment_of
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -19,12 +19,7 @@ def settings_env(settings: Settings, **overrides: str) -> dict[str, str]:
     """This process's environment without its FERRY_*, plus `settings` as FERRY_* variables
     (what Settings() in the child reads back), plus `overrides` (FERRY_PROVIDER="sim" ...)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FERRY_")}
-    for name, value in settings.model_dump().items():
-        if value is None:
-            continue
-        text = json.dumps(list(value)) if isinstance(value, (tuple, list)) else str(value)
-        env[f"FERRY_{name.upper()}"] = text
-    env.update({f"FERRY_{k.upper()}": v for k, v in overrides.items()})
+    env.update(environment_of(settings, **overrides))
     env["PYTHONUNBUFFERED"] = "1"
     return env
 

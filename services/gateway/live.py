@@ -1,9 +1,12 @@
-"""Live updates: the gateway's feed queue hears every event and fans it out to the operators'
-server-sent-event streams."""
+"""Live updates: each gateway replica's own feed queue hears every event and fans it out to
+the operators' server-sent-event streams that replica serves."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+import uuid
 
 from aio_pika.abc import AbstractIncomingMessage
 from aio_pika.exceptions import AMQPConnectionError, ChannelInvalidStateError
@@ -20,8 +23,10 @@ from shared.topology import EVERYTHING
 
 log = get_logger(__name__)
 
-# The live feed's queue hears every event (which also makes pure notifications routable). It is
-# bounded, so it never grows while no gateway runs.
+# Each replica's live-feed queue hears every event, so every screen sees every event whichever
+# replica serves it. It is exclusive and auto-delete (it goes with the replica's connection, so
+# nothing grows while no gateway runs) and bounded (a replica that falls behind drops its
+# oldest events, not the broker's memory).
 BINDINGS = (EVERYTHING,)
 QUEUE_LIMITS = {"x-max-length": 10_000, "x-overflow": "drop-head"}
 
@@ -30,8 +35,14 @@ KEEP_ALIVE_S = 15.0
 WAKE_S = 1.0
 
 
+def replica_name() -> str:
+    """This replica's part of its queue's name: readable in the broker's management pages
+    (host and pid), unique even across hosts that reuse pids."""
+    return f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+
+
 class LiveFeed:
-    """The gateway's queue, heard without acknowledgements. It is a notification stream,
+    """This replica's own queue, heard without acknowledgements. It is a notification stream,
     bounded (drop-head) and lossy by design: a screen that was not open misses nothing it
     needed. So no ack per event, and an event is parsed only when a screen is watching. It
     hears every event of the pipeline, where acks and parsing are dear (docs/performance.md)."""
@@ -46,7 +57,13 @@ class LiveFeed:
     async def start(self) -> None:
         assert self.bus.connection
         self._channel = await self.bus.connection.channel()
-        self._queue = await self._channel.get_queue(self.bus.names.queue("gateway"))
+        # Declared on a robust channel: after a reconnect aio-pika declares, binds and consumes
+        # it again (the broker deleted it with the old connection).
+        self._queue = await self._channel.declare_queue(
+            self.bus.names.live_feed(replica_name()), exclusive=True, auto_delete=True,
+            arguments=QUEUE_LIMITS)
+        for key in BINDINGS:
+            await self._queue.bind(self.bus.names.exchange, routing_key=key)
         self._tag = await self._queue.consume(self._on_message, no_ack=True)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:

@@ -20,20 +20,32 @@ async def test_pipeline_bench_runs_a_few_vms_through():
     assert run["raw_amqp"]["messages"] == run["events"] == run["raw_pg"]["inserts"]
 
 
-async def test_gateway_bench_runs_a_few_clients():
-    run = await gateway.measure(20, 2, group_size=10, quiet=False)
-    assert run["gateway"]["requests"] == 20 * 2 * 2 and run["gateway"]["errors"] == 0
-    assert run["bare"]["requests"] == run["gateway"]["requests"]
+async def test_gateway_bench_runs_a_few_clients_against_one_and_two_workers():
+    args = gateway.parser().parse_args(["--clients", "20", "--rounds", "2", "--group-size", "10",
+                                        "--rate", "40", "--seconds", "1", "--no-report"])
+    run = await gateway.measure(args, quiet=False)
+    for workers in ("one_worker", "two_workers"):
+        measured = run[workers]
+        for server in ("gateway", "bare"):
+            assert measured[server]["requests"] == 20 * 2 * 2, (workers, server)
+            assert measured[f"open_{server}"]["requests"] == 40, (workers, server)
+            assert measured[server]["errors"] == measured[f"open_{server}"]["errors"] == 0
+        # The servers' own processes were measured, not the bench's.
+        assert measured["gateway"]["server_cpu_s"] > 0
+    assert run["gateway"] == run["one_worker"]["gateway"]
 
 
 def test_compare_runs_a_bench_on_an_earlier_commit_and_on_this_tree(tmp_path, monkeypatch):
     monkeypatch.setenv("FERRY_BENCH_RESULTS", str(tmp_path))  # the runs inherit it
     # HEAD as "before": the worktree machinery is what is under test, not a gain.
     result = compare.main(["--before", "HEAD", "--pairs", "1", "--no-report", "gateway",
-                           "--clients", "5", "--rounds", "1"])
+                           "--clients", "5", "--rounds", "1", "--rate", "20", "--seconds", "1"])
     assert len(result["runs"]["before"]) == len(result["runs"]["after"]) == 1
     assert result["figures"]["req/s"]["before"] > 0 and result["figures"]["req/s"]["ratio"] > 0
-    assert not any("ferry-before-" in line for line in subprocess.run(
+    assert result["figures"]["2 workers req/s"]["ratio"] > 0
+    # Its own worktree is gone (others' compares may run beside it on a shared repository).
+    mine = f"ferry-before-{result['before'][:8]}-"
+    assert not any(mine in line for line in subprocess.run(
         ["git", "worktree", "list"], capture_output=True, text=True, check=True).stdout.splitlines())
 
 
