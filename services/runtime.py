@@ -200,9 +200,11 @@ class Host:
             log.warning("kill: ignoring", error=str(exc))
 
 
-async def serve(settings: Settings, services: list[str], *, gateway: bool) -> None:
-    """Run until SIGINT or SIGTERM, then stop gracefully."""
-    host = Host(settings, services, gateway=gateway)
+async def serve(settings: Settings, services: list[str], *, gateway: bool,
+                provider: Provider | None = None) -> None:
+    """Run until SIGINT or SIGTERM, then stop gracefully. `provider`: one made by the caller
+    (bench/fleet.py's), else the one the settings name."""
+    host = Host(settings, services, gateway=gateway, provider=provider)
     await host.start()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
