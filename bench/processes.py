@@ -29,6 +29,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -169,8 +170,31 @@ def _vm_errors(folder: Path) -> str | None:
     return None
 
 
+def start_spies(pids: dict[str, int], names: list[str], folder: Path) -> list[subprocess.Popen]:
+    """py-spy (raw collapsed stacks, for bench.spy_summary) on the named processes, from
+    outside, without pausing them (--nonblocking): it barely slows what it samples."""
+    folder.mkdir(parents=True, exist_ok=True)
+    spy = str(Path(sys.executable).with_name("py-spy"))
+    return [subprocess.Popen([spy, "record", "--pid", str(pids[n]), "-r", "100", "-f", "raw",
+                              "--nonblocking", "-o", str(folder / f"{n}.txt")],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for n in names]
+
+
+def stop_spies(spies: list[subprocess.Popen]) -> None:
+    for spy in spies:
+        spy.send_signal(signal.SIGINT)  # py-spy writes its recording on SIGINT
+    for spy in spies:
+        try:
+            spy.wait(30)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+            spy.wait(10)
+
+
 async def run_processes(vms: int, group_size: int, replicas: int, drivers: int,
-                        concurrency: int, timeout: float, in_flight: int) -> dict:
+                        concurrency: int, timeout: float, in_flight: int,
+                        spy: list[str] = (), spy_dir: Path | None = None) -> dict:
     settings = bench_settings("processes").model_copy(update={
         # Limits are an operator's choice (0: none); the bench measures the pipeline's flow.
         "limit_in_flight": in_flight, "limit_in_flight_per_host": in_flight})
@@ -193,6 +217,7 @@ async def run_processes(vms: int, group_size: int, replicas: int, drivers: int,
     groups = [(f"bench-{i}", i, min(group_size, vms - i * group_size))
               for i in range((vms + group_size - 1) // group_size)]
     conn = None
+    spies: list[subprocess.Popen] = []
     try:
         sup.start_all()
         for k in range(drivers):
@@ -215,6 +240,7 @@ async def run_processes(vms: int, group_size: int, replicas: int, drivers: int,
         pids = {n: m.process.pid for n, m in sup.procs.items()}
         pids.update({f"vm-driver-{k}": p.pid for k, p in enumerate(players)})
         load_start = loadavg()
+        spies = start_spies(pids, list(spy), spy_dir / f"{replicas}x") if spy else []
         meter = CpuMeter(pids)
         async with aiohttp.ClientSession(
             base_url=settings.gateway_url,
@@ -239,8 +265,10 @@ async def run_processes(vms: int, group_size: int, replicas: int, drivers: int,
             elapsed = time.perf_counter() - started
         cpu = meter.stop()
         load_end = loadavg()
+        stop_spies(spies)
         figures = await flow_figures(conn)
     finally:
+        stop_spies(spies)
         if conn is not None:
             await conn.close()
         for p in players:
@@ -357,12 +385,13 @@ async def raw_amqp_processes(settings: Settings, count: int, batch: int = 200,
 
 async def measure(vms: int, group_size: int = 10, replicas: tuple[int, ...] = (1, 2),
                   drivers: int = 2, concurrency: int = 100, timeout: float = 900,
-                  in_flight: int = 0, ceiling: bool = True) -> list[dict]:
+                  in_flight: int = 0, ceiling: bool = True, spy: list[str] = (),
+                  spy_dir: Path | None = None) -> list[dict]:
     """One run per replica count, then the ceiling for the first run's event count."""
     runs = []
     for n in replicas:
         runs.append(await run_processes(vms, group_size, n, drivers, concurrency, timeout,
-                                        in_flight))
+                                        in_flight, spy, spy_dir))
         brief = {k: v for k, v in runs[-1].items() if k not in ("hops", "cpu")}
         print(json.dumps(brief, default=str), flush=True)
     if ceiling:
@@ -440,6 +469,10 @@ def main(argv: list[str] | None = None) -> dict | None:
                         help="FERRY_LIMIT_IN_FLIGHT and _PER_HOST for the run (0: no limit)")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per run")
     parser.add_argument("--no-ceiling", action="store_true")
+    parser.add_argument("--spy", default="", metavar="NAMES",
+                        help="py-spy these processes (comma-separated: gateway,creator,...)")
+    parser.add_argument("--spy-dir", type=Path, default=Path("/tmp/ferry-bench-spy"),
+                        help="where the raw recordings go, <replicas>x/<process>.txt")
     parser.add_argument("--no-report", action="store_true",
                         help="no row, no plot (the JSON result is still written)")
     args = parser.parse_args(argv)
@@ -448,7 +481,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     runs = []
     for n in (int(v) for v in args.vms.split(",")):
         runs += asyncio.run(measure(n, args.group_size, replicas, args.drivers, args.concurrency,
-                                    args.timeout, args.in_flight, not args.no_ceiling))
+                                    args.timeout, args.in_flight, not args.no_ceiling,
+                                    [n for n in args.spy.split(",") if n], args.spy_dir))
     return finish("processes", args, started, runs, lambda: report(runs, started))
 
 
