@@ -34,6 +34,7 @@ from shared.service import Deps
 from shared.settings import Settings
 from shared.store.db import open_pool
 from shared.store.sealed import open_secrets_key
+from shared.store.outbox import own_channel
 from shared.store.session import Store
 from shared.topology import Names
 
@@ -94,7 +95,8 @@ class Host:
         close.push_async_callback(self.pool.close)
         # The secrets key is read where secrets are used: the gateway stores the group's
         # replication password and hands it to the database VMs; no service touches it.
-        store = Store(self.pool, await open_secrets_key(s) if self.with_gateway else None)
+        store = Store(self.pool, await open_secrets_key(s) if self.with_gateway else None,
+                      wake=own_channel())
         self.bus = Bus(s.amqp_url, Names(s.bus_prefix), s.retry_delays, topology())
         close.push_async_callback(self.bus.close)
         await self.bus.connect()
