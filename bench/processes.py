@@ -39,12 +39,13 @@ from pathlib import Path
 
 import aio_pika
 import aiohttp
+import asyncpg
 
 from bench.common import (OPERATOR_TOKEN, ROOT, append_row, bench_settings, clean_up, finish,
                           free_port, now_stamp, pyplot, plot_path)
 from bench.fleet import feed_path
 from bench.pipeline import flow_figures, plan_text, rates
-from shared.settings import Settings
+from shared.settings import MIN_POOL, Settings
 from shared.store.db import connect
 from shared.topology import Names
 from tests.chaos.supervisor import PROCESSES, Supervisor
@@ -192,12 +193,41 @@ def stop_spies(spies: list[subprocess.Popen]) -> None:
             spy.wait(10)
 
 
+# Connections each process's pool asks for by default (services/runtime.py): a service 6,
+# the gateway 16.
+POOL_NEED = {"gateway": 16}
+POOL_NEED_SERVICE = 6
+
+
+async def pool_cap(settings: Settings, replicas: int, headroom: int = 10) -> int:
+    """FERRY_DATABASE_POOL_MAX for the run: 0 (the defaults) if every process's default pool fits
+    under the server's max_connections beside the connections open now (other people's), else
+    an even share of what is left (two replicas of everything need 104 of the default 100)."""
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        limit = int(await conn.fetchval("SHOW max_connections"))
+        in_use = await conn.fetchval("SELECT count(*) FROM pg_stat_activity")
+    finally:
+        await conn.close()
+    need = replicas * sum(POOL_NEED.get(p, POOL_NEED_SERVICE) for p in PROCESSES)
+    free = limit - in_use - headroom
+    if need <= free:
+        return 0
+    cap = free // (replicas * len(PROCESSES))
+    if cap < MIN_POOL:
+        raise RuntimeError(f"PostgreSQL has {free} connections to spare ({in_use} of {limit} "
+                           f"in use): too few for {replicas * len(PROCESSES)} processes")
+    return cap
+
+
 async def run_processes(vms: int, group_size: int, replicas: int, drivers: int,
                         concurrency: int, timeout: float, in_flight: int,
                         spy: list[str] = (), spy_dir: Path | None = None) -> dict:
-    settings = bench_settings("processes").model_copy(update={
+    settings = bench_settings("processes")
+    settings = settings.model_copy(update={
         # Limits are an operator's choice (0: none); the bench measures the pipeline's flow.
-        "limit_in_flight": in_flight, "limit_in_flight_per_host": in_flight})
+        "limit_in_flight": in_flight, "limit_in_flight_per_host": in_flight,
+        "database_pool_max": await pool_cap(settings, replicas)})
     work = Path(tempfile.mkdtemp(prefix="ferry-bench-processes-"))
     sim = settings.state_dir / "sim"
     sim.mkdir(parents=True, exist_ok=True)
@@ -288,6 +318,7 @@ async def run_processes(vms: int, group_size: int, replicas: int, drivers: int,
     return {
         "vms": vms, "groups": len(groups), "group_size": group_size, "replicas": replicas,
         "drivers": drivers, "concurrency": concurrency, "in_flight_limit": in_flight,
+        "database_pool_max": settings.database_pool_max,
         "seconds": elapsed, "submit_seconds": submitted,
         "http_requests": sum(s["requests"] for s in stats),
         "vm_boots": sum(s["boots"] for s in stats),

@@ -90,8 +90,9 @@ class Host:
         # The gateway's VM endpoints take the pool once per request (token, transaction and
         # answer on one connection); with a thousand VMs reporting at once it gets its own
         # share (docs/performance.md).
-        self.pool = await open_pool(s, max_size=4 + 2 * len(self.services)
-                                    + (GATEWAY_POOL if self.with_gateway else 0))
+        need = 4 + 2 * len(self.services) + (GATEWAY_POOL if self.with_gateway else 0)
+        # An operator running many processes against one PostgreSQL caps each pool.
+        self.pool = await open_pool(s, max_size=min(need, s.database_pool_max or need))
         close.push_async_callback(self.pool.close)
         # The secrets key is read where secrets are used: the gateway stores the group's
         # replication password and hands it to the database VMs; no service touches it.
