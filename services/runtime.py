@@ -33,8 +33,8 @@ from shared.retention import pruner
 from shared.service import Deps
 from shared.settings import Settings
 from shared.store.db import open_pool
-from shared.store.sealed import open_secrets_key
 from shared.store.outbox import own_channel
+from shared.store.sealed import open_secrets_key
 from shared.store.session import Store
 from shared.topology import Names
 

@@ -145,6 +145,7 @@ class Settings(BaseSettings):
     deadline_replicating_s: float = Field(1800.0, ge=0)
     deadline_interval_s: float = Field(15.0, gt=0)
     deadline_batch: int = Field(100, ge=1)
+
     @field_validator("database_pool_max")
     @classmethod
     def _a_pool_that_works(cls, value: int) -> int:
