@@ -29,6 +29,10 @@ FIGURES = {
     "pipeline": {"seconds": ("seconds",), "events/s": ("events_per_s",),
                  "CPU s (this process)": ("process_cpu_s",), "pg round trips/VM": ("pg_writes_per_vm",),
                  "hop p50 ms": ("hop_p50_ms",), "hop p99 ms": ("hop_p99_ms",)},
+    "processes": {"seconds": ("seconds",), "events/s": ("events_per_s",),
+                  "CPU s (Ferry's processes)": ("ferry_cpu_s",),
+                  "CPU s (PostgreSQL, whole machine)": ("cpu", "servers", "postgres"),
+                  "hop p50 ms": ("hop_p50_ms",), "hop p99 ms": ("hop_p99_ms",)},
     # The top-level gateway figures are one worker's. Since the gateway runs in its own process
     # (bench/gateway.py), its CPU per request is the gateway's processes' alone (before: the
     # bench process's, load generator included), and its database round trips are not counted.

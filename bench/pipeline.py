@@ -154,41 +154,53 @@ async def run_pipeline(settings: Settings, vms: int, group_size: int, concurrenc
                     raise RuntimeError(f"simulated VMs failed: {stats['errors'][:3]}")
                 await asyncio.sleep(0.05)
             elapsed = time.perf_counter() - started
-        # Let the relay publish the last events (group.ready) before counting.
-        for _ in range(100):
-            if not await pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL"):
-                break
-            await asyncio.sleep(0.05)
-        events = await pool.fetchval("SELECT count(*) FROM outbox")
-        deliveries = await pool.fetchval("SELECT count(*) FROM inbox")
-        hops = await pool.fetch(
-            "SELECT o.routing_key AS event, i.service, count(*) AS n,"
-            " percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM i.processed_at - o.created_at)) * 1000 AS p50_ms,"
-            " percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM i.processed_at - o.created_at)) * 1000 AS p99_ms"
-            " FROM outbox o JOIN inbox i ON i.event_id = o.event_id"
-            " GROUP BY 1, 2 ORDER BY 1, 2")
-        relay = await pool.fetchrow(
-            "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM published_at - created_at)) * 1000 AS p50_ms,"
-            " percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM published_at - created_at)) * 1000 AS p99_ms"
-            " FROM outbox WHERE published_at IS NOT NULL")
-        all_hops = await pool.fetchrow(
-            "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM i.processed_at - o.created_at)) * 1000 AS p50_ms,"
-            " percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM i.processed_at - o.created_at)) * 1000 AS p99_ms"
-            " FROM outbox o JOIN inbox i ON i.event_id = o.event_id")
+        figures = await flow_figures(pool)
     finally:
         players.cancel()
         await asyncio.gather(players, return_exceptions=True)
         await host.stop(timeout=5)
     return {
         "vms": vms, "groups": len(groups), "group_size": group_size, "concurrency": concurrency,
-        "seconds": elapsed, "submit_seconds": submitted, "events": events,
-        "deliveries": deliveries, "http_requests": stats["requests"],
-        "events_per_s": events / elapsed, "deliveries_per_s": deliveries / elapsed,
-        "vms_per_min": vms / elapsed * 60,
-        "hop_p50_ms": all_hops["p50_ms"], "hop_p99_ms": all_hops["p99_ms"],
-        "relay_p50_ms": relay["p50_ms"], "relay_p99_ms": relay["p99_ms"],
-        "hops": [dict(h) for h in hops],
+        "seconds": elapsed, "submit_seconds": submitted, "http_requests": stats["requests"],
+        **rates(figures, vms, elapsed),
     }
+
+
+async def flow_figures(pool) -> dict:
+    """What the run's outbox and inbox rows say: events, deliveries, and per hop (event type ->
+    service) the latency p50/p99 from the outbox row's created_at to the inbox row's
+    processed_at, all hops together, and the relay's (created_at -> published_at)."""
+    # Let the relay publish the last events (group.ready) before counting.
+    for _ in range(100):
+        if not await pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL"):
+            break
+        await asyncio.sleep(0.05)
+    events = await pool.fetchval("SELECT count(*) FROM outbox")
+    deliveries = await pool.fetchval("SELECT count(*) FROM inbox")
+    hops = await pool.fetch(
+        "SELECT o.routing_key AS event, i.service, count(*) AS n,"
+        " percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM i.processed_at - o.created_at)) * 1000 AS p50_ms,"
+        " percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM i.processed_at - o.created_at)) * 1000 AS p99_ms"
+        " FROM outbox o JOIN inbox i ON i.event_id = o.event_id"
+        " GROUP BY 1, 2 ORDER BY 1, 2")
+    relay = await pool.fetchrow(
+        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM published_at - created_at)) * 1000 AS p50_ms,"
+        " percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM published_at - created_at)) * 1000 AS p99_ms"
+        " FROM outbox WHERE published_at IS NOT NULL")
+    all_hops = await pool.fetchrow(
+        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM i.processed_at - o.created_at)) * 1000 AS p50_ms,"
+        " percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM i.processed_at - o.created_at)) * 1000 AS p99_ms"
+        " FROM outbox o JOIN inbox i ON i.event_id = o.event_id")
+    return {"events": events, "deliveries": deliveries,
+            "hop_p50_ms": all_hops["p50_ms"], "hop_p99_ms": all_hops["p99_ms"],
+            "relay_p50_ms": relay["p50_ms"], "relay_p99_ms": relay["p99_ms"],
+            "hops": [dict(h) for h in hops]}
+
+
+def rates(figures: dict, vms: int, elapsed: float) -> dict:
+    """The flow's figures with their rates over the run's wall time."""
+    return {**figures, "events_per_s": figures["events"] / elapsed,
+            "deliveries_per_s": figures["deliveries"] / elapsed, "vms_per_min": vms / elapsed * 60}
 
 
 async def raw_amqp(settings: Settings, count: int, batch: int = 200, prefetch: int = 64) -> dict:

@@ -34,6 +34,7 @@ from shared.retention import pruner
 from shared.service import Deps
 from shared.settings import Settings
 from shared.store.db import open_pool
+from shared.store.outbox import own_channel
 from shared.store.sealed import open_secrets_key
 from shared.store.session import Store
 from shared.topology import Names
@@ -114,13 +115,15 @@ class Host:
         # The gateway's VM endpoints take the pool once per request (token, transaction and
         # answer on one connection); with a thousand VMs reporting at once it gets its own
         # share (docs/performance.md).
-        self.pool = await open_pool(s, max_size=4 + 2 * len(self.services)
-                                    + (GATEWAY_POOL if self.with_gateway else 0))
+        need = 4 + 2 * len(self.services) + (GATEWAY_POOL if self.with_gateway else 0)
+        # An operator running many processes against one PostgreSQL caps each pool.
+        self.pool = await open_pool(s, max_size=min(need, s.database_pool_max or need))
         close.push_async_callback(bounded("the database pool", self.pool.close,
                                            self.pool.terminate))
         # The secrets key is read where secrets are used: the gateway stores the group's
         # replication password and hands it to the database VMs; no service touches it.
-        store = Store(self.pool, await open_secrets_key(s) if self.with_gateway else None)
+        store = Store(self.pool, await open_secrets_key(s) if self.with_gateway else None,
+                      wake=own_channel())
         self.bus = Bus(s.amqp_url, Names(s.bus_prefix), s.retry_delays, topology())
         close.push_async_callback(bounded("the broker connection", self.bus.close))
         await self.bus.connect()
@@ -232,9 +235,11 @@ class Host:
             log.warning("kill: ignoring", error=str(exc))
 
 
-async def serve(settings: Settings, services: list[str], *, gateway: bool) -> None:
-    """Run until SIGINT or SIGTERM, then stop gracefully."""
-    host = Host(settings, services, gateway=gateway)
+async def serve(settings: Settings, services: list[str], *, gateway: bool,
+                provider: Provider | None = None) -> None:
+    """Run until SIGINT or SIGTERM, then stop gracefully. `provider`: one made by the caller
+    (bench/fleet.py's), else the one the settings name."""
+    host = Host(settings, services, gateway=gateway, provider=provider)
     await host.start()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -31,7 +31,12 @@ class OutboxRelay:
         self.store = store
         self.pool = store.pool
         self.bus = bus
-        self.channel = notify_channel(schema)
+        # Woken by the installation's channel (commits of a Store with no relay) and by its
+        # own (the commits of `store`, when its process gave it one): with every service in
+        # a process of its own, a commit wakes one relay, not all of them. What a process
+        # committed and did not publish before it died is published by another relay's
+        # idle poll.
+        self.channels = [notify_channel(schema)] + ([store.wake] if store.wake else [])
         self.batch = batch
         self.idle_poll = idle_poll
         self._wake = asyncio.Event()
@@ -40,7 +45,8 @@ class OutboxRelay:
 
     async def start(self) -> None:
         self._listener_conn = await self.pool.acquire()
-        await self._listener_conn.add_listener(self.channel, self._on_notify)
+        for channel in self.channels:
+            await self._listener_conn.add_listener(channel, self._on_notify)
         self._task = asyncio.create_task(self._run(), name="outbox-relay")
 
     def _on_notify(self, *_args) -> None:
@@ -53,7 +59,8 @@ class OutboxRelay:
         if self._listener_conn:
             conn, self._listener_conn = self._listener_conn, None
             try:
-                await conn.remove_listener(self.channel, self._on_notify)
+                for channel in self.channels:
+                    await conn.remove_listener(channel, self._on_notify)
                 await self.pool.release(conn)
             except (asyncpg.InterfaceError, asyncpg.PostgresError, OSError) as exc:
                 # The database went away while the relay ran: that connection is gone already.

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.states import DEADLINE_PHASES
+
+
+# The smallest pool a process works with (database_pool_max).
+MIN_POOL = 3
 
 
 def _state_dir() -> Path:
@@ -29,6 +33,11 @@ class Settings(BaseSettings):
     # Tests use their own prefix, which isolates them like a vhost would.
     bus_prefix: str = "ferry"
     prefetch: int = 16
+    # The most connections one process's pool opens; 0: what the services it hosts need (4, 2
+    # more per service, 12 more with the gateway). Each process has its own pool, and their sum
+    # must stay under PostgreSQL's max_connections (100 by default): the six services and the
+    # gateway one process each take up to 52, two replicas of each 104 (docs/operations.md).
+    database_pool_max: int = Field(0, ge=0)
     # Retry delays (seconds) for a failed handler; after the last one it is dead-lettered.
     retry_delays: tuple[float, ...] = (1.0, 5.0, 30.0)
 
@@ -140,6 +149,16 @@ class Settings(BaseSettings):
     deadline_replicating_s: float = Field(1800.0, ge=0)
     deadline_interval_s: float = Field(15.0, gt=0)
     deadline_batch: int = Field(100, ge=1)
+
+    @field_validator("database_pool_max")
+    @classmethod
+    def _a_pool_that_works(cls, value: int) -> int:
+        if 0 < value < MIN_POOL:
+            raise ValueError(f"FERRY_DATABASE_POOL_MAX={value}: 0 (sized by the services) or "
+                             f"at least {MIN_POOL} (the outbox relay keeps one connection "
+                             "listening; a handler and the relay's publishing need one each)")
+        return value
+
     log_format: str = "auto"  # auto | json | console
     log_level: str = "info"
 

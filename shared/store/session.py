@@ -45,9 +45,11 @@ class Session:
     """The repositories, on one connection. `secrets_key` seals and unseals the secrets the
     store keeps; only the gateway's process has one (shared/store/sealed.py)."""
 
-    def __init__(self, conn: asyncpg.Connection, secrets_key: SecretsKey | None = None):
+    def __init__(self, conn: asyncpg.Connection, secrets_key: SecretsKey | None = None,
+                 wake: str | None = None):
         self.conn = conn
         self.secrets_key = secrets_key
+        self.wake = wake  # the relay its commits wake (shared/store/outbox.py)
 
     @cached_property
     def groups(self) -> Groups:
@@ -103,7 +105,7 @@ class Session:
 
     @cached_property
     def outbox(self) -> Outbox:
-        return Outbox(self.conn)
+        return Outbox(self.conn, self.wake)
 
     @cached_property
     def retention(self) -> Retention:
@@ -122,15 +124,15 @@ class Session:
         """A transaction on this session's connection (a request that already holds one takes
         the pool once)."""
         async with self.conn.transaction():
-            yield Tx(self.conn, cause, self.secrets_key)
+            yield Tx(self.conn, cause, self.secrets_key, self.wake)
 
 
 class Tx(Session):
     """A session inside a transaction: the unit of work."""
 
     def __init__(self, conn: asyncpg.Connection, cause: Envelope | None = None,
-                 secrets_key: SecretsKey | None = None):
-        super().__init__(conn, secrets_key)
+                 secrets_key: SecretsKey | None = None, wake: str | None = None):
+        super().__init__(conn, secrets_key, wake)
         self.cause = cause
         self.published: list[Envelope] = []
 
@@ -163,9 +165,12 @@ RELEASE_TIMEOUT_S = 10.0
 class Store:
     """Sessions and transactions on the pool."""
 
-    def __init__(self, pool: asyncpg.Pool, secrets_key: SecretsKey | None = None):
+    def __init__(self, pool: asyncpg.Pool, secrets_key: SecretsKey | None = None,
+                 wake: str | None = None):
         self.pool = pool
         self.secrets_key = secrets_key
+        # The NOTIFY channel of this process's relay, if it has one (services/runtime.py).
+        self.wake = wake
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
@@ -183,12 +188,12 @@ class Store:
     @asynccontextmanager
     async def transaction(self, cause: Envelope | None = None) -> AsyncIterator[Tx]:
         async with self.connection() as conn, conn.transaction():
-            yield Tx(conn, cause, self.secrets_key)
+            yield Tx(conn, cause, self.secrets_key, self.wake)
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[Session]:
         async with self.connection() as conn:
-            yield Session(conn, self.secrets_key)
+            yield Session(conn, self.secrets_key, self.wake)
 
     async def ping(self) -> None:
         """A round trip to the database on a pooled connection (/readyz); raises if none."""

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import tempfile
 from pathlib import Path
 
 import pytest
 
-from bench import compare, datapath, gateway, pipeline, spy_summary
+from bench import compare, datapath, gateway, pipeline, processes, spy_summary
+from bench.fleet import FleetProvider, driver_of, feed_path
+from shared.providers.base import BootSource, VmSpec
+from tests.chaos.supervisor import PROCESSES
 
 pytestmark = pytest.mark.integration
 
@@ -33,6 +37,37 @@ async def test_gateway_bench_runs_a_few_clients_against_one_and_two_workers():
         # The servers' own processes were measured, not the bench's.
         assert measured["gateway"]["server_cpu_s"] > 0
     assert run["gateway"] == run["one_worker"]["gateway"]
+
+
+async def test_processes_bench_runs_a_few_vms_through_separate_processes():
+    runs = await processes.measure(4, group_size=2, replicas=(1,), drivers=2, concurrency=4,
+                                   timeout=120)
+    run = runs[0]
+    assert (run["vms"], run["groups"], run["replicas"]) == (4, 2, 1)
+    # Each VM booted twice (network, then disk), each boot played by a driver process.
+    assert run["vm_boots"] == 8 and run["http_requests"] == 4 * 6
+    assert run["events"] > 0 and run["deliveries"] > 0 and run["hops"]
+    assert set(run["cpu"]["processes"]) == set(PROCESSES) | {"vm-driver-0", "vm-driver-1"}
+    assert run["raw_amqp"]["messages"] == run["events"] and run["raw_amqp"]["per_s"] > 0
+
+
+async def test_fleet_provider_hands_both_boots_of_a_vm_to_one_driver(tmp_path):
+    provider = FleetProvider(tmp_path, drivers=3)
+    spec = VmSpec.model_validate({
+        "vm_id": "7d0e8a1c-53a4-4a43-9d7e-3b7f4f0b7a11", "group": "g", "name": "app1",
+        "role": "app", "cpus": 1, "memory_mb": 512, "disks_gb": [10]})
+    made = await provider.create_vm(spec, idempotency_key="k1")
+    vm_id = str(spec.vm_id)
+    await provider.boot(made.ref, BootSource.NETWORK,
+                        kernel_args={"ferry.vm": vm_id, "ferry.token": "t1",
+                                     "ferry.gateway": "http://127.0.0.1:1"})
+    await provider.boot(made.ref, BootSource.DISK)  # keeps the network boot's token
+    lines = feed_path(tmp_path, driver_of(vm_id, 3)).read_text().splitlines()
+    assert [json.loads(l) for l in lines] == [
+        {"vm": vm_id, "token": "t1", "source": "network"},
+        {"vm": vm_id, "token": "t1", "source": "disk"}]
+    assert not [p for p in tmp_path.glob("boots-*.log") if p != feed_path(tmp_path, driver_of(vm_id, 3))]
+
 
 
 def test_compare_runs_a_bench_on_an_earlier_commit_and_on_this_tree(tmp_path, monkeypatch):

@@ -10,7 +10,8 @@ import pytest
 from shared.bus import Bus, Consumer, Outgoing, dead_letters, replay_dead_letters
 from shared.events import Envelope, GroupSubmitted
 from shared.relay import OutboxRelay
-from shared.store.db import open_pool
+from shared.store.db import connect, open_pool
+from shared.store.outbox import notify_channel, own_channel
 from shared.store.session import Store
 from services.topology import topology
 from shared.topology import Names
@@ -167,4 +168,39 @@ async def test_a_publish_cancelled_under_the_relay_is_sent_again(bus, settings):
         assert not relay._task.done()
     finally:
         await relay.stop()
+        await pool.close()
+
+
+async def test_a_commit_wakes_its_own_process_relay_and_a_store_without_one_wakes_them_all(
+        bus, settings):
+    """With every service in a process of its own, a commit used to wake every process's relay
+    (one NOTIFY channel per installation), each to look at the outbox and find nothing. A Host's
+    store now wakes its own relay's channel; a store with no relay still wakes them all."""
+    pool = await open_pool(settings)
+    mine = Store(pool, wake=own_channel())
+    plain = Store(pool)
+    heard: dict[str, list[str]] = {"installation": [], "mine": []}
+    listener = await connect(settings)
+    await listener.add_listener(notify_channel(settings.database_schema),
+                                lambda *a: heard["installation"].append(a[2]))
+    await listener.add_listener(mine.wake, lambda *a: heard["mine"].append(a[2]))
+    # No idle poll within the test's time: only a wake-up can make this relay publish.
+    relay = OutboxRelay(mine, bus, settings.database_schema, idle_poll=60)
+    await relay.start()
+    try:
+        published = []
+        for store in (mine, plain):
+            async with store.transaction() as tx:
+                event = await tx.publish(GroupSubmitted(group_name="shop", vm_count=1),
+                                         group_id=uuid.uuid4())
+            published.append(event.id)
+            await eventually(lambda: pool.fetchval(
+                "SELECT published_at IS NOT NULL FROM outbox WHERE event_id = $1", event.id),
+                what="the event published at once by the relay woken")
+        # One session's notifications arrive in commit order: the plain store's came after.
+        await eventually(lambda: heard["installation"], what="the installation's wake")
+        assert (len(heard["mine"]), len(heard["installation"])) == (1, 1)
+    finally:
+        await relay.stop()
+        await listener.close()
         await pool.close()

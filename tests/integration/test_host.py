@@ -125,3 +125,23 @@ async def test_a_stop_on_a_silent_network_ends_within_its_bounds(settings, monke
     finally:
         await store.cut()
         await broker.cut()
+
+
+async def test_a_process_pool_is_sized_by_its_services_unless_capped(settings):
+    """Each process opens its own pool; FERRY_DATABASE_POOL_MAX caps it, so that many processes
+    fit under PostgreSQL's max_connections (two replicas of everything need 104 of 100)."""
+    sizes = []
+    for cap in (0, 5):
+        host = Host(settings.model_copy(update={"provider": "sim", "database_pool_max": cap}),
+                    ["creator", "configurator"], gateway=True)
+        await host.start()
+        try:
+            sizes.append(host.pool.get_max_size())
+        finally:
+            await host.stop(timeout=5)
+    assert sizes == [4 + 2 * 2 + 12, 5]
+
+
+def test_a_pool_too_small_for_the_relay_is_refused_with_the_setting_named(settings):
+    with pytest.raises(ValueError, match="FERRY_DATABASE_POOL_MAX=2: 0 .* or at least 3"):
+        settings.model_validate({**settings.model_dump(), "database_pool_max": 2})
