@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from shared.host_keys import HostKey
 from shared.dns import DnsDriver, Rfc2136Driver, TsigKey
 from shared.plan import DnsSettings, Source
 from shared.prober import Prober
@@ -34,10 +35,13 @@ class CutoverAdapters:
         return self.remote(label, source.host, source.port, source.user, key,
                            self.legacy_known_hosts, control_dir)
 
-    def new_vm(self, label: str, address: str, known_hosts: Path, control_dir: Path) -> Remote:
-        """A new VM, as root with the migration service's key (its root archive brought it)."""
+    def new_vm(self, label: str, address: str, known_hosts: Path, control_dir: Path,
+               pinned: tuple[HostKey, ...]) -> Remote:
+        """A new VM, as root with the migration service's key (its root archive brought it),
+        reached only if it presents one of the `pinned` host keys it reported (`known_hosts`
+        holds them)."""
         return self.remote(label, address, 22, "root", self.ssh_identity, known_hosts,
-                           control_dir)
+                           control_dir, pinned=pinned)
 
     def zone(self, dns: DnsSettings) -> DnsDriver:
         """The zone's updater; DnsError when the TSIG key cannot be read."""

@@ -19,11 +19,13 @@ stdin.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
 from shared import proc
+from shared.host_keys import HostKey, fingerprints
 
 SSH = "ssh"
 CONNECT_TIMEOUT_S = 15
@@ -45,7 +47,7 @@ _NOT_RESPONDING = "not responding"
 _KNOWN_HOST_ADDED = "Permanently added"  # at LogLevel=INFO, on a first contact: no failure
 _KEY_REFUSED = ("Permission denied", "Too many authentication failures", "Load key")
 _HOST_KEY = ("Host key verification failed", "REMOTE HOST IDENTIFICATION HAS CHANGED",
-             "host key for", "No ED25519 host key is known")
+             "host key for", "No ED25519 host key is known", "host key is known for")
 
 
 class RemoteError(Exception):
@@ -71,6 +73,10 @@ class SshHost:
     connect_timeout_s: int = CONNECT_TIMEOUT_S
     alive_interval_s: int = SERVER_ALIVE_INTERVAL_S
     alive_count_max: int = SERVER_ALIVE_COUNT_MAX
+    # True: only a key already in known_hosts is accepted (StrictHostKeyChecking=yes): the new
+    # VMs, whose keys they reported are pinned there. False: trust on first use, then held to
+    # that key (accept-new): the legacy hosts, whose keys the archiver records.
+    strict: bool = False
     # ERROR: no "Permanently added ... to the list of known hosts" in the stderr we report.
     # INFO also keeps "Timeout, server ... not responding." (keepalives unanswered), which
     # ssh logs at that level: a long stream's caller wants it (explain_ssh drops the other).
@@ -83,7 +89,7 @@ class SshHost:
             *self._sharing(),
             "-T",  # no terminal: a clean binary stream, and no escape character
             "-o", "BatchMode=yes",  # never prompt (for a password or a passphrase)
-            "-o", "StrictHostKeyChecking=accept-new",
+            "-o", f"StrictHostKeyChecking={'yes' if self.strict else 'accept-new'}",
             "-o", f"UserKnownHostsFile={_config_path(self.known_hosts)}",
             "-o", f"ConnectTimeout={self.connect_timeout_s}",
             "-o", f"ServerAliveInterval={self.alive_interval_s}",
@@ -159,11 +165,15 @@ class Remote:
     key_file: Path
     known_hosts: Path
     control_dir: Path | None = None  # SshHost.control_dir: one shared connection
+    # The keys `known_hosts` pins for this machine (a new VM's, as it reported them): ssh
+    # accepts no other (StrictHostKeyChecking=yes), and a refusal names them. Empty: trust on
+    # first use (a legacy host).
+    pinned: tuple[HostKey, ...] = ()
 
     @property
     def ssh(self) -> SshHost:
         return SshHost(self.host, self.port, self.user, self.key_file, self.known_hosts,
-                       self.control_dir)
+                       self.control_dir, strict=bool(self.pinned))
 
     def argv(self, script: str) -> list[str]:
         return self.ssh.ssh_argv(shlex.join(["bash", "-o", "errexit", "-o", "nounset",
@@ -191,9 +201,20 @@ class Remote:
 
     def explain(self, what: str, code: int, stderr: bytes) -> str:
         tail = proc.tail(stderr, 400)
+        if code == SSH_FAILED and self.pinned and any(mark in tail for mark in _HOST_KEY):
+            return f"{what}: {self.refused_host_key(proc.tail(stderr, 4000))}"
         if code == SSH_FAILED:
             return f"{what}: cannot reach {self.label} ({self.host}) over SSH: {tail}"
         return f"{what} on {self.label} exited {code}" + (f": {tail}" if tail else "")
+
+
+    def refused_host_key(self, stderr: str) -> str:
+        """ssh refused the machine at this address: it presented a key other than the pinned."""
+        offered = sorted(set(re.findall(r"SHA256:[A-Za-z0-9+/]{43}", stderr)))
+        return (f"{self.label} at {self.host} port {self.port} presented an SSH host key other "
+                f"than the one it reported (pinned: {fingerprints(list(self.pinned))}; "
+                f"presented: {', '.join(offered) or 'a key of a type not pinned'}): another "
+                f"machine at its address, or the VM rebuilt since it reported its keys; refused")
 
 
 async def pipe(source: Remote, produce: str, sink: Remote, consume: str, *, what: str,
