@@ -18,6 +18,7 @@ stdin.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shlex
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shared import proc
-from shared.host_keys import HostKey, fingerprints
+from shared.host_keys import HostKey, fingerprints, parse_keys, write_known_hosts
 
 SSH = "ssh"
 CONNECT_TIMEOUT_S = 15
@@ -133,6 +134,11 @@ class SshHost:
         if any(mark in tail for mark in _HOST_KEY):
             # ssh's banner of @ lines says it at length; its last two lines say it enough.
             brief = " ".join(tail.splitlines()[-2:])
+            if self.strict:
+                return (f"the SSH host key of {where} is not one of those the plan gives for it "
+                        f"(source.host_keys, pinned in {self.known_hosts}): another machine at "
+                        f"its address, or the host rebuilt; check its keys and correct the "
+                        f"plan: {brief}")
             return (f"the SSH host key of {where} is not the one recorded in {self.known_hosts}"
                     f" (a rebuilt host, or another machine at its address; if the change is"
                     f" expected: ssh-keygen -R {_known_hosts_name(self.host, self.port)} -f"
@@ -169,6 +175,7 @@ class Remote:
     # accepts no other (StrictHostKeyChecking=yes), and a refusal names them. Empty: trust on
     # first use (a legacy host).
     pinned: tuple[HostKey, ...] = ()
+    pinned_from: str = "the one it reported"  # where the pinned keys came from, for a refusal
 
     @property
     def ssh(self) -> SshHost:
@@ -212,9 +219,10 @@ class Remote:
         """ssh refused the machine at this address: it presented a key other than the pinned."""
         offered = sorted(set(re.findall(r"SHA256:[A-Za-z0-9+/]{43}", stderr)))
         return (f"{self.label} at {self.host} port {self.port} presented an SSH host key other "
-                f"than the one it reported (pinned: {fingerprints(list(self.pinned))}; "
+                f"than {self.pinned_from} (pinned: {fingerprints(list(self.pinned))}; "
                 f"presented: {', '.join(offered) or 'a key of a type not pinned'}): another "
-                f"machine at its address, or the VM rebuilt since it reported its keys; refused")
+                f"machine at its address, or the machine rebuilt since its keys were pinned; "
+                "refused")
 
 
 async def pipe(source: Remote, produce: str, sink: Remote, consume: str, *, what: str,
@@ -232,6 +240,16 @@ async def pipe(source: Remote, produce: str, sink: Remote, consume: str, *, what
         raise RemoteError(source.explain(what, first.returncode, first.stderr))
     if second.returncode != 0:
         raise RemoteError(sink.explain(what, second.returncode, second.stderr))
+
+
+def plan_known_hosts(recorded: Path, host: str, port: int, lines: list[str]) -> Path:
+    """The known_hosts of a legacy host whose keys the plan gives (`source.host_keys`), beside
+    the recorded one (`recorded`, the archiver's): those keys only, written afresh each time,
+    so that a corrected plan takes effect at once. Its path."""
+    tag = hashlib.sha256(f"{host}\0{port}".encode()).hexdigest()[:16]
+    path = recorded.parent / "pinned" / f"known_hosts-{tag}"
+    write_known_hosts(path, {(host, port): parse_keys(lines)})
+    return path
 
 
 def without_notices(stderr: str) -> str:

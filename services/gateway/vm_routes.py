@@ -123,7 +123,7 @@ async def heartbeat(request: web.Request) -> web.Response:
 
 @api.route("POST", "/v1/vms/{vm_id}/host-keys", "The VM's public SSH host keys, which the "
            "cutover pins (a new report replaces the last)", auth="vm", tag="vm",
-           body=m.HostKeysReport, response=m.HostKeysView,
+           body=m.HostKeysReport, response=m.HostKeysView, status=201,
            responses={422: "a line is not a public key of a known type and a sane size"})
 async def report_host_keys(request: web.Request) -> web.Response:
     await body_in(request)  # as report_state: one pool connection, the body already in

@@ -109,6 +109,40 @@ async def test_a_legacy_host_whose_key_changed_after_its_first_archive_is_refuse
         await ferry.host.stop()
 
 
+async def test_a_legacy_host_is_held_to_the_keys_the_plan_gives(settings, operator, tmp_path,
+                                                               machine):
+    """A plan that gives the host's keys (source.host_keys): a host presenting another is
+    refused at its first archive, saying the plan's keys are not the host's; with its real key
+    in the plan the archive goes through, and nothing is recorded in the archiver's own
+    known_hosts (the plan's keys are the truth)."""
+    host, folder = machine
+    source = tmp_path / "srv"
+    source.mkdir()
+    (source / "index.html").write_text("old site\n")
+
+    def extra(key: str) -> str:
+        return (f"    archives: [{{path: {source}}}]\n"
+                f"    source: {{kind: ssh, host: {host.address}, key_file: {host.key_file},"
+                f" host_keys: ['{key}']}}\n")
+    await eventually(host.answers, what="the host's sshd")
+    ferry = await start_ferry(settings, operator)
+    try:
+        wrong = await ferry.submit(plan("wrong", extra=extra(forged_key(tmp_path))))
+        await ferry.wait_group(wrong, "halted", timeout=60)
+        vm = await ferry.pool.fetchrow("SELECT * FROM vms WHERE group_id = $1", wrong)
+        assert (vm["state"], vm["step"]) == ("failed", "archive"), dict(vm)
+        assert (f"the SSH host key of {host.address} port 22 is not one of those the plan "
+                "gives for it (source.host_keys") in vm["message"], vm["message"]
+
+        right = await ferry.submit(plan("right", extra=extra(legacy_netns.host_key(folder))))
+        [vm_id] = (await ferry.vm_ids(right)).values()
+        await ferry.wait_state(vm_id, "created", "configuring", timeout=60)
+        assert not settings.ssh_known_hosts.exists() or \
+            host.address not in settings.ssh_known_hosts.read_text()
+    finally:
+        await ferry.host.stop()
+
+
 # --- the cutover: a new VM's keys as it reported them -----------------------------------------
 
 class LegacyRecorded:
