@@ -74,9 +74,10 @@ class SshHost:
     connect_timeout_s: int = CONNECT_TIMEOUT_S
     alive_interval_s: int = SERVER_ALIVE_INTERVAL_S
     alive_count_max: int = SERVER_ALIVE_COUNT_MAX
-    # True: only a key already in known_hosts is accepted (StrictHostKeyChecking=yes): the new
-    # VMs, whose keys they reported are pinned there. False: trust on first use, then held to
-    # that key (accept-new): the legacy hosts, whose keys the archiver records.
+    # True: only a key already in known_hosts is accepted (StrictHostKeyChecking=yes): a new
+    # VM's reported keys, or a legacy host's from the plan (source.host_keys), are pinned
+    # there. False: trust on first use, then held to that key (accept-new): the other legacy
+    # hosts, whose keys the archiver records.
     strict: bool = False
     # ERROR: no "Permanently added ... to the list of known hosts" in the stderr we report.
     # INFO also keeps "Timeout, server ... not responding." (keepalives unanswered), which
@@ -134,7 +135,7 @@ class SshHost:
         if any(mark in tail for mark in _HOST_KEY):
             # ssh's banner of @ lines says it at length; its last two lines say it enough.
             brief = " ".join(tail.splitlines()[-2:])
-            if self.strict:
+            if self.strict:  # the archiver's only strict hosts: keys from the plan
                 return (f"the SSH host key of {where} is not one of those the plan gives for it "
                         f"(source.host_keys, pinned in {self.known_hosts}): another machine at "
                         f"its address, or the host rebuilt; check its keys and correct the "
