@@ -21,6 +21,7 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
 
 from shared.databases import ENGINES, engine
 from shared.databases.postgresql import OLDEST_MAJOR as POSTGRESQL_OLDEST
+from shared.host_keys import BadHostKey, parse_keys
 from shared.systems.model import HostSystem, check_known
 from shared.plan_errors import (Findings, PlanError, Problem, explain, read_document,
                                 worded_pattern)
@@ -247,6 +248,17 @@ def _known_system(system: HostSystem | None) -> HostSystem | None:
     return None if system is None else check_known(system)
 
 
+def _public_host_keys(lines: list[str] | None) -> list[str] | None:
+    """Each line a public host key (shared/host_keys.py), or the plan is refused saying why."""
+    if lines is None:
+        return None
+    try:
+        parse_keys(lines)
+    except BadHostKey as exc:
+        raise ValueError(str(exc)) from None
+    return lines
+
+
 class Source(_Model):
     """Where the archiver reads the legacy VM."""
 
@@ -264,6 +276,11 @@ class Source(_Model):
     """ssh: who reads the host; reading all of / needs root."""
     key_file: str | None = None
     """ssh: the private key to log in with (default: the archiver's own, FERRY_SSH_KEY_FILE)."""
+    host_keys: Annotated[list[str] | None, AfterValidator(_public_host_keys)] = None
+    """ssh: the legacy host's public host keys (`TYPE BASE64`, one line per key type, as
+    `ssh-keyscan HOST` prints them after the host name), checked before they are trusted: the
+    archiver and the cutover then reach the host only if it presents one of them. Without
+    them, the host's key is recorded at its first archive and held to ever after."""
     system: Annotated[HostSystem | None, AfterValidator(_known_system)] = None
     """The legacy host's system (family, release, init, network, interface, initramfs), when it
     is not to be read from its root: by default the archiver reads it from the host's own files
@@ -285,6 +302,8 @@ class Source(_Model):
             found.add(("root",), "is required when kind is local")
         if self.kind == "ssh" and self.host is None:
             found.add(("host",), "is required when kind is ssh")
+        if self.kind == "local" and self.host_keys is not None:
+            found.add(("host_keys",), "is for kind ssh only")
         found.raise_any()
         return self
 

@@ -18,12 +18,15 @@ stdin.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
 from shared import proc
+from shared.host_keys import HostKey, fingerprints, parse_keys, write_known_hosts
 
 SSH = "ssh"
 CONNECT_TIMEOUT_S = 15
@@ -45,7 +48,7 @@ _NOT_RESPONDING = "not responding"
 _KNOWN_HOST_ADDED = "Permanently added"  # at LogLevel=INFO, on a first contact: no failure
 _KEY_REFUSED = ("Permission denied", "Too many authentication failures", "Load key")
 _HOST_KEY = ("Host key verification failed", "REMOTE HOST IDENTIFICATION HAS CHANGED",
-             "host key for", "No ED25519 host key is known")
+             "host key for", "No ED25519 host key is known", "host key is known for")
 
 
 class RemoteError(Exception):
@@ -71,6 +74,11 @@ class SshHost:
     connect_timeout_s: int = CONNECT_TIMEOUT_S
     alive_interval_s: int = SERVER_ALIVE_INTERVAL_S
     alive_count_max: int = SERVER_ALIVE_COUNT_MAX
+    # True: only a key already in known_hosts is accepted (StrictHostKeyChecking=yes): a new
+    # VM's reported keys, or a legacy host's from the plan (source.host_keys), are pinned
+    # there. False: trust on first use, then held to that key (accept-new): the other legacy
+    # hosts, whose keys the archiver records.
+    strict: bool = False
     # ERROR: no "Permanently added ... to the list of known hosts" in the stderr we report.
     # INFO also keeps "Timeout, server ... not responding." (keepalives unanswered), which
     # ssh logs at that level: a long stream's caller wants it (explain_ssh drops the other).
@@ -83,7 +91,7 @@ class SshHost:
             *self._sharing(),
             "-T",  # no terminal: a clean binary stream, and no escape character
             "-o", "BatchMode=yes",  # never prompt (for a password or a passphrase)
-            "-o", "StrictHostKeyChecking=accept-new",
+            "-o", f"StrictHostKeyChecking={'yes' if self.strict else 'accept-new'}",
             "-o", f"UserKnownHostsFile={_config_path(self.known_hosts)}",
             "-o", f"ConnectTimeout={self.connect_timeout_s}",
             "-o", f"ServerAliveInterval={self.alive_interval_s}",
@@ -127,6 +135,11 @@ class SshHost:
         if any(mark in tail for mark in _HOST_KEY):
             # ssh's banner of @ lines says it at length; its last two lines say it enough.
             brief = " ".join(tail.splitlines()[-2:])
+            if self.strict:  # the archiver's only strict hosts: keys from the plan
+                return (f"the SSH host key of {where} is not one of those the plan gives for it "
+                        f"(source.host_keys, pinned in {self.known_hosts}): another machine at "
+                        f"its address, or the host rebuilt; check its keys and correct the "
+                        f"plan: {brief}")
             return (f"the SSH host key of {where} is not the one recorded in {self.known_hosts}"
                     f" (a rebuilt host, or another machine at its address; if the change is"
                     f" expected: ssh-keygen -R {_known_hosts_name(self.host, self.port)} -f"
@@ -159,11 +172,16 @@ class Remote:
     key_file: Path
     known_hosts: Path
     control_dir: Path | None = None  # SshHost.control_dir: one shared connection
+    # The keys `known_hosts` pins for this machine (a new VM's, as it reported them): ssh
+    # accepts no other (StrictHostKeyChecking=yes), and a refusal names them. Empty: trust on
+    # first use (a legacy host).
+    pinned: tuple[HostKey, ...] = ()
+    pinned_from: str = "the one it reported"  # where the pinned keys came from, for a refusal
 
     @property
     def ssh(self) -> SshHost:
         return SshHost(self.host, self.port, self.user, self.key_file, self.known_hosts,
-                       self.control_dir)
+                       self.control_dir, strict=bool(self.pinned))
 
     def argv(self, script: str) -> list[str]:
         return self.ssh.ssh_argv(shlex.join(["bash", "-o", "errexit", "-o", "nounset",
@@ -191,9 +209,21 @@ class Remote:
 
     def explain(self, what: str, code: int, stderr: bytes) -> str:
         tail = proc.tail(stderr, 400)
+        if code == SSH_FAILED and self.pinned and any(mark in tail for mark in _HOST_KEY):
+            return f"{what}: {self.refused_host_key(proc.tail(stderr, 4000))}"
         if code == SSH_FAILED:
             return f"{what}: cannot reach {self.label} ({self.host}) over SSH: {tail}"
         return f"{what} on {self.label} exited {code}" + (f": {tail}" if tail else "")
+
+
+    def refused_host_key(self, stderr: str) -> str:
+        """ssh refused the machine at this address: it presented a key other than the pinned."""
+        offered = sorted(set(re.findall(r"SHA256:[A-Za-z0-9+/]{43}", stderr)))
+        return (f"{self.label} at {self.host} port {self.port} presented an SSH host key other "
+                f"than {self.pinned_from} (pinned: {fingerprints(list(self.pinned))}; "
+                f"presented: {', '.join(offered) or 'a key of a type not pinned'}): another "
+                f"machine at its address, or the machine rebuilt since its keys were pinned; "
+                "refused")
 
 
 async def pipe(source: Remote, produce: str, sink: Remote, consume: str, *, what: str,
@@ -211,6 +241,16 @@ async def pipe(source: Remote, produce: str, sink: Remote, consume: str, *, what
         raise RemoteError(source.explain(what, first.returncode, first.stderr))
     if second.returncode != 0:
         raise RemoteError(sink.explain(what, second.returncode, second.stderr))
+
+
+def plan_known_hosts(recorded: Path, host: str, port: int, lines: list[str]) -> Path:
+    """The known_hosts of a legacy host whose keys the plan gives (`source.host_keys`), beside
+    the recorded one (`recorded`, the archiver's): those keys only, written afresh each time,
+    so that a corrected plan takes effect at once. Its path."""
+    tag = hashlib.sha256(f"{host}\0{port}".encode()).hexdigest()[:16]
+    path = recorded.parent / "pinned" / f"known_hosts-{tag}"
+    write_known_hosts(path, {(host, port): parse_keys(lines)})
+    return path
 
 
 def without_notices(stderr: str) -> str:

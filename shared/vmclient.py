@@ -82,6 +82,12 @@ class VmClient:
         body = {} if step is None else {"step": step}
         await self._call("POST", f"/v1/vms/{self.vm_id}/heartbeat", json=body)
 
+    async def host_keys(self, lines: list[str]) -> dict:
+        """Report the VM's public SSH host keys (what the cutover pins)."""
+        response = await self._call("POST", f"/v1/vms/{self.vm_id}/host-keys",
+                                    json={"keys": lines})
+        return await response.json()
+
     async def script(self) -> str:
         return await (await self._call("GET", f"/v1/vms/{self.vm_id}/script")).text()
 

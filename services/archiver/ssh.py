@@ -21,7 +21,7 @@ from services.archiver.archive import (
 from services.archiver.dumps import run_dump
 from shared import proc
 from shared.databases import DatabaseSource, DumpError, Unsupported, engine
-from shared.ssh import SSH, SSH_FAILED, SshHost, without_notices
+from shared.ssh import SSH, SSH_FAILED, SshHost, plan_known_hosts, without_notices
 
 PROBE_TIMEOUT_S = 90
 # Exit status of a remote command that is not installed (the shell's own).
@@ -52,8 +52,14 @@ class SshTree(SshHost):
     def for_source(cls, source, settings) -> SshTree:
         """The tree of a plan's `source` (kind ssh) with the archiver's identity by default."""
         key = Path(source.key_file).expanduser() if source.key_file else settings.ssh_identity
+        # The host's keys from the plan, if it gives them: only those (strict). Else its key
+        # as recorded at its first archive (accept-new).
+        known_hosts = settings.ssh_known_hosts
+        if source.host_keys:
+            known_hosts = plan_known_hosts(known_hosts, source.host, source.port,
+                                           source.host_keys)
         return cls(host=source.host, port=source.port, user=source.user, key_file=key,
-                   known_hosts=settings.ssh_known_hosts,
+                   known_hosts=known_hosts, strict=bool(source.host_keys),
                    connect_timeout_s=settings.ssh_connect_timeout_s,
                    alive_interval_s=settings.ssh_alive_interval_s,
                    alive_count_max=settings.ssh_alive_count_max,

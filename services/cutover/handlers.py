@@ -25,17 +25,22 @@ from services.cutover.steps import GroupRunbook, Machine
 from shared import events as ev
 from shared import journey
 from shared.dns import DnsError
+from shared.host_keys import BadHostKey, HostKey, write_known_hosts
 from shared.logging import get_logger
 from shared.plan import Plan, Role
 from shared.prober import Prober, ProbeReport
 from shared.providers.base import ProviderError
 from shared.service import Context, Router
+from shared.ssh import RemoteError
 from shared.states import GroupStatus, VmState
 from shared.store.cutover_runs import FINISHED, PENDING
 
 log = get_logger(__name__)
 router = Router("cutover")
 
+# How long a new VM may take to answer the first SSH connection of a run (a handshake under
+# emulation takes seconds; ssh's own ConnectTimeout bounds the connection itself).
+PINNED_CHECK_S = 60.0
 # After the last step, how long the prober may take to see the new site answer by name.
 PROBE_SETTLE_S = 30.0
 
@@ -127,9 +132,8 @@ async def _runbook(ctx: Context, group_id: uuid.UUID, plan: Plan,
                    request: ev.CutoverRequested) -> GroupRunbook:
     settings = ctx.settings
     staging = settings.state_dir / "cutover" / plan.group
-    # The new VMs made their host keys at first boot and report none: each run trusts them on
-    # first contact (and holds them to it for the rest of the run). A VM rebuilt since the last
-    # run has a new key, which a file kept across runs would refuse.
+    # The new VMs' host keys as they reported them (pinned): written afresh for every run from
+    # the store, so a VM reconfigured since the last run is held to the keys it reported last.
     new_known_hosts = staging / "known_hosts-new-vms"
     new_known_hosts.parent.mkdir(parents=True, exist_ok=True)
     new_known_hosts.unlink(missing_ok=True)
@@ -148,7 +152,9 @@ async def _assemble(ctx: Context, group_id: uuid.UUID, plan: Plan, request: ev.C
     reach = ctx.deps.cutover
     async with ctx.store.session() as db:
         members = {vm.name: vm for vm in await db.vms.of_group(group_id)}
+        reported = await db.host_keys.of_group(group_id)
     machines = []
+    pinned: dict[tuple[str, int], list[HostKey]] = {}
     for planned in plan.vms:
         vm = members[planned.name]
         try:
@@ -159,12 +165,23 @@ async def _assemble(ctx: Context, group_id: uuid.UUID, plan: Plan, request: ev.C
             raise CannotStart(f"{vm.name} has no address this machine reaches (provider "
                               f"{ctx.provider.name}): the cutover needs the new VMs on a "
                               "network it can reach")
+        keys = reported.get(vm.id, [])
+        if not keys:
+            raise CannotStart(f"{vm.name} at {found[0]} reported no SSH host keys (host keys: "
+                              "none): the cutover reaches a new VM only with the keys its "
+                              "configuration script reported; reconfigure it (ferry retry)")
+        pinned[(found[0], 22)] = keys
         source = planned.source
         legacy = None
         if source is not None and source.kind == "ssh":
             legacy = reach.legacy(f"legacy {vm.name}", source, control)
-        new = reach.new_vm(f"new {vm.name}", found[0], new_known_hosts, control)
+        new = reach.new_vm(f"new {vm.name}", found[0], new_known_hosts, control, tuple(keys))
         machines.append(Machine(planned, vm.id, found[0], new, legacy))
+    try:
+        write_known_hosts(new_known_hosts, pinned)
+    except BadHostKey as exc:
+        raise CannotStart(f"the new VMs' host keys: {exc}") from None
+    await _reach_pinned(machines)
     dns = None
     if plan.cutover.dns is not None:
         try:
@@ -174,6 +191,23 @@ async def _assemble(ctx: Context, group_id: uuid.UUID, plan: Plan, request: ev.C
     return GroupRunbook(plan, machines, ctx.provider, dns, staging / "staging",
                         request.rehearse_failure_at, control_dir=control,
                         database_mode=request.database_mode)
+
+
+async def _reach_pinned(machines: list[Machine]) -> None:
+    """Every new VM answers, presenting the key it reported, before anything is changed: a VM
+    refused now fails the run with nothing to undo, rather than after the maintenance page
+    went up. The connection stays open (ControlPersist) for the steps to reuse."""
+    results = await asyncio.gather(
+        *(m.new.run("true", what="reaching it with its pinned host key",
+                    timeout=PINNED_CHECK_S) for m in machines), return_exceptions=True)
+    failures = [r for r in results if isinstance(r, BaseException)]
+    if not failures:
+        return
+    await asyncio.gather(*(m.new.close() for m in machines))
+    refused = [str(r) for r in failures if isinstance(r, RemoteError)]
+    if len(refused) < len(failures):
+        raise next(r for r in failures if not isinstance(r, RemoteError))
+    raise CannotStart("; ".join(refused))
 
 
 # --- the prober ------------------------------------------------------------------------------

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass
+from typing import Sequence
 
+from shared.host_keys import HostKey, known_hosts_lines
 from shared.ssh import Remote, RemoteError
 
 LINK_UP_S = 60
@@ -53,20 +55,24 @@ class Tunnel:
                 f"sed -i '/ {self.mark}$/d' /root/.ssh/authorized_keys && "
                 f"printf '%s\\n' {shlex.quote(entry)} >> /root/.ssh/authorized_keys")
 
-    def start_script(self, new_address: str, server_port: int) -> str:
-        """Restart the loop that keeps `ssh -R` up (a VM rebuilt since has a new host key, so
-        the tunnel's known_hosts starts empty and is held to the first key for this loop's
-        life)."""
+    def start_script(self, new_address: str, server_port: int,
+                     pinned: Sequence[HostKey] = ()) -> str:
+        """Restart the loop that keeps `ssh -R` up. Its known_hosts is written afresh: the new
+        master's `pinned` keys, as it reported them, and no other accepted; without any (a
+        caller that knows none), it starts empty and is held to the first key for this loop's
+        life."""
+        checking = "yes" if pinned else "accept-new"
+        known = "".join(f"{line}\n" for line in known_hosts_lines(new_address, 22, list(pinned)))
         ssh = shlex.join([
             "ssh", "-N", "-i", f"{self.folder}/key", "-o", "BatchMode=yes",
             "-o", "IdentitiesOnly=yes", "-o", "ExitOnForwardFailure=yes",
             "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3",
-            "-o", "StrictHostKeyChecking=accept-new",
+            "-o", f"StrictHostKeyChecking={checking}",
             "-o", f"UserKnownHostsFile={self.folder}/known_hosts",
             "-R", f"127.0.0.1:{self.port}:127.0.0.1:{server_port}", f"root@{new_address}"])
         loop = f"echo $$ > {self.folder}/pid; while :; do {ssh}; sleep 2; done"
         return self.stop_script() + (
-            f"rm -f {self.folder}/known_hosts\n"
+            f"printf %s {shlex.quote(known)} > {self.folder}/known_hosts\n"
             f"setsid nohup bash -c {shlex.quote(loop)} > {self.folder}/log 2>&1 < /dev/null &\n"
             f"for _ in $(seq 1 50); do test -s {self.folder}/pid && exit 0; sleep 0.1; done\n"
             "echo 'the tunnel loop did not start' >&2; exit 1\n")
@@ -79,7 +85,8 @@ class Tunnel:
         if not public.startswith("ssh-"):
             raise TunnelError(f"{legacy.label} gave no public key for the tunnel: {public!r}")
         await new.run(self.allow_key_script(public), what="allowing the tunnel's key")
-        await legacy.run(self.start_script(new_address, server_port), what="starting the tunnel")
+        await legacy.run(self.start_script(new_address, server_port, new.pinned),
+                         what="starting the tunnel")
         probe = (f"for _ in $(seq 1 {LINK_UP_S}); do "
                  f"if (exec 3<>/dev/tcp/127.0.0.1/{self.port}) 2>/dev/null; then exit 0; fi; "
                  "sleep 1; done; exit 1")

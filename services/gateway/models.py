@@ -40,6 +40,16 @@ class Heartbeat(StrictModel):
                              "now, if it names it: the last step a missed deadline names")
 
 
+class HostKeysReport(StrictModel):
+    keys: list[str] = Field(min_length=1, max_length=8, description="the VM's public SSH host "
+                            "keys, one `TYPE BASE64 [COMMENT]` line each (its "
+                            "/etc/ssh/ssh_host_*_key.pub), one per key type")
+
+
+class HostKeysView(BaseModel):
+    fingerprints: list[str] = Field(description="`TYPE SHA256:...` of each key stored")
+
+
 class Accepted(BaseModel):
     ok: bool = True
 
@@ -71,6 +81,10 @@ class VmView(BaseModel):
         None, description="when the VM last said anything to the gateway (or the archiver "
         "progressed on it): its phase's deadline counts from this or state_changed_at")
     last_step: str | None = Field(None, description="the last step it named")
+    host_keys: list[str] = Field(
+        default_factory=list, description="the SSH host keys the VM reported (`ssh-ed25519 "
+        "SHA256:...`), which the cutover pins: compare with `ssh-keyscan ADDRESS | ssh-keygen "
+        "-lf -`; empty until its configuration script reported them")
 
 
 class MessageView(BaseModel):

@@ -19,7 +19,7 @@ from services.gateway.api import api
 from services.gateway.auth import bearer, path_uuid, require_vm, vm_from_token
 from services.gateway.errors import json_response, parse_body, problem, read_body
 from services.gateway.keys import DEPS
-from shared import journey
+from shared import host_keys, journey
 
 REPLICATION_USER = "ferry_repl"
 HOLD_POLL_S = 0.5
@@ -121,6 +121,24 @@ async def heartbeat(request: web.Request) -> web.Response:
     return json_response(m.Accepted())
 
 
+@api.route("POST", "/v1/vms/{vm_id}/host-keys", "The VM's public SSH host keys, which the "
+           "cutover pins (a new report replaces the last)", auth="vm", tag="vm",
+           body=m.HostKeysReport, response=m.HostKeysView, status=201,
+           responses={422: "a line is not a public key of a known type and a sane size"})
+async def report_host_keys(request: web.Request) -> web.Response:
+    await body_in(request)  # as report_state: one pool connection, the body already in
+    async with request.app[DEPS].store.session() as db:
+        vm_id = await require_vm(request, db)
+        report = await parse_body(request, m.HostKeysReport)
+        try:
+            keys = host_keys.parse_keys(report.keys)
+        except host_keys.BadHostKey as exc:
+            raise problem(web.HTTPUnprocessableEntity, "the request body is not valid",
+                          [{"location": "keys", "message": str(exc)}]) from None
+        await db.host_keys.replace(vm_id, keys)
+    return json_response(m.HostKeysView(fingerprints=[str(key) for key in keys]), 201)
+
+
 @api.route("GET", "/v1/vms/{vm_id}/master",
            "hold_until_complete: the master's status for a replica, long-polled with ?wait=s",
            auth="vm", tag="vm", response=m.MasterStatus,
@@ -197,4 +215,5 @@ def vm_view(row) -> m.VmView:
         provider=row["provider"], simulated=row["simulated"], system=row["legacy_system"],
         host=row.get("host"), waiting=row.get("waiting"),
         last_word_at=row.get("last_word_at"), last_step=row.get("last_step"),
+        host_keys=row.get("host_keys") or [],
     )

@@ -13,13 +13,17 @@ import os
 import tempfile
 from pathlib import Path
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from shared import proc
 from shared.vmclient import VmClient
 
 # The steps the configuration script reports, in its order.
 SCRIPT_STEPS = (
     "find-disks", "partition", "lvm", "filesystems", "mount", "unpack-archives", "database-dumps",
-    "kernel", "initrd", "bootloader", "fstab", "network", "config-management", "first-boot",
+    "kernel", "initrd", "bootloader", "fstab", "network", "config-management", "host-keys",
+    "first-boot",
 )
 SYNTAX_CHECK_S = 60.0
 
@@ -31,9 +35,20 @@ async def run_migration_image(vm: VmClient, pause: float = 0.0) -> None:
                      "nothing is partitioned or unpacked")
     for step in SCRIPT_STEPS:
         await vm.state("configuring", step)
+        if step == "host-keys":
+            await vm.host_keys([simulated_host_key()])
         if pause:
             await asyncio.sleep(pause)
     await vm.state("configured", "done")
+
+
+def simulated_host_key() -> str:
+    """A fresh ed25519 public key, reported as the script reports the new root's: a simulated
+    VM has no sshd, so nothing ever presents it, and the cutover (which needs an address the
+    sim provider never has) never connects with it; the operator sees it pinned all the same."""
+    key = Ed25519PrivateKey.generate().public_key()
+    line = key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return line.decode() + " simulated"
 
 
 async def _check_syntax(script: str) -> None:

@@ -26,6 +26,7 @@ from shared.store.cutover_runs import CutoverRuns
 from shared.store.cutover_steps import CutoverSteps
 from shared.store.deadlines import Deadlines
 from shared.store.groups import Groups
+from shared.store.host_keys import HostKeys
 from shared.store.inbox import AlreadyProcessed, Inbox
 from shared.store.limits import Limits
 from shared.store.messages import Messages
@@ -78,6 +79,10 @@ class Session:
     @cached_property
     def scripts(self) -> Scripts:
         return Scripts(self.conn)
+
+    @cached_property
+    def host_keys(self) -> HostKeys:
+        return HostKeys(self.conn)
 
     @cached_property
     def tokens(self) -> Tokens:

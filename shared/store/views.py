@@ -18,6 +18,11 @@ _GROUP = (
 )
 
 
+# A VM's pinned host keys as an operator compares them with `ssh-keyscan | ssh-keygen -lf -`.
+_HOST_KEYS = ("(SELECT array_agg(k.key_type || ' ' || k.fingerprint ORDER BY k.key_type)"
+              " FROM vm_host_keys k WHERE k.vm_id = v.id) AS host_keys")
+
+
 class Views:
     def __init__(self, conn: asyncpg.Connection):
         self.conn = conn
@@ -70,11 +75,12 @@ class Views:
         return await self.conn.fetchrow(f"{_GROUP} WHERE g.id = $1", group_id)
 
     async def vms(self, group_id: uuid.UUID) -> list[asyncpg.Record]:
-        return await self.conn.fetch("SELECT * FROM vms WHERE group_id = $1 ORDER BY position",
-                                     group_id)
+        return await self.conn.fetch(f"SELECT v.*, {_HOST_KEYS} FROM vms v WHERE group_id = $1"
+                                     " ORDER BY position", group_id)
 
     async def vm(self, vm_id: uuid.UUID) -> asyncpg.Record | None:
-        return await self.conn.fetchrow("SELECT * FROM vms WHERE id = $1", vm_id)
+        return await self.conn.fetchrow(f"SELECT v.*, {_HOST_KEYS} FROM vms v WHERE id = $1",
+                                        vm_id)
 
     async def latest_messages(self, group_id: uuid.UUID, limit: int) -> list[asyncpg.Record]:
         """The group's last `limit` log lines, oldest first."""

@@ -18,6 +18,7 @@ from services.runtime import SERVICES, Host
 from shared.cutover_adapters import CutoverAdapters
 from shared.providers.base import BootSource
 from shared.providers.fake import FakeProvider
+from shared.providers.simvm import simulated_host_key
 from shared.secrets_key import SecretsKey
 from shared.settings import Settings
 from shared.ssh import RemoteError
@@ -135,7 +136,7 @@ class RecordingMachines:
         self.unreachable = unreachable or set()
         self.holds: dict[str, asyncio.Event] = {}
 
-    def __call__(self, label: str, host: str, *_ssh) -> "RecordingMachines.Machine":
+    def __call__(self, label: str, host: str, *_ssh, **_pinned) -> "RecordingMachines.Machine":
         return self.Machine(self, label, host)
 
     def scripts_on(self, host: str) -> list[str]:
@@ -177,6 +178,8 @@ async def configure_vm(ferry: Ferry, vm_id: uuid.UUID) -> None:
         await vm.state("configuring", "partition")
         await vm.message("partitioned /dev/vda")
         await vm.state("configuring", "unpack-archives")
+        await vm.state("configuring", "host-keys")
+        await vm.host_keys([simulated_host_key()])
         await vm.state("configured", "done")
 
 

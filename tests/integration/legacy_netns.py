@@ -140,12 +140,34 @@ def _start_sshd(host: LegacyHost, folder: Path) -> subprocess.Popen:
         f"AuthorizedKeysFile {folder / 'authorized_keys'}", "PermitRootLogin prohibit-password",
         "PasswordAuthentication no", "UsePAM no", "StrictModes no", "PidFile none",
         "LogLevel ERROR", ""]))
+    return _spawn_sshd(host, folder)
+
+
+def _spawn_sshd(host: LegacyHost, folder: Path) -> subprocess.Popen:
+    config = folder / "sshd_config"
     os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege separation dir
-    with (folder / "sshd.log").open("wb") as log:
+    with (folder / "sshd.log").open("ab") as log:
         # `ip netns exec` execs sshd: this process is sshd itself.
         return subprocess.Popen(["ip", "netns", "exec", host.namespace, SSHD, "-D", "-e", "-f",
                           str(config)], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                          start_new_session=True)
+
+
+def host_key(folder: Path) -> str:
+    """The public host key the host's sshd presents (`TYPE BASE64 COMMENT`)."""
+    return (folder / "host_key.pub").read_text().strip()
+
+
+def replace_host_key(host: LegacyHost, folder: Path) -> None:
+    """The host rebuilt, or another machine at its address: its sshd restarted with a new
+    host key (and the same authorized key)."""
+    if host.sshd is not None:
+        host.sshd.terminate()
+        host.sshd.wait(timeout=10)
+    for old in (folder / "host_key", folder / "host_key.pub"):
+        old.unlink()
+    run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(folder / "host_key"))
+    host.sshd = _spawn_sshd(host, folder)
 
 
 def stop(host: LegacyHost) -> None:

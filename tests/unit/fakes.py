@@ -21,6 +21,7 @@ from typing import Any
 
 from services.topology import SERVICES, router_of, topology
 from shared.events import Envelope, Payload
+from shared.host_keys import HostKey
 from shared.model import Group, Vm
 from shared.plan import Plan
 from shared.rules import Move
@@ -50,6 +51,7 @@ class Tables:
     messages: list[tuple[int, uuid.UUID, str, str]] = field(default_factory=list)
     archives: dict[str, ArchiveRecord] = field(default_factory=dict)
     scripts: dict[uuid.UUID, str] = field(default_factory=dict)
+    host_keys: dict[uuid.UUID, list] = field(default_factory=dict)
     tokens: dict[bytes, tuple[uuid.UUID, bool]] = field(default_factory=dict)  # hash -> vm, live
     cutover_runs: dict[uuid.UUID, dict] = field(default_factory=dict)
     cutover_steps: dict[tuple[uuid.UUID, int], dict] = field(default_factory=dict)
@@ -280,6 +282,18 @@ class FakeScripts(_Repo):
         return self.t.scripts.get(vm_id)
 
 
+class FakeHostKeys(_Repo):
+    async def replace(self, vm_id: uuid.UUID, keys: list[HostKey]) -> None:
+        self.t.host_keys[vm_id] = sorted(keys, key=lambda key: key.type)
+
+    async def of_vm(self, vm_id: uuid.UUID) -> list[HostKey]:
+        return list(self.t.host_keys.get(vm_id, []))
+
+    async def of_group(self, group_id: uuid.UUID) -> dict[uuid.UUID, list[HostKey]]:
+        return {vm_id: list(keys) for vm_id, keys in self.t.host_keys.items()
+                if keys and self.t.vms[vm_id].group_id == group_id}
+
+
 class FakeTokens(_Repo):
     async def issue(self, vm_id: uuid.UUID) -> str:
         for key, (owner, _) in list(self.t.tokens.items()):
@@ -368,7 +382,7 @@ class FakeSession:
         self.groups, self.vms, self.transitions = FakeGroups(t), FakeVms(t), FakeTransitions(t)
         self.messages, self.archives, self.scripts = FakeMessages(t), FakeArchives(t), FakeScripts(t)
         self.tokens, self.inbox = FakeTokens(t), FakeInbox(t)
-        self.limits = FakeLimits(t)
+        self.limits, self.host_keys = FakeLimits(t), FakeHostKeys(t)
         self.cutover_runs, self.cutover_steps = FakeCutoverRuns(t), FakeCutoverSteps(t)
 
     def transaction(self, cause: Envelope | None = None):

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from services.cutover import replication
-from services.cutover.tunnel import TUNNELS
+from services.cutover.tunnel import TUNNELS, Tunnel
 from shared.databases import engine
+from shared.host_keys import HostKey
 from shared.plan import DatabaseSpec, load_plan_file
 from shared.ssh import Remote
 from tests.unit.test_plan import EXAMPLE
@@ -181,3 +182,27 @@ def test_the_tunnel_scripts_pass_shellcheck(tmp_path, tunnel):
         done = subprocess.run([shellcheck_binary(), "-s", "bash", "-S", "warning", str(path)],
                               capture_output=True, text=True)
         assert done.returncode == 0, (name, done.stdout)
+
+
+def known_hosts_written(script: str) -> str:
+    """The command of a tunnel's start script that writes its known_hosts."""
+    return re.search(r"^printf %s .*?> \S+/known_hosts$", script, re.S | re.M).group(0)
+
+
+def test_the_tunnel_is_held_to_the_new_masters_pinned_keys(tmp_path):
+    """With the new master's reported keys, the tunnel's known_hosts holds exactly them (the
+    line OpenSSH finds for its address) and ssh checks strictly; without, it starts empty and
+    trusts the first key (as before keys were reported)."""
+    key = HostKey("ssh-ed25519",
+                  "AAAAC3NzaC1lZDI1NTE5AAAAIJTpXPEob9HRsjB7UvtG91q7bWgXik5v/hOF6KllZrNT")
+    folder = tmp_path / "tunnel"
+    folder.mkdir()
+    tunnel = Tunnel(port=3307, folder=str(folder), mark="ferry-handoff")
+    pinned = tunnel.start_script("10.20.0.12", 3306, [key])
+    assert "StrictHostKeyChecking=yes" in pinned and "accept-new" not in pinned
+    subprocess.run(["bash", "-c", known_hosts_written(pinned)], check=True)
+    assert (folder / "known_hosts").read_text() == f"10.20.0.12 {key.line}\n"
+    trusting = tunnel.start_script("10.20.0.12", 3306)
+    assert "StrictHostKeyChecking=accept-new" in trusting
+    subprocess.run(["bash", "-c", known_hosts_written(trusting)], check=True)
+    assert (folder / "known_hosts").read_text() == ""

@@ -11,7 +11,7 @@ from shared.store import session
 from tests.unit import fakes
 
 REPOSITORIES = ["groups", "vms", "transitions", "messages", "archives", "scripts", "tokens",
-                "cutover_runs", "cutover_steps", "inbox", "limits"]
+                "cutover_runs", "cutover_steps", "inbox", "limits", "host_keys"]
 
 
 def _methods(cls) -> dict[str, inspect.Signature]:

@@ -448,3 +448,20 @@ def test_a_key_beyond_the_basic_plane_is_named_whole_in_json():
     data["group"] = {"\U00010000": ["\x00"]}
     located = problems(json.dumps(data))
     assert located and all(line.startswith('group["\U00010000"][0]: ') for line in located)
+
+
+ED25519 = ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJTpXPEob9HRsjB7UvtG91q7bWgXik5v/hOF6KllZrNT")
+
+
+def test_a_legacy_hosts_keys_in_the_plan_are_public_keys_of_an_ssh_source():
+    """source.host_keys: public key lines, checked like a VM's report; for kind ssh only."""
+    data = example()
+    assert data["vms"][0]["source"]["kind"] == "ssh"
+    data["vms"][0]["source"]["host_keys"] = [ED25519]
+    assert problems(data) == []
+    data["vms"][0]["source"]["host_keys"] = ["ssh-ed25519 AAAA"]
+    assert any(p.startswith("vms[0].source.host_keys:") and
+               "key 1: the ssh-ed25519 key is 3 bytes" in p for p in problems(data)), \
+        problems(data)
+    data["vms"][0]["source"] = {"kind": "local", "root": "/srv/legacy", "host_keys": [ED25519]}
+    assert "vms[0].source.host_keys: is for kind ssh only" in problems(data)

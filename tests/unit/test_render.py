@@ -39,6 +39,9 @@ BOOT_UUID = "0b9d1c8e-7f2a-4c39-9d3e-5a1f0c2b7e64"
 MASTER_LOG = ("mysql-bin.000001", 328)
 REPLICATION = {"user": "ferry_repl", "password": "Zm9vYmFy-x_1"}
 GATEWAY = "http://gateway.test:8080"
+# The public host key the stub of `chroot NEWROOT ssh-keygen -A` makes.
+HOST_KEY = ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJTpXPEob9HRsjB7UvtG91q7bWgXik5v/hOF6KllZrNT"
+            " root@new")
 
 # Every kind of trouble a value can bring into a shell script.
 HOSTILE = ("it's \"quoted\" $(touch PWNED1) `touch PWNED2`; touch PWNED3\ntouch PWNED4 "
@@ -72,6 +75,13 @@ def arg_after(flag):
     return args[args.index(flag) + 1] if flag in args else None
 
 files = [a for a in args if not a.startswith("-")]
+if name == "chroot" and args[1:] == ["/usr/bin/ssh-keygen", "-A"]:
+    # As ssh-keygen -A in the new root: the missing host keys made, the present ones kept.
+    made = os.path.join(args[0], "etc/ssh/ssh_host_ed25519_key.pub")
+    if not os.path.exists(made):
+        os.makedirs(os.path.dirname(made), exist_ok=True)
+        with open(made, "w") as handle:
+            handle.write({host_key!r} + "\n")
 if name == "runuser":
     # runuser -u USER -- COMMAND...: recorded, then COMMAND (a stub too) in its place.
     with open(os.environ["FERRY_STUB_LOG"], "a") as log:
@@ -247,7 +257,8 @@ def run_under_stubs(script: str, tmp_path: Path, *, env: dict | None = None,
     stubs = tmp_path / "bin"
     stubs.mkdir(parents=True, exist_ok=True)
     source = STUB.format(python=sys.executable, replication=REPLICATION, log_file=MASTER_LOG[0],
-                         log_pos=MASTER_LOG[1], kernel=KERNEL, boot_uuid=BOOT_UUID)
+                         log_pos=MASTER_LOG[1], kernel=KERNEL, boot_uuid=BOOT_UUID,
+                         host_key=HOST_KEY)
     for name in STUBBED:
         path = stubs / name
         path.write_text(source)
@@ -264,6 +275,12 @@ def run_under_stubs(script: str, tmp_path: Path, *, env: dict | None = None,
     (tmp_path / "home").mkdir(exist_ok=True)
     (tmp_path / "tmp").mkdir(exist_ok=True)
     (tmp_path / "image-etc").mkdir(exist_ok=True)
+    # The new root's own ssh-keygen, which the script runs there (the stub of chroot plays it).
+    keygen = tmp_path / "newroot/usr/bin/ssh-keygen"
+    if not (env or {}).get("FERRY_NEWROOT") and not keygen.exists():
+        keygen.parent.mkdir(parents=True, exist_ok=True)
+        keygen.write_text("#!/bin/sh\nexit 99\n")
+        keygen.chmod(0o755)
     path = tmp_path / "script.sh"
     path.write_text(script)
     full_env = {
@@ -528,7 +545,8 @@ def test_script_runs_the_planned_steps_in_order(shop: Plan, tmp_path: Path):
     steps = [step for state, step in run.states() if state == "configuring"]
     assert steps == ["start", "find-disks", "partition", "lvm", "filesystems", "mount",
                      "unpack-archives", "database-dumps", "kernel", "initrd", "bootloader",
-                     "fstab", "network", "config-management", "first-boot", "unmount"]
+                     "fstab", "network", "config-management", "host-keys", "first-boot",
+                     "unmount"]
     assert steps[1:-1] == list(SCRIPT_STEPS)  # what a simulated VM reports
     assert "label: dos\nstart=2048, size=512MiB, type=83, bootable\ntype=8e\n" == \
         run.of("sfdisk")[0]["stdin"]
@@ -538,7 +556,9 @@ def test_script_runs_the_planned_steps_in_order(shop: Plan, tmp_path: Path):
         ["-y", "-n", "swap", "-L", "2048M", "local"]]
     assert [c["args"][-1] for c in run.of("mount")][:3] == [
         str(newroot), f"{newroot}/boot", f"{newroot}/db"]
-    assert run.of("chroot")[-1]["args"] == [str(newroot), "update-initramfs", "-c", "-k", "all"]
+    assert run.of("chroot")[-2]["args"] == [str(newroot), "update-initramfs", "-c", "-k", "all"]
+    assert run.of("chroot")[-1]["args"] == [str(newroot), "/usr/bin/ssh-keygen", "-A"]
+    assert run.posted("host-keys") == [{"keys": [HOST_KEY]}]
     assert run.of("grub-install")[0]["args"] == [
         "--target=i386-pc", f"--boot-directory={newroot}/boot", "/dev/vda"]
     grub = (newroot / "boot/grub/grub.cfg").read_text()
@@ -688,7 +708,37 @@ def test_an_existing_rc_local_keeps_its_lines(shop: Plan, tmp_path: Path):
     assert lines[2:] == ["echo legacy", "exit 0"]
 
 
+def test_host_keys_a_root_archive_brought_are_kept_and_reported(shop: Plan, tmp_path: Path):
+    """The legacy host's own keys (unpacked with its root) are what ssh-keygen -A leaves alone
+    and what the script reports, with the ones it made for the missing types."""
+    vm = shop.vm("app1")
+    brought = ("ssh-rsa "
+               "AAAAB3NzaC1yc2EAAAADAQABAAAAgQCs+CrRzk/4pCydnPGzpYwOvW/8LcqbHcA6mb1rrtn73X/4af9e"
+               "hDZxw8WYjoj3wGwtZkTcXngY50v1IzvNIeFz19dl1RHdu42bh94MM2+8/PoT4nwOeT47ruUgcZ4SUDvm"
+               "Wq8BHuwUx3vV37j1p4eqjM5H14U/nXL60ZxEhOCG9w=="
+               " root@legacy")
+    keys = tmp_path / "newroot/etc/ssh"
+    keys.mkdir(parents=True)
+    (keys / "ssh_host_rsa_key.pub").write_text(brought + "\n")
+    run = run_script(shop, vm, tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert run.posted("host-keys") == [{"keys": [HOST_KEY, brought]}]
+
+
 # --- failures ------------------------------------------------------------------------------------
+
+def test_a_new_root_without_ssh_keygen_fails_at_its_host_keys(shop: Plan, tmp_path: Path):
+    """No OpenSSH in the new root: no host key to pin, and the cutover could not reach the VM;
+    the script fails at step host-keys saying so, before first-boot."""
+    vm = shop.vm("app1")
+    (tmp_path / "newroot/usr/bin").mkdir(parents=True)
+    (tmp_path / "newroot/usr/bin/ssh-keygen").mkdir()  # there, but not a program
+    run = run_script(shop, vm, tmp_path)
+    assert run.returncode != 0
+    failed = [body for body in run.posted("state") if body["state"] == "failed"]
+    assert [body["step"] for body in failed] == ["host-keys"]
+    assert "no /usr/bin/ssh-keygen" in run.stderr
+    assert run.posted("host-keys") == []
 
 def test_a_failing_command_is_reported_with_its_step(shop: Plan, tmp_path: Path):
     """When lvcreate fails the script reports state failed at step lvm, and exits non-zero."""
