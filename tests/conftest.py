@@ -52,6 +52,10 @@ def settings(tmp_path: Path) -> Settings:
         bus_prefix=f"t{tag}",
         retry_delays=(0.2, 0.4),
         gateway_port=port,
+        gateway_boot_port=0,
+        # Plain HTTP for the tests that are not about TLS (the product's default is HTTPS):
+        # test_tls_default.py and the demo's and the lab's tests run the gateway over TLS.
+        gateway_plain_http=True,
         gateway_url=f"http://127.0.0.1:{port}",
         operator_token=OPERATOR_TOKEN,
         state_dir=tmp_path / "state",
