@@ -100,4 +100,9 @@ class Gateway:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
             return context
-        return ssl.create_default_context(cafile=self.cafile)
+        try:
+            return ssl.create_default_context(cafile=self.cafile)
+        except (OSError, ssl.SSLError) as exc:
+            raise GatewayError(0, {"error": f"cannot read the CA file {self.cafile} to trust the "
+                               f"gateway at {self.url}: {getattr(exc, 'strerror', None) or exc}"},
+                               "untrusted") from None

@@ -96,9 +96,8 @@ def resolve(flag: str | None) -> Target:
     url = url or _settings_url(settings)
     for context in layers:
         if context is None:
-            if from_env & {"gateway_tls_cert", "gateway_plain_http", "state_dir"}:
-                ca = trusted_ca(settings)
-                cafile = str(ca) if ca else None
+            if "gateway_tls_cert" in from_env:
+                cafile = str(settings.gateway_tls_cert)
                 break
         elif context.ca_file or context.insecure:
             cafile = _readable(context, "ca-file", config) if context.ca_file else None

@@ -72,6 +72,7 @@ class Host:
         self._closing = AsyncExitStack()
         self._start_tasks: set[asyncio.Task] = set()
         self.port: int | None = None
+        self.boot_port: int | None = None  # the boot listener's (services/gateway/boot.py)
         self.metrics_port: int | None = None  # this process's own /metrics, without a gateway
 
     async def start(self) -> None:
@@ -140,9 +141,24 @@ class Host:
                            ssl_context=ssl_context(self.settings))
         await site.start()
         self.port = self._site_runner.addresses[0][1]
+        await self._start_boot_listener()
         feed = await start_live_feed(self.gateway_app, self.bus)
         self._closing.push_async_callback(feed.close)
         self.consumers.append(feed)
+
+    async def _start_boot_listener(self) -> None:
+        """Plain HTTP for iPXE's boot chain alone (services/gateway/boot.py), where VMs boot
+        through libvirt's migration network."""
+        from services.gateway.boot import boot_app
+
+        s = self.settings
+        if not s.gateway_boot_port or s.provider != "libvirt":
+            return
+        runner = web.AppRunner(boot_app(s), access_log=None)
+        await runner.setup()
+        self._closing.push_async_callback(runner.cleanup)
+        await web.TCPSite(runner, s.gateway_host, s.gateway_boot_port).start()
+        self.boot_port = runner.addresses[0][1]
 
     def _start_hook(self, service: str, hook, deps: Deps) -> None:
         """Run a service's start-up work beside its consumers (it may take a while: admitting

@@ -73,9 +73,18 @@ async def clean_broker_and_db(settings: Settings):
 
 @pytest.fixture
 async def operator(settings: Settings):
+    """The operator's session: over HTTPS (the lab's, test_tls_default's) it trusts the
+    installation's CA alone, made here before the gateway starts."""
+    from shared import tls
+
+    context = None
+    if settings.gateway_url.startswith("https://"):
+        tls.ensure_installation_tls(settings)
+        context = tls.client_context(settings)
     async with aiohttp.ClientSession(
         base_url=settings.gateway_url,
         headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"},
+        connector=aiohttp.TCPConnector(ssl=context) if context else None,
     ) as session:
         yield session
 
