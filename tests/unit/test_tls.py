@@ -123,3 +123,35 @@ def test_the_server_offers_the_suites_ipxe_speaks_after_the_modern_ones(tmp_path
     names = [c["name"] for c in tls.server_context(cert, key).get_ciphers()]
     assert "AES128-SHA" in names and "AES256-SHA256" in names
     assert names.index("ECDHE-RSA-AES128-GCM-SHA256") < names.index("AES128-SHA")
+
+
+def test_the_demo_warns_in_yellow_when_plain_http_is_allowed(tmp_path, monkeypatch):
+    """The demo makes the CA before it starts anything; with FERRY_GATEWAY_PLAIN_HTTP it makes
+    none and prints a bold yellow warning instead."""
+    import io
+
+    from rich.console import Console
+
+    from cli import demo
+
+    out = io.StringIO()
+    monkeypatch.setattr(demo, "console", Console(file=out, force_terminal=True, width=200))
+    demo._tls(Settings(state_dir=tmp_path / "tls-on"))
+    assert (tmp_path / "tls-on" / "tls" / "ca.pem").exists()
+    assert "serves HTTPS" in out.getvalue() and "WARNING" not in out.getvalue()
+    out.truncate(0)
+    demo._tls(Settings(state_dir=tmp_path / "plain", gateway_plain_http=True))
+    assert not (tmp_path / "plain" / "tls").exists()
+    assert "\x1b[1;33mWARNING: FERRY_GATEWAY_PLAIN_HTTP is set" in out.getvalue()
+
+
+def test_the_libvirt_boot_url_carries_no_token_when_the_boot_listener_serves(tmp_path):
+    """iPXE's boot URL names the boot listener and the VM's uuid only; without a boot listener
+    it is the gateway's own route, whose ?token= is the SMBIOS serial."""
+    from shared.providers.libvirt import boot_url
+
+    settings = Settings(state_dir=tmp_path, gateway_port=8470, gateway_boot_port=8471)
+    assert boot_url(settings, "10.215.0.1") == "http://10.215.0.1:8471/v1/boot/${uuid}"
+    without = Settings(state_dir=tmp_path, gateway_boot_port=0, gateway_plain_http=True)
+    assert boot_url(without, "10.215.0.1") == \
+        "http://10.215.0.1:8470/v1/boot/${uuid}?token=${serial}"
