@@ -9,6 +9,7 @@ nothing else. RSA 2048 keys: iPXE speaks RSA only.
 from __future__ import annotations
 
 import datetime
+import fcntl
 import ipaddress
 import os
 import socket
@@ -71,7 +72,14 @@ def ensure_installation_tls(settings: Settings) -> TlsFiles:
     folder = files.ca.parent
     folder.mkdir(parents=True, exist_ok=True)
     os.chmod(folder, 0o700)
-    ca_key_path = folder / "ca.key"
+    # Gateways starting at once (replicas, the demo's processes) make one CA, not two halves.
+    with open(folder / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _ensure(files, settings)
+
+
+def _ensure(files: TlsFiles, settings: Settings) -> TlsFiles:
+    ca_key_path = files.ca.parent / "ca.key"
     if not (files.ca.exists() and ca_key_path.exists()):
         key = _new_key()
         _write_private(ca_key_path, _key_pem(key))
@@ -223,7 +231,7 @@ def _current(files: TlsFiles, ca_cert: x509.Certificate, names: list[str]) -> bo
         return False
     try:
         cert.verify_directly_issued_by(ca_cert)
-    except (ValueError, TypeError, Exception):  # noqa: BLE001 - any failure: make it again
+    except Exception:  # noqa: BLE001 - not this CA's signature, whatever the reason: make it again
         return False
     left = cert.not_valid_after_utc - _now()
     return left > datetime.timedelta(days=RENEW_DAYS) and set(names) <= set(cert_names(cert))
