@@ -47,6 +47,9 @@ def bench_settings(name: str) -> Settings:
         bus_prefix=f"b{tag}",
         retry_delays=(0.5, 2.0),
         gateway_port=port,
+        # Plain HTTP: the benchmarks' baselines were measured so; TLS is not what they compare.
+        gateway_plain_http=True,
+        gateway_boot_port=0,
         gateway_url=f"http://127.0.0.1:{port}",
         operator_token=OPERATOR_TOKEN,
         state_dir=Path(tempfile.mkdtemp(prefix=f"ferry-bench-{name}-")),

@@ -44,10 +44,11 @@ class Gateway:
     def from_settings(cls, settings: Settings) -> Gateway:
         from services.gateway.app import operator_token
 
-        tls = settings.gateway_tls_cert is not None
-        base = f"{'https' if tls else 'http'}://{settings.gateway_host}:{settings.gateway_port}"
-        return cls(base, operator_token(settings),
-                   str(settings.gateway_tls_cert) if tls else None)
+        from shared.tls import gateway_scheme, trusted_ca
+
+        ca = trusted_ca(settings)
+        base = f"{gateway_scheme(settings)}://{settings.gateway_host}:{settings.gateway_port}"
+        return cls(base, operator_token(settings), str(ca) if ca else None)
 
     def call(self, method: str, path: str, body: bytes | dict | None = None,
              content_type: str = "application/json") -> dict[str, Any]:
@@ -71,8 +72,9 @@ class Gateway:
             if isinstance(exc.reason, ssl.SSLCertVerificationError):
                 raise GatewayError(0, {"error": f"the gateway at {self.url} has a certificate "
                                    f"this client does not trust ({exc.reason.verify_message}): "
-                                   "give its CA (a context's ca-file, or "
-                                   "FERRY_GATEWAY_TLS_CERT)"}, "untrusted") from None
+                                   "give its CA (a context's ca-file, "
+                                   "FERRY_GATEWAY_TLS_CERT, or the installation's "
+                                   "FERRY_STATE_DIR)"}, "untrusted") from None
             raise GatewayError(0, {"error": f"cannot reach the gateway at {self.url}: "
                                             f"{exc.reason}"}, "unreachable") from None
         except (TimeoutError, ConnectionError, http.client.HTTPException) as exc:
@@ -98,4 +100,9 @@ class Gateway:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
             return context
-        return ssl.create_default_context(cafile=self.cafile)
+        try:
+            return ssl.create_default_context(cafile=self.cafile)
+        except (OSError, ssl.SSLError) as exc:
+            raise GatewayError(0, {"error": f"cannot read the CA file {self.cafile} to trust the "
+                               f"gateway at {self.url}: {getattr(exc, 'strerror', None) or exc}"},
+                               "untrusted") from None

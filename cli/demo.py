@@ -83,6 +83,7 @@ def demo(provider: str, plan: Path | None, timeout: float | None, keep: bool) ->
     if provider == "libvirt":
         _lab_down(settings, keep=False)  # whatever an earlier run left, before its folder goes
     _reset(settings, state_dir)
+    _tls(settings)
     parsed = load_plan_file(plan)
     site = _legacy_up(settings) if provider == "libvirt" else _seed_legacy_database()
     logs = state_dir / "logs"
@@ -171,6 +172,19 @@ def _check_vms(settings, plan: Plan, site, systems: dict[str, dict | None]) -> b
         table.add_row(check.vm, check.what, mark, check.detail)
     console.print(table)
     return all(check.ok for check in checks)
+
+
+def _tls(settings) -> None:
+    """The installation's CA and the gateway's certificate, made before anyone needs them; or,
+    when plain HTTP is allowed, a warning that cannot be missed."""
+    from shared import tls
+
+    if tls.served_files(settings) is None:
+        console.print("[bold yellow]WARNING: FERRY_GATEWAY_PLAIN_HTTP is set: the gateway "
+                      "serves plain HTTP, and each VM's token crosses the migration network in "
+                      "clear. Unset it to use TLS (the default).[/bold yellow]")
+    else:
+        console.print(f"TLS: the gateway serves HTTPS; its CA is {tls.trusted_ca(settings)}")
 
 
 def _reset(settings, state_dir: Path) -> None:

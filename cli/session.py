@@ -5,7 +5,8 @@ Each setting is taken from the first of (docs/cli.md, "Which gateway"):
 2. the FERRY_* variables the CLI has always read (FERRY_GATEWAY_HOST/_PORT, FERRY_GATEWAY_TLS_CERT,
    FERRY_OPERATOR_TOKEN, FERRY_STATE_DIR),
 3. the config file's current-context,
-4. the defaults (http://127.0.0.1:8470, the token in the state dir).
+4. the defaults (https://127.0.0.1:8470 trusting the installation's CA in the state dir, the
+   token in the state dir).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from cli import config as config_file
 from cli.client import Gateway, GatewayError
 from cli.exits import CliError, Exit
 from shared.settings import Settings
+from shared.tls import gateway_scheme, trusted_ca
 
 CONTEXT = "ferry.context"  # in click's context meta: the --context flag's value
 
@@ -84,7 +86,8 @@ def resolve(flag: str | None) -> Target:
     insecure = False
     for context in layers:
         if context is None:
-            if from_env & {"gateway_host", "gateway_port", "gateway_tls_cert"}:
+            if from_env & {"gateway_host", "gateway_port", "gateway_tls_cert",
+                           "gateway_plain_http"}:
                 url = _settings_url(settings)
         else:
             url, named = context.gateway, context.name
@@ -100,13 +103,16 @@ def resolve(flag: str | None) -> Target:
             cafile = _readable(context, "ca-file", config) if context.ca_file else None
             insecure = context.insecure
             break
+    if cafile is None and not insecure and named is None:
+        # The gateway of this machine's installation: trust its own CA.
+        ca = trusted_ca(settings)
+        cafile = str(ca) if ca and ca.exists() else None
     token, token_from = _token(layers, settings, from_env, config)
     return Target(url, token, token_from, cafile, insecure, named)
 
 
 def _settings_url(settings: Settings) -> str:
-    tls = settings.gateway_tls_cert is not None
-    return f"{'https' if tls else 'http'}://{settings.gateway_host}:{settings.gateway_port}"
+    return f"{gateway_scheme(settings)}://{settings.gateway_host}:{settings.gateway_port}"
 
 
 def _token(layers: list[config_file.Context | None], settings: Settings, from_env: set[str],

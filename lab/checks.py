@@ -450,7 +450,9 @@ async def isolation(shell: VmShell, gateway_url: str, outside: list[str]) -> str
     """Until cutover the VM reaches the migration service (at `gateway_url`, as the VMs see it)
     and nothing outside its group: each `host:port` of `outside` (the legacy hosts' sshd, say)
     must be unreachable from it."""
-    probe = f"curl -s -o /dev/null -w '%{{http_code}}' --max-time 10 {gateway_url}/openapi.json"
+    # --cacert: the installation's CA, which the configure script copied beside gateway.env.
+    probe = (f"curl -s -o /dev/null -w '%{{http_code}}' --max-time 10 "
+             f"--cacert /etc/ferryman/ca.pem {gateway_url}/openapi.json")
     status = (await shell.run(probe)).strip()
     if status != "200":
         raise CheckFailed(f"the migration service answered {status!r}, not 200")

@@ -4,6 +4,7 @@ hosts. Safe to run at any time, any number of times."""
 from __future__ import annotations
 
 from shared.settings import Settings
+from shared.tls import gateway_scheme
 
 
 async def down(settings: Settings) -> None:
@@ -28,4 +29,4 @@ def vm_gateway_url(settings: Settings) -> str:
     from ipaddress import ip_network
 
     host = next(ip_network(settings.libvirt_migration_subnet).hosts())
-    return f"http://{host}:{settings.gateway_port}"
+    return f"{gateway_scheme(settings)}://{host}:{settings.gateway_port}"

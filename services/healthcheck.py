@@ -22,6 +22,7 @@ import urllib.error
 import urllib.request
 
 from shared.settings import Settings
+from shared.tls import gateway_scheme
 
 POLL_S = 0.5
 # A wildcard listening address is asked on loopback.
@@ -30,7 +31,7 @@ WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
 
 def readyz_url(service: str, settings: Settings) -> str | None:
     if service == "gateway":
-        scheme = "https" if settings.gateway_tls_cert else "http"
+        scheme = gateway_scheme(settings)
         host, port = settings.gateway_host, settings.gateway_port
     else:
         scheme, host, port = "http", settings.metrics_host, settings.metrics_port

@@ -98,6 +98,7 @@ class Host:
         self._closing = AsyncExitStack()
         self._start_tasks: set[asyncio.Task] = set()
         self.port: int | None = None
+        self.boot_port: int | None = None  # the boot listener's (services/gateway/boot.py)
         self.metrics_port: int | None = None  # this process's own /metrics, without a gateway
 
     async def start(self) -> None:
@@ -177,6 +178,23 @@ class Host:
                            reuse_port=self.settings.gateway_workers > 1 or None)
         await site.start()
         self.port = self._site_runner.addresses[0][1]
+        await self._start_boot_listener()
+
+    async def _start_boot_listener(self) -> None:
+        """Plain HTTP for iPXE's boot chain alone (services/gateway/boot.py), where VMs boot
+        through libvirt's migration network."""
+        from services.gateway.boot import boot_app
+
+        s = self.settings
+        if not s.gateway_boot_port or s.provider != "libvirt":
+            return
+        runner = web.AppRunner(boot_app(s), access_log=None)
+        await runner.setup()
+        self._closing.push_async_callback(runner.cleanup)
+        # Every worker of the gateway serves the boot port too, as it serves the main one.
+        await web.TCPSite(runner, s.gateway_host, s.gateway_boot_port,
+                          reuse_port=s.gateway_workers > 1 or None).start()
+        self.boot_port = runner.addresses[0][1]
 
     def _start_hook(self, service: str, hook, deps: Deps) -> None:
         """Run a service's start-up work beside its consumers (it may take a while: admitting

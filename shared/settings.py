@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.states import DEADLINE_PHASES
@@ -47,8 +47,9 @@ class Settings(BaseSettings):
     # among them), each with its own pool and live feed; `python -m services.gateway` runs them
     # under a small supervisor (docs/operations.md).
     gateway_workers: int = Field(1, ge=1, le=64)
-    # The URL VMs use to reach the gateway (the migration network's view of it).
-    gateway_url: str = "http://127.0.0.1:8470"
+    # The URL VMs use to reach the gateway (the migration network's view of it). Default:
+    # https (http with gateway_plain_http) at 127.0.0.1 and gateway_port.
+    gateway_url: str = ""
     operator_token: str | None = None
     # Gateway limits (docs/security.md). A request body larger than this is refused with 413.
     gateway_max_body_bytes: int = 2 * 1024 * 1024
@@ -62,8 +63,19 @@ class Settings(BaseSettings):
     gateway_auth_failures: int = 20
     gateway_auth_window_s: float = 60.0
     # Serve the gateway over HTTPS with this certificate chain and key (PEM); both or neither.
+    # Neither: the installation's own, made in state_dir/tls/ (shared/tls.py, docs/security.md).
     gateway_tls_cert: Path | None = None
     gateway_tls_key: Path | None = None
+    # Serve plain HTTP instead of HTTPS (VM tokens then cross the migration network in clear;
+    # the demo says so in yellow). Ignored when a certificate is configured above.
+    gateway_plain_http: bool = False
+    # More names (DNS names or addresses, comma-separated) for the installation's gateway
+    # certificate, beside localhost, 127.0.0.1, this machine's name and the migration address.
+    gateway_tls_names: str = ""
+    # The boot listener: plain HTTP, serving only the migration image's boot chain (iPXE script,
+    # kernel, initrds, the CA), never a token, because the Debian iPXE the VMs boot speaks no
+    # TLS. 0: none.
+    gateway_boot_port: int = 8471
 
     # The TSIG key (BIND key file, as tsig-keygen prints it) that signs the cutover's DNS
     # updates; default: state_dir/dns/tsig.key (the lab's site DNS makes one there).
@@ -161,6 +173,14 @@ class Settings(BaseSettings):
 
     log_format: str = "auto"  # auto | json | console
     log_level: str = "info"
+
+    @model_validator(mode="after")
+    def _default_gateway_url(self) -> Settings:
+        if not self.gateway_url:
+            scheme = "http" if self.gateway_plain_http and not self.gateway_tls_cert else "https"
+            # frozen: set once, here, before anyone reads it
+            object.__setattr__(self, "gateway_url", f"{scheme}://127.0.0.1:{self.gateway_port}")
+        return self
 
     @property
     def libvirt_hosts(self) -> list[str]:

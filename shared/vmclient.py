@@ -5,6 +5,7 @@ Used by the simulated VMs and by tests that play a VM."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 from typing import Any
 
 import aiohttp
@@ -19,7 +20,8 @@ class GatewayRefused(Exception):
 
 class VmClient:
     def __init__(self, gateway_url: str, vm_id: str, token: str,
-                 session: aiohttp.ClientSession | None = None, *, retries: int = 0):
+                 session: aiohttp.ClientSession | None = None, *, retries: int = 0,
+                 cafile: str | None = None):
         self.base = gateway_url.rstrip("/")
         self.vm_id = vm_id
         self.token = token
@@ -29,10 +31,14 @@ class VmClient:
         # (`curl -f --retry N --retry-connrefused --retry-all-errors`: no connection, a
         # connection closed without an answer, any HTTP error); 0 (the default) fails at once.
         self.retries = retries
+        # Over HTTPS: the one CA this VM trusts (the installation's), never the system's.
+        self.cafile = cafile
 
     async def __aenter__(self) -> VmClient:
         if self._session is None:
-            self._session = aiohttp.ClientSession()
+            ssl_context = ssl.create_default_context(cafile=self.cafile) if self.cafile else None
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=ssl_context) if ssl_context else None)
         return self
 
     async def __aexit__(self, *exc) -> None:

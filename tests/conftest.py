@@ -52,6 +52,10 @@ def settings(tmp_path: Path) -> Settings:
         bus_prefix=f"t{tag}",
         retry_delays=(0.2, 0.4),
         gateway_port=port,
+        gateway_boot_port=0,
+        # Plain HTTP for the tests that are not about TLS (the product's default is HTTPS):
+        # test_tls_default.py and the demo's and the lab's tests run the gateway over TLS.
+        gateway_plain_http=True,
         gateway_url=f"http://127.0.0.1:{port}",
         operator_token=OPERATOR_TOKEN,
         state_dir=tmp_path / "state",
@@ -69,9 +73,18 @@ async def clean_broker_and_db(settings: Settings):
 
 @pytest.fixture
 async def operator(settings: Settings):
+    """The operator's session: over HTTPS (the lab's, test_tls_default's) it trusts the
+    installation's CA alone, made here before the gateway starts."""
+    from shared import tls
+
+    context = None
+    if settings.gateway_url.startswith("https://"):
+        tls.ensure_installation_tls(settings)
+        context = tls.client_context(settings)
     async with aiohttp.ClientSession(
         base_url=settings.gateway_url,
         headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"},
+        connector=aiohttp.TCPConnector(ssl=context) if context else None,
     ) as session:
         yield session
 

@@ -3,9 +3,13 @@
 # deploy/lab/build-images.sh.
 #
 # Kernel command line:
-#   ferry.gateway=URL   the gateway's base URL (e.g. http://10.0.2.2:8080)
+#   ferry.gateway=URL   the gateway's base URL (e.g. https://10.215.0.1:8470)
 #   ferry.vm=ID         this VM's id
-#   ferry.token=TOKEN   this VM's bearer token
+#   ferry.token=TOKEN   this VM's bearer token; without it (the libvirt provider's boot chain,
+#                       which carries no token), the VM's SMBIOS serial, where the provider put it
+#
+# /etc/ferry/ca.pem, when the boot chain brings it (an extra initrd from the gateway's boot
+# listener), is the one CA curl trusts (FERRY_CA): the gateway's certificate must chain to it.
 #   ferry.iface=NAME    the interface to configure (default: the first one that gets a lease)
 #   ferry.debug=1       on failure, start a shell on the console instead of powering off
 #
@@ -62,11 +66,19 @@ for arg in $(cat /proc/cmdline); do
         ferry.debug=*) FERRY_DEBUG="${arg#ferry.debug=}" ;;
     esac
 done
-export FERRY_GATEWAY FERRY_VM_ID FERRY_TOKEN
+if [ -z "$FERRY_TOKEN" ] && [ -r /sys/class/dmi/id/product_serial ]; then
+    FERRY_TOKEN=$(cat /sys/class/dmi/id/product_serial)
+fi
+FERRY_CA=''
+[ -s /etc/ferry/ca.pem ] && FERRY_CA=/etc/ferry/ca.pem
+export FERRY_GATEWAY FERRY_VM_ID FERRY_TOKEN FERRY_CA
 [ -n "$FERRY_GATEWAY" ] || finish 2 "no ferry.gateway= on the kernel command line"
 [ -n "$FERRY_VM_ID" ] || finish 2 "no ferry.vm= on the kernel command line"
-[ -n "$FERRY_TOKEN" ] || finish 2 "no ferry.token= on the kernel command line"
-log "gateway=$FERRY_GATEWAY vm=$FERRY_VM_ID"   # never the token
+[ -n "$FERRY_TOKEN" ] || finish 2 "no ferry.token= on the kernel command line nor an SMBIOS serial"
+case "$FERRY_GATEWAY" in
+    https://*) [ -n "$FERRY_CA" ] || finish 2 "the gateway is HTTPS but the boot chain brought no CA (/etc/ferry/ca.pem)" ;;
+esac
+log "gateway=$FERRY_GATEWAY vm=$FERRY_VM_ID ca=${FERRY_CA:-none}"   # never the token
 
 # --- modules -----------------------------------------------------------------------------------
 while read -r m; do
@@ -98,9 +110,15 @@ fi
 log "network up on $FERRY_IFACE: $(ip -4 -o addr show dev "$FERRY_IFACE" | awk '{print $4}') at $(uptime_s)s"
 
 # --- the configure script ----------------------------------------------------------------------
+# The token and the CA in a config file (curl -K), never in curl's arguments (a process list).
 url="$FERRY_GATEWAY/v1/vms/$FERRY_VM_ID/script"
+mkdir -p /run/ferry && chmod 0700 /run/ferry
+{
+    echo "header = \"Authorization: Bearer $FERRY_TOKEN\""
+    [ -n "$FERRY_CA" ] && echo "cacert = \"$FERRY_CA\""
+} >/run/ferry/curl.conf
 if ! curl -fsS --retry 30 --retry-all-errors --retry-delay 2 --connect-timeout 5 \
-    -H "Authorization: Bearer $FERRY_TOKEN" -o /tmp/configure.sh "$url"; then
+    -K /run/ferry/curl.conf -o /tmp/configure.sh "$url"; then
     finish 4 "could not fetch $url"
 fi
 log "fetched the configure script ($(wc -c </tmp/configure.sh) bytes) at $(uptime_s)s"

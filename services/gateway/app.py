@@ -25,6 +25,7 @@ from services.gateway.keys import BUS, DEPS, LIMITER, LIVE, OPERATOR_TOKEN
 from services.gateway.broadcast import Broadcaster
 from services.gateway.failures import FailureLimiter
 from services.gateway.openapi import openapi_document
+from shared import tls
 from shared.bus import Bus
 from shared.logging import get_logger
 from shared.metrics import http_metrics
@@ -57,16 +58,14 @@ def operator_token(settings: Settings) -> str:
 
 
 def ssl_context(settings: Settings) -> ssl.SSLContext | None:
-    """The gateway's TLS context when a certificate and key are configured, else None."""
-    cert, key = settings.gateway_tls_cert, settings.gateway_tls_key
-    if cert is None and key is None:
+    """The gateway's TLS context: the configured certificate, else the installation's own (made
+    in state_dir/tls/ at the first start); None only when plain HTTP is allowed."""
+    files = tls.served_files(settings)
+    if files is None:
+        log.warning("the gateway serves plain HTTP (FERRY_GATEWAY_PLAIN_HTTP): VM tokens "
+                    "cross the migration network in clear")
         return None
-    if cert is None or key is None:
-        raise ValueError("FERRY_GATEWAY_TLS_CERT and FERRY_GATEWAY_TLS_KEY go together")
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(cert, key)
-    return context
+    return tls.server_context(*files)
 
 
 @web.middleware

@@ -80,7 +80,9 @@ def make_provider(settings: Settings) -> Provider:
 def _sim(settings: Settings) -> Provider:
     from shared.providers.sim import SimProvider
 
-    return SimProvider(settings.state_dir / "sim")
+    from shared.tls import trusted_ca
+
+    return SimProvider(settings.state_dir / "sim", trusted_ca(settings))
 
 
 @register("libvirt", reports_addresses=True, blocks_outbound=True)

@@ -6,8 +6,9 @@
   a domain without that record is someone else's and is never changed. Its reference is
   `<uuid>@<host URI>`: the host it was placed on.
 - The migration network (`ferry-migration`, isolated): its DHCP hands iPXE one boot URL for
-  every VM, `.../v1/boot/${uuid}?token=${serial}`; each network boot sets the domain's SMBIOS
-  serial to the VM's new token, which iPXE fills in.
+  every VM, the gateway's boot listener's `http://...:8471/v1/boot/${uuid}` (no token); each
+  network boot sets the domain's SMBIOS serial to the VM's new token, which the migration
+  image reads (/sys/class/dmi/id/product_serial).
 - A group's network (`ferry-g-<group>`, routed, no NAT): this host holds the group's gateway
   address; the network filter `ferry-out-<group>` on each VM's interface refuses new outbound
   connections beyond the group and the migration service until set_outbound opens it.
@@ -35,6 +36,7 @@ from shared.providers.base import (
 from shared.providers.kvm_probe import kvm_verdict
 from shared.providers.libvirt_hosts import Hypervisor, choose, free_memory_mb, rank
 from shared.settings import Settings
+from shared.tls import gateway_scheme
 
 log = get_logger(__name__)
 
@@ -56,6 +58,15 @@ def _libvirt_error() -> type[Exception]:
     return libvirt.libvirtError
 
 
+
+def boot_url(settings: Settings, address: str) -> str:
+    """The URL iPXE gets by DHCP: the gateway's boot listener (plain HTTP, no token in it), or,
+    without one, the gateway itself with the token (the SMBIOS serial) as a parameter."""
+    if settings.gateway_boot_port:
+        return f"http://{address}:{settings.gateway_boot_port}/v1/boot/${{uuid}}"
+    return (f"{gateway_scheme(settings)}://{address}:{settings.gateway_port}"
+            "/v1/boot/${uuid}?token=${serial}")
+
 class LibvirtProvider:
     name = "libvirt"
     simulated = False
@@ -73,9 +84,7 @@ class LibvirtProvider:
         self.hosts = {uri: Hypervisor(uri) for uri in settings.libvirt_hosts}
         self.subnet = ip_network(settings.libvirt_migration_subnet)
         self.migration_gateway = str(next(self.subnet.hosts()))
-        self.boot_url = settings.libvirt_boot_url or (
-            f"http://{self.migration_gateway}:{settings.gateway_port}"
-            "/v1/boot/${uuid}?token=${serial}")
+        self.boot_url = settings.libvirt_boot_url or boot_url(settings, self.migration_gateway)
         self._types: dict[str, str] = {}
 
     # --- references ---

@@ -25,8 +25,10 @@ class SimProvider:
     name = "sim"
     simulated = True
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, cafile: Path | None = None):
         self.folder = folder
+        # The CA the simulated VMs trust, as a real migration image carries the installation's.
+        self.cafile = cafile
         self.folder.mkdir(parents=True, exist_ok=True)
         self._children: dict[int, subprocess.Popen] = {}
 
@@ -82,6 +84,7 @@ class SimProvider:
         if kernel_args:
             # What the migration image passes on to the new root (gateway.env) for first boot.
             record["kernel_args"] = kernel_args
+        record["cafile"] = str(self.cafile) if self.cafile else None
         self._save(ref, record)
         with open(self.folder / f"{ref}.log", "ab") as log:
             child = subprocess.Popen(

@@ -88,7 +88,7 @@ async def _main(inventory: Path, source: str) -> None:
     # --retry-connrefused --retry-all-errors`, so a real VM rides out a gateway restart or a
     # database restart; the simulated one must do as they do.
     async with VmClient(args["ferry.gateway"], args["ferry.vm"], args["ferry.token"],
-                        retries=8) as vm:
+                        retries=8, cafile=record.get("cafile")) as vm:
         try:
             if source == "network":
                 await run_migration_image(vm, pause)

@@ -428,6 +428,8 @@ async def test_a_200_vm_wave_survives_kills_and_server_restarts(
         "FERRY_GATEWAY_HOST": "127.0.0.1",
         "FERRY_GATEWAY_PORT": str(port),
         "FERRY_GATEWAY_URL": gateway_url,
+        # Plain HTTP: the wave is about crashes, not TLS (tests/integration/test_tls_default.py).
+        "FERRY_GATEWAY_PLAIN_HTTP": "true",
         "FERRY_OPERATOR_TOKEN": OPERATOR_TOKEN,
         "FERRY_LOG_FORMAT": "json",
         "FERRY_LOG_LEVEL": "info",

@@ -108,7 +108,11 @@ class Ferry:
         return args[-1]["ferry.token"]
 
     def vm(self, vm_id: uuid.UUID) -> VmClient:
-        return VmClient(self.settings.gateway_url, str(vm_id), self.token(vm_id))
+        from shared.tls import trusted_ca
+
+        ca = trusted_ca(self.settings)
+        return VmClient(self.settings.gateway_url, str(vm_id), self.token(vm_id),
+                        cafile=str(ca) if ca else None)
 
     async def wait_booted(self, vm_id: uuid.UUID, source: BootSource, count: int = 1) -> None:
         async def booted():

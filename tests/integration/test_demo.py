@@ -24,7 +24,9 @@ def test_the_demo_takes_the_example_group_to_ready(settings):
         "FERRY_BUS_PREFIX": settings.bus_prefix,
         "FERRY_STATE_DIR": str(settings.state_dir),
         "FERRY_GATEWAY_PORT": str(settings.gateway_port),
-        "FERRY_GATEWAY_URL": settings.gateway_url,
+        # The demo as it ships: HTTPS with the installation's CA, which the CLI and the
+        # simulated VMs trust.
+        "FERRY_GATEWAY_URL": f"https://127.0.0.1:{settings.gateway_port}",
         "FERRY_SIM_PAUSE": "0",
         "COLUMNS": "160",
     }
@@ -35,6 +37,7 @@ def test_the_demo_takes_the_example_group_to_ready(settings):
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "SIMULATED" in result.stdout
+    assert "the gateway serves HTTPS" in result.stdout
     assert "group shop is ready" in result.stdout
     assert "Timeline" in result.stdout
     logs = settings.state_dir / "logs"

@@ -55,6 +55,17 @@ def lab_missing(settings: Settings, vms: bool = True) -> str | None:
 
 
 @pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """The lab runs as the product does: HTTPS with the installation's CA (made in the test's
+    state dir), and the boot listener for iPXE."""
+    from tests.conftest import free_port
+
+    return settings.model_copy(update={
+        "gateway_plain_http": False, "gateway_boot_port": free_port(),
+        "gateway_url": f"https://127.0.0.1:{settings.gateway_port}"})
+
+
+@pytest.fixture
 def lab_settings(settings: Settings) -> Settings:
     """The test's settings for the lab (libvirt); skips when the lab cannot run here."""
     lab = lab_settings_of(settings)

@@ -37,7 +37,7 @@ def test_status_without_a_gateway_says_where_it_looked(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
     result = CliRunner().invoke(main, ["status"])
     assert result.exit_code == 5
-    assert "cannot reach the gateway at http://127.0.0.1:9" in result.stderr
+    assert "cannot reach the gateway at https://127.0.0.1:9" in result.stderr
 
 
 def test_validate_gives_line_and_column_of_a_deeply_nested_field(tmp_path):

@@ -155,11 +155,17 @@ def test_a_missing_token_file_is_said_with_its_context(home):
 # -- precedence ---------------------------------------------------------------------------------
 
 def test_without_config_or_variables_the_defaults_as_before(home):
+    """As before, but HTTPS (the default) trusting the installation's CA once it is made."""
+    from shared import tls
+    from shared.settings import Settings
+
     target = resolve(None)
-    assert target.url == "http://127.0.0.1:8470"
+    assert target.url == "https://127.0.0.1:8470"
     token_file = home / ".local" / "state" / "ferryman" / "operator-token"
     assert target.token == token_file.read_text().strip()  # the state dir's, as always
     assert target.context is None
+    files = tls.ensure_installation_tls(Settings(state_dir=home / ".local/state/ferryman"))
+    assert resolve(None).cafile == str(files.ca)
 
 
 def test_the_current_context_over_the_defaults(home):
@@ -177,7 +183,7 @@ def test_the_variables_over_the_current_context(home, monkeypatch):
     monkeypatch.setenv("FERRY_OPERATOR_TOKEN", "from-the-environment")
     target = resolve(None)
     assert (target.url, target.token, target.token_from, target.context) == \
-        ("http://127.0.0.1:9000", "from-the-environment", "FERRY_OPERATOR_TOKEN", None)
+        ("https://127.0.0.1:9000", "from-the-environment", "FERRY_OPERATOR_TOKEN", None)
     monkeypatch.delenv("FERRY_GATEWAY_PORT")
     target = resolve(None)  # what the variables do not say still comes from the context
     assert (target.url, target.token) == ("https://ferry.example.net:8470", "from-the-environment")

@@ -49,6 +49,7 @@ def gateway(tmp_path, monkeypatch):
         if name.startswith("FERRY_"):
             monkeypatch.delenv(name)
     monkeypatch.setenv("FERRY_GATEWAY_PORT", str(fake.port))
+    monkeypatch.setenv("FERRY_GATEWAY_PLAIN_HTTP", "true")  # the stand-in speaks plain HTTP
     monkeypatch.setenv("FERRY_OPERATOR_TOKEN", TOKEN)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))  # no operator's file
     monkeypatch.setenv("HOME", str(tmp_path))

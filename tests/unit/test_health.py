@@ -35,7 +35,7 @@ async def test_readiness_names_what_did_not_answer_and_says_nothing_of_where():
 def test_the_healthcheck_asks_the_process_where_its_settings_put_it():
     settings = Settings(gateway_host="0.0.0.0", gateway_port=8470, metrics_host="::",
                         metrics_port=9471)
-    assert readyz_url("gateway", settings) == "http://127.0.0.1:8470/readyz"
+    assert readyz_url("gateway", settings) == "https://127.0.0.1:8470/readyz"
     assert readyz_url("archiver", settings) == "http://[::1]:9471/readyz"
     tls = settings.model_copy(update={"gateway_tls_cert": Path("/etc/ferryman/gw.pem"),
                                       "gateway_host": "gw.example"})

@@ -60,7 +60,7 @@ STUBBED = (
     "ssh-keygen",
 )
 # Real commands the scripts use (and `touch`, so an injected command would really run).
-REAL = ("mkdir", "cat", "cp", "chmod", "ln", "rm", "mv", "mktemp", "mkfifo", "tee", "sha256sum",
+REAL = ("mkdir", "cat", "cp", "stat", "chmod", "ln", "rm", "mv", "mktemp", "mkfifo", "tee", "sha256sum",
         "date", "sleep", "grep", "touch", "tail", "tr", "readlink")
 
 STUB = r'''#!{python} -S
@@ -70,6 +70,9 @@ args = sys.argv[1:]
 fail = name in os.environ.get("FERRY_STUB_FAIL", "").split(",")
 record = {{"cmd": name, "args": args}}
 out = b""
+if name == "curl" and "-K" in args:  # the config file (token, CA), as curl reads it
+    with open(args[args.index("-K") + 1]) as config:
+        record["config"] = config.read()
 
 def arg_after(flag):
     return args[args.index(flag) + 1] if flag in args else None
@@ -775,9 +778,27 @@ def test_json_str_makes_valid_json_of_any_text(tmp_path: Path):
     assert run.returncode == 0, run.stderr
     assert [body["text"] for body in run.posted("messages")] == texts
     assert run.posted("state") == [{"state": "failed", "step": texts[2], "message": texts[0]}]
-    headers = run.of("curl")[0]["args"]
-    assert "Authorization: Bearer token-1" in headers
-    assert "Content-Type: application/json" in headers
+    call = run.of("curl")[0]
+    assert "Content-Type: application/json" in call["args"]
+    # The token reaches curl in its config file, never on its command line (a process list).
+    assert 'header = "Authorization: Bearer token-1"' in call["config"]
+    assert not any("token-1" in arg for c in run.of("curl") for arg in c["args"])
+
+
+def test_curl_trusts_the_installations_ca_alone_when_the_image_gives_one(tmp_path: Path):
+    """FERRY_CA (the migration image's CA) becomes curl's --cacert, in the config file made
+    readable by root alone; without it, no cacert line."""
+    import stat
+    reporting = chevron.render((TEMPLATES / "reporting.sh.mustache").read_text(), {})
+    script = reporting + '\nmessage_update info hello\nstat -c %a "$FERRY_CURL_CONFIG" >&2\n'
+    ca = tmp_path / "ca.pem"
+    ca.write_text("the CA\n")
+    run = run_under_stubs(script, tmp_path / "with", env={"FERRY_CA": str(ca)})
+    assert run.returncode == 0, run.stderr
+    assert f'cacert = "{ca}"' in run.of("curl")[0]["config"]
+    assert run.stderr.strip().splitlines()[-1] == "600"
+    run = run_under_stubs(reporting + "\nmessage_update info hello\n", tmp_path / "without")
+    assert "cacert" not in run.of("curl")[0]["config"]
 
 
 # --- local.start ---------------------------------------------------------------------------------
