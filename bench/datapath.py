@@ -54,7 +54,8 @@ TREE = Path("/tmp/ferry-dp-tree")
 TEMPLATES = Path(__file__).resolve().parent.parent / "services/configurator/templates"
 # The VM side's download and unpack, in the order they are defined (reporting.sh: how the
 # script talks to the gateway; configure.sh: the archive's download, check and unpack).
-FUNCTIONS = {"reporting.sh.mustache": ("json_str", "gateway", "post_json", "message_update"),
+FUNCTIONS = {"reporting.sh.mustache": ("json_str", "gateway_config", "gateway", "post_json",
+                                         "message_update"),
              "configure.sh.mustache": ("fetch_resumed", "fetch_checked", "unpack_into")}
 NGINX_CONF = """daemon off;
 master_process off;
@@ -167,6 +168,7 @@ def vm_side_seconds(namespace: str, work: Path, target: Path, url: str, sha256: 
     target.mkdir(parents=True)
     script = work / "vm-side.sh"
     script.write_text("set -o errexit -o nounset -o pipefail\n" + vm_functions()
+                      + "\ngateway_config"  # the curl config the script makes as it starts
                       + f"\nfetch_checked {shlex.quote(url)} {sha256} 'archive of /data' |"
                         f" unpack_into {shlex.quote(str(target))}\n")
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "WORK": str(work),

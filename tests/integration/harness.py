@@ -222,6 +222,7 @@ async def ferry_cli(settings: Settings, *args: str, expect: int = 0,
     run on a terminal (a pty), where this line is typed."""
     env = {**os.environ, "FERRY_GATEWAY_HOST": "127.0.0.1",
            "FERRY_GATEWAY_PORT": str(settings.gateway_port),
+           "FERRY_GATEWAY_PLAIN_HTTP": str(settings.gateway_plain_http).lower(),
            "FERRY_OPERATOR_TOKEN": OPERATOR_TOKEN, "FERRY_STATE_DIR": str(settings.state_dir),
            "COLUMNS": "200"}
     if typed is None:

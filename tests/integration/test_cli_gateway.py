@@ -22,6 +22,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_broker_and
 async def start_cli(settings, tmp_path, *args: str) -> asyncio.subprocess.Process:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FERRY_")}
     env.update({"FERRY_GATEWAY_PORT": str(settings.gateway_port),
+                "FERRY_GATEWAY_PLAIN_HTTP": str(settings.gateway_plain_http).lower(),
                 "FERRY_OPERATOR_TOKEN": OPERATOR_TOKEN,
                 "FERRY_STATE_DIR": str(settings.state_dir),
                 "XDG_CONFIG_HOME": str(tmp_path / "config"), "COLUMNS": "200"})

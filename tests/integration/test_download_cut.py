@@ -45,8 +45,8 @@ vms:
 """
 
 # The script's functions a download needs, in the order they are defined.
-FUNCTIONS = ("json_str", "gateway", "post_json", "message_update", "fetch_resumed",
-             "fetch_checked")
+FUNCTIONS = ("json_str", "gateway_config", "gateway", "post_json", "message_update",
+             "fetch_resumed", "fetch_checked")
 RATE = "4M"  # bytes a second curl is held to: the ~63 MB archive takes ~16 s
 # The kill comes once a quarter is written out, leaving ~47 MB unsent: more than the socket
 # buffers can hold (tcp_rmem at most 32 MB and tcp_wmem 4 MB on this machine), so the stream is
@@ -121,6 +121,7 @@ async def start_download(setup: Archived, tmp_path: Path, gateway_url: str, out:
         + functions_of(setup.script, FUNCTIONS)
         # The test's edge: curl held to RATE, so the download is mid-stream when cut.
         + f'\ncurl() {{ command curl --limit-rate {RATE} "$@"; }}\n'
+        + "gateway_config\n"  # the curl config (token, CA) the script makes as it starts
         + f'fetch_checked "$FERRY_GATEWAY/v1/archives/$FERRY_VM_ID/{record["id"]}" '
           f'{record["sha256"]} "archive of /data" >"{out}"\n')
     work = tmp_path / "work"

@@ -137,6 +137,7 @@ def gateway(tmp_path_factory):
     settings = Settings(
         database_schema=f"t_{tag}", bus_prefix=f"t{tag}", retry_delays=(0.2, 0.4),
         gateway_port=port, gateway_url=f"http://127.0.0.1:{port}", operator_token=OPERATOR_TOKEN,
+        gateway_plain_http=True,  # the VM side over HTTPS has tests of its own (test_tls_default)
         state_dir=tmp_path_factory.mktemp("fuzz") / "state", log_format="json",
         log_level="warning",
         # Every fuzzed request carries a token; the fuzz must not lock itself out, and a

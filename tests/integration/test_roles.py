@@ -176,6 +176,7 @@ async def test_the_event_stream_cookie_dies_with_its_token(gateway: Ferry, opera
 async def cli(settings, tmp_path, *args: str, token: str = OPERATOR_TOKEN):
     env = {k: v for k, v in os.environ.items() if not k.startswith("FERRY_")}
     env.update({"FERRY_GATEWAY_PORT": str(settings.gateway_port),
+                "FERRY_GATEWAY_PLAIN_HTTP": str(settings.gateway_plain_http).lower(),
                 "FERRY_OPERATOR_TOKEN": token,
                 "FERRY_STATE_DIR": str(settings.state_dir),
                 "XDG_CONFIG_HOME": str(tmp_path / "config"), "COLUMNS": "200"})
