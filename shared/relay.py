@@ -73,6 +73,10 @@ class OutboxRelay:
 
     async def _run(self) -> None:
         while True:
+            # Cleared before the flush, not after: a commit whose NOTIFY arrives while the
+            # flush runs (too late for its rows to be seen) leaves the wake set, and the relay
+            # goes round again instead of sleeping a whole idle poll on it.
+            self._wake.clear()
             try:
                 sent = await self.flush()
             except asyncio.CancelledError:
@@ -88,7 +92,6 @@ class OutboxRelay:
                 await asyncio.sleep(self.idle_poll)
                 continue
             if sent < self.batch:
-                self._wake.clear()
                 try:
                     # Woken by NOTIFY at commit; the timeout catches a missed notification.
                     await asyncio.wait_for(self._wake.wait(), self.idle_poll)
