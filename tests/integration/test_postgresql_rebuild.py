@@ -26,8 +26,8 @@ from shared.databases import DatabaseSource, engine
 from shared.plan import load_plan
 from tests.chaos.infra import PG_BIN
 from tests.conftest import free_port
-from tests.unit.test_render import (BOOT_UUID, EXAMPLE_PLAN, GATEWAY, KERNEL, MASTER_LOG,
-                                    REPLICATION, STUB)
+from tests.unit.test_render import (BOOT_UUID, EXAMPLE_PLAN, GATEWAY, HOST_KEY, KERNEL,
+                                    MASTER_LOG, REPLICATION, STUB)
 
 pytestmark = pytest.mark.integration
 
@@ -163,7 +163,8 @@ async def test_through_the_socket_as_root_the_dump_runs_as_postgres(legacy, tmp_
 def gateway_stub(bin_dir: Path, master_host: str) -> None:
     """curl answering as the gateway (test_render.py's recorder), the master at master_host."""
     source = STUB.format(python=sys.executable, replication=REPLICATION, log_file=MASTER_LOG[0],
-                         log_pos=MASTER_LOG[1], kernel=KERNEL, boot_uuid=BOOT_UUID)
+                         log_pos=MASTER_LOG[1], kernel=KERNEL, boot_uuid=BOOT_UUID,
+                         host_key=HOST_KEY)
     source = source.replace('"host": "10.20.0.12"', f'"host": "{master_host}"')
     (bin_dir / "curl").write_text(source)
     (bin_dir / "curl").chmod(0o755)
