@@ -145,7 +145,10 @@ class Host:
         if PRUNES in self.services:
             for every in (pruner(store, s), watchdog(store, s)):
                 every.start()
-                close.push_async_callback(every.stop)
+                # A pass may be mid-query on a connection the network dropped silently:
+                # bounded like every other step that waits on the database.
+                close.push_async_callback(bounded(f"the {every.name} pass", every.stop,
+                                                  every.abandon))
                 self.passes.append(every)
         for service in self.services:
             router = router_of(service)
