@@ -41,10 +41,10 @@ import aio_pika
 import aiohttp
 import asyncpg
 
-from bench.common import (OPERATOR_TOKEN, ROOT, append_row, bench_settings, clean_up, finish,
+from bench.common import (ROOT, append_row, bench_settings, clean_up, finish,
                           free_port, now_stamp, pyplot, plot_path)
 from bench.fleet import feed_path
-from bench.pipeline import flow_figures, plan_text, rates
+from bench.pipeline import flow_figures, plan_text, rates, submit_groups
 from shared.settings import MIN_POOL, Settings
 from shared.store.db import connect
 from shared.topology import Names
@@ -272,27 +272,15 @@ async def run_processes(vms: int, group_size: int, replicas: int, drivers: int,
         load_start = loadavg()
         spies = start_spies(pids, list(spy), spy_dir / f"{replicas}x") if spy else []
         meter = CpuMeter(pids)
-        async with aiohttp.ClientSession(
-            base_url=settings.gateway_url,
-            headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"},
-            connector=aiohttp.TCPConnector(limit=8),
-        ) as operator:
-            started = time.perf_counter()
+        started, submitted = await submit_groups(settings.gateway_url, groups)
 
-            async def submit(name, i, size):
-                async with operator.post("/v1/groups", data=plan_text(name, i, size)) as r:
-                    assert r.status == 201, await r.text()
+        async def all_ready() -> bool:
+            ready = await conn.fetchval("SELECT count(*) FROM groups WHERE status = 'ready'")
+            return ready == len(groups)
 
-            await asyncio.gather(*(submit(*g) for g in groups))
-            submitted = time.perf_counter() - started
-
-            async def all_ready() -> bool:
-                ready = await conn.fetchval("SELECT count(*) FROM groups WHERE status = 'ready'")
-                return ready == len(groups)
-
-            await _until(all_ready, timeout, f"{len(groups)} groups ready",
-                         lambda: _vm_errors(sim) or exited())
-            elapsed = time.perf_counter() - started
+        await _until(all_ready, timeout, f"{len(groups)} groups ready",
+                     lambda: _vm_errors(sim) or exited())
+        elapsed = time.perf_counter() - started
         cpu = meter.stop()
         load_end = loadavg()
         stop_spies(spies)
